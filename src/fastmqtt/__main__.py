@@ -1,0 +1,3 @@
+from fastmqtt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Exceptions shared by the compiled modules and their plain-Python twins."""
+
+from __future__ import annotations
+
+
+class FastMQTTError(Exception):
+    """Base class of every error fastmqtt raises on purpose."""
+
+
+class MalformedPacket(FastMQTTError):
+    """Bytes that are not the expected MQTT packet.
+
+    ``reason`` is a stable machine-readable word (metrics and logs use it);
+    ``offset`` is the index of the byte where the packet went wrong.
+    """
+
+    def __init__(self, reason: str, offset: int, detail: str = "") -> None:
+        self.reason = reason
+        self.offset = offset
+        self.detail = detail
+        text = f"{reason} at byte {offset}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self):  # keep reason/offset across pickling (worker processes)
+        return (type(self), (self.reason, self.offset, self.detail))
+
+
+class ConfigError(FastMQTTError):
+    """One or more problems in a config file; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
