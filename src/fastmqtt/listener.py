@@ -1,0 +1,288 @@
+"""Frontends: accept, wait for the MQTT CONNECT, reject what is not one, pick a server,
+connect, forward the buffered bytes, read the broker's CONNACK, and hand both sockets over."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from fastmqtt.backends import Backend, NoServerAvailable, Server
+from fastmqtt.config import FrontendConfig
+from fastmqtt.deadline import Deadline
+from fastmqtt.errors import MalformedPacket
+from fastmqtt.metrics import FrontendCounters
+from fastmqtt.parse import Connack, Connect, inspect_connack, inspect_connect
+from fastmqtt.proxy_protocol import encode_v1, encode_v2
+from fastmqtt.session import Session
+
+if TYPE_CHECKING:
+    from fastmqtt.server import Proxy
+
+log = logging.getLogger("fastmqtt")
+
+ACCEPT_BATCH = 64  # accepts per wakeup, so one busy listener cannot starve the loop
+RESOURCE_BACKOFF = 0.1  # seconds accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM
+RECV_SIZE = 65536
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Rejected(Exception):
+    """The connection is closed before (or instead of) reaching a server; ``reason`` counts it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def open_listener(host: str, port: int, reuse_port: bool, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Frontend:
+    """One listening address and what happens to the connections it accepts."""
+
+    def __init__(self, config: FrontendConfig, backend: Backend, proxy: Proxy) -> None:
+        self.config = config
+        self.name = config.name
+        self.backend = backend
+        self.proxy = proxy
+        self.counters = FrontendCounters()
+        self.sock: socket.socket | None = None
+        self.accepting = False
+        self._backoff: asyncio.TimerHandle | None = None
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def open(self, reuse_port: bool = False, backlog: int = 4096) -> None:
+        self.sock = open_listener(self.config.bind_host, self.config.bind_port, reuse_port, backlog)
+
+    @property
+    def bound_port(self) -> int:
+        assert self.sock is not None
+        return self.sock.getsockname()[1]
+
+    def resume(self) -> None:
+        """Watch the listening socket again if limits allow (idempotent)."""
+        if self.accepting or self.sock is None or self._backoff is not None:
+            return
+        if not self._below_limits():
+            return
+        self.accepting = True
+        self.proxy.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+
+    def pause(self) -> None:
+        """Leave new connections in the kernel's accept backlog."""
+        if self.accepting and self.sock is not None:
+            self.proxy.loop.remove_reader(self.sock.fileno())
+        self.accepting = False
+
+    def close(self) -> None:
+        self.pause()
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _below_limits(self) -> bool:
+        return self.counters.current < self.config.maxconn and self.proxy.below_maxconn()
+
+    def _on_acceptable(self) -> None:
+        assert self.sock is not None
+        for _ in range(ACCEPT_BATCH):
+            if not self._below_limits():
+                self.pause()  # resumed by Proxy.session_ended when a slot frees up
+                return
+            try:
+                conn, addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._back_off(exc)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, keep accepting
+            conn.setblocking(False)
+            self._spawn(conn, addr)
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of fds or memory: stop accepting for a moment instead of spinning."""
+        self.counters.accept_errors += 1
+        if self.counters.accept_errors == 1 or self.counters.accept_errors % 1000 == 0:
+            log.warning("frontend %s: accept failed (%s), pausing", self.name, exc.strerror)
+        self.pause()
+
+        def retry() -> None:
+            self._backoff = None
+            self.resume()
+
+        self._backoff = self.proxy.loop.call_later(RESOURCE_BACKOFF, retry)
+
+    def _spawn(self, conn: socket.socket, addr: tuple) -> None:
+        session = Session(self.name, (addr[0], addr[1]))
+        self.counters.opened()
+        self.proxy.session_opened()
+        self.proxy.spawn(self._serve(session, conn))
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _serve(self, session: Session, conn: socket.socket) -> None:
+        handed_over = False
+        try:
+            handed_over = await self._route(session, conn)
+        except Rejected as exc:
+            session.end_reason = exc.reason
+            self.counters.denied[exc.reason] += 1
+        except OSError as exc:
+            session.end_reason = f"error:{errno.errorcode.get(exc.errno or 0, 'EIO')}"
+        finally:
+            if not handed_over:
+                conn.close()
+                self.proxy.session_ended(session)
+
+    async def _route(self, session: Session, conn: socket.socket) -> bool:
+        loop = self.proxy.loop
+        data = bytearray()
+        connect = None
+        if self.config.protocol == "mqtt":
+            connect = await self._inspect(conn, data)
+            if connect is not None:
+                self._note_connect(session, connect)
+        session.inspected_at = time.monotonic()
+        backend = self.backend
+        session.backend = backend.name
+        stick_key = self._stick_key(session)
+        try:
+            server, upstream = await backend.connect(self._hash_key(session), stick_key)
+        except NoServerAvailable:
+            raise Rejected("no-server") from None
+        session.server = server
+        session.connected_at = time.monotonic()
+        try:
+            await loop.sock_sendall(upstream, self._proxy_header(conn, upstream) + data)
+            to_client = b""
+            if connect is not None:
+                to_client = await self._read_connack(upstream, server, session)
+        except BaseException:
+            upstream.close()
+            raise
+        if connect is not None and not connect.client_id and session.client_id:
+            stick_key = self._stick_key(session)  # the broker assigned an id: learn it
+            backend.counters.learned_ids += stick_key is not None
+        if session.connack_code in (None, 0):
+            backend.learn(stick_key, server)
+        self.counters.bytes_in += len(data)
+        session.bytes_in = len(data)
+        session.bytes_out = len(to_client)
+        self.proxy.session_established(session, server, stick_key)
+        self.proxy.hub.start(
+            session,
+            conn,
+            upstream,
+            client_idle=self.config.timeout_client.for_keepalive(session.keepalive),
+            server_idle=backend.config.timeout_server,
+            to_client=to_client,
+        )
+        return True
+
+    async def _inspect(self, conn: socket.socket, data: bytearray) -> Connect | None:
+        """Read until a complete CONNECT arrives (None: invalid but forwarded as is)."""
+        loop = self.proxy.loop
+        try:
+            with Deadline(loop, self.config.inspect_delay):
+                while True:
+                    chunk = await loop.sock_recv(conn, RECV_SIZE)
+                    if not chunk:
+                        raise Rejected("client-closed-early")
+                    data += chunk
+                    connect = inspect_connect(
+                        data, self.config.max_connect_size, self.config.allow_bridge
+                    )
+                    if connect is not None:
+                        return connect
+        except TimeoutError:
+            raise Rejected("inspect-timeout") from None
+        except MalformedPacket as exc:
+            if self.config.reject_invalid:
+                raise Rejected(exc.reason) from None
+            self.counters.invalid_forwarded[exc.reason] += 1
+            return None
+
+    def _note_connect(self, session: Session, connect: Connect) -> None:
+        session.client_id = connect.client_id
+        session.username = connect.username
+        session.protocol_version = connect.protocol_version
+        session.keepalive = connect.keepalive
+        self.counters.connects_by_version[connect.protocol_version] += 1
+
+    def _stick_key(self, session: Session) -> str | None:
+        stick = self.backend.config.stick
+        if stick is None:
+            return None
+        if stick.on == "source":
+            return session.client_addr[0]
+        # empty ids (broker-assigned) must not all stick to one server
+        return (session.username if stick.on == "username" else session.client_id) or None
+
+    def _hash_key(self, session: Session) -> bytes:
+        config = self.backend.config
+        if config.balance == "source" or config.hash_key == "source":
+            return session.client_addr[0].encode()
+        value = session.username if config.hash_key == "username" else session.client_id
+        if value:
+            return value.encode()
+        # no id to hash on: spread by address and port rather than piling onto one server
+        return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
+
+    def _proxy_header(self, conn: socket.socket, upstream: socket.socket) -> bytes:
+        version = self.backend.config.send_proxy
+        if version is None:
+            return b""
+        src, dst = conn.getpeername()[:2], conn.getsockname()[:2]
+        return encode_v2(src, dst) if version == "v2" else encode_v1(src, dst)
+
+    async def _read_connack(self, upstream: socket.socket, server: Server, session: Session) -> bytes:
+        """Read the broker's first answer; bytes beyond the CONNACK travel on with it."""
+        loop = self.proxy.loop
+        data = bytearray()
+        try:
+            with Deadline(loop, self.backend.config.timeout_server):
+                while True:
+                    chunk = await loop.sock_recv(upstream, RECV_SIZE)
+                    if not chunk:
+                        break  # broker closed: forward whatever it said, the relay sees the EOF
+                    data += chunk
+                    connack = inspect_connack(data, session.protocol_version)
+                    if connack is not None:
+                        self._note_connack(session, server, connack)
+                        return bytes(data)
+        except TimeoutError:
+            server.counters.response_errors += 1
+            raise Rejected("server-timeout") from None
+        except MalformedPacket:
+            pass  # not ours to judge the broker: relay it, count it
+        server.counters.response_errors += 1
+        return bytes(data)
+
+    def _note_connack(self, session: Session, server: Server, connack: Connack) -> None:
+        session.connack_code = connack.reason_code
+        server.counters.connack_codes[connack.reason_code] += 1
+        if connack.assigned_client_identifier and not session.client_id:
+            session.client_id = connack.assigned_client_identifier

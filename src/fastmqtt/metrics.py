@@ -1,0 +1,51 @@
+"""Live counters of frontends, backends and servers, read by logs, stats and metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class FrontendCounters:
+    current: int = 0
+    max_current: int = 0
+    total: int = 0  # accepted connections
+    denied: Counter[str] = field(default_factory=Counter)  # rejected before routing, by reason
+    invalid_forwarded: Counter[str] = field(default_factory=Counter)  # reject_invalid = false
+    connects_by_version: Counter[int] = field(default_factory=Counter)
+    bytes_in: int = 0  # client -> fastmqtt
+    bytes_out: int = 0  # fastmqtt -> client
+    accept_errors: int = 0
+
+    def opened(self) -> None:
+        self.current += 1
+        self.total += 1
+        self.max_current = max(self.max_current, self.current)
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    current: int = 0
+    max_current: int = 0
+    total: int = 0  # connections relayed through this server
+    connect_errors: int = 0
+    response_errors: int = 0  # no or bad CONNACK
+    retries: int = 0
+    redispatches: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    connack_codes: Counter[int] = field(default_factory=Counter)
+
+    def opened(self) -> None:
+        self.current += 1
+        self.total += 1
+        self.max_current = max(self.max_current, self.current)
+
+
+@dataclass(slots=True)
+class BackendCounters:
+    no_server: int = 0  # clients closed because no server could take them
+    sticky_hits: int = 0
+    sticky_misses: int = 0
+    learned_ids: int = 0  # v5 assigned client identifiers learned from CONNACKs

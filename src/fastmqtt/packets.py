@@ -1,0 +1,62 @@
+"""Encoders for the few MQTT packets fastmqtt sends itself (demo clients, health checks,
+the load generator). Inspection of what clients send lives in parse.py."""
+
+from __future__ import annotations
+
+_PROTOCOL = {3: b"\x00\x06MQIsdp", 4: b"\x00\x04MQTT", 5: b"\x00\x04MQTT"}
+
+DISCONNECT = b"\xe0\x00"
+PINGREQ = b"\xc0\x00"
+
+
+def varint(n: int) -> bytes:
+    """MQTT variable byte integer (remaining length, property lengths)."""
+    if not 0 <= n <= 268_435_455:
+        raise ValueError(f"{n} does not fit a variable byte integer")
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def utf8(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    return bytes([first_byte]) + varint(len(body)) + body
+
+
+def connect(
+    client_id: str,
+    version: int = 4,
+    keepalive: int = 60,
+    clean: bool = True,
+    username: str | None = None,
+    password: bytes | None = None,
+) -> bytes:
+    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
+    body = _PROTOCOL[version] + bytes([version, flags]) + keepalive.to_bytes(2, "big")
+    if version == 5:
+        body += b"\x00"  # no properties
+    body += utf8(client_id)
+    if username is not None:
+        body += utf8(username)
+    if password is not None:
+        body += len(password).to_bytes(2, "big") + password
+    return _packet(0x10, body)
+
+
+def subscribe(packet_id: int, topic: str, qos: int = 0, version: int = 4) -> bytes:
+    props = b"\x00" if version == 5 else b""
+    return _packet(0x82, packet_id.to_bytes(2, "big") + props + utf8(topic) + bytes([qos]))
+
+
+def publish(topic: str, payload: bytes, version: int = 4) -> bytes:
+    """QoS 0, not retained."""
+    props = b"\x00" if version == 5 else b""
+    return _packet(0x30, utf8(topic) + props + payload)

@@ -1,0 +1,115 @@
+"""Where established connections go: the C engine for plain TCP when it is compiled in, the
+event-loop relay otherwise. One interface for both; the choice is `RelayHub.start`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from fastmqtt.relay_loop import LoopRelay
+from fastmqtt.session import Session
+
+
+def make_engine(threads: int) -> Any:
+    """The C relay engine, or None where connections stay on the event loop."""
+    return None  # the engine lands with the _splice module
+
+
+# (session, bytes client->server, bytes server->client, end reason)
+FinishCallback = Callable[[Session, int, int, str], None]
+
+
+class RelayHub:
+    """Owns every established client/server pair of the process until it ends."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_finish: FinishCallback, engine: Any = None
+    ) -> None:
+        self.loop = loop
+        self.on_finish = on_finish
+        self.engine = engine
+        self.sessions: dict[int, Session] = {}
+        self._loop_relays: dict[int, LoopRelay] = {}
+        self._tasks: set[asyncio.Task] = set()
+        if engine is not None:
+            loop.add_reader(engine.completions_fd(), self._drain_engine)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def start(
+        self,
+        session: Session,
+        client_sock: socket.socket,
+        server_sock: socket.socket,
+        client_idle: float,
+        server_idle: float,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+        spliceable: bool = True,
+    ) -> None:
+        """Hand both sockets over; ``to_*`` are bytes already read that go out first."""
+        self.sessions[session.id] = session
+        if self.engine is not None and spliceable:
+            self.engine.add(
+                session.id,
+                client_sock.detach(),
+                server_sock.detach(),
+                client_idle,
+                server_idle,
+                to_server,
+                to_client,
+            )
+            return
+        relay = LoopRelay(
+            self.loop,
+            client_idle,
+            server_idle,
+            lambda c2s, s2c, reason: self._finished(session.id, c2s, s2c, reason),
+        )
+        self._loop_relays[session.id] = relay
+        task = self.loop.create_task(relay.start(client_sock, server_sock, to_server, to_client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def counters(self, session: Session) -> tuple[int, int]:
+        """Live bytes (client->server, server->client) of an established session."""
+        relay = self._loop_relays.get(session.id)
+        if relay is not None:
+            return relay.counters()
+        if self.engine is not None:
+            live = self.engine.counters(session.id)
+            if live is not None:
+                return live
+        return 0, 0
+
+    def close(self, session_id: int, reason: str = "killed") -> None:
+        relay = self._loop_relays.get(session_id)
+        if relay is not None:
+            relay.close(reason)
+        elif self.engine is not None and session_id in self.sessions:
+            self.engine.close(session_id)
+
+    async def shutdown(self, grace: float) -> None:
+        """Let connections end by themselves for up to ``grace`` seconds, then close the rest."""
+        deadline = self.loop.time() + grace
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - self.loop.time())))
+        for relay in list(self._loop_relays.values()):
+            relay.close("shutdown")
+        if self.engine is not None:
+            await self.loop.run_in_executor(None, self.engine.stop, 0.0)
+            self._drain_engine()
+            self.loop.remove_reader(self.engine.completions_fd())
+
+    def _drain_engine(self) -> None:
+        for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
+            self._finished(conn_id, c2s, s2c, reason)
+
+    def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
+        self._loop_relays.pop(session_id, None)
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self.on_finish(session, c2s, s2c, reason)

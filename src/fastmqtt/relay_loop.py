@@ -1,0 +1,153 @@
+"""Relay on the event loop: two transports wired back to back.
+
+Used for TLS and WebSocket connections (which the C engine cannot splice) and as the relay
+when the compiled engine is not in use. Backpressure: when one side's write buffer passes the
+high-water mark, reading from the other side pauses until it drains. Half-close: EOF from one
+side becomes write_eof() towards the other; the pair ends when both directions are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+# (bytes client->server, bytes server->client, end reason)
+DoneCallback = Callable[[int, int, str], None]
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class _Side(asyncio.Protocol):
+    """One socket of the pair; ``role`` is "client" or "server" and names end reasons."""
+
+    __slots__ = ("eof", "last_read", "pair", "peer", "received", "role", "transport")
+
+    def __init__(self, pair: LoopRelay, role: str) -> None:
+        self.pair = pair
+        self.role = role
+        self.peer: _Side | None = None
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.eof = False
+        self.last_read = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.last_read = time.monotonic()
+        assert self.peer is not None and self.peer.transport is not None
+        self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        assert self.peer is not None and self.peer.transport is not None
+        peer = self.peer.transport
+        if self.peer.eof or not peer.can_write_eof():
+            self.pair.finish(f"{self.role}-closed")
+            return False
+        peer.write_eof()
+        return True  # keep our transport open: the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self.pair.finish(f"{self.role}-closed")
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            self.pair.finish(f"{self.role}-reset")
+        else:
+            self.pair.finish("error")
+
+    # the peer's write buffer is full: stop reading from this side until it drains
+    def pause_writing(self) -> None:
+        assert self.peer is not None and self.peer.transport is not None
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.peer is not None and self.peer.transport is not None
+        if not self.peer.eof:
+            self.peer.transport.resume_reading()
+
+
+class LoopRelay:
+    """A client/server socket pair relayed on the event loop until either side ends it."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client_idle: float,
+        server_idle: float,
+        on_done: DoneCallback,
+    ) -> None:
+        self.loop = loop
+        self.client = _Side(self, "client")
+        self.server = _Side(self, "server")
+        self.client.peer, self.server.peer = self.server, self.client
+        self.client_idle = client_idle
+        self.server_idle = server_idle
+        self.on_done: DoneCallback | None = on_done
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def start(
+        self,
+        client_sock: socket.socket,
+        server_sock: socket.socket,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+    ) -> None:
+        """Take both sockets; ``to_*`` are bytes already read that must go out first."""
+        try:
+            await self.loop.connect_accepted_socket(lambda: self.client, client_sock)
+            await self.loop.connect_accepted_socket(lambda: self.server, server_sock)
+        except OSError:
+            self.finish("error")
+            return
+        if self.on_done is None:  # a side was lost while the other was being wired
+            return
+        assert self.client.transport and self.server.transport
+        if to_server:
+            self.server.transport.write(to_server)
+        if to_client:
+            self.client.transport.write(to_client)
+        self._arm_timer()
+
+    def counters(self) -> tuple[int, int]:
+        return self.client.received, self.server.received
+
+    def close(self, reason: str = "killed") -> None:
+        self.finish(reason)
+
+    def _arm_timer(self) -> None:
+        delays = [d for d in (self.client_idle, self.server_idle) if d > 0]
+        if delays and self.on_done is not None:
+            self._timer = self.loop.call_later(min(delays), self._check_idle)
+
+    def _check_idle(self) -> None:
+        now = time.monotonic()
+        for side, limit in ((self.client, self.client_idle), (self.server, self.server_idle)):
+            if limit > 0 and now - side.last_read >= limit:
+                self.finish(f"{side.role}-timeout")
+                return
+        waits = [
+            limit - (now - side.last_read)
+            for side, limit in ((self.client, self.client_idle), (self.server, self.server_idle))
+            if limit > 0
+        ]
+        self._timer = self.loop.call_later(max(min(waits), 0.01), self._check_idle)
+
+    def finish(self, reason: str) -> None:
+        """End the pair once: close both transports (flushing what they hold) and report."""
+        done, self.on_done = self.on_done, None
+        if done is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        for side in (self.client, self.server):
+            if side.transport is not None:
+                side.transport.close()
+        done(self.client.received, self.server.received, reason)

@@ -1,0 +1,114 @@
+"""One proxied connection from accept to close, and the log line it leaves behind."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from fastmqtt.backends import Server
+
+_ids = itertools.count(1)
+
+
+class Session:
+    """What fastmqtt knows about one client connection; timestamps are time.monotonic()."""
+
+    __slots__ = (
+        "accepted_at",
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "client_addr",
+        "client_id",
+        "connack_code",
+        "connected_at",
+        "ended_at",
+        "end_reason",
+        "frontend",
+        "id",
+        "inspected_at",
+        "keepalive",
+        "protocol_version",
+        "server",
+        "stick_key",
+        "username",
+        "wall_start",
+    )
+
+    def __init__(self, frontend: str, client_addr: tuple[str, int]) -> None:
+        self.id = next(_ids)
+        self.frontend = frontend
+        self.client_addr = client_addr
+        self.accepted_at = time.monotonic()
+        self.wall_start = time.time()
+        self.inspected_at: float | None = None
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        self.backend = ""
+        self.server: Server | None = None
+        self.client_id: str | None = None
+        self.username: str | None = None
+        self.protocol_version = 0
+        self.keepalive = 0
+        self.stick_key: str | None = None
+        self.connack_code: int | None = None
+        self.bytes_in = 0  # client -> server
+        self.bytes_out = 0  # server -> client
+        self.end_reason = ""
+
+    def _ms_since_accept(self, t: float | None) -> int:
+        return -1 if t is None else int((t - self.accepted_at) * 1000)
+
+    def log_fields(self) -> dict[str, object]:
+        return {
+            "client": f"{self.client_addr[0]}:{self.client_addr[1]}",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_start))
+            + f".{int(self.wall_start * 1000) % 1000:03d}Z",
+            "frontend": self.frontend,
+            "backend": self.backend or "-",
+            "server": self.server.name if self.server is not None else "-",
+            "client_id": self.client_id,
+            "username": self.username,
+            "mqtt_version": self.protocol_version or None,
+            "connack": self.connack_code,
+            "wait_ms": self._ms_since_accept(self.inspected_at),
+            "connect_ms": self._ms_since_accept(self.connected_at),
+            "total_ms": self._ms_since_accept(self.ended_at),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "end": self.end_reason,
+        }
+
+
+def format_text(f: dict[str, object]) -> str:
+    """HAProxy tcplog-like: client [time] frontend backend/server id Tw/Tc/Tt in/out end."""
+    cid = "-" if f["client_id"] is None else json.dumps(f["client_id"], ensure_ascii=False)
+    return (
+        f"{f['client']} [{f['time']}] {f['frontend']} {f['backend']}/{f['server']} "
+        f"cid={cid} v={f['mqtt_version'] or '-'} connack={_dash(f['connack'])} "
+        f"{f['wait_ms']}/{f['connect_ms']}/{f['total_ms']} "
+        f"in={f['bytes_in']} out={f['bytes_out']} {f['end']}"
+    )
+
+
+def _dash(value: object) -> object:
+    return "-" if value is None else value
+
+
+def format_json(f: dict[str, object]) -> str:
+    return json.dumps(f, ensure_ascii=False, separators=(",", ":"))
+
+
+class ConnectionLog:
+    """Writes one line per ended connection, pre-formatted (no logging-module overhead)."""
+
+    def __init__(self, stream: TextIO, fmt: str = "text") -> None:
+        self.stream = stream
+        self.format = format_json if fmt == "json" else format_text
+
+    def write(self, session: Session) -> None:
+        self.stream.write(self.format(session.log_fields()) + "\n")
+        self.stream.flush()

@@ -1,0 +1,213 @@
+"""Test helpers: a `fastmqtt serve` child process, lb.toml snippets, and paho clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fastmqtt.brokers import Mosquitto, free_port, wait_for_port
+
+
+def servers_toml(backend: str, brokers: Sequence[Mosquitto], **extra: object) -> str:
+    """``[[backend.NAME.server]]`` entries for running brokers; ``extra`` maps a broker name
+    to a dict of additional keys (e.g. ``node1={"weight": 5}``)."""
+    out = []
+    for b in brokers:
+        keys = {"name": b.name, "address": b.address, **extra.get(b.name, {})}  # type: ignore[dict-item]
+        body = "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
+        out.append(f"[[backend.{backend}.server]]\n{body}")
+    return "\n".join(out)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def recipe(
+    brokers: Sequence[Mosquitto],
+    port: int,
+    backend: str = "",
+    frontend: str = "",
+    defaults: str = "",
+    servers: dict[str, dict[str, object]] | None = None,
+) -> str:
+    """The HAProxy recipe in lb.toml form, with extra lines per section."""
+    return (
+        f'[global]\nlog_level = "info"\ngrace = "2s"\n\n'
+        f'[defaults]\ntimeout_connect = "2s"\ninspect_delay = "2s"\n{defaults}\n'
+        f'[frontend.mqtt]\nbind = "127.0.0.1:{port}"\nprotocol = "mqtt"\nbackend = "cluster"\n'
+        f"{frontend}\n"
+        f'[backend.cluster]\nbalance = "roundrobin"\n{backend}\n'
+        + servers_toml("cluster", brokers, **(servers or {}))
+    )
+
+
+@dataclass
+class FastMQTT:
+    """`python -m fastmqtt serve` on a config; ``port`` is probed until it accepts."""
+
+    config: str
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    workdir: str = ""
+
+    def start(self, timeout: float = 15.0) -> FastMQTT:
+        self.workdir = tempfile.mkdtemp(prefix="fastmqtt-lb-")
+        path = os.path.join(self.workdir, "lb.toml")
+        with open(path, "w") as f:
+            f.write(self.config)
+        self.stdout = open(os.path.join(self.workdir, "stdout.log"), "wb")  # noqa: SIM115
+        self.stderr = open(os.path.join(self.workdir, "stderr.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastmqtt", "serve", path],
+            stdout=self.stdout,
+            stderr=self.stderr,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+        )
+        if self.port:
+            try:
+                wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+            except Exception:
+                self.stop()
+                raise RuntimeError(f"fastmqtt did not start:\n{self.logs()}") from None
+        return self
+
+    def logs(self) -> str:
+        return self.read("stderr.log") + self.read("stdout.log")
+
+    def read(self, name: str) -> str:
+        with open(os.path.join(self.workdir, name), encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def connection_log(self) -> list[str]:
+        return [line for line in self.read("stdout.log").splitlines() if line.strip()]
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)  # second signal: exit at once
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.stdout.close()
+        self.stderr.close()
+        return self.proc.returncode
+
+
+def lb_port() -> int:
+    return free_port()
+
+
+class Client:
+    """A paho-mqtt 2.x client connected through the balancer, its network loop in a thread."""
+
+    def __init__(
+        self,
+        client_id: str,
+        port: int,
+        clean: bool = True,
+        version: int = 4,
+        host: str = "127.0.0.1",
+        keepalive: int = 60,
+        connect: bool = True,
+        **kwargs: object,
+    ) -> None:
+        protocol = {3: paho.MQTTv31, 4: paho.MQTTv311, 5: paho.MQTTv5}[version]
+        if version == 5:
+            self.mqtt = paho.Client(CallbackAPIVersion.VERSION2, client_id, protocol=protocol, **kwargs)  # type: ignore[arg-type]
+        else:
+            self.mqtt = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id, clean_session=clean, protocol=protocol, **kwargs  # type: ignore[arg-type]
+            )
+        self.version = version
+        self.clean = clean
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.reason_code: object = None
+        self.session_present: bool | None = None
+        self.messages: list[tuple[str, bytes]] = []
+        self.got_message = threading.Event()
+        self.mqtt.on_connect = self._on_connect
+        self.mqtt.on_disconnect = self._on_disconnect
+        self.mqtt.on_message = self._on_message
+        if connect:
+            self.connect()
+
+    def connect(self, timeout: float = 10.0) -> Client:
+        self.connected.clear()
+        self.disconnected.clear()
+        kwargs = {}
+        if self.version == 5:
+            kwargs["clean_start"] = self.clean
+        self.mqtt.connect(self.host, self.port, self.keepalive, **kwargs)
+        self.mqtt.loop_start()
+        if not self.connected.wait(timeout):
+            self.mqtt.loop_stop()
+            raise TimeoutError(f"no CONNACK within {timeout}s")
+        return self
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:  # noqa: ANN001
+        self.reason_code = reason_code
+        self.session_present = flags.session_present
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:  # noqa: ANN001
+        self.disconnected.set()
+
+    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+        self.messages.append((message.topic, message.payload))
+        self.got_message.set()
+
+    def subscribe(self, topic: str, qos: int = 0, timeout: float = 5.0) -> None:
+        done = threading.Event()
+        self.mqtt.on_subscribe = lambda *a, **k: done.set()
+        self.mqtt.subscribe(topic, qos)
+        if not done.wait(timeout):
+            raise TimeoutError(f"no SUBACK for {topic}")
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        info = self.mqtt.publish(topic, payload, qos)
+        if qos:
+            info.wait_for_publish(5)
+
+    def wait_message(self, timeout: float = 5.0) -> bool:
+        return self.got_message.wait(timeout)
+
+    def close(self) -> None:
+        self.mqtt.disconnect()
+        self.mqtt.loop_stop()
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` until true or ``timeout``; bounded, returns the last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
