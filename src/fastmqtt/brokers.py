@@ -93,6 +93,7 @@ class Mosquitto:
                 "max_keepalive 65535\n"
                 f"{self.extra_config}\n"
             )
+        open(self.log_path, "w").close()  # a fresh start gets a fresh log
         # mosquitto flushes its log file per line, not its stdout: read the file
         self.proc = subprocess.Popen(
             [binary, "-c", conf],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fastmqtt import packets
 from fastmqtt.brokers import Mosquitto, free_port, wait_for_port
+from fastmqtt.parse import inspect_connack
 
 
 def servers_toml(backend: str, brokers: Sequence[Mosquitto], **extra: object) -> str:
@@ -211,3 +214,42 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def raw_connect(port: int, client_id: str, version: int = 4, **kwargs: object) -> socket.socket:
+    """A plain-socket MQTT client: CONNECT through the balancer, wait for a CONNACK of 0."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(packets.connect(client_id, version=version, **kwargs))  # type: ignore[arg-type]
+    data = b""
+    while (connack := inspect_connack(data, version)) is None:
+        chunk = sock.recv(256)
+        if not chunk:
+            sock.close()
+            raise ConnectionError(f"{client_id}: closed before CONNACK")
+        data += chunk
+    if connack.reason_code != 0:
+        sock.close()
+        raise ConnectionError(f"{client_id}: CONNACK {connack.reason_code}")
+    return sock
+
+
+def landed(brokers: Sequence[Mosquitto]) -> dict[str, str]:
+    """client id -> name of the broker that logged it last."""
+    where: dict[str, str] = {}
+    for b in brokers:
+        for cid in b.connected_client_ids():
+            where[cid] = b.name
+    return where
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True when the other side closes (EOF or reset) within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(4096):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
