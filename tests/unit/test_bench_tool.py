@@ -1,0 +1,81 @@
+"""`fastmqtt bench`, run for real: subprocesses of the CLI against a real Mosquitto broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from fastmqtt.bench import Histogram
+from fastmqtt.brokers import Mosquitto, free_port
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto(name="bench") as b:
+        yield b
+
+
+def bench(*argv: str) -> tuple[int, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastmqtt", "bench", *argv, "--json", "-q", "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_conn_holds_every_client_and_the_broker_sees_them(broker: Mosquitto) -> None:
+    code, r = bench("conn", "-p", str(broker.port), "-c", "20", "-i", "0", "--duration", "0.5",
+                    "--prefix", "hold")  # fmt: skip
+    assert (code, r["connected"], r["failed"], r["processes"]) == (0, 20, 0, 2)
+    assert 0 < r["connack_p50_ms"] <= r["connack_p99_ms"]
+    seen = {cid for cid in broker.connected_client_ids() if cid.startswith("hold-")}
+    assert seen == {f"hold-{n}" for n in range(20)}
+
+
+def test_conn_churn_counts_cycles(broker: Mosquitto) -> None:
+    code, r = bench("conn", "--churn", "-p", str(broker.port), "-c", "4", "--duration", "1",
+                    "--prefix", "churn")  # fmt: skip
+    assert code == 0 and r["failed"] == 0
+    assert r["cycles"] > 20 and r["cycles_per_s"] == pytest.approx(r["cycles"])
+    logged = [cid for cid in broker.connected_client_ids() if cid.startswith("churn-")]
+    assert len(logged) >= r["cycles"]  # a cycle only counts once the broker accepted it
+
+
+@pytest.mark.parametrize("version", ["4", "5"])
+def test_pub_echoes_every_message(broker: Mosquitto, version: str) -> None:
+    code, r = bench("pub", "-p", str(broker.port), "-c", "2", "-i", "0", "--duration", "1",
+                    "--rate", "50", "-s", "100", "-V", version)  # fmt: skip
+    assert (code, r["connected"], r["failed"]) == (0, 2, 0)
+    assert 80 <= r["sent"] <= 120  # 2 connections x 50 msgs/s x 1 s
+    assert r["received"] == r["sent"] and r["lost"] == 0
+    assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
+
+
+def test_pub_closed_loop_and_watched_process(broker: Mosquitto) -> None:
+    assert broker.proc is not None
+    code, r = bench("pub", "-p", str(broker.port), "-c", "2", "-i", "0", "--duration", "1",
+                    "-s", "4096", "--watch-pid", str(broker.proc.pid))  # fmt: skip
+    assert code == 0 and r["received"] == r["sent"] > 1000
+    assert r["watch"]["cpu_s"] > 0 and r["watch"]["rss_kb"] > 0
+
+
+def test_nothing_listening_is_counted_as_failures() -> None:
+    code, r = bench("conn", "-p", str(free_port()), "-c", "3", "-i", "0", "--duration", "0.2")
+    assert (code, r["connected"], r["failed"]) == (1, 0, 3)
+    assert list(r["errors"]) == ["connect: Connection refused"]
+
+
+def test_histogram_percentiles_within_resolution() -> None:
+    h = Histogram()
+    for us in range(1, 10_001):
+        h.add(us * 1000)
+    assert h.percentile_ms(50) == pytest.approx(5.0, rel=0.04)
+    assert h.percentile_ms(99) == pytest.approx(9.9, rel=0.04)
+    assert Histogram().percentile_ms(50) is None
