@@ -44,6 +44,7 @@ class Vector:
     data: bytes
     verdict: str
     client_id: str | None = None  # what a valid vector must extract
+    pause_at: int = 0  # when set, the sender pauses after this many bytes (two TCP segments)
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,7 +108,28 @@ def paho_vectors() -> list[Vector]:
     vectors.append(_captured("paho-v311-empty-client-id", ClientSpec(4, "")))
     vectors.append(_captured("paho-v5-empty-client-id", ClientSpec(5, "")))
     vectors.append(_captured("paho-v5-persistent-empty-client-id", ClientSpec(5, "", clean=False)))
-    return vectors
+    return vectors + _split_vectors()
+
+
+def _split_vectors() -> list[Vector]:
+    """A real CONNECT with remaining length 128 (encoded 0x80 0x01), delivered in two pieces.
+
+    Cut after 0x80, the length read so far is 0: a reader that takes the bytes present for the
+    whole field sees an empty CONNECT, although the client did nothing wrong.
+    """
+    spec_128 = ClientSpec(4, "x" * 116)  # 10 (variable header) + 2 + 116 = 128
+    data = capture_connect(spec_128)
+    assert data[1:3] == b"\x80\x01", data[:3]
+    return [
+        Vector(
+            f"paho-v311-remaining-length-128-paused-at-{at}",
+            data,
+            VALID,
+            spec_128.client_id,
+            pause_at=at,
+        )
+        for at in (1, 2, 3, 40)
+    ]
 
 
 def _field_combinations() -> Iterator[ClientSpec]:
