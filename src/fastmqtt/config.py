@@ -1,0 +1,951 @@
+"""TOML config -> frozen, validated objects, and the `fastmqtt check` command.
+
+Each section is a table of keys (converter, required or not) walked by one function, `_walk`,
+which collects every problem instead of stopping at the first: an operator fixing a config
+wants the whole list at once. A new section is one more key table plus a small builder.
+
+Messages name the file, the dotted key path (array items 0-based: ``server[2]``) and what
+was expected, e.g. ``lb.toml: backend.emqx.server[2].weight: expected an integer 1..256,
+got "high"``. Values under ``[defaults]`` fill frontends and backends that do not set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import json
+import os
+import re
+import resource
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
+from types import MappingProxyType
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+from fastmqtt.errors import ConfigError
+
+PROTOCOLS = ("mqtt", "tcp")
+BALANCES = ("roundrobin", "leastconn", "source", "consistent", "random")
+HASH_KEYS = ("client_id", "username", "source")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+SEND_PROXY = ("v1", "v2")
+DEFAULT_PROTOCOL = "mqtt"
+
+TYPICAL_KEEPALIVE = 60.0  # seconds; what most MQTT client libraries send by default
+KEEPALIVE_FACTOR = 1.5  # a client is idle for up to 1x keepalive between pings, plus slack
+FDS_PER_CONNECTION = 2  # a client socket and a broker socket
+FD_MARGIN = 100  # listeners, health checks, logs, pipes, the event loop itself
+MAX_CONNECTIONS = 10_000_000
+MAX_DURATION = 7 * 86400.0  # keeps millisecond timers of the C relay within 32 bits
+MQTT_MAX_PACKET = 256 * 1024 * 1024
+
+
+# --- the objects the rest of fastmqtt reads ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimeout:
+    """Client-side idle timeout: a fixed number of seconds, or derived from the keepalive."""
+
+    auto: bool
+    seconds: float  # used when not auto
+    minimum: float = 30.0
+    maximum: float = 3600.0
+
+    def for_keepalive(self, keepalive: int) -> float:
+        """Idle timeout in seconds for a client that announced ``keepalive`` (never 0/None)."""
+        if not self.auto:
+            return self.seconds
+        if keepalive <= 0:  # keepalive 0 = the client never pings; only the ceiling applies
+            return self.maximum
+        return min(max(KEEPALIVE_FACTOR * keepalive, self.minimum), self.maximum)
+
+
+_CLIENT_TIMEOUT = ClientTimeout(False, 240.0)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    maxconn: int = 10000
+    workers: int = 1
+    relay_threads: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+    grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    timeout_connect: float = 10.0
+    timeout_client: ClientTimeout = _CLIENT_TIMEOUT
+    timeout_server: float = 240.0
+    maxconn: int = 10000
+    inspect_delay: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendConfig:
+    name: str
+    bind_host: str
+    bind_port: int
+    protocol: str
+    backend: str
+    inspect_delay: float
+    reject_invalid: bool = True
+    max_connect_size: int = 65536
+    maxconn: int = 10000
+    timeout_client: ClientTimeout = _CLIENT_TIMEOUT
+    allow_bridge: bool = True
+    tls: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    name: str
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+    maxconn: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class StickConfig:
+    on: str = "client_id"
+    size: int = 100000
+    expire: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    balance: str = "roundrobin"
+    hash_key: str = "client_id"
+    hash_balance_factor: float | None = None
+    stick: StickConfig | None = None
+    send_proxy: str | None = None
+    retries: int = 3
+    redispatch: bool = True
+    all_backups: bool = False
+    timeout_connect: float = 10.0
+    timeout_server: float = 240.0
+    servers: tuple[ServerConfig, ...] = ()
+    check: Mapping[str, object] | None = None
+    tls: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsConfig:
+    bind_host: str
+    bind_port: int
+    uri: str = "/stats"
+    refresh: float = 10.0
+    auth_user: str | None = None
+    auth_password_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    global_: GlobalConfig
+    defaults: Defaults
+    frontends: tuple[FrontendConfig, ...]
+    backends: Mapping[str, BackendConfig]
+    stats: StatsConfig | None
+    warnings: tuple[str, ...] = ()
+
+    def backend_for(self, frontend: FrontendConfig) -> BackendConfig:
+        return self.backends[frontend.backend]
+
+
+# --- problems: collected, then reported all at once -------------------------------------------
+
+
+class _Bad(Exception):
+    """A value that does not fit its key; the text says what was expected."""
+
+
+@dataclass
+class _Report:
+    label: str  # the file name as the user gave it
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def error(self, path: str, text: str) -> None:
+        self.errors.append(f"{self.label}: {path}: {text}")
+
+    def warn(self, path: str, text: str) -> None:
+        self.warnings.append(f"{self.label}: {path}: {text}")
+
+
+def _show(value: object) -> str:
+    """A value as it would be written in TOML, so the message quotes what the user wrote."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _expected(what: str, value: object, hint: str = "") -> _Bad:
+    return _Bad(f"expected {what}, got {_show(value)}{hint}")
+
+
+def _did_you_mean(word: object, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _join(path: str, key: str) -> str:
+    part = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+    return f"{path}.{part}" if path else part
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+# --- converters: one raw TOML value -> one typed value, or _Bad -------------------------------
+
+Convert = Callable[[object], object]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|KiB|MiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "KiB": 1024, "MiB": 1024**2}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WILDCARDS = {"", "*"}  # ":1883" and "*:1883" (HAProxy's spelling) listen on every IPv4 address
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(lo: int, hi: int) -> Convert:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _expected(f"an integer {lo}..{hi}", value)
+        return value
+
+    return convert
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _expected("a boolean (true or false)", value)
+    return value
+
+
+def _choice(*options: str) -> Convert:
+    what = "one of " + ", ".join(json.dumps(option) for option in options)
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise _expected(what, value, _did_you_mean(value, options))
+        return value
+
+    return convert
+
+
+def _seconds(value: object) -> float:
+    """A duration in seconds from ``"250ms"``/``"10s"``/``"2m"``/``"1h"``/``"1d"`` or a number."""
+    if _is_number(value):
+        seconds = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    else:
+        raise _Bad("not a duration")
+    if not 0.0 <= seconds <= MAX_DURATION:  # also rejects NaN
+        raise _Bad("out of range")
+    return seconds
+
+
+def _duration(allow_zero: bool = False) -> Convert:
+    what = 'a duration like "250ms", "10s", "30m" or "1h" (at most "7d")'
+    what = what if allow_zero else f"a positive {what[2:]}"
+
+    def convert(value: object) -> float:
+        try:
+            seconds = _seconds(value)
+        except _Bad:
+            raise _expected(what, value) from None
+        if seconds == 0.0 and not allow_zero:
+            raise _expected(what, value)
+        return seconds
+
+    return convert
+
+
+def parse_duration(text_or_number: object, key: str) -> float:
+    """Seconds from ``"10s"``, ``"250ms"``, ``"2m"``, ``"30m"``, ``"1h"``, ``"1d"`` or a number."""
+    try:
+        return _duration(allow_zero=True)(text_or_number)  # type: ignore[return-value]
+    except _Bad as bad:
+        raise ConfigError([f"{key}: {bad}"]) from None
+
+
+def _size(lo: int, hi: int) -> Convert:
+    what = f'a size from {lo} bytes to 256MiB (bytes, or a string like "64KiB", "1MiB", "64KB")'
+
+    def convert(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+            size = int(match[1]) * _SIZE_UNITS[match[2]]
+        else:
+            raise _expected(what, value)
+        if not lo <= size <= hi:
+            raise _expected(what, value)
+        return size
+
+    return convert
+
+
+def _factor(value: object) -> float:
+    if not _is_number(value) or not 1.0 < float(value) <= 100.0:  # type: ignore[arg-type]
+        raise _expected("a number greater than 1.0, such as 1.25", value)
+    return float(value)  # type: ignore[arg-type]
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise _expected("a name of letters, digits, '_', '-', '.' (at most 64)", value)
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _expected("a non-empty string", value)
+    return value
+
+
+def _env_name(value: object) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise _expected("an environment variable name like FASTMQTT_STATS_PASSWORD", value)
+    return value
+
+
+def _uri(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/\S*", value):
+        raise _expected('a path starting with "/"', value)
+    return value
+
+
+def _workers(value: object) -> int:
+    if value == "auto":
+        return _cpu_count()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise _expected('an integer 1..1024 or "auto"', value)
+    return value
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (containers, taskset)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _client_timeout_setting(value: object) -> float | str:
+    if value == "auto":
+        return "auto"
+    try:
+        return _duration()(value)  # type: ignore[return-value]
+    except _Bad:
+        raise _expected('"auto" or a positive duration like "240s"', value) from None
+
+
+def _raw_table(value: object) -> Mapping[str, object]:
+    """Tables owned by later features (TLS, health checks): kept as given, read-only."""
+    if not isinstance(value, dict):
+        raise _expected("a table", value)
+    return _freeze(value)  # type: ignore[return-value]
+
+
+def _freeze(value: object) -> object:
+    if isinstance(value, dict):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _host(host: str) -> str:
+    """An IP literal (normalised) or a DNS name; raises _Bad otherwise."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if re.fullmatch(r"[\d.]+", host) or not _HOSTNAME.fullmatch(host):
+        raise _Bad("bad host")
+    return host
+
+
+def _host_port(value: object, wildcard: bool) -> tuple[str, int]:
+    if not isinstance(value, str) or not (match := _HOST_PORT.fullmatch(value.strip())):
+        raise _Bad("bad address")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise _Bad("bad port")
+    if match["v6"] is not None:
+        return str(ipaddress.IPv6Address(match["v6"])), port  # ValueError is caught by callers
+    if wildcard and match["host"] in _WILDCARDS:
+        return "0.0.0.0", port
+    return _host(match["host"]), port
+
+
+def _bind(value: object) -> tuple[str, int]:
+    try:
+        return _host_port(value, wildcard=True)
+    except (_Bad, ValueError):
+        what = 'an address like "0.0.0.0:1883", "127.0.0.1:1883", "[::]:1883" or ":1883"'
+        raise _expected(f"{what} (port 1..65535)", value) from None
+
+
+def _address(value: object) -> tuple[str, int]:
+    try:
+        return _host_port(value, wildcard=False)
+    except (_Bad, ValueError):
+        raise _expected('"host:port" or "[ipv6]:port" (port 1..65535)', value) from None
+
+
+# --- the schema: one table of keys per section ------------------------------------------------
+
+Nested = Callable[[object, str, _Report], object]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    convert: Convert | Nested
+    required: bool = False
+    nested: bool = False  # convert(value, path, report) walks a sub-table and reports itself
+
+
+_FAILED = object()  # a value that did not convert (already reported)
+
+
+def _walk(raw: object, keys: Mapping[str, _Key], path: str, report: _Report) -> dict:
+    """The keys present in ``raw`` that converted; every problem is reported.
+
+    Bad keys are left out rather than failing the section, so the checks that follow still
+    see the rest and the user gets every error in one run (the config is refused anyway).
+    """
+    if not isinstance(raw, dict):
+        report.error(path, str(_expected("a table", raw)))
+        return {}
+    for name in [name for name in raw if name not in keys]:  # in file order
+        hint = _did_you_mean(name, keys) or f"; valid keys: {', '.join(keys)}"
+        report.error(_join(path, name), f"unknown key{hint}")
+    values = {}
+    for name, key in keys.items():
+        if name in raw:
+            values[name] = _convert(key, raw[name], _join(path, name), report)
+        elif key.required:
+            report.error(_join(path, name), "missing required key")
+    return {name: value for name, value in values.items() if value is not _FAILED}
+
+
+def _complete(values: Mapping, keys: Mapping[str, _Key]) -> bool:
+    """Every required key is there, so the section's object can be built."""
+    return all(name in values for name, key in keys.items() if key.required)
+
+
+def _convert(key: _Key, value: object, path: str, report: _Report) -> object:
+    if key.nested:
+        return key.convert(value, path, report)  # type: ignore[call-arg]
+    try:
+        return key.convert(value)  # type: ignore[call-arg]
+    except _Bad as bad:
+        report.error(path, str(bad))
+        return _FAILED
+
+
+def _stick(value: object, path: str, report: _Report) -> StickConfig | None:
+    """``stick = true`` (defaults), ``false``, or ``{ on = ..., size = ..., expire = ... }``."""
+    if isinstance(value, bool):
+        return StickConfig() if value else None
+    if not isinstance(value, dict):
+        what = 'true, false or a table like { on = "client_id", size = 100000, expire = "30m" }'
+        report.error(path, str(_expected(what, value)))
+        return None
+    return StickConfig(**_walk(value, STICK_KEYS, path, report))
+
+
+def _servers(value: object, path: str, report: _Report) -> tuple[ServerConfig, ...]:
+    if not isinstance(value, list) or not value:
+        report.error(path, str(_expected("one or more [[...server]] tables", value)))
+        return ()
+    items = [_walk(item, SERVER_KEYS, f"{path}[{i}]", report) for i, item in enumerate(value)]
+    _check_unique_servers(items, path, report)
+    return tuple(_server(values) for values in items if _complete(values, SERVER_KEYS))
+
+
+def _server(values: dict) -> ServerConfig:
+    host, port = values.pop("address")
+    return ServerConfig(host=host, port=port, **values)
+
+
+def _check_unique_servers(items: list[dict], path: str, report: _Report) -> None:
+    first: dict[str, int] = {}
+    for i, values in enumerate(items):
+        name = values.get("name")
+        if name in first:
+            text = f"duplicate server name {_show(name)} (also server[{first[name]}])"
+            report.error(f"{path}[{i}].name", text)
+        elif name is not None:
+            first[name] = i
+
+
+def _auth(value: object, path: str, report: _Report) -> dict:
+    return _walk(value, AUTH_KEYS, path, report)
+
+
+_CLIENT_TIMEOUT_KEYS = {
+    "timeout_client": _Key(_client_timeout_setting),
+    "timeout_client_min": _Key(_duration()),
+    "timeout_client_max": _Key(_duration()),
+}
+GLOBAL_KEYS = {
+    "maxconn": _Key(_integer(1, MAX_CONNECTIONS)),
+    "workers": _Key(_workers),
+    "relay_threads": _Key(_integer(1, 64)),
+    "log_level": _Key(_choice(*LOG_LEVELS)),
+    "log_format": _Key(_choice(*LOG_FORMATS)),
+    "grace": _Key(_duration(allow_zero=True)),
+}
+DEFAULTS_KEYS = {
+    "timeout_connect": _Key(_duration()),
+    **_CLIENT_TIMEOUT_KEYS,
+    "timeout_server": _Key(_duration()),
+    "maxconn": _Key(_integer(1, MAX_CONNECTIONS)),
+    "inspect_delay": _Key(_duration()),
+}
+FRONTEND_KEYS = {
+    "bind": _Key(_bind, required=True),
+    "protocol": _Key(_choice(*PROTOCOLS)),
+    "backend": _Key(_name, required=True),
+    "inspect_delay": DEFAULTS_KEYS["inspect_delay"],
+    "reject_invalid": _Key(_boolean),
+    "max_connect_size": _Key(_size(64, MQTT_MAX_PACKET)),
+    "maxconn": DEFAULTS_KEYS["maxconn"],
+    **_CLIENT_TIMEOUT_KEYS,
+    "allow_bridge": _Key(_boolean),
+    "tls": _Key(_raw_table),
+}
+STICK_KEYS = {
+    "on": _Key(_choice(*HASH_KEYS)),
+    "size": _Key(_integer(1, MAX_CONNECTIONS)),
+    "expire": _Key(_duration()),
+}
+SERVER_KEYS = {
+    "name": _Key(_name, required=True),
+    "address": _Key(_address, required=True),
+    "weight": _Key(_integer(1, 256)),
+    "backup": _Key(_boolean),
+    "maxconn": _Key(_integer(0, MAX_CONNECTIONS)),
+}
+BACKEND_KEYS = {
+    "balance": _Key(_choice(*BALANCES)),
+    "hash_key": _Key(_choice(*HASH_KEYS)),
+    "hash_balance_factor": _Key(_factor),
+    "stick": _Key(_stick, nested=True),
+    "send_proxy": _Key(_choice(*SEND_PROXY)),
+    "retries": _Key(_integer(0, 100)),
+    "redispatch": _Key(_boolean),
+    "all_backups": _Key(_boolean),
+    "timeout_connect": DEFAULTS_KEYS["timeout_connect"],
+    "timeout_server": DEFAULTS_KEYS["timeout_server"],
+    "server": _Key(_servers, required=True, nested=True),
+    "check": _Key(_raw_table),
+    "tls": _Key(_raw_table),
+}
+AUTH_KEYS = {
+    "user": _Key(_text, required=True),
+    "password_env": _Key(_env_name, required=True),
+}
+STATS_KEYS = {
+    "bind": _Key(_bind, required=True),
+    "uri": _Key(_uri),
+    "refresh": _Key(_duration()),
+    "auth": _Key(_auth, nested=True),
+}
+TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats")
+
+# Keys whose effect depends on another setting: (keys, section attribute, needed value).
+_MQTT_ONLY_FRONTEND_KEYS = ("inspect_delay", "reject_invalid", "max_connect_size", "allow_bridge")
+_CONSISTENT_ONLY_KEYS = ("hash_key", "hash_balance_factor")
+_AUTO_ONLY_KEYS = ("timeout_client_min", "timeout_client_max")
+
+
+# --- section builders -------------------------------------------------------------------------
+
+
+def _warn_no_effect(values: Mapping, keys: Iterable[str], unless: str, path: str, report: _Report):
+    for key in keys:
+        if key in values:
+            report.warn(_join(path, key), f"has no effect unless {unless}")
+
+
+def _client_timeout(values: dict, base: ClientTimeout, path: str, report: _Report) -> ClientTimeout:
+    """Takes the timeout_client* keys out of ``values``; unset parts come from ``base``."""
+    setting = values.pop("timeout_client", None)
+    explicit = {key: values.pop(key) for key in _AUTO_ONLY_KEYS if key in values}
+    timeout = ClientTimeout(
+        auto=base.auto if setting is None else setting == "auto",
+        seconds=base.seconds if setting in (None, "auto") else setting,  # type: ignore[arg-type]
+        minimum=explicit.get("timeout_client_min", base.minimum),
+        maximum=explicit.get("timeout_client_max", base.maximum),
+    )
+    if not timeout.auto:
+        _warn_no_effect(explicit, _AUTO_ONLY_KEYS, 'timeout_client = "auto"', path, report)
+    if isinstance(setting, float) and setting < KEEPALIVE_FACTOR * TYPICAL_KEEPALIVE:
+        report.warn(_join(path, "timeout_client"), _short_timeout_text(setting))
+    if timeout.minimum > timeout.maximum:
+        text = f"is above timeout_client_max ({_seconds_text(timeout.maximum)})"
+        report.error(_join(path, "timeout_client_min"), text)
+    return timeout
+
+
+def _short_timeout_text(seconds: float) -> str:
+    floor = _seconds_text(KEEPALIVE_FACTOR * TYPICAL_KEEPALIVE)
+    return (
+        f"{_seconds_text(seconds)} is shorter than {KEEPALIVE_FACTOR:g} x a typical "
+        f"{TYPICAL_KEEPALIVE:g}s MQTT keepalive: idle clients would be cut between two pings; "
+        f'use "auto" or at least "{floor}"'
+    )
+
+
+def _build_global(raw: object, report: _Report) -> GlobalConfig:
+    return GlobalConfig(**_walk(raw, GLOBAL_KEYS, "global", report))
+
+
+def _build_defaults(raw: object, report: _Report) -> Defaults:
+    values = _walk(raw, DEFAULTS_KEYS, "defaults", report)
+    timeout = _client_timeout(values, _CLIENT_TIMEOUT, "defaults", report)
+    return Defaults(timeout_client=timeout, **values)
+
+
+def _build_frontend(
+    name: str, raw: object, path: str, report: _Report, defaults: Defaults
+) -> FrontendConfig | None:
+    values = _walk(raw, FRONTEND_KEYS, path, report)
+    if not _complete(values, FRONTEND_KEYS):
+        return None
+    timeout = _client_timeout(values, defaults.timeout_client, path, report)
+    host, port = values.pop("bind")
+    inherited = {"inspect_delay": defaults.inspect_delay, "maxconn": defaults.maxconn}
+    frontend = FrontendConfig(
+        **{"protocol": DEFAULT_PROTOCOL, **inherited, **values},
+        name=name,
+        bind_host=host,
+        bind_port=port,
+        timeout_client=timeout,
+    )
+    if frontend.protocol == "tcp":
+        _warn_no_effect(values, _MQTT_ONLY_FRONTEND_KEYS, 'protocol = "mqtt"', path, report)
+        if timeout.auto:
+            text = 'needs protocol = "mqtt" to read the keepalive; timeout_client_max applies'
+            report.warn(_join(path, "timeout_client"), text)
+    return frontend
+
+
+def _build_backend(
+    name: str, raw: object, path: str, report: _Report, defaults: Defaults
+) -> BackendConfig | None:
+    values = _walk(raw, BACKEND_KEYS, path, report)
+    inherited = {
+        "timeout_connect": defaults.timeout_connect,
+        "timeout_server": defaults.timeout_server,
+    }
+    servers = values.pop("server", ())
+    backend = BackendConfig(name=name, servers=servers, **{**inherited, **values})
+    if backend.balance != "consistent":
+        _warn_no_effect(values, _CONSISTENT_ONLY_KEYS, 'balance = "consistent"', path, report)
+    if servers and all(server.backup for server in servers):
+        report.warn(_join(path, "server"), "every server is a backup: there is no primary")
+    return backend
+
+
+def _build_stats(raw: object, report: _Report) -> StatsConfig | None:
+    values = _walk(raw, STATS_KEYS, "stats", report)
+    if not _complete(values, STATS_KEYS):
+        return None
+    host, port = values.pop("bind")
+    auth = values.pop("auth", {})
+    env = auth.get("password_env")
+    if env is not None and env not in os.environ:
+        report.warn("stats.auth.password_env", f"environment variable {env} is not set here")
+    return StatsConfig(
+        bind_host=host, bind_port=port, auth_user=auth.get("user"), auth_password_env=env, **values
+    )
+
+
+def _build_named(raw: object, path: str, report: _Report, build: Callable) -> dict[str, object]:
+    """``[frontend.NAME]`` / ``[backend.NAME]``: each table built by ``build``; bad ones dropped."""
+    if not raw:
+        report.error(path, f"missing: at least one [{path}.NAME] table is required")
+        return {}
+    if not isinstance(raw, dict):
+        report.error(path, str(_expected(f"[{path}.NAME] tables", raw)))
+        return {}
+    built = {}
+    for name, table in raw.items():
+        at = _join(path, name)
+        if not isinstance(table, dict):
+            example = f"[{path}.NAME] table (sections are named, e.g. [{path}.main])"
+            report.error(at, str(_expected(f"a {example}", table)))
+            continue
+        try:
+            _name(name)
+        except _Bad as bad:
+            report.error(at, f"section name: {bad}")
+            continue
+        section = build(name, table, at, report)
+        if section is not None:
+            built[name] = section
+    return built
+
+
+# --- checks across sections -------------------------------------------------------------------
+
+
+def _check_backend_names(raw: dict, report: _Report) -> None:
+    """Each frontend names a backend that exists; read from the raw tables, so a frontend or
+    backend with errors of its own is still checked."""
+    names = _tables(raw.get("backend"))
+    for name, frontend in _tables(raw.get("frontend")).items():
+        backend = frontend.get("backend")
+        if isinstance(backend, str) and backend not in names:
+            hint = _did_you_mean(backend, names)
+            report.error(
+                f"{_join('frontend', name)}.backend", f"no [backend.{backend}] section{hint}"
+            )
+
+
+def _tables(raw: object) -> dict[str, dict]:
+    if not isinstance(raw, dict):
+        return {}
+    return {name: table for name, table in raw.items() if isinstance(table, dict)}
+
+
+def _binds(config: Config) -> list[tuple[str, str, int]]:
+    binds = [(f"frontend.{fe.name}.bind", fe.bind_host, fe.bind_port) for fe in config.frontends]
+    if config.stats is not None:
+        binds.append(("stats.bind", config.stats.bind_host, config.stats.bind_port))
+    return binds
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Same address, or a wildcard of the family covers the other (IPv6 sockets are V6ONLY)."""
+    if a == b:
+        return True
+    try:
+        ip_a, ip_b = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False  # a DNS name: only an identical name is known to clash
+    return ip_a.version == ip_b.version and (ip_a.is_unspecified or ip_b.is_unspecified)
+
+
+def _format_bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_binds(config: Config, report: _Report) -> None:
+    binds = _binds(config)
+    for i, (path, host, port) in enumerate(binds):
+        for other_path, other_host, other_port in binds[:i]:
+            if port == other_port and _overlap(host, other_host):
+                other = f"{other_path} ({_format_bind(other_host, other_port)})"
+                report.warn(path, f"{_format_bind(host, port)} overlaps {other}")
+
+
+def _mqtt_fields_needed(backend: BackendConfig) -> str | None:
+    """Why the backend needs the CONNECT to be read, or None."""
+    if backend.stick is not None and backend.stick.on != "source":
+        return f"sticks on {backend.stick.on}"
+    if backend.balance == "consistent" and backend.hash_key != "source":
+        return f"hashes on {backend.hash_key}"
+    return None
+
+
+def _check_tcp_frontends(config: Config, report: _Report) -> None:
+    """A `tcp` frontend never reads the CONNECT, so a backend keyed on its fields cannot work."""
+    for frontend in config.frontends:
+        backend = config.backends.get(frontend.backend)
+        reason = None if backend is None else _mqtt_fields_needed(backend)
+        if frontend.protocol == "tcp" and reason:
+            text = f'protocol = "tcp" reads no CONNECT, but backend {backend.name} {reason}'
+            report.warn(f"frontend.{frontend.name}.protocol", text)
+
+
+def _max_connections(config: Config) -> int:
+    """What one process may hold: the global limit, or less if the frontends' limits sum lower."""
+    per_frontend = sum(frontend.maxconn for frontend in config.frontends)
+    return min(config.global_.maxconn, per_frontend or config.global_.maxconn)
+
+
+def open_files_needed(config: Config) -> int:
+    """File descriptors one process needs for its connection limit (for RLIMIT_NOFILE)."""
+    return FDS_PER_CONNECTION * _max_connections(config) + FD_MARGIN
+
+
+def _check_open_files(config: Config, report: _Report) -> None:
+    """`serve` may raise the soft limit up to the hard limit, which is the real ceiling."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = open_files_needed(config)
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        text = (
+            f"{_max_connections(config)} connections need about {needed} open files "
+            f"({FDS_PER_CONNECTION} per connection + {FD_MARGIN} spare), but this process may "
+            f"open at most {hard} (RLIMIT_NOFILE hard limit; soft {soft}): "
+            f"lower maxconn to {(hard - FD_MARGIN) // FDS_PER_CONNECTION} or raise the limit"
+        )
+        report.warn("global.maxconn", text)
+
+
+_CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (
+    _check_binds,
+    _check_tcp_frontends,
+    _check_open_files,
+)
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def _parse_toml(text: str, report: _Report) -> dict | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        report.errors.append(_syntax_error(report.label, str(exc), text))
+        return None
+
+
+def _syntax_error(label: str, message: str, text: str) -> str:
+    match = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message)
+    if match:
+        message, line, column = match[1], int(match[2]), int(match[3])
+    else:  # "(at end of document)": point at the end, so editors can jump there
+        message = message.removesuffix(" (at end of document)")
+        line, column = text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
+    return f"{label}:{line}:{column}: TOML syntax error: {message}"
+
+
+def _build(raw: dict, report: _Report) -> Config:
+    for name in [name for name in raw if name not in TOP_KEYS]:
+        hint = _did_you_mean(name, TOP_KEYS) or f"; valid sections: {', '.join(TOP_KEYS)}"
+        report.error(_join("", name), f"unknown section{hint}")
+    global_ = _build_global(raw.get("global", {}), report)
+    defaults = _build_defaults(raw.get("defaults", {}), report)
+    build_frontend = partial(_build_frontend, defaults=defaults)
+    build_backend = partial(_build_backend, defaults=defaults)
+    frontends = _build_named(raw.get("frontend"), "frontend", report, build_frontend)
+    backends = _build_named(raw.get("backend"), "backend", report, build_backend)
+    config = Config(
+        path=report.label,
+        global_=global_,
+        defaults=defaults,
+        frontends=tuple(frontends.values()),  # type: ignore[arg-type]
+        backends=MappingProxyType(backends),  # type: ignore[arg-type]
+        stats=None if "stats" not in raw else _build_stats(raw["stats"], report),
+    )
+    _check_backend_names(raw, report)
+    for check in _CROSS_CHECKS:
+        check(config, report)
+    return config
+
+
+def _validate_text(text: str, label: str) -> tuple[Config | None, list[str], list[str]]:
+    report = _Report(label)
+    raw = _parse_toml(text, report)
+    if raw is None:
+        return None, report.errors, report.warnings
+    config = _build(raw, report)
+    if report.errors:
+        return None, report.errors, report.warnings
+    return replace(config, warnings=tuple(report.warnings)), report.errors, report.warnings
+
+
+def validate(path: str | os.PathLike) -> tuple[Config | None, list[str], list[str]]:
+    """(config or None, errors, warnings): never raises for a bad or missing file."""
+    label = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exc:
+        return None, [f"{label}: cannot read: {exc.strerror or exc}"], []
+    except UnicodeDecodeError as exc:
+        return None, [f"{label}: not UTF-8 text (byte {exc.start})"], []
+    return _validate_text(text, label)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """The validated config; raises ConfigError listing every problem."""
+    config, errors, _ = validate(path)
+    if config is None:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config_text(text: str, path: str = "<string>") -> Config:
+    """As load_config, for text already in memory (tests, reload)."""
+    config, errors, _ = _validate_text(text, path)
+    if config is None:
+        raise ConfigError(errors)
+    return config
+
+
+# --- `fastmqtt check` -------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="the TOML config file to validate")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print errors only (no summary, no warnings)"
+    )
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary(config: Config) -> str:
+    """One line: what the config holds, as `fastmqtt check` prints it."""
+    servers = sum(len(backend.servers) for backend in config.backends.values())
+    counts = ", ".join(
+        (
+            _plural(len(config.frontends), "frontend"),
+            _plural(len(config.backends), "backend"),
+            _plural(servers, "server"),
+        )
+    )
+    return f"{config.path}: OK: {counts} (warnings: {len(config.warnings)})"
+
+
+def run(args: argparse.Namespace) -> int:
+    config, errors, warnings = validate(args.path)
+    if not args.quiet:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if config is None:
+        return 1
+    if not args.quiet:
+        print(_summary(config))
+    return 0
