@@ -37,6 +37,8 @@ HASH_KEYS = ("client_id", "username", "source")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 SEND_PROXY = ("v1", "v2")
+CHECK_TYPES = ("tcp", "mqtt", "http")
+ON_MARKED_DOWN = ("none", "shutdown-sessions")
 DEFAULT_PROTOCOL = "mqtt"
 
 TYPICAL_KEEPALIVE = 60.0  # seconds; what most MQTT client libraries send by default
@@ -115,6 +117,32 @@ class ServerConfig:
     weight: int = 1
     backup: bool = False
     maxconn: int = 0  # 0 = unlimited
+    check: bool | Mapping[str, object] | None = None  # on/off, or keys overriding the backend's
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """``[backend.NAME.check]``: how servers are probed and what a failure does (health.py)."""
+
+    type: str = "tcp"
+    interval: float = 2.0
+    fastinter: float | None = None  # while a server is changing state; default: interval
+    downinter: float | None = None  # while it is down; default: interval
+    timeout: float | None = None  # default: interval
+    rise: int = 2
+    fall: int = 3
+    port: int | None = None  # probe another port than the server's (a broker's HTTP API)
+    send_proxy: bool = False
+    client_id: str = "fastmqtt-check"
+    mqtt_version: int = 4
+    username: str | None = None
+    password_env: str | None = None
+    path: str = "/"
+    expect_status: int = 200
+    observe: bool = False  # passive: failed connects of real clients count too
+    error_limit: int = 10
+    on_marked_down: str = "none"
+    slowstart: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +166,7 @@ class BackendConfig:
     timeout_connect: float = 10.0
     timeout_server: float = 240.0
     servers: tuple[ServerConfig, ...] = ()
-    check: Mapping[str, object] | None = None
+    check: CheckConfig | None = None
     tls: Mapping[str, object] | None = None
 
 
@@ -486,6 +514,25 @@ def _stick(value: object, path: str, report: _Report) -> StickConfig | None:
     return StickConfig(**_walk(value, STICK_KEYS, path, report))
 
 
+def _check(value: object, path: str, report: _Report) -> CheckConfig | None:
+    """``check = true`` (a TCP check, defaults), ``false``, or a table of CHECK_KEYS."""
+    overrides = _server_check(value, path, report)
+    if isinstance(overrides, bool):
+        return CheckConfig() if overrides else None
+    return CheckConfig(**overrides)
+
+
+def _server_check(value: object, path: str, report: _Report) -> bool | Mapping[str, object]:
+    """Per server: ``true``/``false``, or a table of CHECK_KEYS overriding the backend's."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        what = 'true, false or a table like { type = "mqtt", interval = "2s" }'
+        report.error(path, str(_expected(what, value)))
+        return False
+    return MappingProxyType(_walk(value, CHECK_KEYS, path, report))
+
+
 def _servers(value: object, path: str, report: _Report) -> tuple[ServerConfig, ...]:
     if not isinstance(value, list) or not value:
         report.error(path, str(_expected("one or more [[...server]] tables", value)))
@@ -558,6 +605,28 @@ SERVER_KEYS = {
     "weight": _Key(_integer(1, 256)),
     "backup": _Key(_boolean),
     "maxconn": _Key(_integer(0, MAX_CONNECTIONS)),
+    "check": _Key(_server_check, nested=True),
+}
+CHECK_KEYS = {
+    "type": _Key(_choice(*CHECK_TYPES)),
+    "interval": _Key(_duration()),
+    "fastinter": _Key(_duration()),
+    "downinter": _Key(_duration()),
+    "timeout": _Key(_duration()),
+    "rise": _Key(_integer(1, 100)),
+    "fall": _Key(_integer(1, 100)),
+    "port": _Key(_integer(1, 65535)),
+    "send_proxy": _Key(_boolean),
+    "client_id": _Key(_text),
+    "mqtt_version": _Key(_integer(3, 5)),
+    "username": _Key(_text),
+    "password_env": _Key(_env_name),
+    "path": _Key(_uri),
+    "expect_status": _Key(_integer(100, 599)),
+    "observe": _Key(_boolean),
+    "error_limit": _Key(_integer(1, 1000)),
+    "on_marked_down": _Key(_choice(*ON_MARKED_DOWN)),
+    "slowstart": _Key(_duration(allow_zero=True)),
 }
 BACKEND_KEYS = {
     "balance": _Key(_choice(*BALANCES)),
@@ -571,7 +640,7 @@ BACKEND_KEYS = {
     "timeout_connect": DEFAULTS_KEYS["timeout_connect"],
     "timeout_server": DEFAULTS_KEYS["timeout_server"],
     "server": _Key(_servers, required=True, nested=True),
-    "check": _Key(_raw_table),
+    "check": _Key(_check, nested=True),
     "tls": _Key(_raw_table),
 }
 AUTH_KEYS = {
@@ -618,6 +687,7 @@ def _client_timeout(values: dict, base: ClientTimeout, path: str, report: _Repor
     if timeout.minimum > timeout.maximum:
         text = f"is above timeout_client_max ({_seconds_text(timeout.maximum)})"
         report.error(_join(path, "timeout_client_min"), text)
+        return base  # reported once here, not again in every section that inherits it
     return timeout
 
 
