@@ -1008,14 +1008,13 @@ def _summary(config: Config) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, errors, warnings = validate(args.path)
-    if not args.quiet:
-        for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-    for error in errors:
-        print(error, file=sys.stderr)
+    config, errors, _ = validate(args.path)
     if config is None:
+        # Only errors: a warning computed around a value that failed could be noise.
+        print("\n".join(errors), file=sys.stderr)
         return 1
     if not args.quiet:
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(_summary(config))
     return 0

@@ -1,0 +1,157 @@
+"""`fastmqtt check` as a user runs it: a real subprocess on real files, exit code and output."""
+
+from __future__ import annotations
+
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[global]
+maxconn = 1000
+
+[frontend.mqtt]
+bind = "0.0.0.0:1883"
+backend = "emqx"
+
+[backend.emqx]
+stick = { on = "client_id", size = 100000, expire = "30m" }
+
+[[backend.emqx.server]]
+name = "emqx1"
+address = "192.168.0.2:1883"
+
+[[backend.emqx.server]]
+name = "emqx2"
+address = "192.168.0.3:1883"
+
+[[backend.emqx.server]]
+name = "emqx3"
+address = "192.168.0.4:1883"
+"""
+
+
+def check(*args: str, cwd: Path, open_files: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fastmqtt check ARGS`; optionally under a lower RLIMIT_NOFILE."""
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    return subprocess.run(
+        [sys.executable, "-m", "fastmqtt", "check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_files,
+    )
+
+
+def write(tmp_path: Path, text: str) -> str:
+    (tmp_path / "lb.toml").write_text(text)
+    return "lb.toml"
+
+
+def test_example_passes() -> None:
+    result = check("examples/lb.toml", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        r"examples/lb\.toml: OK: 1 frontend, 1 backend, 3 servers \(warnings: \d+\)\n",
+        result.stdout,
+    )
+
+
+def test_good_config_one_line_summary(tmp_path: Path) -> None:
+    result = check(write(tmp_path, GOOD), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "lb.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)\n"
+
+
+def test_bad_config_prints_every_error_and_exits_1(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'address = "192.168.0.4:1883"', 'address = "192.168.0.4:1883"\nweight = "high"'
+    )
+    text = text.replace('name = "emqx2"', 'name = "emqx1"').replace("maxconn = 1000", "maxconn = 0")
+    result = check(write(tmp_path, text), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "lb.toml: global.maxconn: expected an integer 1..10000000, got 0",
+        'lb.toml: backend.emqx.server[2].weight: expected an integer 1..256, got "high"',
+        'lb.toml: backend.emqx.server[1].name: duplicate server name "emqx1" (also server[0])',
+    ]
+
+
+def test_unknown_key_gets_a_suggestion(tmp_path: Path) -> None:
+    result = check(write(tmp_path, GOOD.replace("bind =", "bnd =")), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "lb.toml: frontend.mqtt.bnd: unknown key (did you mean `bind`?)",
+        "lb.toml: frontend.mqtt.bind: missing required key",
+    ]
+
+
+def test_unknown_backend_is_an_error(tmp_path: Path) -> None:
+    result = check(
+        write(tmp_path, GOOD.replace('backend = "emqx"', 'backend = "mqtt"')), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr == "lb.toml: frontend.mqtt.backend: no [backend.mqtt] section\n"
+
+
+def test_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    result = check(
+        write(tmp_path, GOOD.replace("maxconn = 1000", "maxconn = = 1000")), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr == "lb.toml:3:11: TOML syntax error: Invalid value\n"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = check("absent.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "absent.toml: cannot read: No such file or directory\n"
+
+
+def test_warnings_go_to_stderr_and_do_not_fail(tmp_path: Path) -> None:
+    text = (
+        GOOD + '\n[frontend.plain]\nbind = "127.0.0.1:1883"\nprotocol = "tcp"\nbackend = "emqx"\n'
+    )
+    result = check(write(tmp_path, text), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout == "lb.toml: OK: 2 frontends, 1 backend, 3 servers (warnings: 2)\n"
+    assert result.stderr.splitlines() == [
+        "warning: lb.toml: frontend.plain.bind: 127.0.0.1:1883 overlaps frontend.mqtt.bind "
+        "(0.0.0.0:1883)",
+        'warning: lb.toml: frontend.plain.protocol: protocol = "tcp" reads no CONNECT, '
+        "but backend emqx sticks on client_id",
+    ]
+
+
+def test_quiet_prints_only_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('"0.0.0.0:1883"', '"127.0.0.1:1883"') + "[frontend.b]\n")
+    quiet_bad = check("--quiet", path, cwd=tmp_path)
+    assert quiet_bad.returncode == 1
+    assert quiet_bad.stderr.startswith("lb.toml: frontend.b.bind: missing required key\n")
+    write(tmp_path, GOOD.replace('name = "emqx1"', 'name = "emqx1"\nbackup = true'))
+    quiet_good = check("-q", path, cwd=tmp_path)
+    assert (quiet_good.returncode, quiet_good.stdout, quiet_good.stderr) == (0, "", "")
+
+
+def test_maxconn_beyond_the_open_file_limit_warns(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)  # maxconn 1000: 2100 fds
+    low = check(path, cwd=tmp_path, open_files=1024)
+    assert low.returncode == 0
+    assert low.stderr == (
+        "warning: lb.toml: global.maxconn: 1000 connections need about 2100 open files "
+        "(2 per connection + 100 spare), but this process may open at most 1024 "
+        "(RLIMIT_NOFILE hard limit; soft 1024): lower maxconn to 462 or raise the limit\n"
+    )
+    assert low.stdout.endswith("(warnings: 1)\n")
+    enough = check(path, cwd=tmp_path, open_files=4096)
+    assert (enough.returncode, enough.stderr) == (0, "")
