@@ -1,0 +1,35 @@
+"""Stub for the C relay engine (src/fastmqtt/_splice.pyx)."""
+
+# (conn_id, bytes client->server, bytes server->client, duration seconds, end reason, errno)
+# end reason: "client-closed", "server-closed", "client-reset", "server-reset",
+# "client-timeout", "server-timeout", "killed", "shutdown" or "error"
+Record = tuple[int, int, int, float, str, int]
+
+REASONS: tuple[str, ...]
+
+class Engine:
+    def __init__(
+        self,
+        threads: int = 1,
+        buffer_size: int = 65536,
+        pipe_pool: int = 64,
+        splice_threshold: int | None = None,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def add(
+        self,
+        conn_id: int,
+        client_fd: int,
+        server_fd: int,
+        client_idle: float,
+        server_idle: float,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+    ) -> None: ...
+    def close(self, conn_id: int) -> None: ...
+    def completions_fd(self) -> int: ...
+    def drain(self) -> list[Record]: ...
+    def counters(self, conn_id: int) -> tuple[int, int] | None: ...
+    def active(self) -> int: ...
+    def buffered(self) -> int: ...
+    def stop(self, grace: float = 0.0) -> None: ...

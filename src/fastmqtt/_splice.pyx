@@ -1,0 +1,1111 @@
+# cython: language_level=3
+"""The relay engine: moves bytes between the two sockets of each proxied connection.
+
+Python hands over an established (client fd, server fd) pair with ``Engine.add``; from then on
+one of the engine's threads owns both fds and relays them in an epoll loop that runs without
+the GIL. Closed connections come back as records through ``drain``, signalled by an eventfd.
+
+Design notes (the WHY; the code says the how):
+- Edge-triggered epoll. Each fd is registered once, for EPOLLIN|EPOLLOUT, for its whole life:
+  backpressure is "stop reading the sender" and needs no epoll_ctl, and EPOLLOUT only fires
+  after a send found the socket full. The price of ET is remembering "the sender may still have
+  bytes" (the RD flag), and a ready list for connections we stopped serving for fairness.
+  A short read means the socket was drained at that instant and any later arrival raises a new
+  edge, so small MQTT packets cost one recv and one send per event.
+- Fast path: recv into the thread's buffer and send straight on. Only an unsent remainder is
+  kept (malloc'd to its exact size, freed once flushed), and while a remainder exists nothing
+  more is read from that sender: memory per direction is bounded by one read.
+- Bulk path: after a read of at least ``splice_threshold`` bytes the direction switches to
+  splice(2) through a pipe from a shared pool, and returns the pipe when the sender runs dry.
+- Idle timeouts: a hashed timing wheel of 100 ms ticks. Activity only stores a tick in the
+  connection; the wheel re-files a connection when its slot comes round, so there is no scan.
+- A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
+  ``close``), so Python may keep its address in a dict while the record is undrained; queued
+  ``close`` requests hold a reference so the engine never touches a freed struct.
+"""
+
+from libc.errno cimport (
+    EAGAIN, ECONNABORTED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINTR, ENETDOWN,
+    ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
+)
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
+from posix.unistd cimport close, read, write
+
+from fastmqtt.includes.linux cimport (
+    EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET,
+    EPOLLHUP, EPOLLIN, EPOLLOUT, FIONBIO, MSG_NOSIGNAL, O_CLOEXEC, O_NONBLOCK, SHUT_WR,
+    SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE, SPLICE_F_NONBLOCK, epoll_create1,
+    epoll_ctl, epoll_event, epoll_wait, eventfd, getsockopt, ioctl, linger, pipe2, pthread_create,
+    pthread_join, pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock,
+    pthread_mutex_t, pthread_mutex_unlock, pthread_sigmask, pthread_t, recv, send, setsockopt,
+    shutdown, sigfillset, sigset_t, socklen_t, splice,
+)
+
+
+cdef extern from *:
+    """
+    /* Byte counters are written by an engine thread and read by Python for stats. */
+    static inline uint64_t fm_load64(const uint64_t *p) {
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    static inline void fm_add64(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, *p + v, __ATOMIC_RELAXED);
+    }
+    static inline void fm_sub64(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, *p - v, __ATOMIC_RELAXED);
+    }
+    """
+    uint64_t fm_load64(const uint64_t *p) noexcept nogil
+    void fm_add64(uint64_t *p, uint64_t v) noexcept nogil
+    void fm_sub64(uint64_t *p, uint64_t v) noexcept nogil
+
+
+cdef enum:
+    NSLOTS = 4096           # wheel slots: 409.6 s of 100 ms ticks before a slot comes round
+    TICK_NS = 100000000
+    MAX_EVENTS = 256
+    MAX_ROUNDS = 16         # reads per direction per turn before yielding to other connections
+    PIPE_CAP = 65536        # Linux's default pipe capacity
+    MAX_THREADS = 64
+
+# Connection flags; per-direction bits are shifted by the direction (0 client->server).
+cdef enum:
+    F_RD = 1 << 0           # the side may have unread bytes (edge seen, not yet drained)
+    F_EOF = 1 << 2          # the side sent FIN
+    F_SHUT = 1 << 4         # FIN forwarded to the other side
+    F_BULK = 1 << 6         # direction uses splice
+    F_DONE = 1 << 8
+    F_QUEUED = 1 << 9       # in the ready list
+    F_SERVER_FIRST = 1 << 10  # the server's FIN came first
+
+cdef enum Reason:
+    R_CLOSED = 0            # + side
+    R_RESET = 2             # + side
+    R_TIMEOUT = 4           # + side
+    R_KILLED = 6
+    R_SHUTDOWN = 7
+    R_ERROR = 8
+
+REASONS = (
+    "client-closed", "server-closed", "client-reset", "server-reset",
+    "client-timeout", "server-timeout", "killed", "shutdown", "error",
+)
+
+# Outcome of one step of a pump.
+cdef enum Step:
+    STEP_MORE = 0
+    STEP_WAIT = 1
+    STEP_ENDED = 2
+
+
+cdef struct Pending:
+    uint32_t len
+    uint32_t off
+    # followed by len bytes
+
+
+cdef struct Pipe:
+    int rfd
+    int wfd
+    uint32_t used
+    Pipe *next
+
+
+cdef struct Conn:
+    Conn *next              # wheel slot list, or inbox/dead/completion queue
+    Conn **pprev            # wheel slot list (hlist): NULL when not filed
+    int64_t conn_id
+    double t                # start (monotonic seconds), then the duration once done
+    uint64_t nbytes[2]
+    Pending *pend[2]
+    Pipe *pipe[2]
+    int fd[2]               # 0 client, 1 server
+    uint32_t idle[2]        # ticks, 0 = no timeout
+    uint32_t last_rx[2]     # tick of the last progress of each side's bytes
+    int err
+    uint16_t flags
+    uint8_t reason
+    uint8_t refs            # the engine until drained, plus one per queued close()
+    uint8_t worker
+
+
+cdef struct Core
+
+
+cdef struct Worker:
+    Core *core
+    pthread_t tid
+    int epfd
+    int wakefd
+    char *buf
+    Conn **wheel
+    Conn *untimed
+    uint32_t tick           # last wheel tick processed
+    uint32_t now            # current tick
+    Conn *dead_head
+    Conn *dead_tail
+    uint64_t ndead
+    Conn **ready
+    size_t nready
+    size_t capready
+    uint64_t live
+    uint64_t buffered       # bytes held in remainders and pipes (debug/stats)
+    # guarded by core.lock:
+    Conn *in_head
+    Conn *in_tail
+    Conn **kills
+    size_t nkills
+    size_t capkills
+    bint wake_pending
+    bint stop
+    bint running            # its thread was created
+
+
+cdef struct Core:
+    pthread_mutex_t lock
+    Worker *workers
+    int nworkers
+    int donefd
+    Conn *done_head
+    Conn *done_tail
+    uint64_t finished
+    Pipe *pipes
+    int pipes_made
+    int pipes_max
+    uint32_t bufsize
+    uint32_t threshold
+    int64_t t0
+
+
+# ---------------------------------------------------------------- time
+
+cdef inline int64_t mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline double mono_s() noexcept nogil:
+    return <double>mono_ns() / 1e9
+
+
+cdef inline uint32_t tick_of(Core *core) noexcept nogil:
+    return <uint32_t>((mono_ns() - core.t0) // TICK_NS)
+
+
+cdef void sleep_ms(int ms) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = 0
+    ts.tv_nsec = ms * 1000000
+    nanosleep(&ts, NULL)
+
+
+# ---------------------------------------------------------------- small helpers
+
+cdef inline void signal_fd(int fd) noexcept nogil:
+    cdef uint64_t one = 1
+    write(fd, &one, 8)
+
+
+cdef inline void clear_fd(int fd) noexcept nogil:
+    cdef uint64_t v
+    read(fd, &v, 8)
+
+
+cdef inline void close_fd(int *fd) noexcept nogil:
+    if fd[0] >= 0:
+        close(fd[0])
+        fd[0] = -1
+
+
+cdef inline bint is_reset(int err) noexcept nogil:
+    return err in (ECONNRESET, EPIPE, ECONNABORTED, ETIMEDOUT, ENOTCONN, EHOSTUNREACH,
+                   ENETUNREACH, ENETDOWN, EHOSTDOWN)
+
+
+cdef Pending *pending_new(const char *data, size_t n) noexcept nogil:
+    """An exact-size copy of bytes still to send, or NULL if n is 0 or memory ran out."""
+    cdef Pending *p
+    if n == 0:
+        return NULL
+    p = <Pending *>malloc(sizeof(Pending) + n)
+    if p == NULL:
+        return NULL
+    p.len = <uint32_t>n
+    p.off = 0
+    memcpy(<char *>(p + 1), data, n)
+    return p
+
+
+cdef inline void hlist_add(Conn **head, Conn *c) noexcept nogil:
+    c.next = head[0]
+    if c.next != NULL:
+        c.next.pprev = &c.next
+    head[0] = c
+    c.pprev = head
+
+
+cdef inline void hlist_del(Conn *c) noexcept nogil:
+    if c.pprev == NULL:
+        return
+    c.pprev[0] = c.next
+    if c.next != NULL:
+        c.next.pprev = c.pprev
+    c.next = NULL
+    c.pprev = NULL
+
+
+cdef bint push_ptr(Conn ***arr, size_t *n, size_t *cap, Conn *c) noexcept nogil:
+    """Append to a growable array; False if memory ran out."""
+    cdef size_t newcap
+    cdef Conn **grown
+    if n[0] == cap[0]:
+        newcap = cap[0] * 2 if cap[0] else 16
+        grown = <Conn **>realloc(arr[0], newcap * sizeof(Conn *))
+        if grown == NULL:
+            return False
+        arr[0] = grown
+        cap[0] = newcap
+    arr[0][n[0]] = c
+    n[0] += 1
+    return True
+
+
+# ---------------------------------------------------------------- pipe pool
+
+cdef Pipe *pipe_get(Core *core) noexcept nogil:
+    """A pipe from the shared pool, a new one while under the cap, else NULL."""
+    cdef Pipe *p = NULL
+    cdef int fds[2]
+    pthread_mutex_lock(&core.lock)
+    if core.pipes != NULL:
+        p = core.pipes
+        core.pipes = p.next
+    elif core.pipes_made < core.pipes_max:
+        core.pipes_made += 1
+    else:
+        pthread_mutex_unlock(&core.lock)
+        return NULL
+    pthread_mutex_unlock(&core.lock)
+    if p != NULL:
+        return p
+    p = <Pipe *>malloc(sizeof(Pipe))
+    if p != NULL and pipe2(fds, O_NONBLOCK | O_CLOEXEC) == 0:
+        p.rfd = fds[0]
+        p.wfd = fds[1]
+        p.used = 0
+        p.next = NULL
+        return p
+    free(p)
+    pthread_mutex_lock(&core.lock)
+    core.pipes_made -= 1
+    pthread_mutex_unlock(&core.lock)
+    return NULL
+
+
+cdef void pipe_put(Core *core, Pipe *p) noexcept nogil:
+    """Return an empty pipe to the pool; a pipe with stale bytes is destroyed instead."""
+    if p.used:
+        close(p.rfd)
+        close(p.wfd)
+        free(p)
+        pthread_mutex_lock(&core.lock)
+        core.pipes_made -= 1
+        pthread_mutex_unlock(&core.lock)
+        return
+    pthread_mutex_lock(&core.lock)
+    p.next = core.pipes
+    core.pipes = p
+    pthread_mutex_unlock(&core.lock)
+
+
+cdef void pipes_close_all(Core *core) noexcept nogil:
+    cdef Pipe *p
+    while core.pipes != NULL:
+        p = core.pipes
+        core.pipes = p.next
+        close(p.rfd)
+        close(p.wfd)
+        free(p)
+        core.pipes_made -= 1
+
+
+# ---------------------------------------------------------------- ending a connection
+
+cdef void drop_buffers(Worker *w, Conn *c) noexcept nogil:
+    cdef int d
+    for d in range(2):
+        if c.pend[d] != NULL:
+            fm_sub64(&w.buffered, c.pend[d].len - c.pend[d].off)
+            free(c.pend[d])
+            c.pend[d] = NULL
+        if c.pipe[d] != NULL:
+            fm_sub64(&w.buffered, c.pipe[d].used)
+            pipe_put(w.core, c.pipe[d])
+            c.pipe[d] = NULL
+
+
+cdef void release_fds(Worker *w, Conn *c, int reset_side) noexcept nogil:
+    """Close both sockets; a reset on one side is passed on as a reset to the other."""
+    cdef linger lg
+    cdef int s
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    for s in range(2):
+        if c.fd[s] < 0:
+            continue
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, c.fd[s], NULL)  # a dup'd fd would keep us registered
+        if reset_side >= 0 and s != reset_side:
+            setsockopt(c.fd[s], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+        close_fd(&c.fd[s])
+
+
+cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil:
+    """End a connection and queue its completion record; returns STEP_ENDED."""
+    c.flags |= F_DONE
+    hlist_del(c)
+    drop_buffers(w, c)
+    release_fds(w, c, reason - R_RESET if R_RESET <= reason < R_TIMEOUT else -1)
+    c.reason = <uint8_t>reason
+    c.err = err
+    c.t = mono_s() - c.t
+    c.next = NULL
+    if w.dead_tail != NULL:
+        w.dead_tail.next = c
+    else:
+        w.dead_head = c
+    w.dead_tail = c
+    w.ndead += 1
+    w.live -= 1
+    return STEP_ENDED
+
+
+cdef int fail_io(Worker *w, Conn *c, int side, int err) noexcept nogil:
+    """A socket call on ``side`` failed with ``err``."""
+    return finish(w, c, R_RESET + side if is_reset(err) else R_ERROR, err)
+
+
+cdef void publish(Worker *w) noexcept nogil:
+    """Hand this turn's ended connections to the completion queue and wake the event loop."""
+    cdef Core *core = w.core
+    cdef bint was_empty
+    cdef size_t i, j = 0
+    if w.dead_head == NULL:
+        return
+    for i in range(w.nready):  # the ready list must not outlive what drain() may free
+        if not (w.ready[i].flags & F_DONE):
+            w.ready[j] = w.ready[i]
+            j += 1
+    w.nready = j
+    pthread_mutex_lock(&core.lock)
+    was_empty = core.done_head == NULL
+    if core.done_tail != NULL:
+        core.done_tail.next = w.dead_head
+    else:
+        core.done_head = w.dead_head
+    core.done_tail = w.dead_tail
+    core.finished += w.ndead
+    pthread_mutex_unlock(&core.lock)
+    w.dead_head = w.dead_tail = NULL
+    w.ndead = 0
+    if was_empty:
+        signal_fd(core.donefd)
+
+
+# ---------------------------------------------------------------- timing wheel
+
+cdef uint32_t deadline(Conn *c, int *side) noexcept nogil:
+    """The tick at which the connection times out (0 = never), and which side is to blame.
+
+    +1 so that a timeout never fires early: the last activity happened somewhere inside its tick.
+    """
+    cdef uint32_t dl = 0, t
+    cdef int s
+    for s in range(2):
+        if c.idle[s] == 0 or c.flags & (F_EOF << s):
+            continue
+        t = c.last_rx[s] + c.idle[s] + 1
+        if dl == 0 or t < dl:
+            dl = t
+            side[0] = s
+    return dl
+
+
+cdef void place(Worker *w, Conn *c) noexcept nogil:
+    """File the connection by its deadline, or time it out if that has passed."""
+    cdef int side = 0
+    cdef uint32_t dl = deadline(c, &side)
+    if dl == 0:
+        hlist_add(&w.untimed, c)
+    elif dl <= w.now:
+        finish(w, c, R_TIMEOUT + side, 0)
+    else:
+        hlist_add(&w.wheel[dl & (NSLOTS - 1)], c)
+
+
+cdef void advance_wheel(Worker *w) noexcept nogil:
+    cdef Conn *c
+    cdef Conn *nxt
+    cdef uint32_t slot
+    if w.now - w.tick > NSLOTS:  # we were away longer than a turn: visit every slot once
+        w.tick = w.now - NSLOTS
+    while w.tick != w.now:
+        w.tick += 1
+        slot = w.tick & (NSLOTS - 1)
+        c = w.wheel[slot]
+        w.wheel[slot] = NULL
+        while c != NULL:
+            nxt = c.next
+            c.next = NULL
+            c.pprev = NULL
+            place(w, c)
+            c = nxt
+
+
+# ---------------------------------------------------------------- relaying
+
+cdef inline void progress(Worker *w, Conn *c, int d) noexcept nogil:
+    # Bytes of side d moved: that side is not idle (also when it is only our sending that
+    # progressed, so that a slow receiver does not time out a busy sender).
+    c.last_rx[d] = w.now
+
+
+cdef inline void received(Worker *w, Conn *c, int d, size_t n) noexcept nogil:
+    fm_add64(&c.nbytes[d], n)
+    progress(w, c, d)
+
+
+cdef int flush(Worker *w, Conn *c, int d) noexcept nogil:
+    """Send what direction d still holds (remainder, then pipe); STEP_WAIT if it stays."""
+    cdef Pending *p = c.pend[d]
+    cdef Pipe *pp = c.pipe[d]
+    cdef int dst = c.fd[1 - d]
+    cdef ssize_t n
+    if p != NULL:
+        n = send(dst, <char *>(p + 1) + p.off, p.len - p.off, MSG_NOSIGNAL)
+        if n < 0:
+            return STEP_WAIT if errno == EAGAIN or errno == EINTR else fail_io(w, c, 1 - d, errno)
+        p.off += <uint32_t>n
+        fm_sub64(&w.buffered, <uint64_t>n)
+        progress(w, c, d)
+        if p.off < p.len:
+            return STEP_WAIT
+        free(p)
+        c.pend[d] = NULL
+    if pp != NULL and pp.used:
+        n = splice(pp.rfd, NULL, dst, NULL, pp.used, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        if n < 0:
+            return STEP_WAIT if errno == EAGAIN or errno == EINTR else fail_io(w, c, 1 - d, errno)
+        pp.used -= <uint32_t>n
+        fm_sub64(&w.buffered, <uint64_t>n)
+        progress(w, c, d)
+        if pp.used:
+            return STEP_WAIT
+    if pp != NULL and not (c.flags & (F_BULK << d)):
+        pipe_put(w.core, pp)
+        c.pipe[d] = NULL
+    return STEP_MORE
+
+
+cdef int read_failed(Worker *w, Conn *c, int d, ssize_t n) noexcept nogil:
+    """recv/splice from side d returned 0 (FIN) or -1."""
+    if n == 0:
+        if d == 1 and not (c.flags & F_EOF):
+            c.flags |= F_SERVER_FIRST
+        c.flags |= F_EOF << d
+    elif errno == EINTR:
+        return STEP_MORE
+    elif errno != EAGAIN:
+        return fail_io(w, c, d, errno)
+    c.flags &= ~((F_RD | F_BULK) << d)
+    return STEP_MORE
+
+
+cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
+    """Fast path: one recv into the thread buffer, sent straight on; keep only the rest."""
+    cdef Core *core = w.core
+    cdef ssize_t n = recv(c.fd[d], w.buf, core.bufsize, 0)
+    cdef ssize_t m
+    if n <= 0:
+        return read_failed(w, c, d, n)
+    received(w, c, d, <size_t>n)
+    if <size_t>n < core.bufsize:
+        c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
+    if core.threshold and <size_t>n >= core.threshold:
+        c.flags |= F_BULK << d
+    m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL)
+    if m < 0:
+        if errno != EAGAIN and errno != EINTR:
+            return fail_io(w, c, 1 - d, errno)
+        m = 0
+    if m == n:
+        return STEP_MORE
+    c.pend[d] = pending_new(w.buf + m, <size_t>(n - m))
+    if c.pend[d] == NULL:
+        return finish(w, c, R_ERROR, ENOMEM)
+    fm_add64(&w.buffered, <uint64_t>(n - m))
+    return STEP_WAIT
+
+
+cdef int read_splice(Worker *w, Conn *c, int d) noexcept nogil:
+    """Bulk path: socket -> pooled pipe; flush() moves it on. Falls back when no pipe is free."""
+    cdef Pipe *p = c.pipe[d]
+    cdef ssize_t n
+    if p == NULL:
+        p = c.pipe[d] = pipe_get(w.core)
+        if p == NULL:
+            c.flags &= ~(F_BULK << d)
+            return read_copy(w, c, d)
+    n = splice(c.fd[d], NULL, p.wfd, NULL, PIPE_CAP, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    if n <= 0:
+        n = read_failed(w, c, d, n)
+        if n == STEP_MORE and p.used == 0 and not (c.flags & (F_BULK << d)):
+            pipe_put(w.core, p)
+            c.pipe[d] = NULL
+        return <int>n
+    received(w, c, d, <size_t>n)
+    p.used += <uint32_t>n
+    fm_add64(&w.buffered, <uint64_t>n)
+    return STEP_MORE
+
+
+cdef int half_close(Worker *w, Conn *c, int d) noexcept nogil:
+    """Side d sent FIN and everything before it is delivered: pass the FIN on."""
+    if c.flags & (F_SHUT << d):
+        return STEP_WAIT
+    if shutdown(c.fd[1 - d], SHUT_WR) < 0:
+        return fail_io(w, c, 1 - d, errno)
+    c.flags |= F_SHUT << d
+    if c.flags & (F_SHUT << (1 - d)):
+        return finish(w, c, R_CLOSED + (1 if c.flags & F_SERVER_FIRST else 0), 0)
+    return STEP_WAIT
+
+
+cdef void defer(Worker *w, Conn *c) noexcept nogil:
+    """Come back to a connection that still has bytes to read (ET raises no new edge)."""
+    if c.flags & F_QUEUED:
+        return
+    if push_ptr(&w.ready, &w.nready, &w.capready, c):
+        c.flags |= F_QUEUED
+    else:
+        finish(w, c, R_ERROR, ENOMEM)
+
+
+cdef bint pump(Worker *w, Conn *c, int d) noexcept nogil:
+    """Move direction d (0 client->server, 1 back) until blocked; True if the connection ended."""
+    cdef int rounds = 0
+    cdef int r
+    while True:
+        r = flush(w, c, d)
+        if r != STEP_MORE:
+            return r == STEP_ENDED
+        if c.flags & (F_EOF << d):
+            return half_close(w, c, d) == STEP_ENDED
+        if not (c.flags & (F_RD << d)):
+            return False
+        if rounds == MAX_ROUNDS:
+            defer(w, c)
+            return (c.flags & F_DONE) != 0
+        rounds += 1
+        if c.flags & (F_BULK << d):
+            r = read_splice(w, c, d)
+        else:
+            r = read_copy(w, c, d)
+        if r != STEP_MORE:
+            return r == STEP_ENDED
+
+
+cdef void on_event(Worker *w, Conn *c, int s, uint32_t ev) noexcept nogil:
+    """Readiness of side s: read it (direction s) and/or flush towards it (direction 1-s)."""
+    cdef int err = 0
+    cdef socklen_t len = sizeof(err)
+    if c.flags & F_DONE:
+        return  # ended earlier in this batch
+    if ev & EPOLLERR:
+        getsockopt(c.fd[s], SOL_SOCKET, SO_ERROR, &err, &len)
+        if err:
+            fail_io(w, c, s, err)
+            return
+    if ev & (EPOLLIN | EPOLLHUP | EPOLLERR):  # HUP/ERR: the read reports the FIN or error
+        c.flags |= F_RD << s
+        if pump(w, c, s):
+            return
+    if ev & EPOLLOUT:
+        pump(w, c, 1 - s)
+
+
+cdef void run_ready(Worker *w) noexcept nogil:
+    cdef size_t i, n = w.nready
+    cdef Conn *c
+    for i in range(n):
+        c = w.ready[i]
+        c.flags &= ~F_QUEUED
+        if not (c.flags & F_DONE) and not pump(w, c, 0):
+            pump(w, c, 1)
+    # connections deferred again during this turn were appended after n
+    for i in range(n, w.nready):
+        w.ready[i - n] = w.ready[i]
+    w.nready -= n
+
+
+# ---------------------------------------------------------------- hand-over and control
+
+cdef void open_conn(Worker *w, Conn *c) noexcept nogil:
+    cdef epoll_event ev
+    cdef int one = 1
+    cdef int s
+    w.live += 1
+    for s in range(2):
+        if ioctl(c.fd[s], FIONBIO, &one) < 0:
+            finish(w, c, R_ERROR, errno)
+            return
+        # One registration for life; see the note on edge triggering at the top.
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLET
+        ev.data.u64 = <uint64_t><uintptr_t>c | <uint64_t>s
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, c.fd[s], &ev) < 0:
+            finish(w, c, R_ERROR, errno)
+            return
+    c.last_rx[0] = c.last_rx[1] = w.now
+    c.flags |= F_RD | (F_RD << 1)
+    place(w, c)
+    if not pump(w, c, 0):
+        pump(w, c, 1)
+
+
+cdef void kill_conn(Worker *w, Conn *c) noexcept nogil:
+    cdef bint last
+    if not (c.flags & F_DONE):
+        finish(w, c, R_KILLED, 0)
+    pthread_mutex_lock(&w.core.lock)
+    c.refs -= 1
+    last = c.refs == 0
+    pthread_mutex_unlock(&w.core.lock)
+    if last:
+        free(c)
+
+
+cdef bint take_inbox(Worker *w) noexcept nogil:
+    """Open handed-over connections and carry out close requests; True once asked to stop."""
+    cdef Conn *c
+    cdef Conn *nxt
+    cdef Conn **kills
+    cdef size_t i, nkills
+    cdef bint stop
+    clear_fd(w.wakefd)  # before taking: a later add() then signals again (see add())
+    pthread_mutex_lock(&w.core.lock)
+    c = w.in_head
+    kills = w.kills
+    nkills = w.nkills
+    w.in_head = w.in_tail = NULL
+    w.kills = NULL
+    w.nkills = w.capkills = 0
+    w.wake_pending = False
+    stop = w.stop
+    pthread_mutex_unlock(&w.core.lock)
+    while c != NULL:
+        nxt = c.next
+        c.next = NULL
+        if stop:
+            w.live += 1
+            finish(w, c, R_SHUTDOWN, 0)
+        else:
+            open_conn(w, c)
+        c = nxt
+    for i in range(nkills):
+        kill_conn(w, kills[i])
+    free(kills)
+    return stop
+
+
+cdef void close_all(Worker *w) noexcept nogil:
+    cdef int slot
+    for slot in range(NSLOTS):
+        while w.wheel[slot] != NULL:
+            finish(w, w.wheel[slot], R_SHUTDOWN, 0)
+    while w.untimed != NULL:
+        finish(w, w.untimed, R_SHUTDOWN, 0)
+
+
+cdef void worker_exit(Worker *w) noexcept nogil:
+    take_inbox(w)
+    close_all(w)
+    w.nready = 0
+    publish(w)
+
+
+cdef int poll_timeout(Worker *w) noexcept nogil:
+    if w.nready:
+        return 0
+    if w.live == 0:
+        return -1
+    cdef int64_t ns = (<int64_t>w.now + 1) * TICK_NS - (mono_ns() - w.core.t0)
+    return <int>(ns // 1000000) + 1 if ns > 0 else 0
+
+
+cdef void *worker_main(void *arg) noexcept nogil:
+    cdef Worker *w = <Worker *>arg
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int i, n
+    cdef uint64_t tag
+    cdef bint woken
+    while True:
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, poll_timeout(w))
+        w.now = tick_of(w.core)
+        woken = False
+        for i in range(n):
+            tag = events[i].data.u64
+            if tag == 0:
+                woken = True
+            else:
+                on_event(w, <Conn *><uintptr_t>(tag & ~(<uint64_t>1)), <int>(tag & 1),
+                         events[i].events)
+        run_ready(w)
+        if woken and take_inbox(w):
+            break
+        advance_wheel(w)
+        publish(w)
+    worker_exit(w)
+    return NULL
+
+
+cdef void wake(Worker *w) noexcept nogil:
+    """Called with core.lock held: signal the worker unless a signal is already pending."""
+    if not w.wake_pending:
+        w.wake_pending = True
+        signal_fd(w.wakefd)
+
+
+cdef void halt(Core *core) noexcept nogil:
+    """Stop every worker, close what they hold and release their resources."""
+    cdef int i
+    cdef Worker *w
+    pthread_mutex_lock(&core.lock)
+    for i in range(core.nworkers):
+        core.workers[i].stop = True
+        wake(&core.workers[i])
+    pthread_mutex_unlock(&core.lock)
+    for i in range(core.nworkers):
+        w = &core.workers[i]
+        if w.running:
+            pthread_join(w.tid, NULL)
+            w.running = False
+        elif w.wheel != NULL:  # never started (or half built): close what it was handed here
+            worker_exit(w)
+        close_fd(&w.epfd)
+        close_fd(&w.wakefd)
+        free(w.buf)
+        free(w.wheel)
+        free(w.ready)
+        w.buf = NULL
+        w.wheel = NULL
+        w.ready = NULL
+    pipes_close_all(core)
+
+
+cdef int init_worker(Core *core, Worker *w) noexcept nogil:
+    """Allocate a worker's loop; 0 or an errno."""
+    cdef epoll_event ev
+    w.core = core
+    w.epfd = epoll_create1(EPOLL_CLOEXEC)
+    if w.epfd < 0:
+        return errno
+    w.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+    if w.wakefd < 0:
+        return errno
+    ev.events = EPOLLIN
+    ev.data.u64 = 0
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.wakefd, &ev) < 0:
+        return errno
+    w.buf = <char *>malloc(core.bufsize)
+    w.wheel = <Conn **>calloc(NSLOTS, sizeof(Conn *))
+    if w.buf == NULL or w.wheel == NULL:
+        return ENOMEM
+    return 0
+
+
+cdef void free_conns(Conn *c) noexcept nogil:
+    cdef Conn *nxt
+    while c != NULL:
+        nxt = c.next
+        free(c.pend[0])
+        free(c.pend[1])
+        free(c)
+        c = nxt
+
+
+cdef void close_pair(int a, int b) noexcept nogil:
+    if a >= 0:
+        close(a)
+    if b >= 0 and b != a:
+        close(b)
+
+
+cdef uint32_t idle_ticks(double seconds) except? 0:
+    if not seconds >= 0:  # also rejects NaN
+        raise ValueError(f"idle timeout must be >= 0 seconds, got {seconds}")
+    if seconds * 10 > 0x7FFFFFFF:
+        raise ValueError(f"idle timeout too large: {seconds}")
+    cdef uint32_t t = <uint32_t>(seconds * 10)
+    if t < seconds * 10:
+        t += 1
+    return t
+
+
+cdef bint set_pending(Conn *c, int d, const unsigned char[:] data) noexcept:
+    """Bytes Python already read for direction d go out first; they count as relayed."""
+    cdef size_t n = <size_t>data.shape[0]
+    c.nbytes[d] = n
+    if n == 0:
+        return True
+    c.pend[d] = pending_new(<const char *>&data[0], n)
+    return c.pend[d] != NULL
+
+
+cdef void release_records(Core *core, Conn *c) noexcept nogil:
+    """Drop drain()'s reference to each record; free those no queued close() still holds."""
+    cdef Conn *nxt
+    pthread_mutex_lock(&core.lock)
+    while c != NULL:
+        nxt = c.next
+        c.refs -= 1
+        if c.refs == 0:
+            free(c)
+        c = nxt
+    pthread_mutex_unlock(&core.lock)
+
+
+cdef class Engine:
+    """Relays established connection pairs in C threads. See the module docstring.
+
+    The short critical sections on core.lock are taken with the GIL held: the workers never
+    wait for the GIL, so this cannot deadlock, and it saves a GIL release per call.
+    """
+
+    cdef Core *core
+    cdef dict _conns  # conn_id -> address of its Conn, until drained
+    cdef uint64_t _added
+    cdef int _next
+    cdef bint _started
+    cdef bint _closing
+    cdef bint _stopped
+
+    def __cinit__(self, int threads=1, int buffer_size=65536, int pipe_pool=64,
+                  splice_threshold=None):
+        cdef int i, err
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
+        if not 1024 <= buffer_size <= (1 << 24):
+            raise ValueError(f"buffer_size must be 1024..16777216, got {buffer_size}")
+        if pipe_pool < 0:
+            raise ValueError(f"pipe_pool must be >= 0, got {pipe_pool}")
+        if splice_threshold is None:
+            splice_threshold = buffer_size
+        if not 0 <= splice_threshold <= buffer_size:
+            raise ValueError(f"splice_threshold must be 0..buffer_size, got {splice_threshold}")
+        self._conns = {}
+        self.core = <Core *>calloc(1, sizeof(Core))
+        if self.core == NULL:
+            raise MemoryError()
+        pthread_mutex_init(&self.core.lock, NULL)
+        self.core.donefd = -1
+        self.core.bufsize = <uint32_t>buffer_size
+        self.core.threshold = <uint32_t>splice_threshold if pipe_pool else 0
+        self.core.pipes_max = pipe_pool
+        self.core.t0 = mono_ns()
+        self.core.workers = <Worker *>calloc(threads, sizeof(Worker))
+        if self.core.workers == NULL:
+            raise MemoryError()
+        self.core.nworkers = threads
+        for i in range(threads):
+            self.core.workers[i].epfd = self.core.workers[i].wakefd = -1
+        self.core.donefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.core.donefd < 0:
+            raise OSError(errno, "eventfd")
+        for i in range(threads):
+            err = init_worker(self.core, &self.core.workers[i])
+            if err:
+                raise OSError(err, "engine worker setup")
+
+    def __dealloc__(self):
+        cdef Core *core = self.core
+        if core == NULL:
+            return
+        if core.workers != NULL:
+            if not self._stopped:
+                with nogil:
+                    halt(core)
+            free(core.workers)
+        free_conns(core.done_head)
+        close_fd(&core.donefd)
+        pthread_mutex_destroy(&core.lock)
+        free(core)
+        self.core = NULL
+
+    def start(self) -> None:
+        """Spawn the relay threads (each runs its epoll loop without the GIL)."""
+        cdef int i, err = 0
+        cdef sigset_t all_signals, old
+        cdef Worker *w
+        if self._started or self._stopped:
+            raise RuntimeError("engine already started" if self._started else "engine stopped")
+        self._started = True
+        with nogil:
+            # Signals stay with the Python main thread; relay threads block them all.
+            sigfillset(&all_signals)
+            pthread_sigmask(SIG_SETMASK, &all_signals, &old)
+            for i in range(self.core.nworkers):
+                w = &self.core.workers[i]
+                w.now = w.tick = tick_of(self.core)
+                err = pthread_create(&w.tid, NULL, worker_main, w)
+                if err:
+                    break
+                w.running = True
+            pthread_sigmask(SIG_SETMASK, &old, NULL)
+        if err:
+            self.stop()
+            raise OSError(err, "pthread_create")
+
+    def add(self, int64_t conn_id, int client_fd, int server_fd, double client_idle,
+            double server_idle, const unsigned char[:] to_server=b"",
+            const unsigned char[:] to_client=b"") -> None:
+        """Hand over a connected pair; the engine owns (and will close) both fds."""
+        cdef Conn *c
+        cdef Worker *w
+        try:
+            self._check_add(conn_id, client_fd, server_fd)
+            c = self._new_conn(conn_id, client_fd, server_fd, idle_ticks(client_idle),
+                               idle_ticks(server_idle), to_server, to_client)
+        except BaseException:
+            close_pair(client_fd, server_fd)
+            raise
+        w = &self.core.workers[self._next]
+        self._next = (self._next + 1) % self.core.nworkers
+        c.worker = <uint8_t>(w - self.core.workers)
+        self._conns[conn_id] = <uintptr_t>c
+        self._added += 1
+        pthread_mutex_lock(&self.core.lock)
+        if w.in_tail != NULL:
+            w.in_tail.next = c
+        else:
+            w.in_head = c
+        w.in_tail = c
+        wake(w)
+        pthread_mutex_unlock(&self.core.lock)
+
+    cdef _check_add(self, int64_t conn_id, int client_fd, int server_fd):
+        if self._closing:
+            raise RuntimeError("engine is stopping; connection closed")
+        if client_fd < 0 or server_fd < 0 or client_fd == server_fd:
+            raise ValueError(f"bad fd pair ({client_fd}, {server_fd})")
+        if conn_id in self._conns:
+            raise ValueError(f"connection id {conn_id} is already in the engine")
+
+    cdef Conn *_new_conn(self, int64_t conn_id, int client_fd, int server_fd,
+                         uint32_t client_idle, uint32_t server_idle,
+                         const unsigned char[:] to_server,
+                         const unsigned char[:] to_client) except NULL:
+        cdef Conn *c = <Conn *>calloc(1, sizeof(Conn))
+        cdef bint ok
+        if c == NULL:
+            raise MemoryError()
+        c.conn_id = conn_id
+        c.t = mono_s()
+        c.fd[0] = client_fd
+        c.fd[1] = server_fd
+        c.idle[0] = client_idle
+        c.idle[1] = server_idle
+        c.refs = 1
+        # bytes Python already read count as relayed by the engine
+        ok = set_pending(c, 0, to_server) and set_pending(c, 1, to_client)
+        if not ok:
+            free(c.pend[0])
+            free(c.pend[1])
+            free(c)
+            raise MemoryError()
+        return c
+
+    def close(self, int64_t conn_id) -> None:
+        """Ask the engine to end a connection; its record will say "killed"."""
+        cdef Conn *c
+        cdef Worker *w
+        cdef bint ok
+        addr = self._conns.get(conn_id)
+        if addr is None or self._stopped:
+            return
+        c = <Conn *><uintptr_t>addr
+        w = &self.core.workers[c.worker]
+        pthread_mutex_lock(&self.core.lock)
+        ok = push_ptr(&w.kills, &w.nkills, &w.capkills, c)
+        if ok:
+            c.refs += 1
+            wake(w)
+        pthread_mutex_unlock(&self.core.lock)
+        if not ok:
+            raise MemoryError()
+
+    def completions_fd(self) -> int:
+        """An eventfd that becomes readable when drain() has records."""
+        return self.core.donefd
+
+    def drain(self) -> list:
+        """Records of connections ended since the last drain:
+        (conn_id, bytes client->server, bytes server->client, seconds, reason, errno)."""
+        cdef Conn *head
+        cdef Conn *c
+        cdef list out = []
+        clear_fd(self.core.donefd)
+        pthread_mutex_lock(&self.core.lock)
+        head = self.core.done_head
+        self.core.done_head = self.core.done_tail = NULL
+        pthread_mutex_unlock(&self.core.lock)
+        c = head
+        while c != NULL:
+            out.append((c.conn_id, c.nbytes[0], c.nbytes[1], c.t, REASONS[c.reason], c.err))
+            self._conns.pop(c.conn_id, None)
+            c = c.next
+        release_records(self.core, head)
+        return out
+
+    def counters(self, int64_t conn_id):
+        """Live (bytes client->server, bytes server->client), or None if unknown/drained."""
+        cdef Conn *c
+        addr = self._conns.get(conn_id)
+        if addr is None:
+            return None
+        c = <Conn *><uintptr_t>addr
+        return (fm_load64(&c.nbytes[0]), fm_load64(&c.nbytes[1]))
+
+    def active(self) -> int:
+        """Connections handed over and not yet ended."""
+        cdef uint64_t finished
+        pthread_mutex_lock(&self.core.lock)
+        finished = self.core.finished
+        pthread_mutex_unlock(&self.core.lock)
+        return self._added - finished
+
+    def buffered(self) -> int:
+        """Bytes the engine holds right now (unsent remainders and pipe contents)."""
+        cdef int i
+        cdef uint64_t total = 0
+        for i in range(self.core.nworkers):
+            total += fm_load64(&self.core.workers[i].buffered)
+        return total
+
+    def stop(self, double grace=0.0) -> None:
+        """Refuse new connections, wait up to ``grace`` seconds for the live ones to end,
+        close the rest (reason "shutdown") and join the threads. Idempotent."""
+        cdef int64_t until
+        if self._stopped:
+            return
+        self._closing = True
+        if grace > 0 and self._started:
+            until = mono_ns() + <int64_t>(grace * 1e9)
+            while self.active() and mono_ns() < until:
+                with nogil:
+                    sleep_ms(5)
+        with nogil:
+            halt(self.core)
+        self._stopped = True

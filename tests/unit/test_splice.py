@@ -1,0 +1,496 @@
+"""The C relay engine (_splice) over real sockets: relaying, backpressure, half-close, resets,
+idle timeouts, kill, stop, and no fd leaks.
+
+Layout of every relayed pair: ``client`` <-> [engine fd a ... engine fd b] <-> ``server``;
+the test drives ``client`` and ``server``, the engine owns the two middle sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import hashlib
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastmqtt._splice import Engine
+
+Record = tuple[int, int, int, float, str, int]
+MiB = 1 << 20
+
+
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair over 127.0.0.1 through ``listener``."""
+    near = socket.create_connection(listener.getsockname())
+    far, _ = listener.accept()
+    return near, far
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    yield sock
+    sock.close()
+
+
+Pairing = Callable[[], tuple[socket.socket, socket.socket]]
+
+
+@pytest.fixture(params=["tcp", "socketpair"])
+def pairing(request: pytest.FixtureRequest, listener: socket.socket) -> Pairing:
+    if request.param == "tcp":
+        return lambda: tcp_pair(listener)
+    return socket.socketpair
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    eng = Engine()
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+_OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def close_test_ends() -> Iterator[None]:
+    """Close every test-side socket at teardown (ResourceWarnings are errors)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def relay(
+    eng: Engine,
+    conn_id: int,
+    pairing: Pairing,
+    client_idle: float = 0.0,
+    server_idle: float = 0.0,
+    **pending: bytes,
+) -> tuple[socket.socket, socket.socket]:
+    """Hand a fresh pair of connections to the engine; return (client, server) ends."""
+    client, a = pairing()
+    b, server = pairing()
+    eng.add(conn_id, a.detach(), b.detach(), client_idle, server_idle, **pending)
+    for sock in (client, server):
+        sock.settimeout(5)
+        _OPEN.append(sock)
+    return client, server
+
+
+def records(eng: Engine, count: int, timeout: float = 5.0) -> list[Record]:
+    """Wait (bounded) until ``count`` completion records have arrived."""
+    got: list[Record] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {len(got)} of {count} records: {got}"
+        select.select([eng.completions_fd()], [], [], left)
+        got += eng.drain()
+    return got
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, MiB))
+        assert chunk, "unexpected EOF"
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def assert_eof(sock: socket.socket) -> None:
+    assert sock.recv(10) == b""
+
+
+def assert_reset(sock: socket.socket) -> None:
+    with pytest.raises(ConnectionResetError):
+        sock.recv(10)
+
+
+def rst_close(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def fd_closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        return exc.errno == errno.EBADF
+    return False
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---------------------------------------------------------------- relaying
+
+
+def test_echo_both_ways(engine: Engine, pairing: Pairing) -> None:
+    client, server = relay(engine, 1, pairing)
+    for i in range(50):
+        msg = b"m%03d" % i
+        client.sendall(msg)
+        assert recv_exactly(server, 4) == msg
+        server.sendall(msg.upper())
+        assert recv_exactly(client, 4) == msg.upper()
+    assert engine.counters(1) == (200, 200)
+    assert engine.active() == 1
+    client.close()
+    server.close()
+    [rec] = records(engine, 1)
+    assert rec[:3] == (1, 200, 200)
+    assert rec[4] in ("client-closed", "server-closed")
+    assert engine.counters(1) is None
+    assert engine.active() == 0
+
+
+def _digest_of(sock: socket.socket, size: int, digests: dict[str, str], key: str) -> None:
+    digests[key] = hashlib.sha256(recv_exactly(sock, size)).hexdigest()
+
+
+@pytest.mark.parametrize("threshold", [None, 0, 1024], ids=["splice", "copy", "splice-early"])
+def test_10mib_both_directions_intact(pairing: Pairing, threshold: int | None) -> None:
+    eng = Engine(splice_threshold=threshold)
+    eng.start()
+    try:
+        client, server = relay(eng, 7, pairing)
+        up, down = os.urandom(10 * MiB), os.urandom(10 * MiB)
+        digests: dict[str, str] = {}
+        threads = [
+            threading.Thread(target=client.sendall, args=(up,)),
+            threading.Thread(target=server.sendall, args=(down,)),
+            threading.Thread(target=_digest_of, args=(server, len(up), digests, "up")),
+            threading.Thread(target=_digest_of, args=(client, len(down), digests, "down")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert digests == {
+            "up": hashlib.sha256(up).hexdigest(),
+            "down": hashlib.sha256(down).hexdigest(),
+        }
+        assert eng.counters(7) == (10 * MiB, 10 * MiB)
+        assert eng.buffered() == 0
+    finally:
+        eng.stop()
+
+
+@pytest.mark.parametrize("threshold", [None, 0], ids=["splice", "copy"])
+def test_backpressure_bounds_memory(listener: socket.socket, threshold: int | None) -> None:
+    """A server that does not read blocks the client; the engine holds at most one read."""
+    eng = Engine(buffer_size=65536, splice_threshold=threshold)
+    eng.start()
+    try:
+        client, server = relay(eng, 3, lambda: tcp_pair(listener))
+        client.setblocking(False)
+        chunk, sent, stalled_since = b"x" * 65536, 0, None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                sent += client.send(chunk)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.3:
+                    break
+                time.sleep(0.01)
+        assert stalled_since is not None, "the client was never blocked"
+        assert sent < 64 * MiB  # only kernel socket buffers and one engine read hold bytes
+        assert 0 < eng.buffered() <= 65536
+        # the server now reads everything: nothing was lost or duplicated
+        client.setblocking(True)
+        client.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk_in := server.recv(MiB):
+            data += chunk_in
+        assert len(data) == sent and data.count(b"x") == sent
+        assert eng.buffered() == 0
+    finally:
+        eng.stop()
+
+
+def test_pending_bytes_go_first(engine: Engine, pairing: Pairing) -> None:
+    early_up = bytes(range(256)) * 2048  # 512 KiB: more than the sockets take at once
+    early_down = b"CONNACK"
+    client, server = relay(engine, 5, pairing, to_server=early_up, to_client=early_down)
+    client.sendall(b"after")
+    server.sendall(b"reply")
+    assert recv_exactly(server, len(early_up) + 5) == early_up + b"after"
+    assert recv_exactly(client, len(early_down) + 5) == early_down + b"reply"
+    assert engine.counters(5) == (len(early_up) + 5, len(early_down) + 5)
+
+
+# ---------------------------------------------------------------- how connections end
+
+
+def test_half_close_from_client_tcp(engine: Engine, listener: socket.socket) -> None:
+    client, server = relay(engine, 11, lambda: tcp_pair(listener))
+    client.sendall(b"last words")
+    client.shutdown(socket.SHUT_WR)
+    assert recv_exactly(server, 10) == b"last words"
+    assert_eof(server)
+    for _ in range(3):  # the other direction still works
+        server.sendall(b"still here")
+        assert recv_exactly(client, 10) == b"still here"
+    assert engine.active() == 1
+    server.close()
+    assert_eof(client)
+    [rec] = records(engine, 1)
+    assert rec[0] == 11 and rec[4] == "client-closed" and rec[5] == 0
+    assert rec[1:3] == (10, 30)
+
+
+def test_half_close_from_server_tcp(engine: Engine, listener: socket.socket) -> None:
+    client, server = relay(engine, 12, lambda: tcp_pair(listener))
+    server.shutdown(socket.SHUT_WR)
+    assert_eof(client)
+    client.sendall(b"ok")
+    assert recv_exactly(server, 2) == b"ok"
+    client.shutdown(socket.SHUT_WR)
+    assert_eof(server)
+    [rec] = records(engine, 1)
+    assert rec[4] == "server-closed"
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_reset_is_propagated(engine: Engine, listener: socket.socket, side: str) -> None:
+    client, server = relay(engine, 13, lambda: tcp_pair(listener))
+    client.sendall(b"hi")
+    assert recv_exactly(server, 2) == b"hi"
+    resetter, other = (client, server) if side == "client" else (server, client)
+    rst_close(resetter)
+    assert_reset(other)
+    [rec] = records(engine, 1)
+    assert rec[4] == f"{side}-reset"
+    assert rec[5] == errno.ECONNRESET
+
+
+def test_server_talking_to_a_closed_client(engine: Engine, listener: socket.socket) -> None:
+    """The client closed; bytes sent to it draw a reset, and the record blames the client."""
+    client, server = relay(engine, 14, lambda: tcp_pair(listener))
+    client.close()
+    assert_eof(server)
+    deadline = time.monotonic() + 5
+    got: list[Record] = []
+    while not got and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # the reset may hit this send
+            server.send(b"z" * 1000)
+        got = engine.drain()
+        time.sleep(0.01)
+    assert got and got[0][4] == "client-reset"
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_idle_timeout_fires_within_a_tick(
+    engine: Engine, socketpair_pairing: Pairing, side: str
+) -> None:
+    idle = {"client_idle": 0.3} if side == "client" else {"server_idle": 0.3}
+    start = time.monotonic()
+    client, server = relay(engine, 21, socketpair_pairing, **idle)
+    [rec] = records(engine, 1, timeout=3)
+    elapsed = time.monotonic() - start
+    assert rec[4] == f"{side}-timeout"
+    assert 0.3 <= elapsed < 0.3 + 0.1 + 0.25  # one 100 ms tick, plus scheduling slack
+    assert 0.3 <= rec[3] < 0.65
+    assert_eof(client)
+    assert_eof(server)
+
+
+def test_activity_keeps_a_connection_alive(engine: Engine, socketpair_pairing: Pairing) -> None:
+    client, server = relay(engine, 22, socketpair_pairing, client_idle=0.3, server_idle=0.3)
+    for _ in range(8):  # 0.8 s of traffic, well past the 0.3 s timeouts
+        client.sendall(b"p")
+        server.sendall(b"q")
+        assert recv_exactly(server, 1) == b"p"
+        assert recv_exactly(client, 1) == b"q"
+        time.sleep(0.1)
+    assert engine.active() == 1 and engine.drain() == []
+    [rec] = records(engine, 1, timeout=3)  # then silence ends it
+    assert rec[4] in ("client-timeout", "server-timeout")
+
+
+def test_close_kills_a_connection(engine: Engine, socketpair_pairing: Pairing) -> None:
+    client, server = relay(engine, 31, socketpair_pairing)
+    other_client, _ = relay(engine, 32, socketpair_pairing)
+    engine.close(31)
+    engine.close(999)  # unknown ids are ignored
+    [rec] = records(engine, 1)
+    assert rec[0] == 31 and rec[4] == "killed"
+    assert_eof(client)
+    assert_eof(server)
+    engine.close(31)  # already drained: ignored
+    assert engine.active() == 1
+    other_client.sendall(b"alive")
+
+
+def test_close_after_end_but_before_drain(engine: Engine, socketpair_pairing: Pairing) -> None:
+    """A close() racing the natural end must neither double-report nor touch freed memory."""
+    for conn_id in range(100):
+        client, server = relay(engine, conn_id, socketpair_pairing)
+        client.close()
+        server.close()
+        engine.close(conn_id)
+    got = records(engine, 100)
+    assert sorted(r[0] for r in got) == list(range(100))
+    assert engine.drain() == []
+
+
+@pytest.fixture
+def socketpair_pairing() -> Pairing:
+    return socket.socketpair
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_stop_closes_everything(socketpair_pairing: Pairing) -> None:
+    eng = Engine()
+    eng.start()
+    ends = [relay(eng, i, socketpair_pairing, client_idle=60) for i in range(20)]
+    eng.stop()
+    eng.stop()  # idempotent
+    for client, server in ends:
+        assert_eof(client)
+        assert_eof(server)
+    got = eng.drain()
+    assert sorted(r[0] for r in got) == list(range(20))
+    assert {r[4] for r in got} == {"shutdown"}
+    assert eng.active() == 0
+    a, b = socket.socketpair()
+    fds = a.detach(), b.detach()
+    with pytest.raises(RuntimeError):
+        eng.add(99, *fds, 0, 0)
+    assert all(fd_closed(fd) for fd in fds)
+
+
+def test_stop_with_grace_lets_connections_finish(socketpair_pairing: Pairing) -> None:
+    eng = Engine()
+    eng.start()
+    client, server = relay(eng, 1, socketpair_pairing)
+    threading.Timer(0.2, client.close).start()
+    threading.Timer(0.2, server.close).start()
+    eng.stop(grace=3)
+    [rec] = eng.drain()
+    assert rec[4] in ("client-closed", "server-closed")
+
+
+def test_stop_without_start_closes_handed_fds() -> None:
+    eng = Engine()
+    a, b = socket.socketpair()
+    fds = a.detach(), b.detach()
+    eng.add(1, *fds, 0, 0)
+    eng.stop()
+    assert all(fd_closed(fd) for fd in fds)
+    assert [r[4] for r in eng.drain()] == ["shutdown"]
+
+
+def test_add_rejects_misuse_and_closes_the_fds(engine: Engine) -> None:
+    def fresh() -> tuple[int, int]:
+        a, b = socket.socketpair()
+        return a.detach(), b.detach()
+
+    relay(engine, 1, socket.socketpair)
+    cases: list[tuple[int, float]] = [(1, 0.0), (2, -1.0), (3, float("nan"))]
+    for conn_id, idle in cases:  # duplicate id, negative and NaN timeouts
+        fds = fresh()
+        with pytest.raises(ValueError):
+            engine.add(conn_id, *fds, idle, 0)
+        assert all(fd_closed(fd) for fd in fds)
+    with pytest.raises(ValueError):
+        engine.add(4, -1, -1, 0, 0)
+    fd = os.open("/dev/null", os.O_RDONLY)  # not a socket: ends as an error record
+    other, _ = fresh()
+    engine.add(5, fd, other, 0, 0)
+    [rec] = records(engine, 1)
+    assert rec[0] == 5 and rec[4] == "error" and rec[5] != 0
+    assert fd_closed(fd) and fd_closed(other)
+    with pytest.raises(ValueError):
+        Engine(threads=0)
+    with pytest.raises(ValueError):
+        Engine(buffer_size=4096, splice_threshold=8192)
+
+
+def test_two_threads_share_the_work(socketpair_pairing: Pairing) -> None:
+    eng = Engine(threads=2)
+    eng.start()
+    try:
+        ends = [relay(eng, i, socketpair_pairing) for i in range(40)]
+        for i, (client, server) in enumerate(ends):
+            client.sendall(b"%04d" % i)
+            server.sendall(b"%04d" % -i)
+        for i, (client, server) in enumerate(ends):
+            assert recv_exactly(server, 4) == b"%04d" % i
+            assert recv_exactly(client, 4) == b"%04d" % -i
+            client.close()
+            server.close()
+        got = records(eng, 40)
+        assert sorted(r[0] for r in got) == list(range(40))
+        assert all(r[1:3] == (4, 4) for r in got)
+    finally:
+        eng.stop()
+
+
+def _end_batch(eng: Engine, first_id: int, ends: list[tuple[socket.socket, socket.socket]]) -> list:
+    """End three quarters of a batch (closed, reset, killed); return the quarter kept open."""
+    kept = []
+    for i, (client, server) in enumerate(ends):
+        how = i % 4
+        if how == 0:
+            client.sendall(b"x")
+            client.close()
+            server.close()
+        elif how == 1:
+            rst_close(server)
+            client.close()
+        elif how == 2:
+            eng.close(first_id + i)
+        else:
+            kept.append((client, server))
+    got = records(eng, len(ends) - len(kept), timeout=10)
+    assert {r[4] for r in got} <= {"client-closed", "server-closed", "server-reset", "killed"}
+    for i, (client, server) in enumerate(ends):
+        if i % 4 == 2:
+            assert_eof(client)
+            client.close()
+            server.close()
+    return kept
+
+
+@pytest.mark.timeout(60)
+def test_no_fd_leak_over_10000_tcp_connections() -> None:
+    """10,000 relayed pairs of real TCP connections, ended in every way a pair can end."""
+    before = open_fds()
+    eng = Engine(threads=2)
+    eng.start()
+    batch, total = 500, 10_000
+    kept = []
+    for first_id in range(0, total, batch):
+        # a listener per batch, so TIME_WAIT tuples of earlier batches never collide
+        with socket.create_server(("127.0.0.1", 0), backlog=batch * 2) as lst:
+            ends = [relay(eng, first_id + i, lambda: tcp_pair(lst)) for i in range(batch)]
+        kept += _end_batch(eng, first_id, ends)
+    assert eng.active() == len(kept) == total // 4
+    eng.stop()
+    got = eng.drain()
+    assert len(got) == len(kept) and {r[4] for r in got} == {"shutdown"}
+    for client, server in kept:
+        assert_eof(client)
+        client.close()
+        server.close()
+    del eng
+    gc.collect()
+    assert open_fds() == before
