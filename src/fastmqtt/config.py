@@ -821,13 +821,16 @@ def _binds(config: Config) -> list[tuple[str, str, int]]:
 
 
 def _overlap(a: str, b: str) -> bool:
-    """Same address, or a wildcard of the family covers the other (IPv6 sockets are V6ONLY)."""
+    """Same address, or a wildcard covering the other: 0.0.0.0 covers IPv4, and [::] covers
+    both families (listeners are dual-stack, as Linux makes them by default: bindv6only=0)."""
     if a == b:
         return True
     try:
         ip_a, ip_b = ipaddress.ip_address(a), ipaddress.ip_address(b)
     except ValueError:
         return False  # a DNS name: only an identical name is known to clash
+    if a == "::" or b == "::":
+        return True
     return ip_a.version == ip_b.version and (ip_a.is_unspecified or ip_b.is_unspecified)
 
 

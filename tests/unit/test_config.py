@@ -613,7 +613,9 @@ def test_mqtt_only_keys_on_a_tcp_frontend_warn() -> None:
         ("[::]:1883", "[::1]:1883", True),
         ("127.0.0.1:1883", "127.0.0.2:1883", False),
         ("0.0.0.0:1883", "0.0.0.0:1884", False),
-        ("[::]:1883", "127.0.0.1:1883", False),  # IPv6 listeners are V6ONLY
+        ("[::]:1883", "127.0.0.1:1883", True),  # dual-stack: [::] takes IPv4 too
+        ("[::1]:1883", "127.0.0.1:1883", False),
+        ("[::1]:1883", "0.0.0.0:1883", False),
     ],
 )
 def test_duplicate_binds_warn(first: str, second: str, overlap: bool) -> None:
