@@ -286,7 +286,7 @@ class Worker:
         self.spec = spec
         self.pipe = pipe
         self.stats = Stats()
-        self.clients: list[Client] = []
+        self.clients: dict[int, Client] = {}  # by connection index: it names the topic
         self.end_at = 0.0
         self.publishing = False
 
@@ -348,7 +348,7 @@ class Worker:
         if self.spec.mode == "pub" and not await self._subscribe(client, n):
             client.close()
             return
-        self.clients.append(client)
+        self.clients[n] = client
 
     async def _session(self, n: int) -> Client | None:
         """Connect and wait for a successful CONNACK; failures are counted, not raised."""
@@ -420,17 +420,17 @@ class Worker:
         while (left := self.end_at - time.monotonic()) > 0:
             await asyncio.sleep(min(left, self.spec.keepalive / 2))
             if self.end_at - time.monotonic() > 0:
-                for client in self.clients:
+                for client in self.clients.values():
                     client.write(PINGREQ)
 
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()
         self.publishing = True
-        for n, client in enumerate(self.clients):
+        for n, client in self.clients.items():
             send = self._sender(client, n)
             if self.spec.rate:
                 # spread the connections' first messages over one interval: no synchronized bursts
-                phase = n / max(len(self.clients), 1) / self.spec.rate
+                phase = n / self.spec.connections / self.spec.rate
                 loop.call_later(phase, self._tick, send, time.monotonic() + phase)
             else:
                 client.on_echoes = self._refill(send)
@@ -475,10 +475,10 @@ class Worker:
             await asyncio.sleep(0.01)
 
     async def _close_all(self) -> None:
-        for client in self.clients:
+        for client in self.clients.values():
             client.write(DISCONNECT)
             client.close()
-        await asyncio.gather(*(self._closed(c) for c in self.clients))
+        await asyncio.gather(*(self._closed(c) for c in self.clients.values()))
         self.clients.clear()
 
     async def _closed(self, client: Client) -> None:

@@ -58,6 +58,18 @@ def test_pub_echoes_every_message(broker: Mosquitto, version: str) -> None:
     assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
 
 
+def test_pub_spreads_over_targets_and_each_echo_comes_home(broker: Mosquitto) -> None:
+    # connections finish connecting out of order: each must still publish to its own topic
+    with Mosquitto(name="bench2") as other:
+        targets = f"{broker.address},{other.address}"
+        code, r = bench("pub", "-h", targets, "-c", "12", "-P", "3", "-i", "0",
+                        "--duration", "1", "--rate", "20", "--prefix", "spread")  # fmt: skip
+        on_other = {cid for cid in other.connected_client_ids() if cid.startswith("spread-")}
+    assert (code, r["connected"], r["failed"]) == (0, 12, 0)
+    assert r["received"] == r["sent"] >= 200
+    assert on_other == {f"spread-{n}" for n in range(1, 12, 2)}
+
+
 def test_pub_closed_loop_and_watched_process(broker: Mosquitto) -> None:
     assert broker.proc is not None
     code, r = bench("pub", "-p", str(broker.port), "-c", "2", "-i", "0", "--duration", "1",

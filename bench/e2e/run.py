@@ -1,0 +1,298 @@
+"""fastmqtt vs HAProxy 2.6, same recipe, same brokers, same load, same run.
+
+Starts three Mosquitto brokers, then for each target (direct to the brokers as the floor,
+HAProxy with bench/haproxy.cfg, fastmqtt with bench/fastmqtt.toml) runs the same phases with
+`fastmqtt bench` and prints one table with the ratios fastmqtt/HAProxy. Each balancer is
+started fresh, and measured idle first so its memory baseline is clean.
+
+    python bench/e2e/run.py --quick      # about 1-2 minutes
+    python bench/e2e/run.py              # about 5-8 minutes, 9,000 idle connections
+
+The load generator, the balancer and the brokers share this machine's cores: nothing is
+pinned, so absolute figures are noise and the side-by-side ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from string import Template
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # tests.support.haproxy: the same launcher the tests use
+
+from tests.support.haproxy import HAProxy  # noqa: E402
+
+from fastmqtt.brokers import Mosquitto, free_port, start_brokers, wait_for_port  # noqa: E402
+
+MAXCONN = 9600  # two fds per proxied connection, 20,000 files per process
+
+
+@dataclass(frozen=True)
+class Plan:
+    idle: int  # idle connections held for the memory row
+    idle_s: float
+    churn_slots: int
+    churn_s: float
+    pub_conns: int  # closed-loop throughput (window 16 per connection)
+    pub_s: float
+    rate_conns: int  # fixed-rate latency: rate_conns x rate msgs/s in total
+    rate: float
+    processes: int
+
+
+QUICK = Plan(1500, 2, 16, 5, 50, 4, 100, 10, 2)
+FULL = Plan(9000, 5, 32, 20, 100, 15, 200, 10, 2)
+
+
+# --- targets --------------------------------------------------------------------------------
+
+
+def fill(template: str, brokers: Sequence[Mosquitto], bind: str) -> str:
+    servers = {f"SERVER{i}": b.address for i, b in enumerate(brokers, 1)}
+    text = (ROOT / "bench" / template).read_text()
+    return Template(text).substitute(MAXCONN=MAXCONN, BIND=bind, **servers)
+
+
+class Direct:
+    """No balancer: connections go round robin straight to the brokers."""
+
+    name = "direct"
+    pid: int | None = None
+
+    def __init__(self, brokers: Sequence[Mosquitto]) -> None:
+        self.address = ",".join(b.address for b in brokers)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class HAProxyTarget:
+    name = "haproxy"
+
+    def __init__(self, brokers: Sequence[Mosquitto]) -> None:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.lb = HAProxy(fill("haproxy.cfg", brokers, self.address), wait_port=port)
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        self.lb.start()
+        assert self.lb.proc is not None
+        self.pid = self.lb.proc.pid
+
+    def stop(self) -> None:
+        self.lb.stop()
+
+
+class FastMQTTTarget:
+    """`python -m fastmqtt serve` as a child process; its workers, if any, count too."""
+
+    name = "fastmqtt"
+
+    def __init__(self, brokers: Sequence[Mosquitto], workdir: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.config = workdir / "fastmqtt.toml"
+        self.config.write_text(fill("fastmqtt.toml", brokers, self.address))
+        self.log = workdir / "fastmqtt.log"
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fastmqtt", "serve", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid = self.proc.pid
+        try:
+            wait_for_port("127.0.0.1", self.port, 20, self.proc)
+        except Exception as exc:
+            tail = self.log.read_text(errors="replace")[-600:]
+            raise RuntimeError(f"fastmqtt serve did not start: {exc}\n{tail}") from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+# --- phases -------------------------------------------------------------------------------
+
+
+def bench(target: Direct | HAProxyTarget | FastMQTTTarget, plan: Plan, *argv: object) -> dict:
+    """One `fastmqtt bench ... --json` run against ``target``, watching its balancer."""
+    cmd = [sys.executable, "-m", "fastmqtt", "bench", *map(str, argv)]
+    cmd += ["-h", target.address, "-P", str(plan.processes), "-i", "0", "--json", "-q"]
+    if target.pid is not None:
+        cmd += ["--watch-pid", str(target.pid)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if not proc.stdout.strip():
+        raise RuntimeError(f"{' '.join(cmd)} printed nothing: {proc.stderr[-600:]}")
+    return json.loads(proc.stdout)
+
+
+def phases(plan: Plan) -> Iterator[tuple[str, list[object]]]:
+    yield "idle", ["conn", "-c", plan.idle, "--duration", plan.idle_s, "--prefix", "idle"]
+    yield "churn", ["conn", "--churn", "-c", plan.churn_slots, "--duration", plan.churn_s,
+                    "--prefix", "churn"]  # fmt: skip
+    for size in (64, 4096):
+        yield f"pub{size}", ["pub", "-c", plan.pub_conns, "-s", size, "--duration", plan.pub_s,
+                             "--prefix", f"pub{size}"]  # fmt: skip
+        yield f"rate{size}", ["pub", "-c", plan.rate_conns, "-s", size, "--rate", plan.rate,
+                              "--duration", plan.pub_s, "--prefix", f"rate{size}"]  # fmt: skip
+
+
+def measure(target: Direct | HAProxyTarget | FastMQTTTarget, plan: Plan) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    target.start()
+    try:
+        for phase, argv in phases(plan):
+            if phase == "idle" and target.pid is None:
+                continue  # no balancer, no memory to measure
+            results[phase] = r = bench(target, plan, *argv)
+            note = f", {r['failed']} FAILED {r['errors']}" if r["failed"] else ""
+            print(f"  {target.name:<9} {phase:<8} {headline(r)}{note}", file=sys.stderr)
+    finally:
+        target.stop()
+    return results
+
+
+def headline(r: dict) -> str:
+    if r["mode"] == "churn":
+        return f"{r['cycles_per_s']:,.0f} cycles/s"
+    if r["mode"] == "pub":
+        return f"{r['msgs_per_s']:,.0f} msg/s, p99 {r['latency_p99_ms']} ms"
+    return f"{r['connected']:,} connected"
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def _get(r: dict[str, dict], phase: str, key: str) -> float | None:
+    return r.get(phase, {}).get(key)
+
+
+def _cpu_per(r: dict[str, dict], phase: str, per: float) -> float | None:
+    """Balancer CPU seconds per ``per`` units of work done in the measured window."""
+    run = r.get(phase)
+    if not run or "watch" not in run:
+        return None
+    work = run["cycles"] if run["mode"] == "churn" else run["msgs_per_s"] * run["duration_s"]
+    return run["watch"]["cpu_s"] / work * per if work else None
+
+
+def _kb_per_idle(r: dict[str, dict]) -> float | None:
+    run = r.get("idle")
+    if not run or "watch" not in run or not run["connected"]:
+        return None
+    w = run["watch"]
+    return (w["rss_kb"] - w["rss_before_kb"]) / run["connected"]
+
+
+def rows(plan: Plan) -> list[tuple[str, Callable[[dict[str, dict]], float | None]]]:
+    at = f"@ {plan.rate_conns * plan.rate:,.0f} msg/s"
+    return [
+        ("churn: cycles/s", lambda r: _get(r, "churn", "cycles_per_s")),
+        ("churn: CONNECT->CONNACK p50 ms", lambda r: _get(r, "churn", "connack_p50_ms")),
+        ("churn: CONNECT->CONNACK p99 ms", lambda r: _get(r, "churn", "connack_p99_ms")),
+        ("churn: LB CPU s / 10k conns", lambda r: _cpu_per(r, "churn", 1e4)),
+        ("64 B: msgs/s (closed loop)", lambda r: _get(r, "pub64", "msgs_per_s")),
+        (f"64 B: p50 ms {at}", lambda r: _get(r, "rate64", "latency_p50_ms")),
+        (f"64 B: p99 ms {at}", lambda r: _get(r, "rate64", "latency_p99_ms")),
+        ("64 B: LB CPU s / 100k msgs", lambda r: _cpu_per(r, "pub64", 1e5)),
+        ("4 KiB: msgs/s (closed loop)", lambda r: _get(r, "pub4096", "msgs_per_s")),
+        (f"4 KiB: p50 ms {at}", lambda r: _get(r, "rate4096", "latency_p50_ms")),
+        (f"4 KiB: p99 ms {at}", lambda r: _get(r, "rate4096", "latency_p99_ms")),
+        ("4 KiB: LB CPU s / 100k msgs", lambda r: _cpu_per(r, "pub4096", 1e5)),
+        (f"idle: LB KB / conn ({plan.idle:,} conns)", _kb_per_idle),
+    ]
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def table(results: dict[str, dict[str, dict]], plan: Plan) -> str:
+    names = ["direct", "haproxy", "fastmqtt"]
+    header = f"{'':<36}" + "".join(f"{n:>10}" for n in names) + f"{'fm/hap':>10}"
+    lines = [header, "-" * len(header)]
+    for label, metric in rows(plan):
+        values = [metric(results.get(n, {})) for n in names]
+        hap, fm = values[1], values[2]
+        ratio = f"{fm / hap:.2f}" if fm is not None and hap else "-"
+        lines.append(f"{label:<36}" + "".join(f"{_cell(v):>10}" for v in values) + f"{ratio:>10}")
+    return "\n".join(lines)
+
+
+def failures(results: dict[str, dict[str, dict]]) -> Iterator[str]:
+    for name, phases_ in results.items():
+        for phase, r in phases_.items():
+            if r.get("failed") or r.get("lost"):
+                yield f"{name}/{phase}: {r['failed']} failed, {r.get('lost', 0)} lost {r['errors']}"
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller and shorter (1-2 min)")
+    parser.add_argument(
+        "--only", default="direct,haproxy,fastmqtt", help="comma-separated targets to run"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every raw result here")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    chosen = args.only.split(",")
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastmqtt-bench-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    results: dict[str, dict[str, dict]] = {}
+    brokers = start_brokers(3)
+    try:
+        targets = {
+            "direct": lambda: Direct(brokers),
+            "haproxy": lambda: HAProxyTarget(brokers),
+            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir),
+        }
+        print(f"plan: {plan}; brokers: {[b.address for b in brokers]}", file=sys.stderr)
+        for name in chosen:
+            try:
+                results[name] = measure(targets[name](), plan)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                print(f"  {name}: not measured: {exc}", file=sys.stderr)
+    finally:
+        for b in brokers:
+            b.stop()
+    print(table(results, plan))
+    for line in failures(results):
+        print(f"note: {line}")
+    print(f"({time.monotonic() - began:.0f} s; {os.cpu_count()} cores shared, nothing pinned)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"plan": asdict(plan), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
