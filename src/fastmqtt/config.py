@@ -291,17 +291,15 @@ def _choice(*options: str) -> Convert:
     return convert
 
 
-def _seconds(value: object) -> float:
-    """A duration in seconds from ``"250ms"``/``"10s"``/``"2m"``/``"1h"``/``"1d"`` or a number."""
+def _seconds(value: object) -> float | None:
+    """Seconds from ``"250ms"``/``"10s"``/``"2m"``/``"1h"``/``"1d"`` or a number; else None."""
     if _is_number(value):
         seconds = float(value)  # type: ignore[arg-type]
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
     else:
-        raise _Bad("not a duration")
-    if not 0.0 <= seconds <= MAX_DURATION:  # also rejects NaN
-        raise _Bad("out of range")
-    return seconds
+        return None
+    return seconds if 0.0 <= seconds <= MAX_DURATION else None  # the test also drops NaN
 
 
 def _duration(allow_zero: bool = False) -> Convert:
@@ -309,11 +307,8 @@ def _duration(allow_zero: bool = False) -> Convert:
     what = what if allow_zero else f"a positive {what[2:]}"
 
     def convert(value: object) -> float:
-        try:
-            seconds = _seconds(value)
-        except _Bad:
-            raise _expected(what, value) from None
-        if seconds == 0.0 and not allow_zero:
+        seconds = _seconds(value)
+        if seconds is None or (seconds == 0.0 and not allow_zero):
             raise _expected(what, value)
         return seconds
 
@@ -399,7 +394,7 @@ def _client_timeout_setting(value: object) -> float | str:
 
 
 def _raw_table(value: object) -> Mapping[str, object]:
-    """Tables owned by later features (TLS, health checks): kept as given, read-only."""
+    """Tables owned by a later feature (TLS): kept as given, read-only."""
     if not isinstance(value, dict):
         raise _expected("a table", value)
     return _freeze(value)  # type: ignore[return-value]
@@ -414,24 +409,23 @@ def _freeze(value: object) -> object:
 
 
 def _host(host: str) -> str:
-    """An IP literal (normalised) or a DNS name; raises _Bad otherwise."""
+    """An IP literal (normalised) or a DNS name; ValueError otherwise."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
-        pass
-    if re.fullmatch(r"[\d.]+", host) or not _HOSTNAME.fullmatch(host):
-        raise _Bad("bad host")
+        if re.fullmatch(r"[\d.]+", host) or not _HOSTNAME.fullmatch(host):  # 999.1.1.1 too
+            raise
     return host
 
 
 def _host_port(value: object, wildcard: bool) -> tuple[str, int]:
-    if not isinstance(value, str) or not (match := _HOST_PORT.fullmatch(value.strip())):
-        raise _Bad("bad address")
+    """(host, port) from "host:port" or "[v6]:port"; ValueError when it is neither."""
+    match = _HOST_PORT.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(value)
     port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise _Bad("bad port")
     if match["v6"] is not None:
-        return str(ipaddress.IPv6Address(match["v6"])), port  # ValueError is caught by callers
+        return str(ipaddress.IPv6Address(match["v6"])), port
     if wildcard and match["host"] in _WILDCARDS:
         return "0.0.0.0", port
     return _host(match["host"]), port
@@ -440,7 +434,7 @@ def _host_port(value: object, wildcard: bool) -> tuple[str, int]:
 def _bind(value: object) -> tuple[str, int]:
     try:
         return _host_port(value, wildcard=True)
-    except (_Bad, ValueError):
+    except ValueError:
         what = 'an address like "0.0.0.0:1883", "127.0.0.1:1883", "[::]:1883" or ":1883"'
         raise _expected(f"{what} (port 1..65535)", value) from None
 
@@ -448,7 +442,7 @@ def _bind(value: object) -> tuple[str, int]:
 def _address(value: object) -> tuple[str, int]:
     try:
         return _host_port(value, wildcard=False)
-    except (_Bad, ValueError):
+    except ValueError:
         raise _expected('"host:port" or "[ipv6]:port" (port 1..65535)', value) from None
 
 
@@ -503,15 +497,25 @@ def _convert(key: _Key, value: object, path: str, report: _Report) -> object:
         return _FAILED
 
 
+def _switch_or_table(
+    value: object, keys: Mapping[str, _Key], example: str, path: str, report: _Report
+) -> bool | dict:
+    """``true`` / ``false``, or a table of ``keys``; anything else is reported (as false)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        report.error(path, str(_expected(f"true, false or a table like {example}", value)))
+        return False
+    return _walk(value, keys, path, report)
+
+
 def _stick(value: object, path: str, report: _Report) -> StickConfig | None:
     """``stick = true`` (defaults), ``false``, or ``{ on = ..., size = ..., expire = ... }``."""
-    if isinstance(value, bool):
-        return StickConfig() if value else None
-    if not isinstance(value, dict):
-        what = 'true, false or a table like { on = "client_id", size = 100000, expire = "30m" }'
-        report.error(path, str(_expected(what, value)))
-        return None
-    return StickConfig(**_walk(value, STICK_KEYS, path, report))
+    example = '{ on = "client_id", size = 100000, expire = "30m" }'
+    stick = _switch_or_table(value, STICK_KEYS, example, path, report)
+    if isinstance(stick, bool):
+        return StickConfig() if stick else None
+    return StickConfig(**stick)
 
 
 def _check(value: object, path: str, report: _Report) -> CheckConfig | None:
@@ -524,13 +528,9 @@ def _check(value: object, path: str, report: _Report) -> CheckConfig | None:
 
 def _server_check(value: object, path: str, report: _Report) -> bool | Mapping[str, object]:
     """Per server: ``true``/``false``, or a table of CHECK_KEYS overriding the backend's."""
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, dict):
-        what = 'true, false or a table like { type = "mqtt", interval = "2s" }'
-        report.error(path, str(_expected(what, value)))
-        return False
-    return MappingProxyType(_walk(value, CHECK_KEYS, path, report))
+    example = '{ type = "mqtt", interval = "2s" }'
+    check = _switch_or_table(value, CHECK_KEYS, example, path, report)
+    return check if isinstance(check, bool) else MappingProxyType(check)
 
 
 def _servers(value: object, path: str, report: _Report) -> tuple[ServerConfig, ...]:
