@@ -492,9 +492,15 @@ def _property_vectors() -> list[Vector]:
             connect_packet(
                 level=5, props=None, payload=b"\x20" + _SESSION_EXPIRY + mqtt_str("fastmqtt-corpus")
             ),
+            spec.LENGTH_MISMATCH,
+        ),
+        Vector(
+            "property-length-5-bytes",
+            connect_packet(level=5, props=None, payload=b"\x80\x80\x80\x80\x00" + mqtt_str("c")),
             spec.BAD_PROPERTY_LENGTH,
         ),
-        v5("property-value-cut", b"\x11\x00\x00", spec.BAD_PROPERTY_LENGTH),
+        # the value crosses the end of the property section (the client id follows it)
+        v5("property-value-cut", b"\x11\x00\x00", spec.LENGTH_MISMATCH),
         v5("duplicate-property-session-expiry", _SESSION_EXPIRY * 2, spec.DUPLICATE_PROPERTY),
         v5("duplicate-property-auth-method", _prop_str(0x15, "SCRAM") * 2, spec.DUPLICATE_PROPERTY),
         v5(
