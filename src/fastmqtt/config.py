@@ -342,7 +342,7 @@ def _size(lo: int, hi: int) -> Convert:
 
 def _factor(value: object) -> float:
     if not _is_number(value) or not 1.0 < float(value) <= 100.0:  # type: ignore[arg-type]
-        raise _expected("a number greater than 1.0, such as 1.25", value)
+        raise _expected("a number above 1.0 and at most 100, such as 1.25", value)
     return float(value)  # type: ignore[arg-type]
 
 
@@ -883,7 +883,8 @@ def _check_open_files(config: Config, report: _Report) -> None:
     needed = open_files_needed(config)
     if hard != resource.RLIM_INFINITY and needed > hard:
         text = (
-            f"{_max_connections(config)} connections need about {needed} open files "
+            f"{_max_connections(config)} connections (the lower of global.maxconn and the "
+            f"frontends' total maxconn) need about {needed} open files "
             f"({FDS_PER_CONNECTION} per connection + {FD_MARGIN} spare), but this process may "
             f"open at most {hard} (RLIMIT_NOFILE hard limit; soft {soft}): "
             f"lower maxconn to {(hard - FD_MARGIN) // FDS_PER_CONNECTION} or raise the limit"

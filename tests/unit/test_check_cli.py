@@ -148,7 +148,8 @@ def test_maxconn_beyond_the_open_file_limit_warns(tmp_path: Path) -> None:
     low = check(path, cwd=tmp_path, open_files=1024)
     assert low.returncode == 0
     assert low.stderr == (
-        "warning: lb.toml: global.maxconn: 1000 connections need about 2100 open files "
+        "warning: lb.toml: global.maxconn: 1000 connections (the lower of global.maxconn and "
+        "the frontends' total maxconn) need about 2100 open files "
         "(2 per connection + 100 spare), but this process may open at most 1024 "
         "(RLIMIT_NOFILE hard limit; soft 1024): lower maxconn to 462 or raise the limit\n"
     )

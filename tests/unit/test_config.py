@@ -365,8 +365,8 @@ def test_exact_message_from_the_issue() -> None:
         (
             "hash_balance_factor = 1.0",
             "",
-            "backend.emqx.hash_balance_factor: expected a number greater than 1.0, such as 1.25,"
-            " got 1.0",
+            "backend.emqx.hash_balance_factor: expected a number above 1.0 and at most 100, "
+            "such as 1.25, got 1.0",
         ),
         (
             'send_proxy = "v3"',
