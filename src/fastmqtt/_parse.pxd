@@ -98,7 +98,7 @@ cdef inline bint cur_fail(Cursor *c, int reason, Py_ssize_t at) noexcept nogil:
 
 cdef inline bint cur_need(Cursor *c, Py_ssize_t k) noexcept nogil:
     # The one bounds check every reader starts with.
-    if k < 0 or c.end - c.pos < k:
+    if c.end - c.pos < k:
         return cur_fail(c, R_LENGTH_MISMATCH, c.pos)
     return True
 
@@ -148,10 +148,14 @@ cdef inline bint cur_varint(Cursor *c, uint32_t *v, int too_long) noexcept nogil
 
 
 cdef inline bint cur_span(Cursor *c, Span *s) noexcept nogil:
-    # Two-byte length then that many bytes (Binary Data / UTF-8 string body).
+    # Two-byte length then that many bytes (Binary Data / UTF-8 string body); a
+    # length pointing past the end is blamed on the length field.
+    cdef Py_ssize_t at = c.pos
     cdef uint32_t n = 0
-    if not cur_u16(c, &n) or not cur_need(c, n):
+    if not cur_u16(c, &n):
         return False
+    if c.end - c.pos < n:
+        return cur_fail(c, R_LENGTH_MISMATCH, at)
     s.start = c.pos
     s.length = n
     c.pos += n

@@ -250,9 +250,12 @@ cdef bint read_property(Cursor *c, int context, uint64_t *seen) noexcept nogil:
 cdef bint walk_properties(Cursor *c, int context, Span *s, uint64_t *seen) noexcept nogil:
     # Property Length, then properties that must exactly fill it (5.0 sec 2.2.2.1).
     cdef uint32_t n = 0
+    cdef Py_ssize_t at = c.pos
     cdef Py_ssize_t outer_end = c.end
-    if not cur_varint(c, &n, R_BAD_PROPERTY_LENGTH) or not cur_need(c, n):
+    if not cur_varint(c, &n, R_BAD_PROPERTY_LENGTH):
         return False
+    if c.end - c.pos < n:
+        return cur_fail(c, R_LENGTH_MISMATCH, at)
     s.start = c.pos
     s.length = n
     c.end = c.pos + n

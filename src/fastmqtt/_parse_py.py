@@ -46,7 +46,7 @@ def cur_fail(c: Cursor, reason: str, at: int) -> None:
 
 def cur_need(c: Cursor, k: int) -> bool:
     # The one bounds check every reader starts with.
-    if k < 0 or c.end - c.pos < k:
+    if c.end - c.pos < k:
         cur_fail(c, spec.LENGTH_MISMATCH, c.pos)
         return False
     return True
@@ -91,9 +91,14 @@ def cur_varint(c: Cursor, too_long: str) -> int | None:
 
 
 def cur_span(c: Cursor) -> Span | None:
-    # Two-byte length then that many bytes (Binary Data / UTF-8 string body).
+    # Two-byte length then that many bytes (Binary Data / UTF-8 string body); a
+    # length pointing past the end is blamed on the length field.
+    at = c.pos
     n = cur_u16(c)
-    if n is None or not cur_need(c, n):
+    if n is None:
+        return None
+    if c.end - c.pos < n:
+        cur_fail(c, spec.LENGTH_MISMATCH, at)
         return None
     c.pos += n
     return (c.pos - n, n)
@@ -211,9 +216,13 @@ def read_property(c: Cursor, context: int, seen: set[int]) -> bool:
 
 def walk_properties(c: Cursor, context: int, seen: set[int]) -> Span | None:
     # Property Length, then properties that must exactly fill it (5.0 sec 2.2.2.1).
+    at = c.pos
     outer_end = c.end
     n = cur_varint(c, spec.BAD_PROPERTY_LENGTH)
-    if n is None or not cur_need(c, n):
+    if n is None:
+        return None
+    if c.end - c.pos < n:
+        cur_fail(c, spec.LENGTH_MISMATCH, at)
         return None
     s = (c.pos, n)
     c.end = c.pos + n
