@@ -655,7 +655,7 @@ STATS_KEYS = {
 }
 TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats")
 
-# Keys whose effect depends on another setting: (keys, section attribute, needed value).
+# Keys that only matter with one setting: set without it, they earn a "has no effect" warning.
 _MQTT_ONLY_FRONTEND_KEYS = ("inspect_delay", "reject_invalid", "max_connect_size", "allow_bridge")
 _CONSISTENT_ONLY_KEYS = ("hash_key", "hash_balance_factor")
 _AUTO_ONLY_KEYS = ("timeout_client_min", "timeout_client_max")

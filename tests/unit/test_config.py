@@ -9,8 +9,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastmqtt.config import (
+    BACKEND_KEYS,
+    DEFAULTS_KEYS,
+    FRONTEND_KEYS,
+    GLOBAL_KEYS,
     BackendConfig,
     ClientTimeout,
     Config,
@@ -710,3 +716,92 @@ def test_example_is_the_recipe() -> None:
     assert backend.servers == tuple(
         ServerConfig(f"emqx{i}", f"192.168.0.{i + 1}", 1883) for i in (1, 2, 3)
     )
+
+
+# --- properties -------------------------------------------------------------------------------
+
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+@given(st.integers(0, 10_000), st.sampled_from(sorted(UNITS)))
+def test_duration_strings_scale_by_their_unit(number: int, unit: str) -> None:
+    seconds = number * UNITS[unit]
+    if seconds <= 7 * 86400:
+        assert parse_duration(f"{number}{unit}", "k") == pytest.approx(seconds)
+    else:
+        with pytest.raises(ConfigError):
+            parse_duration(f"{number}{unit}", "k")
+
+
+@given(st.integers(0, 65535), st.floats(1, 3600), st.floats(1, 3600))
+def test_auto_timeout_stays_within_its_bounds(keepalive: int, low: float, high: float) -> None:
+    low, high = min(low, high), max(low, high)
+    timeout = ClientTimeout(True, 240.0, low, high).for_keepalive(keepalive)
+    assert low <= timeout <= high
+
+
+SECTIONS = [
+    "[global]",
+    "[defaults]",
+    "[frontend.f]",
+    "[backend.b]",
+    "[[backend.b.server]]",
+    "[stats]",
+    "[backend.b.stick]",
+    "[frontend.f.tls]",
+    "[oops]",
+]
+KEYS = sorted(
+    {"bind", "backend", "address", "name", "server", "stick", "on", "auth", "x"}
+    | {key for table in (GLOBAL_KEYS, DEFAULTS_KEYS, FRONTEND_KEYS, BACKEND_KEYS) for key in table}
+)
+# TOML literals, right and wrong for most keys
+VALUES = [
+    "1",
+    "-1",
+    "0",
+    "300",
+    "1.5",
+    "nan",
+    "true",
+    '"x"',
+    '"auto"',
+    '"10s"',
+    '"0s"',
+    '"64KiB"',
+    '":1883"',
+    '"[::1]:1"',
+    '"b"',
+    '"f"',
+    '[1, "a"]',
+    "{ a = 1 }",
+    '{ on = "source" }',
+    '"consistent"',
+    '"tcp"',
+    "1979-05-27",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(SECTIONS),
+            st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=6),
+        ),
+        max_size=6,
+    )
+)
+def test_any_document_gives_a_config_or_config_errors(sections: list) -> None:
+    """Whatever the keys and values, loading ends in a Config or a ConfigError, never a crash."""
+    text = "\n".join(
+        header + "\n" + "".join(f"{k} = {v}\n" for k, v in body.items())
+        for header, body in sections
+    )
+    try:
+        config = load_config_text(text, "lb.toml")
+    except ConfigError as error:
+        assert error.errors
+        assert all(line.startswith("lb.toml") for line in error.errors)
+    else:
+        assert config.frontends and config.backends
