@@ -192,6 +192,9 @@ class Consistent(Balancer):
     """
 
     algorithm = "consistent"
+    # The implementation, as attributes so the property tests can run the twin too.
+    _hash = staticmethod(hash64)
+    _build = staticmethod(maglev_build)
 
     def __init__(
         self,
@@ -207,7 +210,7 @@ class Consistent(Balancer):
             raise ValueError("names and weights differ in length")
         if balance_factor is not None and not balance_factor >= 1.0:
             raise ValueError(f"balance_factor must be >= 1.0, got {balance_factor!r}")
-        hashes = [hash64(name.encode()) for name in names]
+        hashes = [self._hash(name.encode()) for name in names]
         # Canonical build order: table position p holds server self._order[p].
         self._order = sorted(range(len(names)), key=lambda i: (hashes[i], names[i]))
         self._hashes = [hashes[i] for i in self._order]
@@ -233,7 +236,7 @@ class Consistent(Balancer):
             return None
         load = [active[i] for i in self._order]
         room = self._room(live, load)
-        slot = hash64(key) % self._size
+        slot = self._hash(key) % self._size
         home = self._table(tuple(weights)).entry(slot)
         if home >= 0 and room[home]:
             return self._order[home]
@@ -254,7 +257,7 @@ class Consistent(Balancer):
     def _table(self, weights: tuple[int, ...]) -> MaglevTable:
         table = self._tables.get(weights)
         if table is None:
-            table = maglev_build(self._hashes, weights, self._size)
+            table = self._build(self._hashes, weights, self._size)
             self._tables[weights] = table
             if len(self._tables) > TABLE_CACHE:
                 self._tables.popitem(last=False)

@@ -1,7 +1,7 @@
 """Differential properties: the Cython ``_balance`` and its twin ``_balance_py`` agree.
 
 Same hashes (and both equal the xxhash package), same tables, same lookups and walks,
-and the same exception type for bad input.
+the same picks from the consistent-hash policy, and the same exception type for bad input.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.unit.test_balance import compiled
 
 from fastmqtt import _balance_py as py
+from fastmqtt.balance import Consistent
 
 c = compiled()
 pytestmark = pytest.mark.skipif(c is None, reason="FASTMQTT_NO_EXTENSIONS=1, no compiled module")
@@ -84,3 +85,35 @@ def test_bad_builds_fail_alike(hashes: list, weights: list, size: int) -> None:
 @given(st.one_of(st.none(), st.text(max_size=5), st.binary().map(bytearray), st.integers()))
 def test_non_bytes_keys_fail_alike(key: object) -> None:
     assert outcome(lambda: c.hash64(key)) is outcome(lambda: py.hash64(key)) is TypeError
+
+
+class PyConsistent(Consistent):
+    _hash = staticmethod(py.hash64)
+    _build = staticmethod(py.maglev_build)
+
+
+class CConsistent(Consistent):
+    _hash = staticmethod(c.hash64) if c is not None else None
+    _build = staticmethod(c.maglev_build) if c is not None else None
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(st.tuples(st.text(min_size=1, max_size=8), st.integers(0, 6)), max_size=6).filter(
+        lambda s: len({n for n, _ in s}) == len(s)
+    ),
+    st.sampled_from([101, 1009]),
+    st.one_of(st.none(), st.floats(1.0, 3.0)),
+    st.data(),
+)
+def test_picks_identical(
+    spec: list[tuple[str, int]], size: int, factor: float | None, data: st.DataObject
+) -> None:
+    names, weights = [n for n, _ in spec], [w for _, w in spec]
+    pc = CConsistent(names, weights, factor, size)
+    pp = PyConsistent(names, weights, factor, size)
+    for _ in range(5):
+        eligible = data.draw(st.lists(st.booleans(), min_size=len(spec), max_size=len(spec)))
+        active = data.draw(st.lists(st.integers(0, 50), min_size=len(spec), max_size=len(spec)))
+        key = data.draw(st.one_of(st.none(), st.binary(max_size=24)))
+        assert pc.pick(key, eligible, active) == pp.pick(key, eligible, active)
