@@ -664,7 +664,9 @@ _AUTO_ONLY_KEYS = ("timeout_client_min", "timeout_client_max")
 # --- section builders -------------------------------------------------------------------------
 
 
-def _warn_no_effect(values: Mapping, keys: Iterable[str], unless: str, path: str, report: _Report):
+def _warn_no_effect(
+    values: Mapping, keys: Iterable[str], unless: str, path: str, report: _Report
+) -> None:
     for key in keys:
         if key in values:
             report.warn(_join(path, key), f"has no effect unless {unless}")
@@ -736,7 +738,7 @@ def _build_frontend(
 
 def _build_backend(
     name: str, raw: object, path: str, report: _Report, defaults: Defaults
-) -> BackendConfig | None:
+) -> BackendConfig:
     values = _walk(raw, BACKEND_KEYS, path, report)
     inherited = {
         "timeout_connect": defaults.timeout_connect,
