@@ -179,7 +179,7 @@ class Consistent(Balancer):
     ``TABLE_CACHE``), so health changes cost one build (~1-3 ms in Cython), not one
     per connection. Changing the weights or the server list rebuilds the table;
     Maglev keeps that change small but not minimal (removing one of 3 servers from
-    the config moves ~0.02% of the other servers' keys too).
+    the config also moves ~0.01% of the other servers' keys).
 
     Bounded loads (``balance_factor`` c >= 1, "consistent hashing with bounded
     loads", Mirrokni et al.): server i may take a new connection only while
@@ -208,7 +208,7 @@ class Consistent(Balancer):
             raise ValueError("consistent hashing needs distinct server names")
         if len(names) != len(weights):
             raise ValueError("names and weights differ in length")
-        if balance_factor is not None and not balance_factor >= 1.0:
+        if balance_factor is not None and not 1.0 <= balance_factor < math.inf:
             raise ValueError(f"balance_factor must be >= 1.0, got {balance_factor!r}")
         hashes = [self._hash(name.encode()) for name in names]
         # Canonical build order: table position p holds server self._order[p].
