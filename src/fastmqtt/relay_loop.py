@@ -23,7 +23,7 @@ LOW_WATER = 64 * 1024
 class _Side(asyncio.Protocol):
     """One socket of the pair; ``role`` is "client" or "server" and names end reasons."""
 
-    __slots__ = ("eof", "last_read", "pair", "peer", "received", "role", "transport")
+    __slots__ = ("early", "eof", "last_read", "pair", "peer", "received", "role", "transport")
 
     def __init__(self, pair: LoopRelay, role: str) -> None:
         self.pair = pair
@@ -31,23 +31,28 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.transport: asyncio.Transport | None = None
         self.received = 0
+        self.early: list[bytes] = []
         self.eof = False
         self.last_read = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         self.last_read = time.monotonic()
-        assert self.peer is not None and self.peer.transport is not None
-        self.peer.transport.write(data)
+        assert self.peer is not None
+        if self.peer.transport is None:  # uvloop reads before the other side is wired
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
-        assert self.peer is not None and self.peer.transport is not None
+        assert self.peer is not None
+        if self.peer.transport is None:
+            return True  # LoopRelay.start forwards the EOF once the peer exists
         peer = self.peer.transport
         if self.peer.eof or not peer.can_write_eof():
             self.pair.finish(f"{self.role}-closed")
@@ -110,10 +115,11 @@ class LoopRelay:
         if self.on_done is None:  # a side was lost while the other was being wired
             return
         assert self.client.transport and self.server.transport
-        if to_server:
-            self.server.transport.write(to_server)
-        if to_client:
-            self.client.transport.write(to_client)
+        self.server.transport.write(to_server + b"".join(self.client.early))
+        self.client.transport.write(to_client + b"".join(self.server.early))
+        for side in (self.client, self.server):
+            if side.eof and side.eof_received() is False:
+                return
         self._arm_timer()
 
     def counters(self) -> tuple[int, int]:

@@ -85,6 +85,8 @@ def test_timeout_client_auto_follows_each_clients_keepalive(fastmqtt):
         assert 1.3 <= time.monotonic() - started <= 3.0  # 1.5 x keepalive
         assert not closed_by_peer(long, timeout=0.5)
         assert wait_until(lambda: any("client-timeout" in x for x in lb.connection_log()))
+        short.close()
+        long.close()
     finally:
         stop.set()
         backend.close()

@@ -47,14 +47,16 @@ def recipe(
     frontend: str = "",
     defaults: str = "",
     servers: dict[str, dict[str, object]] | None = None,
+    balance: str = "roundrobin",
+    inspect_delay: str = "2s",
 ) -> str:
     """The HAProxy recipe in lb.toml form, with extra lines per section."""
     return (
         f'[global]\nlog_level = "info"\ngrace = "2s"\n\n'
-        f'[defaults]\ntimeout_connect = "2s"\ninspect_delay = "2s"\n{defaults}\n'
+        f'[defaults]\ntimeout_connect = "2s"\ninspect_delay = "{inspect_delay}"\n{defaults}\n'
         f'[frontend.mqtt]\nbind = "127.0.0.1:{port}"\nprotocol = "mqtt"\nbackend = "cluster"\n'
         f"{frontend}\n"
-        f'[backend.cluster]\nbalance = "roundrobin"\n{backend}\n'
+        f'[backend.cluster]\nbalance = "{balance}"\n{backend}\n'
         + servers_toml("cluster", brokers, **(servers or {}))
     )
 
