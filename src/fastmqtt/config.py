@@ -74,9 +74,17 @@ class ClientTimeout:
 _CLIENT_TIMEOUT = ClientTimeout(False, 240.0)
 
 
+def default_maxconn() -> int:
+    """10000, or fewer when the open-file limit cannot hold that many proxied connections."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return 10000
+    return max(1, min(10000, (hard - FD_MARGIN) // FDS_PER_CONNECTION))
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalConfig:
-    maxconn: int = 10000
+    maxconn: int = field(default_factory=default_maxconn)
     workers: int = 1
     relay_threads: int = 1
     log_level: str = "info"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 import time
@@ -16,9 +17,11 @@ from fastmqtt import IMPLEMENTATION, __version__
 from fastmqtt.backends import Backend, Server
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
+from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
+from fastmqtt.stats import StatsServer
 
 log = logging.getLogger("fastmqtt")
 
@@ -47,6 +50,8 @@ class Proxy:
         self.started_at = loop.time()
         self._tasks: set[asyncio.Task] = set()
         self._purger: asyncio.TimerHandle | None = None
+        self.health = {name: HealthChecker(b, self) for name, b in self.backends.items()}
+        self.stats: StatsServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -59,6 +64,7 @@ class Proxy:
                 except OSError as exc:
                     where = f"{fe.config.bind_host}:{fe.config.bind_port}"
                     raise OSError(exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}") from None
+            self.stats = StatsServer(self, self.config.stats) if self.config.stats else None
         except BaseException:
             for fe in self.frontends:
                 fe.close()
@@ -68,6 +74,10 @@ class Proxy:
         for fe in self.frontends:
             fe.resume()
         self._purger = self.loop.call_later(STICK_PURGE_INTERVAL, self._purge_sticks)
+        for checker in self.health.values():
+            checker.start()
+        if self.stats is not None:
+            self.stats.start()
         log.info(
             "fastmqtt %s (%s) listening: %s",
             __version__,
@@ -84,11 +94,15 @@ class Proxy:
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let established connections finish for ``grace`` seconds, close."""
         self.stop_accepting()
+        for checker in self.health.values():
+            checker.stop()
         for task in list(self._tasks):
             task.cancel()  # clients still being inspected or connected
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.hub.shutdown(grace)
+        if self.stats is not None:
+            self.stats.close()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -182,10 +196,18 @@ def setup_logging(config: Config) -> None:
     )
 
 
+def raise_fd_limit() -> None:
+    """Use every file descriptor the hard limit allows (the soft limit is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT: then drain for the configured grace; a second signal exits now."""
     import uvloop
 
+    raise_fd_limit()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
