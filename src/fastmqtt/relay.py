@@ -8,13 +8,18 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.relay_loop import LoopRelay
 from fastmqtt.session import Session
 
 
 def make_engine(threads: int) -> Any:
     """The C relay engine, or None where connections stay on the event loop."""
-    return None  # the engine lands with the _splice module
+    if NO_EXTENSIONS:
+        return None
+    from fastmqtt._splice import Engine
+
+    return Engine(threads=threads)
 
 
 # (session, bytes client->server, bytes server->client, end reason)
