@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("fastmqtt.config", "validate a config file without binding anything"),
     "demo": ("fastmqtt.demo", "start three local brokers and a balancer in front of them"),
     "bench": ("fastmqtt.bench", "load generator: connection churn and publish echo"),
+    "convert": ("fastmqtt.convert", "translate an HAProxy MQTT config into lb.toml"),
 }
 
 
