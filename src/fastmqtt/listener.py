@@ -175,6 +175,7 @@ class Frontend:
             raise Rejected("no-server") from None
         session.server = server
         session.connected_at = time.monotonic()
+        backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
         try:
             await loop.sock_sendall(upstream, self._proxy_header(conn, upstream) + data)
             to_client = b""

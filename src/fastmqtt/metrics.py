@@ -2,8 +2,44 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+
+# CONNECT received -> broker connected, in seconds: loopback brokers answer in well under a
+# millisecond, remote ones in a few; a dead node costs a timeout or a retry.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Prometheus-style histogram; ``counts[i]`` holds values in (bounds[i-1], bounds[i]],
+    the last slot those above every bound."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
 
 
 @dataclass(slots=True)
@@ -49,3 +85,4 @@ class BackendCounters:
     sticky_hits: int = 0
     sticky_misses: int = 0
     learned_ids: int = 0  # v5 assigned client identifiers learned from CONNACKs
+    connect_latency: Histogram = field(default_factory=Histogram)
