@@ -86,17 +86,23 @@ def _words(text: str) -> list[str]:
     return list(lexer)
 
 
+def _expand(word: str, number: int, report: Report) -> str:
+    """HAProxy substitutes ``${NAME}`` while parsing; an unset variable becomes empty."""
+    for unset in sorted({m[1] for m in _ENV.finditer(word) if m[1] not in os.environ}):
+        report.skip(Line(number, [f"${{{unset}}}"]), why="environment variable not set")
+    return _ENV.sub(lambda m: os.environ.get(m[1], ""), word)
+
+
 def read_sections(text: str, report: Report) -> list[Section]:
     """The sections in file order; lines outside any section and unset variables are reported."""
     sections: list[Section] = []
     for number, raw in enumerate(text.splitlines(), start=1):
-        for unset in sorted({m[1] for m in _ENV.finditer(raw) if m[1] not in os.environ}):
-            report.skip(Line(number, [f"${{{unset}}}"]), why="environment variable not set")
-        try:  # HAProxy substitutes at parse time; an unset variable becomes empty
-            words = _words(_ENV.sub(lambda m: os.environ.get(m[1], ""), raw))
+        try:
+            words = _words(raw)
         except ValueError as exc:  # unbalanced quotes
             report.skip(Line(number, [raw.strip()]), why=str(exc))
             continue
+        words = [expanded for word in words if (expanded := _expand(word, number, report))]
         if not words:
             continue
         line = Line(number, words)

@@ -236,12 +236,14 @@ def test_bench_recipe(monkeypatch, tmp_path):
     assert [(s.name, s.port) for s in backend.servers] == [("n1", 1884), ("n2", 1885), ("n3", 1886)]
 
 
-def test_unset_variable_is_reported(monkeypatch):
+def test_unset_variable_is_reported_but_not_in_comments(monkeypatch):
     monkeypatch.delenv("FASTMQTT_TEST_UNSET", raising=False)
-    _, report = cv.convert("global\n    maxconn ${FASTMQTT_TEST_UNSET}\n")
-    assert "haproxy.cfg:2: unsupported: ${FASTMQTT_TEST_UNSET} (environment variable not set)" in (
-        report.unsupported
-    )
+    text = "# ${FASTMQTT_TEST_UNSET} in a comment\nglobal\n    maxconn ${FASTMQTT_TEST_UNSET}\n"
+    _, report = cv.convert(text)
+    assert report.unsupported == [
+        "haproxy.cfg:3: unsupported: ${FASTMQTT_TEST_UNSET} (environment variable not set)",
+        "haproxy.cfg:3: unsupported: maxconn (missing argument)",
+    ]
 
 
 # --- every supported directive, and the report of what is not --------------------------------
