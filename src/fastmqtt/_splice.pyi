@@ -6,6 +6,7 @@
 Record = tuple[int, int, int, float, str, int]
 
 REASONS: tuple[str, ...]
+CONN_SIZE: int  # the engine's own bytes per idle connection
 
 class Engine:
     def __init__(

@@ -11,7 +11,9 @@ Design notes (the WHY; the code says the how):
   after a send found the socket full. The price of ET is remembering "the sender may still have
   bytes" (the RD flag), and a ready list for connections we stopped serving for fairness.
   A short read means the socket was drained at that instant and any later arrival raises a new
-  edge, so small MQTT packets cost one recv and one send per event.
+  edge, so small MQTT packets cost one recv and one send per event. The exception is a FIN
+  queued behind the data (its edge may have come while we were not reading): EPOLLRDHUP
+  marks the side, and from then on we read until recv returns 0.
 - Fast path: recv into the thread's buffer and send straight on. Only an unsent remainder is
   kept (malloc'd to its exact size, freed once flushed), and while a remainder exists nothing
   more is read from that sender: memory per direction is bounded by one read.
@@ -28,7 +30,7 @@ from libc.errno cimport (
     EAGAIN, ECONNABORTED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINTR, ENETDOWN,
     ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
 )
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
@@ -36,7 +38,7 @@ from posix.unistd cimport close, read, write
 
 from fastmqtt.includes.linux cimport (
     EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET,
-    EPOLLHUP, EPOLLIN, EPOLLOUT, FIONBIO, MSG_NOSIGNAL, O_CLOEXEC, O_NONBLOCK, SHUT_WR,
+    EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, FIONBIO, MSG_NOSIGNAL, O_CLOEXEC, O_NONBLOCK, SHUT_WR,
     SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE, SPLICE_F_NONBLOCK, epoll_create1,
     epoll_ctl, epoll_event, epoll_wait, eventfd, getsockopt, ioctl, linger, pipe2, pthread_create,
     pthread_join, pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock,
@@ -80,6 +82,7 @@ cdef enum:
     F_DONE = 1 << 8
     F_QUEUED = 1 << 9       # in the ready list
     F_SERVER_FIRST = 1 << 10  # the server's FIN came first
+    F_HUP = 1 << 11         # the side's FIN has arrived (EPOLLRDHUP seen): read until EOF
 
 cdef enum Reason:
     R_CLOSED = 0            # + side
@@ -125,7 +128,7 @@ cdef struct Conn:
     int fd[2]               # 0 client, 1 server
     uint32_t idle[2]        # ticks, 0 = no timeout
     uint32_t last_rx[2]     # tick of the last progress of each side's bytes
-    int err
+    int16_t err             # errno values fit
     uint16_t flags
     uint8_t reason
     uint8_t refs            # the engine until drained, plus one per queued close()
@@ -178,6 +181,10 @@ cdef struct Core:
     uint32_t bufsize
     uint32_t threshold
     int64_t t0
+
+
+# bytes the engine keeps per live connection beyond kernel socket buffers, while it is idle
+CONN_SIZE = sizeof(Conn)
 
 
 # ---------------------------------------------------------------- time
@@ -370,7 +377,7 @@ cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil:
     drop_buffers(w, c)
     release_fds(w, c, reason - R_RESET if R_RESET <= reason < R_TIMEOUT else -1)
     c.reason = <uint8_t>reason
-    c.err = err
+    c.err = <int16_t>err
     c.t = mono_s() - c.t
     c.next = NULL
     if w.dead_tail != NULL:
@@ -532,7 +539,7 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
     if n <= 0:
         return read_failed(w, c, d, n)
     received(w, c, d, <size_t>n)
-    if <size_t>n < core.bufsize:
+    if <size_t>n < core.bufsize and not (c.flags & (F_HUP << d)):
         c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
     if core.threshold and <size_t>n >= core.threshold:
         c.flags |= F_BULK << d
@@ -629,7 +636,9 @@ cdef void on_event(Worker *w, Conn *c, int s, uint32_t ev) noexcept nogil:
         if err:
             fail_io(w, c, s, err)
             return
-    if ev & (EPOLLIN | EPOLLHUP | EPOLLERR):  # HUP/ERR: the read reports the FIN or error
+    if ev & (EPOLLRDHUP | EPOLLHUP):
+        c.flags |= F_HUP << s
+    if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):  # the read reports FIN or error
         c.flags |= F_RD << s
         if pump(w, c, s):
             return
@@ -663,13 +672,16 @@ cdef void open_conn(Worker *w, Conn *c) noexcept nogil:
             finish(w, c, R_ERROR, errno)
             return
         # One registration for life; see the note on edge triggering at the top.
-        ev.events = EPOLLIN | EPOLLOUT | EPOLLET
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         ev.data.u64 = <uint64_t><uintptr_t>c | <uint64_t>s
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, c.fd[s], &ev) < 0:
             finish(w, c, R_ERROR, errno)
             return
     c.last_rx[0] = c.last_rx[1] = w.now
     c.flags |= F_RD | (F_RD << 1)
+    for s in range(2):
+        if c.pend[s] != NULL:
+            fm_add64(&w.buffered, c.pend[s].len)
     place(w, c)
     if not pump(w, c, 0):
         pump(w, c, 1)

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from fastmqtt._splice import Engine
+
+from fastmqtt._splice import CONN_SIZE, Engine
 
 Record = tuple[int, int, int, float, str, int]
 MiB = 1 << 20
@@ -223,6 +224,25 @@ def test_backpressure_bounds_memory(listener: socket.socket, threshold: int | No
         eng.stop()
 
 
+def _send_then_fin(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+
+
+def test_fin_queued_behind_blocked_data_is_seen(engine: Engine, listener: socket.socket) -> None:
+    """Data then FIN arrive while the engine cannot forward: the FIN must not be lost."""
+    for conn_id in range(8):  # a race, so try it a few times
+        client, server = relay(engine, conn_id, lambda: tcp_pair(listener))
+        payload = os.urandom(4 * MiB)
+        sender = threading.Thread(target=_send_then_fin, args=(client, payload))
+        sender.start()
+        time.sleep(0.05)  # the server is not reading: the engine holds a remainder
+        got = recv_exactly(server, len(payload))
+        sender.join(5)
+        assert got == payload
+        assert_eof(server)
+
+
 def test_pending_bytes_go_first(engine: Engine, pairing: Pairing) -> None:
     early_up = bytes(range(256)) * 2048  # 512 KiB: more than the sockets take at once
     early_down = b"CONNACK"
@@ -232,6 +252,7 @@ def test_pending_bytes_go_first(engine: Engine, pairing: Pairing) -> None:
     assert recv_exactly(server, len(early_up) + 5) == early_up + b"after"
     assert recv_exactly(client, len(early_down) + 5) == early_down + b"reply"
     assert engine.counters(5) == (len(early_up) + 5, len(early_down) + 5)
+    assert engine.buffered() == 0
 
 
 # ---------------------------------------------------------------- how connections end
@@ -422,6 +443,10 @@ def test_add_rejects_misuse_and_closes_the_fds(engine: Engine) -> None:
         Engine(threads=0)
     with pytest.raises(ValueError):
         Engine(buffer_size=4096, splice_threshold=8192)
+
+
+def test_idle_connection_state_is_small() -> None:
+    assert CONN_SIZE <= 128
 
 
 def test_two_threads_share_the_work(socketpair_pairing: Pairing) -> None:

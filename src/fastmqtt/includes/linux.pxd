@@ -22,6 +22,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLOUT
         EPOLLERR
         EPOLLHUP
+        EPOLLRDHUP
         EPOLLET
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
