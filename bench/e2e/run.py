@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # tests.support.haproxy: the same launcher the te
 
 from tests.support.haproxy import HAProxy  # noqa: E402
 
-from fastmqtt.brokers import Mosquitto, free_port, start_brokers, wait_for_port  # noqa: E402
+from fastmqtt.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 MAXCONN = 9600  # two fds per proxied connection, 20,000 files per process
 
@@ -48,8 +49,8 @@ class Plan:
     processes: int
 
 
-QUICK = Plan(1500, 2, 16, 5, 50, 4, 100, 10, 2)
-FULL = Plan(9000, 5, 32, 20, 100, 15, 200, 10, 2)
+QUICK = Plan(1500, 2, 16, 5, 50, 4, 200, 10, 2)
+FULL = Plan(9000, 5, 32, 20, 100, 15, 500, 10, 2)
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -219,10 +220,12 @@ def rows(plan: Plan) -> list[tuple[str, Callable[[dict[str, dict]], float | None
         (f"64 B: p50 ms {at}", lambda r: _get(r, "rate64", "latency_p50_ms")),
         (f"64 B: p99 ms {at}", lambda r: _get(r, "rate64", "latency_p99_ms")),
         ("64 B: LB CPU s / 100k msgs", lambda r: _cpu_per(r, "pub64", 1e5)),
+        (f"64 B: LB CPU s / 100k msgs {at}", lambda r: _cpu_per(r, "rate64", 1e5)),
         ("4 KiB: msgs/s (closed loop)", lambda r: _get(r, "pub4096", "msgs_per_s")),
         (f"4 KiB: p50 ms {at}", lambda r: _get(r, "rate4096", "latency_p50_ms")),
         (f"4 KiB: p99 ms {at}", lambda r: _get(r, "rate4096", "latency_p99_ms")),
         ("4 KiB: LB CPU s / 100k msgs", lambda r: _cpu_per(r, "pub4096", 1e5)),
+        (f"4 KiB: LB CPU s / 100k msgs {at}", lambda r: _cpu_per(r, "rate4096", 1e5)),
         (f"idle: LB KB / conn ({plan.idle:,} conns)", _kb_per_idle),
     ]
 
@@ -233,26 +236,74 @@ def _cell(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def table(results: dict[str, dict[str, dict]], plan: Plan) -> str:
+Rounds = list[dict[str, dict[str, dict]]]  # per round: target -> phase -> bench JSON
+
+
+def median(values: list[float | None]) -> float | None:
+    present = sorted(v for v in values if v is not None)
+    return statistics.median(present) if present else None
+
+
+def table(rounds: Rounds, plan: Plan) -> str:
     names = ["direct", "haproxy", "fastmqtt"]
-    header = f"{'':<36}" + "".join(f"{n:>10}" for n in names) + f"{'fm/hap':>10}"
+    header = f"{'':<42}" + "".join(f"{n:>10}" for n in names) + f"{'fm/hap':>10}"
     lines = [header, "-" * len(header)]
     for label, metric in rows(plan):
-        values = [metric(results.get(n, {})) for n in names]
+        values = [median([metric(r.get(n, {})) for r in rounds]) for n in names]
         hap, fm = values[1], values[2]
         ratio = f"{fm / hap:.2f}" if fm is not None and hap else "-"
-        lines.append(f"{label:<36}" + "".join(f"{_cell(v):>10}" for v in values) + f"{ratio:>10}")
+        lines.append(f"{label:<42}" + "".join(f"{_cell(v):>10}" for v in values) + f"{ratio:>10}")
     return "\n".join(lines)
 
 
-def failures(results: dict[str, dict[str, dict]]) -> Iterator[str]:
-    for name, phases_ in results.items():
-        for phase, r in phases_.items():
-            if r.get("failed") or r.get("lost"):
-                yield f"{name}/{phase}: {r['failed']} failed, {r.get('lost', 0)} lost {r['errors']}"
+def failures(rounds: Rounds) -> Iterator[str]:
+    for number, results in enumerate(rounds, 1):
+        for name, phases_ in results.items():
+            for phase, r in phases_.items():
+                if r.get("failed") or r.get("lost"):
+                    counts = f"{r['failed']} failed, {r.get('lost', 0)} lost {r['errors']}"
+                    yield f"round {number} {name}/{phase}: {counts}"
 
 
 # --- main ----------------------------------------------------------------------------------
+
+
+def start_nodes() -> list[Mosquitto]:
+    """Three brokers that send small packets at once, as EMQX does by default (nodelay)."""
+    brokers: list[Mosquitto] = []
+    try:
+        for i in range(3):
+            node = Mosquitto(name=f"node{i + 1}", extra_config="set_tcp_nodelay true")
+            brokers.append(node.start())
+    except BaseException:
+        for b in brokers:
+            b.stop()
+        raise
+    return brokers
+
+
+def run_rounds(chosen: list[str], plan: Plan, rounds: int, workdir: Path) -> Rounds:
+    results: Rounds = []
+    brokers = start_nodes()
+    try:
+        targets = {
+            "direct": lambda: Direct(brokers),
+            "haproxy": lambda: HAProxyTarget(brokers),
+            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir),
+        }
+        print(f"plan: {plan}; brokers: {[b.address for b in brokers]}", file=sys.stderr)
+        for number in range(1, rounds + 1):
+            print(f"round {number}/{rounds}", file=sys.stderr)
+            results.append({})
+            for name in chosen:
+                try:
+                    results[-1][name] = measure(targets[name](), plan)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    print(f"  {name}: not measured: {exc}", file=sys.stderr)
+    finally:
+        for b in brokers:
+            b.stop()
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,36 +312,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="direct,haproxy,fastmqtt", help="comma-separated targets to run"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternate the targets N times; report medians"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every raw result here")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    chosen = args.only.split(",")
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastmqtt-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    results: dict[str, dict[str, dict]] = {}
-    brokers = start_brokers(3)
-    try:
-        targets = {
-            "direct": lambda: Direct(brokers),
-            "haproxy": lambda: HAProxyTarget(brokers),
-            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir),
-        }
-        print(f"plan: {plan}; brokers: {[b.address for b in brokers]}", file=sys.stderr)
-        for name in chosen:
-            try:
-                results[name] = measure(targets[name](), plan)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                print(f"  {name}: not measured: {exc}", file=sys.stderr)
-    finally:
-        for b in brokers:
-            b.stop()
-    print(table(results, plan))
-    for line in failures(results):
+    rounds = run_rounds(args.only.split(","), plan, args.rounds, workdir)
+    print(table(rounds, plan))
+    for line in failures(rounds):
         print(f"note: {line}")
-    print(f"({time.monotonic() - began:.0f} s; {os.cpu_count()} cores shared, nothing pinned)")
+    seconds = time.monotonic() - began
+    print(f"({len(rounds)} round(s), {seconds:.0f} s; {os.cpu_count()} cores shared, no pinning)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"plan": asdict(plan), "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"plan": asdict(plan), "rounds": rounds}, indent=1))
     return 0
 
 
