@@ -116,15 +116,13 @@ class RecordingBackend:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        data = bytearray()
+        with conn, contextlib.suppress(OSError):  # a stalled probe fails on its own side
             conn.settimeout(PROBE_TIMEOUT)
-            data = bytearray()
-            acked = False
             while chunk := conn.recv(65536):
                 data += chunk
-                if not acked and len(data) > _proxy_header_length(data):
-                    conn.sendall(b"ACK")
-                    acked = True
+                if len(data) - len(chunk) <= _proxy_header_length(data) < len(data):
+                    conn.sendall(b"ACK")  # the first payload byte is here
         header = _proxy_header_length(data)
         with self._lock:
             self.received[_proxy_client_port(data)] = bytes(data[header:])

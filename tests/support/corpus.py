@@ -438,6 +438,12 @@ def _string_vectors() -> list[Vector]:
     ]
 
 
+def _non_minimal_length(packet: bytes) -> bytes:
+    """The same one-byte-length packet with its remaining length spelled in two bytes."""
+    assert packet[1] < 0x80
+    return packet[:1] + bytes([packet[1] | 0x80, 0x00]) + packet[2:]
+
+
 def _length_vectors() -> list[Vector]:
     good = connect_packet()
     long = connect_packet(payload=mqtt_str("x" * 180))
@@ -460,6 +466,13 @@ def _length_vectors() -> list[Vector]:
             spec.LENGTH_MISMATCH,
         ),
         Vector("remaining-length-zero", b"\x10\x00", spec.LENGTH_MISMATCH),
+        # the spec asks senders for the shortest form; receivers (Mosquitto too) take longer ones
+        Vector("remaining-length-non-minimal", _non_minimal_length(good), VALID, "fastmqtt-corpus"),
+        Vector(
+            "trailing-bytes-inside-remaining-length",
+            connect_packet(payload=mqtt_str("fastmqtt-corpus") + b"\x00", length_delta=0),
+            spec.LENGTH_MISMATCH,
+        ),
         Vector(
             "client-id-length-overrun",
             connect_packet(payload=b"\x00\x40" + b"fastmqtt"),
@@ -513,6 +526,9 @@ def _property_vectors() -> list[Vector]:
             _prop_str(0x16, b"\x01\x02"),
             spec.AUTH_DATA_WITHOUT_METHOD,
         ),
+        # the rule is about presence; HAProxy tests lengths, so empty values flip its verdict
+        v5("auth-data-empty-without-method", _prop_str(0x16, b""), spec.AUTH_DATA_WITHOUT_METHOD),
+        v5("auth-method-empty-with-data", _prop_str(0x15, "") + _prop_str(0x16, b"\x01"), VALID),
         v5("property-not-allowed-in-connect", b"\x01\x01", spec.BAD_PROPERTY),
         v5("property-unknown-id", b"\x7f\x00", spec.BAD_PROPERTY),
         v5("receive-maximum-zero", _prop_u16(0x21, 0), spec.PROPERTY_VALUE),
