@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
+from fastmqtt.deadline import Deadline
+
 DISCONNECT = b"\xe0\x00"
 PINGREQ = b"\xc0\x00"
 CONNACK, PUBLISH, SUBACK = 2, 3, 9
@@ -197,7 +199,8 @@ class Client(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(lost)
                 fut.exception()  # retrieved here: nobody may be waiting any more
-        self.closed.set_result(None)
+        if not self.closed.done():  # a Deadline may have cancelled it
+            self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -342,7 +345,7 @@ class Worker:
         await asyncio.gather(*tasks)
 
     async def _open(self, n: int) -> None:
-        client = await self._session(n)
+        client = await self._session(n, self._connect_packet(n))
         if client is None:
             return
         if self.spec.mode == "pub" and not await self._subscribe(client, n):
@@ -350,25 +353,28 @@ class Worker:
             return
         self.clients[n] = client
 
-    async def _session(self, n: int) -> Client | None:
-        """Connect and wait for a successful CONNACK; failures are counted, not raised."""
+    def _connect_packet(self, n: int) -> bytes:
+        return connect_packet(self.spec.client_id(n), self.spec.version, self.spec.keepalive)
+
+    async def _session(self, n: int, connect: bytes) -> Client | None:
+        """Connect, send ``connect`` and wait for a successful CONNACK; failures are counted,
+        not raised. Deadline, not wait_for: no extra task per attempt (churn does thousands)."""
         spec, loop = self.spec, asyncio.get_running_loop()
         topic = f"{spec.topic}/{spec.client_id(n)}"
-        offset = 2 + len(topic.encode()) + len(no_properties(spec.version))
+        client = Client(self.stats, 2 + len(topic.encode()) + len(no_properties(spec.version)))
         host, port = spec.target(n)
         try:
-            _, client = await asyncio.wait_for(
-                loop.create_connection(lambda: Client(self.stats, offset), host, port),
-                spec.timeout,
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
+            with Deadline(loop, spec.timeout):
+                await loop.create_connection(lambda: client, host, port)
+        except OSError as exc:  # TimeoutError included
             self.stats.fail(f"connect: {_reason(exc)}")
             return None
         sent_at = time.perf_counter_ns()
-        client.write(connect_packet(spec.client_id(n), spec.version, spec.keepalive))
+        client.write(connect)
         try:
-            code = await asyncio.wait_for(client.connack, spec.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+            with Deadline(loop, spec.timeout):
+                code = await client.connack
+        except OSError as exc:
             self.stats.fail(f"CONNACK: {_reason(exc)}")
             client.close()
             return None
@@ -384,8 +390,9 @@ class Worker:
         spec = self.spec
         client.write(subscribe_packet(f"{spec.topic}/{spec.client_id(n)}", spec.version))
         try:
-            granted = await asyncio.wait_for(client.suback, spec.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+            with Deadline(asyncio.get_running_loop(), spec.timeout):
+                granted = await client.suback
+        except OSError as exc:
             self.stats.fail(f"SUBACK: {_reason(exc)}")
             return False
         if granted >= 0x80:
@@ -406,8 +413,9 @@ class Worker:
         self.stats.received_in_window = self.stats.received
 
     async def _churn(self, n: int) -> None:
+        connect = self._connect_packet(n)
         while time.monotonic() < self.end_at:
-            client = await self._session(n)
+            client = await self._session(n, connect)
             if client is None:
                 await asyncio.sleep(0.05)  # a refusing target must not turn this into a spin
                 continue
@@ -483,13 +491,14 @@ class Worker:
 
     async def _closed(self, client: Client) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(client.closed), self.spec.timeout)
-        except asyncio.TimeoutError:
+            with Deadline(asyncio.get_running_loop(), self.spec.timeout):
+                await client.closed
+        except TimeoutError:
             client.close(abort=True)
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timeout"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
