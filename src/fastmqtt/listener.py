@@ -67,6 +67,12 @@ class Frontend:
         self.accepting = False
         self._backoff: asyncio.TimerHandle | None = None
 
+    def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
+        """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
+        self.config = config
+        self.name = config.name
+        self.backend = backend
+
     # -- accepting ---------------------------------------------------------------------
 
     def open(self, reuse_port: bool = False, backlog: int = 4096) -> None:
