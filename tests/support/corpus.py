@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fastmqtt import mqtt_spec as spec
+from fastmqtt import mqtt_spec
 
 VALID = "valid"
 INCOMPLETE = "incomplete"  # inspect_connect returns None: it waits for more bytes
@@ -97,7 +97,7 @@ _PAHO_PROTOCOL = {3: mqtt.MQTTv31, 4: mqtt.MQTTv311, 5: mqtt.MQTTv5}
 
 
 def paho_vectors() -> list[Vector]:
-    vectors = [_captured(spec.name(), spec) for spec in _field_combinations()]
+    vectors = [_captured(client.name(), client) for client in _field_combinations()]
     for version in (3, 4, 5):
         tag = _VERSION_TAG[version]
         vectors.append(_captured(f"paho-{tag}-long-client-id", ClientSpec(version, LONG_CLIENT_ID)))
@@ -311,6 +311,15 @@ def _prop_str(ident: int, value: str | bytes) -> bytes:
     return bytes([ident]) + mqtt_str(value)
 
 
+# CONNECT flags, by name
+CLEAN, WILL, RETAIN = mqtt_spec.FLAG_CLEAN_START, mqtt_spec.FLAG_WILL, mqtt_spec.FLAG_WILL_RETAIN
+QOS_1, QOS_2, QOS_3 = (q << mqtt_spec.WILL_QOS_SHIFT for q in (1, 2, 3))
+USERNAME, PASSWORD, RESERVED = (
+    mqtt_spec.FLAG_USERNAME,
+    mqtt_spec.FLAG_PASSWORD,
+    mqtt_spec.FLAG_RESERVED,
+)
+
 _WILL = mqtt_str("devices/corpus/status") + mqtt_str(b"gone")
 _SESSION_EXPIRY = _prop_u32(0x11, 3600)
 
@@ -331,21 +340,25 @@ def malformed_vectors() -> list[Vector]:
 def _header_vectors() -> list[Vector]:
     return [
         Vector(
-            "fixed-header-flags-0x11", connect_packet(first_byte=0x11), spec.BAD_FIXED_HEADER_FLAGS
+            "fixed-header-flags-0x11",
+            connect_packet(first_byte=0x11),
+            mqtt_spec.BAD_FIXED_HEADER_FLAGS,
         ),
         Vector(
-            "fixed-header-flags-0x18", connect_packet(first_byte=0x18), spec.BAD_FIXED_HEADER_FLAGS
+            "fixed-header-flags-0x18",
+            connect_packet(first_byte=0x18),
+            mqtt_spec.BAD_FIXED_HEADER_FLAGS,
         ),
-        Vector("not-connect-pingreq", b"\xc0\x00", spec.NOT_CONNECT),
-        Vector("not-connect-publish", b"\x30\x07\x00\x03a/bxyz", spec.NOT_CONNECT),
-        Vector("not-connect-subscribe", b"\x82\x06\x00\x01\x00\x01a\x00", spec.NOT_CONNECT),
+        Vector("not-connect-pingreq", b"\xc0\x00", mqtt_spec.NOT_CONNECT),
+        Vector("not-connect-publish", b"\x30\x07\x00\x03a/bxyz", mqtt_spec.NOT_CONNECT),
+        Vector("not-connect-subscribe", b"\x82\x06\x00\x01\x00\x01a\x00", mqtt_spec.NOT_CONNECT),
         # HAProxy's mqtt_is_valid also validates CONNACK, whichever side sends it
-        Vector("not-connect-connack", b"\x20\x02\x00\x00", spec.NOT_CONNECT),
-        Vector("not-connect-type-0", b"\x00\x00", spec.NOT_CONNECT),
+        Vector("not-connect-connack", b"\x20\x02\x00\x00", mqtt_spec.NOT_CONNECT),
+        Vector("not-connect-type-0", b"\x00\x00", mqtt_spec.NOT_CONNECT),
     ]
 
 
-MISMATCH = spec.PROTOCOL_NAME_LEVEL_MISMATCH
+MISMATCH = mqtt_spec.PROTOCOL_NAME_LEVEL_MISMATCH
 
 
 def _protocol_vectors() -> list[Vector]:
@@ -353,15 +366,15 @@ def _protocol_vectors() -> list[Vector]:
         return Vector(label, connect_packet(**kw), reason)  # type: ignore[arg-type]
 
     return [
-        bad("protocol-name-MQTX", spec.BAD_PROTOCOL_NAME, name=b"MQTX"),
-        bad("protocol-name-lowercase-mqtt", spec.BAD_PROTOCOL_NAME, name=b"mqtt"),
-        bad("protocol-name-lowercase-mqisdp", spec.BAD_PROTOCOL_NAME, name=b"mqisdp", level=3),
-        bad("protocol-name-empty", spec.BAD_PROTOCOL_NAME, name=b""),
-        bad("protocol-name-MQTT-trailing-space", spec.BAD_PROTOCOL_NAME, name=b"MQTT "),
-        bad("protocol-level-0", spec.BAD_PROTOCOL_VERSION, level=0),
-        bad("protocol-level-2", spec.BAD_PROTOCOL_VERSION, level=2),
-        bad("protocol-level-6", spec.BAD_PROTOCOL_VERSION, level=6, props=b""),
-        bad("protocol-level-0x86", spec.BAD_PROTOCOL_VERSION, level=0x86, props=b""),
+        bad("protocol-name-MQTX", mqtt_spec.BAD_PROTOCOL_NAME, name=b"MQTX"),
+        bad("protocol-name-lowercase-mqtt", mqtt_spec.BAD_PROTOCOL_NAME, name=b"mqtt"),
+        bad("protocol-name-lowercase-mqisdp", mqtt_spec.BAD_PROTOCOL_NAME, name=b"mqisdp", level=3),
+        bad("protocol-name-empty", mqtt_spec.BAD_PROTOCOL_NAME, name=b""),
+        bad("protocol-name-MQTT-trailing-space", mqtt_spec.BAD_PROTOCOL_NAME, name=b"MQTT "),
+        bad("protocol-level-0", mqtt_spec.BAD_PROTOCOL_VERSION, level=0),
+        bad("protocol-level-2", mqtt_spec.BAD_PROTOCOL_VERSION, level=2),
+        bad("protocol-level-6", mqtt_spec.BAD_PROTOCOL_VERSION, level=6, props=b""),
+        bad("protocol-level-0x86", mqtt_spec.BAD_PROTOCOL_VERSION, level=0x86, props=b""),
         bad("name-level-mismatch-MQIsdp-4", MISMATCH, name=b"MQIsdp", level=4),
         bad("name-level-mismatch-MQIsdp-5", MISMATCH, name=b"MQIsdp", level=5, props=b""),
         bad("name-level-mismatch-MQTT-3", MISMATCH, name=b"MQTT", level=3),
@@ -380,23 +393,28 @@ def _flag_vectors() -> list[Vector]:
         return Vector(name, packet, reason, _id_from(payload) if reason == VALID else None)
 
     return [
-        flags("connect-flags-reserved-bit", spec.RESERVED_FLAG, 0x03),
-        flags("connect-flags-reserved-bit-v5", spec.RESERVED_FLAG, 0x03, level=5),
-        flags("will-qos-3", spec.BAD_WILL_QOS, 0x02 | 0x04 | 0x18, id_ + _WILL),
-        flags("will-qos-3-v5", spec.BAD_WILL_QOS, 0x02 | 0x04 | 0x18, id_ + b"\x00" + _WILL, 5),
-        flags("will-retain-without-will", spec.BAD_WILL_FLAGS, 0x02 | 0x20),
-        flags("will-qos1-without-will", spec.BAD_WILL_FLAGS, 0x02 | 0x08),
-        flags("will-qos2-without-will", spec.BAD_WILL_FLAGS, 0x02 | 0x10),
-        flags("will-qos3-without-will", spec.BAD_WILL_FLAGS, 0x02 | 0x18),
+        flags("connect-flags-reserved-bit", mqtt_spec.RESERVED_FLAG, CLEAN | RESERVED),
+        flags("connect-flags-reserved-bit-v5", mqtt_spec.RESERVED_FLAG, CLEAN | RESERVED, level=5),
+        flags("will-qos-3", mqtt_spec.BAD_WILL_QOS, CLEAN | WILL | QOS_3, id_ + _WILL),
         flags(
-            "password-without-username-v311", spec.PASSWORD_WITHOUT_USERNAME, 0x02 | 0x40, id_ + pw
+            "will-qos-3-v5", mqtt_spec.BAD_WILL_QOS, CLEAN | WILL | QOS_3, id_ + b"\x00" + _WILL, 5
         ),
-        flags("password-without-username-v5", VALID, 0x02 | 0x40, id_ + pw, 5),
-        flags("username-flag-without-username", spec.LENGTH_MISMATCH, 0x02 | 0x80),
-        flags("will-flag-without-will-fields", spec.LENGTH_MISMATCH, 0x02 | 0x04),
+        flags("will-retain-without-will", mqtt_spec.BAD_WILL_FLAGS, CLEAN | RETAIN),
+        flags("will-qos1-without-will", mqtt_spec.BAD_WILL_FLAGS, CLEAN | QOS_1),
+        flags("will-qos2-without-will", mqtt_spec.BAD_WILL_FLAGS, CLEAN | QOS_2),
+        flags("will-qos3-without-will", mqtt_spec.BAD_WILL_FLAGS, CLEAN | QOS_3),
+        flags(
+            "password-without-username-v311",
+            mqtt_spec.PASSWORD_WITHOUT_USERNAME,
+            CLEAN | PASSWORD,
+            id_ + pw,
+        ),
+        flags("password-without-username-v5", VALID, CLEAN | PASSWORD, id_ + pw, 5),
+        flags("username-flag-without-username", mqtt_spec.LENGTH_MISMATCH, CLEAN | USERNAME),
+        flags("will-flag-without-will-fields", mqtt_spec.LENGTH_MISMATCH, CLEAN | WILL),
         # [MQTT-3.1.3-8] the broker refuses it with a CONNACK (0x02); the bytes are well-formed
-        flags("persistent-empty-client-id-v311", VALID, 0x00, mqtt_str("")),
-        flags("user-and-password-v311", VALID, 0x02 | 0x80 | 0x40, id_ + user + pw),
+        flags("persistent-empty-client-id-v311", VALID, 0, mqtt_str("")),
+        flags("user-and-password-v311", VALID, CLEAN | USERNAME | PASSWORD, id_ + user + pw),
     ]
 
 
@@ -406,7 +424,7 @@ def _id_from(payload: bytes) -> str:
 
 def _string_vectors() -> list[Vector]:
     def client_id(name: str, raw: bytes) -> Vector:
-        return Vector(name, connect_packet(payload=mqtt_str(raw)), spec.BAD_UTF8)
+        return Vector(name, connect_packet(payload=mqtt_str(raw)), mqtt_spec.BAD_UTF8)
 
     return [
         client_id("client-id-bad-utf8-ff", b"dev\xff\xfe"),
@@ -416,21 +434,22 @@ def _string_vectors() -> list[Vector]:
         client_id("client-id-nul", b"dev\x00ice"),
         Vector(
             "username-bad-utf8",
-            connect_packet(flags=0x82, payload=mqtt_str("id") + mqtt_str(b"us\xff")),
-            spec.BAD_UTF8,
+            connect_packet(flags=CLEAN | USERNAME, payload=mqtt_str("id") + mqtt_str(b"us\xff")),
+            mqtt_spec.BAD_UTF8,
         ),
         Vector(
             "will-topic-nul",
             connect_packet(
-                flags=0x06, payload=mqtt_str("id") + mqtt_str(b"a\x00b") + mqtt_str(b"x")
+                flags=CLEAN | WILL, payload=mqtt_str("id") + mqtt_str(b"a\x00b") + mqtt_str(b"x")
             ),
-            spec.BAD_UTF8,
+            mqtt_spec.BAD_UTF8,
         ),
         # a password and a will payload are binary: any bytes are fine
         Vector(
             "password-binary",
             connect_packet(
-                flags=0xC2, payload=mqtt_str("id") + mqtt_str("u") + mqtt_str(b"\xff\x00\xfe")
+                flags=CLEAN | USERNAME | PASSWORD,
+                payload=mqtt_str("id") + mqtt_str("u") + mqtt_str(b"\xff\x00\xfe"),
             ),
             VALID,
             "id",
@@ -451,10 +470,12 @@ def _length_vectors() -> list[Vector]:
         Vector(
             "remaining-length-5-bytes",
             b"\x10\xff\xff\xff\xff\x7f" + good[2:],
-            spec.BAD_REMAINING_LENGTH,
+            mqtt_spec.BAD_REMAINING_LENGTH,
         ),
         Vector(
-            "remaining-length-4-bytes-continued", b"\x10\x80\x80\x80\x80", spec.BAD_REMAINING_LENGTH
+            "remaining-length-4-bytes-continued",
+            b"\x10\x80\x80\x80\x80",
+            mqtt_spec.BAD_REMAINING_LENGTH,
         ),
         Vector("remaining-length-longer-than-data", connect_packet(length_delta=1), INCOMPLETE),
         Vector(
@@ -463,20 +484,20 @@ def _length_vectors() -> list[Vector]:
         Vector(
             "remaining-length-shorter-than-data",
             connect_packet(length_delta=-1),
-            spec.LENGTH_MISMATCH,
+            mqtt_spec.LENGTH_MISMATCH,
         ),
-        Vector("remaining-length-zero", b"\x10\x00", spec.LENGTH_MISMATCH),
+        Vector("remaining-length-zero", b"\x10\x00", mqtt_spec.LENGTH_MISMATCH),
         # the spec asks senders for the shortest form; receivers (Mosquitto too) take longer ones
         Vector("remaining-length-non-minimal", _non_minimal_length(good), VALID, "fastmqtt-corpus"),
         Vector(
             "trailing-bytes-inside-remaining-length",
             connect_packet(payload=mqtt_str("fastmqtt-corpus") + b"\x00", length_delta=0),
-            spec.LENGTH_MISMATCH,
+            mqtt_spec.LENGTH_MISMATCH,
         ),
         Vector(
             "client-id-length-overrun",
             connect_packet(payload=b"\x00\x40" + b"fastmqtt"),
-            spec.LENGTH_MISMATCH,
+            mqtt_spec.LENGTH_MISMATCH,
         ),
         Vector("cut-after-first-byte", b"\x10", INCOMPLETE),
         # a cut inside the remaining length: HAProxy's verdict depends on the bits seen so far
@@ -505,17 +526,21 @@ def _property_vectors() -> list[Vector]:
             connect_packet(
                 level=5, props=None, payload=b"\x20" + _SESSION_EXPIRY + mqtt_str("fastmqtt-corpus")
             ),
-            spec.LENGTH_MISMATCH,
+            mqtt_spec.LENGTH_MISMATCH,
         ),
         Vector(
             "property-length-5-bytes",
             connect_packet(level=5, props=None, payload=b"\x80\x80\x80\x80\x00" + mqtt_str("c")),
-            spec.BAD_PROPERTY_LENGTH,
+            mqtt_spec.BAD_PROPERTY_LENGTH,
         ),
         # the value crosses the end of the property section (the client id follows it)
-        v5("property-value-cut", b"\x11\x00\x00", spec.LENGTH_MISMATCH),
-        v5("duplicate-property-session-expiry", _SESSION_EXPIRY * 2, spec.DUPLICATE_PROPERTY),
-        v5("duplicate-property-auth-method", _prop_str(0x15, "SCRAM") * 2, spec.DUPLICATE_PROPERTY),
+        v5("property-value-cut", b"\x11\x00\x00", mqtt_spec.LENGTH_MISMATCH),
+        v5("duplicate-property-session-expiry", _SESSION_EXPIRY * 2, mqtt_spec.DUPLICATE_PROPERTY),
+        v5(
+            "duplicate-property-auth-method",
+            _prop_str(0x15, "SCRAM") * 2,
+            mqtt_spec.DUPLICATE_PROPERTY,
+        ),
         v5(
             "user-property-repeated",
             _prop_str(0x26, "a") + mqtt_str("b") + _prop_str(0x26, "a") + mqtt_str("c"),
@@ -524,49 +549,55 @@ def _property_vectors() -> list[Vector]:
         v5(
             "auth-data-but-no-auth-method",
             _prop_str(0x16, b"\x01\x02"),
-            spec.AUTH_DATA_WITHOUT_METHOD,
+            mqtt_spec.AUTH_DATA_WITHOUT_METHOD,
         ),
         # the rule is about presence; HAProxy tests lengths, so empty values flip its verdict
-        v5("auth-data-empty-without-method", _prop_str(0x16, b""), spec.AUTH_DATA_WITHOUT_METHOD),
+        v5(
+            "auth-data-empty-without-method",
+            _prop_str(0x16, b""),
+            mqtt_spec.AUTH_DATA_WITHOUT_METHOD,
+        ),
         v5("auth-method-empty-with-data", _prop_str(0x15, "") + _prop_str(0x16, b"\x01"), VALID),
-        v5("property-not-allowed-in-connect", b"\x01\x01", spec.BAD_PROPERTY),
-        v5("property-unknown-id", b"\x7f\x00", spec.BAD_PROPERTY),
-        v5("receive-maximum-zero", _prop_u16(0x21, 0), spec.PROPERTY_VALUE),
-        v5("maximum-packet-size-zero", _prop_u32(0x27, 0), spec.PROPERTY_VALUE),
-        v5("request-problem-information-2", b"\x17\x02", spec.PROPERTY_VALUE),
-        v5("request-response-information-2", b"\x19\x02", spec.PROPERTY_VALUE),
+        v5("property-not-allowed-in-connect", b"\x01\x01", mqtt_spec.BAD_PROPERTY),
+        v5("property-unknown-id", b"\x7f\x00", mqtt_spec.BAD_PROPERTY),
+        v5("receive-maximum-zero", _prop_u16(0x21, 0), mqtt_spec.PROPERTY_VALUE),
+        v5("maximum-packet-size-zero", _prop_u32(0x27, 0), mqtt_spec.PROPERTY_VALUE),
+        v5("request-problem-information-2", b"\x17\x02", mqtt_spec.PROPERTY_VALUE),
+        v5("request-response-information-2", b"\x19\x02", mqtt_spec.PROPERTY_VALUE),
         v5(
             "will-payload-format-2",
             b"",
-            spec.PROPERTY_VALUE,
-            flags=0x06,
+            mqtt_spec.PROPERTY_VALUE,
+            flags=CLEAN | WILL,
             payload=mqtt_str("fastmqtt-corpus") + b"\x02\x01\x02" + _WILL,
         ),
         v5(
             "will-property-not-allowed",
             b"",
-            spec.BAD_PROPERTY,
-            flags=0x06,
+            mqtt_spec.BAD_PROPERTY,
+            flags=CLEAN | WILL,
             payload=mqtt_str("fastmqtt-corpus") + b"\x02\x11\x00" + _WILL,
         ),
-        v5("will-properties-ok", b"", VALID, flags=0x06, payload=will_payload),
+        v5("will-properties-ok", b"", VALID, flags=CLEAN | WILL, payload=will_payload),
     ]
 
 
 def _foreign_vectors() -> list[Vector]:
     return [
-        Vector("http-get", b"GET / HTTP/1.1\r\nHost: localhost:1883\r\n\r\n", spec.HTTP_REQUEST),
+        Vector(
+            "http-get", b"GET / HTTP/1.1\r\nHost: localhost:1883\r\n\r\n", mqtt_spec.HTTP_REQUEST
+        ),
         Vector(
             "http-websocket-upgrade",
             b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
-            spec.HTTP_REQUEST,
+            mqtt_spec.HTTP_REQUEST,
         ),
-        Vector("tls-client-hello", tls_client_hello(), spec.TLS_HANDSHAKE),
+        Vector("tls-client-hello", tls_client_hello(), mqtt_spec.TLS_HANDSHAKE),
         Vector(
             "proxy-protocol-v1-header",
             b"PROXY TCP4 127.0.0.1 127.0.0.1 5000 1883\r\n" + connect_packet(),
-            spec.NOT_CONNECT,
+            mqtt_spec.NOT_CONNECT,
         ),
         *_random_vectors(seed=20260, count=8),
     ]
@@ -586,14 +617,14 @@ def tls_client_hello() -> bytes:
 
 def _random_vectors(seed: int, count: int) -> list[Vector]:
     """Seeded noise whose first byte is no packet type fastmqtt reads further (not CONNECT,
-    not a TLS record, not ASCII text), so its verdict is spec.NOT_CONNECT by construction."""
+    not a TLS record, not ASCII text), so its verdict is mqtt_spec.NOT_CONNECT by construction."""
     rng = random.Random(seed)
     firsts = [b for b in range(256) if b >> 4 != 1 and b != 0x16 and not 0x20 <= b < 0x7F]
     return [
         Vector(
             f"random-{seed}-{i}",
             bytes([rng.choice(firsts)]) + rng.randbytes(rng.randint(1, 200)),
-            spec.NOT_CONNECT,
+            mqtt_spec.NOT_CONNECT,
         )
         for i in range(count)
     ]
@@ -602,10 +633,10 @@ def _random_vectors(seed: int, count: int) -> list[Vector]:
 def _size_vectors() -> list[Vector]:
     def padded(total: int) -> bytes:
         """A valid CONNECT of exactly ``total`` bytes (the padding is the username)."""
-        fixed = len(connect_packet(flags=0x82, payload=mqtt_str("id") + mqtt_str("")))
+        fixed = len(connect_packet(flags=CLEAN | USERNAME, payload=mqtt_str("id") + mqtt_str("")))
         for extra_len_bytes in range(3):
             packet = connect_packet(
-                flags=0x82,
+                flags=CLEAN | USERNAME,
                 payload=mqtt_str("id") + mqtt_str("u" * (total - fixed - extra_len_bytes)),
             )
             if len(packet) == total:
@@ -619,10 +650,10 @@ def _size_vectors() -> list[Vector]:
         Vector("size-haproxy-buffer-plus-1", padded(limit + 1), VALID, "id"),
         Vector("size-16k-plus", padded(HAPROXY_BUFSIZE + 100), VALID, "id"),
         Vector("size-64k-exact", padded(65536), VALID, "id"),
-        Vector("size-64k-plus-1", padded(65537), spec.PACKET_TOO_LARGE),
+        Vector("size-64k-plus-1", padded(65537), mqtt_spec.PACKET_TOO_LARGE),
         Vector(
             "size-announces-256m",
             b"\x10\xff\xff\xff\x7f" + connect_packet()[2:],
-            spec.PACKET_TOO_LARGE,
+            mqtt_spec.PACKET_TOO_LARGE,
         ),
     ]
