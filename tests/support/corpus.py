@@ -34,6 +34,7 @@ INCOMPLETE = "incomplete"  # inspect_connect returns None: it waits for more byt
 LONG_CLIENT_ID = "device-" + "0123456789abcdef" * 3  # 55 chars: past HAProxy's `len 32` tables
 UTF8_CLIENT_ID = "capteur-\u00e9t\u00e9-\u6e29\u5ea6-\U0001f321"  # 2-, 3- and 4-byte UTF-8
 HAPROXY_BUFSIZE = 16384  # Debian HAProxy 2.6 `tune.bufsize` default
+HAPROXY_MAXREWRITE = 1024  # `tune.maxrewrite` default: kept free, so 15360 bytes are inspected
 
 
 @dataclass(frozen=True)
@@ -617,7 +618,7 @@ def tls_client_hello() -> bytes:
 
 def _random_vectors(seed: int, count: int) -> list[Vector]:
     """Seeded noise whose first byte is no packet type fastmqtt reads further (not CONNECT,
-    not a TLS record, not ASCII text), so its verdict is mqtt_spec.NOT_CONNECT by construction."""
+    not a TLS record, not ASCII text), so its verdict is "not-connect" by construction."""
     rng = random.Random(seed)
     firsts = [b for b in range(256) if b >> 4 != 1 and b != 0x16 and not 0x20 <= b < 0x7F]
     return [
@@ -643,14 +644,15 @@ def _size_vectors() -> list[Vector]:
                 return packet
         raise AssertionError(f"cannot build a CONNECT of {total} bytes")
 
-    limit = HAPROXY_BUFSIZE - 1024  # HAProxy keeps `tune.maxrewrite` free in its buffer
+    limit = HAPROXY_BUFSIZE - HAPROXY_MAXREWRITE
+    most = mqtt_spec.DEFAULT_MAX_PACKET_SIZE
     return [
         Vector("size-haproxy-buffer-minus-1", padded(limit - 1), VALID, "id"),
         Vector("size-haproxy-buffer-exact", padded(limit), VALID, "id"),
         Vector("size-haproxy-buffer-plus-1", padded(limit + 1), VALID, "id"),
         Vector("size-16k-plus", padded(HAPROXY_BUFSIZE + 100), VALID, "id"),
-        Vector("size-64k-exact", padded(65536), VALID, "id"),
-        Vector("size-64k-plus-1", padded(65537), mqtt_spec.PACKET_TOO_LARGE),
+        Vector("size-64k-exact", padded(most), VALID, "id"),
+        Vector("size-64k-plus-1", padded(most + 1), mqtt_spec.PACKET_TOO_LARGE),
         Vector(
             "size-announces-256m",
             b"\x10\xff\xff\xff\x7f" + connect_packet()[2:],
