@@ -59,7 +59,7 @@ cdef struct ConnectScan:
     Py_ssize_t offset         # when connect_scan returned -1
     int protocol_version      # 3, 4 or 5 (bridge bit removed)
     bint bridge
-    int flags
+    uint32_t flags            # Connect Flags byte
     int keepalive
     Span protocol_name
     Span properties           # 5.0 property bytes, after their length
@@ -75,7 +75,7 @@ cdef struct ConnackScan:
     Py_ssize_t packet_length
     int reason
     Py_ssize_t offset
-    int flags
+    uint32_t flags            # Connect Acknowledge Flags byte
     int reason_code
     Span properties
 

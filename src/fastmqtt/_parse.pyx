@@ -305,7 +305,7 @@ cdef bint read_flags(Cursor *c, ConnectScan *out) noexcept nogil:
     cdef uint32_t qos
     if not cur_u8(c, &flags):
         return False
-    out.flags = <int>flags
+    out.flags = flags
     qos = (flags & _fl_will_qos) >> _will_qos_shift
     if flags & _fl_reserved:
         return cur_fail(c, R_RESERVED_FLAG, at)
@@ -409,7 +409,7 @@ cdef bint read_connack(Cursor *c, int protocol_version, ConnackScan *out) noexce
     cdef uint64_t seen = 0
     if not cur_u8(c, &flags) or not cur_u8(c, &code):
         return False
-    out.flags = <int>flags
+    out.flags = flags
     out.reason_code = <int>code
     if flags & _ack_reserved:
         return cur_fail(c, R_RESERVED_FLAG, at)
