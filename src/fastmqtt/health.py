@@ -212,12 +212,10 @@ async def probe(
         status, code, info = f"{layer}TOUT", None, "timeout"
     except _Failed as exc:
         status, code, info = exc.status, exc.code, exc.info
-    except OSError as exc:
-        status, code, info = (
-            f"{layer}{'CON' if layer == 'L4' else 'RSP'}",
-            None,
-            exc.strerror or str(exc),
-        )
+    except OSError as exc:  # uvloop's strerror names the call, not the cause
+        kind = "CON" if layer == "L4" else "RSP"
+        info = os.strerror(exc.errno) if exc.errno else str(exc)
+        status, code = f"{layer}{kind}", None
     ok = status.endswith("OK")
     return CheckResult(ok, status, code, info, loop.time() - started)
 

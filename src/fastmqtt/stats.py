@@ -422,7 +422,7 @@ _BACKEND_ONLY = (
     (
         "sticky_misses_total",
         "counter",
-        "Sticky clients whose server was not usable",
+        "Clients the stick table did not route (new, expired, server unusable)",
         "sticky_misses",
     ),
     ("learned_client_ids_total", "counter", "Broker-assigned client ids learned", "learned_ids"),
@@ -795,19 +795,23 @@ class StatsServer:
         peer = writer.get_extra_info("peername") or ("?", 0)
         try:
             with Deadline(self.loop, REQUEST_DEADLINE):
-                try:
-                    response = self.respond(await read_request(reader, f"{peer[0]}:{peer[1]}"))
-                except _HTTPError as exc:
-                    response = exc.response
-                except Exception:  # a bug of ours must not take the listener down
-                    log.exception("stats: error answering %s:%s", *peer[:2])
-                    response = Response(500, "internal error\n")
-                writer.write(_encode(response))
+                writer.write(_encode(await self._answer(reader, f"{peer[0]}:{peer[1]}")))
                 await writer.drain()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             pass  # the client went away or was too slow: nothing to answer
         finally:
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, peer: str) -> Response:
+        try:
+            return self.respond(await read_request(reader, peer))
+        except _HTTPError as exc:
+            return exc.response
+        except (OSError, asyncio.IncompleteReadError):
+            raise
+        except Exception:  # a bug of ours must not take the listener down
+            log.exception("stats: error answering %s", peer)
+            return Response(500, "internal error\n")
 
     def respond(self, request: Request) -> Response:
         if request.path == "/healthz":
