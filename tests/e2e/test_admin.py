@@ -1,0 +1,109 @@
+"""The runtime admin API and `fastmqtt ctl` against a real `fastmqtt serve` and real brokers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastmqtt.brokers import free_port
+from tests.support.lb import Client, landed, lb_port, raw_connect, wait_until
+from tests.support.stats import Stats, checked_recipe
+
+pytestmark = pytest.mark.e2e
+
+CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+PASSWORD = "adm1n-pw"
+
+
+def ctl(
+    stats_port: int, *args: str, password: str | None = PASSWORD
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CTL_PW"}
+    if password is not None:
+        env["CTL_PW"] = password
+    url = f"http://127.0.0.1:{stats_port}"
+    command = ["ctl", "--url", url, "--user", "ops", "--password-env", "CTL_PW", *args]
+    return subprocess.run(
+        [sys.executable, "-m", "fastmqtt", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def _new_clients(port: int, prefix: str, count: int, nodes) -> dict[str, int]:
+    for i in range(count):
+        raw_connect(port, f"{prefix}-{i}").close()
+    ids = {f"{prefix}-{i}" for i in range(count)}
+    assert wait_until(lambda: ids <= set(landed(nodes)))
+    where = landed(nodes)
+    return {b.name: sum(where[cid] == b.name for cid in ids) for b in nodes}
+
+
+@pytest.fixture
+def cluster(brokers, fastmqtt):
+    nodes = brokers(2)
+    port, stats_port = lb_port(), free_port()
+    config = checked_recipe(nodes, port, stats_port, CHECK, user="ops")
+    lb = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
+    return nodes, port, stats_port, lb
+
+
+def test_drain_keeps_existing_clients_and_steers_new_ones_away(cluster):
+    nodes, port, stats_port, lb = cluster
+    old1, old2 = Client("old-1", port), Client("old-2", port)
+    assert landed(nodes) == {"old-1": "node1", "old-2": "node2"}
+
+    done = ctl(stats_port, "drain", "cluster/node1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "DRAIN"
+    assert _new_clients(port, "during-drain", 6, nodes) == {"node1": 0, "node2": 6}
+
+    old1.subscribe("still/here")  # the drained server's client still talks to its broker
+    old1.publish("still/here", b"yes")
+    assert old1.wait_message() and not old1.disconnected.is_set()
+    assert "cluster/node1 is DRAIN (was UP): set to drain by admin API (ops from" in lb.logs()
+    assert Stats(stats_port, "ops", PASSWORD).state("node1") == "DRAIN"
+
+    assert ctl(stats_port, "ready", "cluster/node1").returncode == 0
+    assert _new_clients(port, "after-ready", 4, nodes) == {"node1": 2, "node2": 2}
+
+    assert ctl(stats_port, "weight", "cluster/node2", "0").returncode == 0
+    assert _new_clients(port, "weight0", 4, nodes) == {"node1": 4, "node2": 0}
+    shown = json.loads(ctl(stats_port, "show", "cluster/node2").stdout)
+    assert (shown["weight"], shown["state"]) == (0, "UP")
+    for client in (old1, old2):
+        client.close()
+
+
+def test_admin_api_refuses_without_auth_and_rejects_bad_requests(cluster):
+    stats_port = cluster[2]
+    path = "/api/servers/cluster/node1"
+    assert Stats(stats_port).request(path, {"state": "drain"})[0] == 401
+    assert Stats(stats_port, "ops", "guess").request(path, {"state": "drain"})[0] == 401
+    refused = ctl(stats_port, "maint", "cluster/node1", password=None)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    admin = Stats(stats_port, "ops", PASSWORD)
+    assert admin.state("node1") == "UP"  # none of the above changed anything
+
+    for body in ({"state": "down"}, {"weight": 300}, {"weight": True}, {"colour": "red"}, []):
+        assert admin.request(path, body)[0] == 400, body
+    assert admin.request("/api/servers/cluster/node9", {"state": "drain"})[0] == 404
+    assert admin.request(path, {"state": "maint", "weight": 3})[0] == 200
+    assert (admin.servers()["node1"]["state"], admin.servers()["node1"]["weight"]) == ("MAINT", 3)
+    assert {row["svname"] for row in json.loads(admin.get("/api/servers"))} == {"node1", "node2"}
+    assert ctl(stats_port, "weight", "cluster/node1").returncode == 2  # no N: usage error
+
+
+def test_admin_api_is_off_without_auth(brokers, fastmqtt):
+    nodes = brokers(1)
+    port, stats_port = lb_port(), free_port()
+    fastmqtt(checked_recipe(nodes, port, stats_port, CHECK), port=port)
+    status, text = Stats(stats_port).request("/api/servers/cluster/node1", {"state": "drain"})
+    assert status == 403 and "auth" in text
+    assert Stats(stats_port).state("node1") == "UP"

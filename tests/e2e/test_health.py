@@ -1,0 +1,185 @@
+"""Health checks against real brokers and real misbehaving servers: failover without failed
+clients, recovery after `rise` checks, MQTT-level vs TCP-level checks, HTTP checks and
+closing the sessions of a server marked down."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import pytest
+
+from fastmqtt.brokers import free_port
+from tests.support.lb import Client, landed, lb_port, raw_connect, recipe, wait_until
+from tests.support.stats import HealthEndpoint, SilentServer, Stats, checked_recipe, stats_toml
+
+pytestmark = pytest.mark.e2e
+
+FAST_CHECK = 'interval = "200ms", fastinter = "100ms", timeout = "150ms"'
+
+
+class ConnectStream:
+    """New MQTT clients through the balancer, one after another, in a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.attempts = 0
+        self.failures: list[tuple[float, str]] = []  # (when the attempt started, error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.attempts < 20_000:
+            self.attempts += 1
+            started = time.monotonic()
+            try:
+                raw_connect(self.port, f"stream-{self.attempts}").close()
+            except OSError as exc:
+                self.failures.append((started, str(exc)))
+
+    def failed_after(self, moment: float) -> list[str]:
+        return [error for started, error in self.failures if started >= moment]
+
+    def __enter__(self) -> ConnectStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def _watch(stats: Stats, server: str, until: str, timeout: float) -> tuple[float, list[str]]:
+    """Poll the server's status until its state is ``until``: (seconds taken, statuses seen)."""
+    started = time.monotonic()
+    seen: list[str] = []
+    while time.monotonic() - started < timeout:
+        row = stats.servers()[server]
+        if not seen or seen[-1] != row["status"]:
+            seen.append(row["status"])
+        if row["state"] == until:
+            return time.monotonic() - started, seen
+        time.sleep(0.01)
+    raise AssertionError(f"{server} not {until} after {timeout}s; statuses seen: {seen}")
+
+
+def _all_checked(stats: Stats) -> bool:
+    return all(s.get("check_status", "").endswith("OK") for s in stats.servers().values())
+
+
+# Passive observation is shown with a slow 2 s interval: it alone can be that fast.
+OBSERVE = (
+    'interval = "2s", fastinter = "100ms", downinter = "100ms", timeout = "150ms", '
+    "observe = true, error_limit = 1"
+)
+
+
+@pytest.mark.parametrize(
+    ("timing", "down_within"), [(FAST_CHECK, 1.0), (OBSERVE, 0.5)], ids=["checks", "observe"]
+)
+def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
+    brokers, fastmqtt, timing, down_within
+):
+    nodes = brokers(3)
+    port, stats_port = lb_port(), free_port()
+    check = f'type = "mqtt", {timing}, rise = 3, fall = 2'
+    lb = fastmqtt(checked_recipe(nodes, port, stats_port, check), port=port)
+    stats = Stats(stats_port)
+    assert wait_until(lambda: _all_checked(stats), timeout=5)
+
+    with ConnectStream(port) as stream:
+        time.sleep(0.3)
+        nodes[1].kill()
+        killed = time.monotonic()
+        to_down, _ = _watch(stats, "node2", "DOWN", timeout=5)
+        errors_at_down = stats.servers()["node2"]["econ"]
+        time.sleep(0.5)  # the stream goes on with node2 marked down
+        assert stats.servers()["node2"]["econ"] == errors_at_down  # no client was sent there
+        nodes[1].start()
+        to_up, statuses = _watch(stats, "node2", "UP", timeout=5)
+        time.sleep(0.2)
+    print(
+        f"\n{'observe' if 'observe' in timing else 'checks only'}: {stream.attempts} connects, "
+        f"{len(stream.failures)} failed; DOWN {to_down * 1000:.0f} ms after the kill; "
+        f"UP {to_up * 1000:.0f} ms after the restart via {statuses}"
+    )
+    # A client whose CONNECT was already with node2 when it died loses that attempt (it
+    # is not retried once the broker accepted it); every client after the kill connects.
+    assert len(stream.failures) <= 1, stream.failures
+    assert stream.failed_after(killed) == []
+    assert stream.attempts > 50
+    # fall = 2: the first failure marks the server "UP 1/2", the second takes it down
+    assert to_down < down_within
+    assert statuses[-3:] == ["DOWN 1/3", "DOWN 2/3", "UP"], statuses  # rise = 3
+    row = stats.servers()["node2"]
+    assert row["chkdown"] == 1
+    assert "node2 is DOWN (was UP)" in lb.logs() and "node2 is UP (was DOWN)" in lb.logs()
+
+    before = len(nodes[1].connected_client_ids())  # the log started afresh with the restart
+    for i in range(6):
+        raw_connect(port, f"after-{i}").close()
+    assert wait_until(lambda: len(nodes[1].connected_client_ids()) - before >= 2)
+
+
+def test_mqtt_check_catches_a_silent_broker_that_a_tcp_check_misses(fastmqtt):
+    silent = SilentServer()
+    port_a, port_b, stats_port = lb_port(), lb_port(), free_port()
+    backends = ""
+    for name, kind in (("mqttcheck", "mqtt"), ("tcpcheck", "tcp")):
+        backends += (
+            f'[backend.{name}]\ncheck = {{ type = "{kind}", {FAST_CHECK}, rise = 1, fall = 1 }}\n'
+            f'[[backend.{name}.server]]\nname = "silent"\naddress = "{silent.address}"\n\n'
+        )
+    config = (
+        f'[frontend.a]\nbind = "127.0.0.1:{port_a}"\nbackend = "mqttcheck"\n'
+        f'[frontend.b]\nbind = "127.0.0.1:{port_b}"\nbackend = "tcpcheck"\n\n'
+        + backends
+        + stats_toml(stats_port)
+    )
+    try:
+        fastmqtt(config, port=port_a)
+        stats = Stats(stats_port)
+        assert wait_until(lambda: stats.servers("mqttcheck")["silent"]["state"] == "DOWN")
+        time.sleep(0.5)  # a few more rounds of both checks
+        by_mqtt, by_tcp = stats.servers("mqttcheck")["silent"], stats.servers("tcpcheck")["silent"]
+        assert by_mqtt["state"] == "DOWN" and by_mqtt["check_status"] == "L7TOUT"
+        assert by_tcp["state"] == "UP" and by_tcp["check_status"] == "L4OK"
+        assert by_tcp["chkfail"] == 0
+        assert silent.accepted >= 4  # both checks really reached it
+    finally:
+        silent.close()
+
+
+def test_http_check_marks_down_and_shuts_its_sessions(brokers, fastmqtt):
+    """EMQX's availability check answers 503 while a node drains: fastmqtt marks the node
+    down and, with on_marked_down = "shutdown-sessions", closes its clients at once."""
+    nodes = brokers(2)
+    endpoint = HealthEndpoint()
+    port, stats_port = lb_port(), free_port()
+    path = "/api/v5/load_rebalance/availability_check"
+    backend = (
+        f'check = {{ type = "http", path = "{path}", username = "probe", password_env = "CHECK_PW",'
+        f' {FAST_CHECK}, rise = 1, fall = 1, on_marked_down = "shutdown-sessions" }}\n'
+    )
+    servers = {"node1": {"check.port": endpoint.port}, "node2": {"check": False}}  # overrides
+    config = recipe(nodes, port, backend=backend, servers=servers) + stats_toml(stats_port)
+    try:
+        fastmqtt(config, port=port, env={"CHECK_PW": "s3cret"})
+        stats = Stats(stats_port)
+        assert wait_until(lambda: stats.servers()["node1"].get("check_status") == "L7OK")
+        device = Client("device-1", port)
+        assert landed(nodes)["device-1"] == "node1"
+
+        endpoint.status = 503
+        assert device.disconnected.wait(3), "the session on node1 was not closed"
+        row = stats.servers()["node1"]
+        assert (row["state"], row["check_status"], row["check_code"]) == ("DOWN", "L7STS", 503)
+        assert stats.servers()["node2"]["status"] == "no check"
+        device.close()
+        Client("device-1", port).close()
+        assert landed(nodes)["device-1"] == "node2"
+        expected = "Basic " + base64.b64encode(b"probe:s3cret").decode()
+        assert endpoint.requests[0] == (path, expected)
+    finally:
+        endpoint.close()
