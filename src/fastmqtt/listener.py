@@ -142,7 +142,7 @@ class Frontend:
         self._backoff = self.proxy.loop.call_later(RESOURCE_BACKOFF, retry)
 
     def _spawn(self, conn: socket.socket, addr: tuple) -> None:
-        session = Session(self.name, (addr[0], addr[1]))
+        session = Session(self.name, (addr[0], addr[1]), self.counters)
         self.counters.opened()
         self.proxy.session_opened()
         self.proxy.spawn(self._serve(session, conn))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from fastmqtt.backends import Server
+    from fastmqtt.metrics import FrontendCounters
 
 _ids = itertools.count(1)
 
@@ -28,6 +29,7 @@ class Session:
         "ended_at",
         "end_reason",
         "frontend",
+        "frontend_counters",
         "id",
         "inspected_at",
         "keepalive",
@@ -38,9 +40,12 @@ class Session:
         "wall_start",
     )
 
-    def __init__(self, frontend: str, client_addr: tuple[str, int]) -> None:
+    def __init__(
+        self, frontend: str, client_addr: tuple[str, int], frontend_counters: FrontendCounters
+    ) -> None:
         self.id = next(_ids)
         self.frontend = frontend
+        self.frontend_counters = frontend_counters  # survives a reload that renames its frontend
         self.client_addr = client_addr
         self.accepted_at = time.monotonic()
         self.wall_start = time.time()
