@@ -512,6 +512,10 @@ cdef class Connect:
     cdef bytes _raw
     cdef ConnectScan _scan
 
+    def __cinit__(self):
+        # Even an instance made by Connect.__new__ reads only inside its own bytes.
+        self._raw = b""
+
     def __init__(self, *args, **kwargs):
         raise TypeError("Connect objects come from inspect_connect()")
 
@@ -597,6 +601,10 @@ cdef class Connack:
 
     cdef bytes _raw
     cdef ConnackScan _scan
+
+    def __cinit__(self):
+        # Even an instance made by Connack.__new__ reads only inside its own bytes.
+        self._raw = b""
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Connack objects come from inspect_connack()")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import sys
 from types import ModuleType
@@ -162,6 +163,16 @@ def test_results_are_read_only_and_not_constructible(impl: ModuleType) -> None:
     connack = impl.inspect_connack(b"\x20\x02\x00\x00")
     with pytest.raises(AttributeError):
         connack.reason_code = 1
+
+
+def test_bare_instances_are_harmless(impl: ModuleType) -> None:
+    # Python can still reach __new__; such an object must not read outside its bytes.
+    for cls in (impl.Connect, impl.Connack):
+        bare = cls.__new__(cls)
+        with contextlib.suppress(AttributeError):  # the twin has no fields at all
+            assert bare.packet_length == 0 and bare.properties == {}
+    with contextlib.suppress(AttributeError):
+        assert impl.Connect.__new__(impl.Connect).client_id == ""
 
 
 def test_connack_rejects_unknown_protocol_version(impl: ModuleType) -> None:
