@@ -110,7 +110,7 @@ _REASON_CODES = {
     spec.BAD_SESSION_PRESENT: R_BAD_SESSION_PRESENT,
 }
 cdef list _reason_words = [None] * R_COUNT
-cdef list _keep_alive = []  # bytes objects whose buffers the C tables point into
+cdef list _pinned = []  # bytes objects whose buffers the C tables point into
 
 
 cdef void _load_properties() except *:
@@ -126,7 +126,7 @@ cdef void _load_properties() except *:
 
 
 cdef const uint8_t *_pin(bytes b):
-    _keep_alive.append(b)
+    _pinned.append(b)
     return <const uint8_t *>PyBytes_AS_STRING(b)
 
 
