@@ -10,7 +10,7 @@ import socket
 from collections.abc import Sequence
 
 from fastmqtt.balance import Balancer, make_balancer
-from fastmqtt.config import BackendConfig, ServerConfig
+from fastmqtt.config import BackendConfig, ServerConfig, StickConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.metrics import BackendCounters, ServerCounters
 from fastmqtt.stick import StickTable
@@ -36,19 +36,28 @@ def resolve(host: str, port: int) -> tuple[int, tuple]:
     return family, sockaddr
 
 
+def resolve_servers(config: BackendConfig) -> list[tuple[int, tuple]]:
+    """Every server's address, resolved before anything changes (OSError if one fails)."""
+    return [resolve(sc.host, sc.port) for sc in config.servers]
+
+
 class Server:
     """One broker node of a backend."""
 
-    def __init__(self, config: ServerConfig, index: int) -> None:
+    def __init__(self, config: ServerConfig, index: int, address: tuple[int, tuple]) -> None:
+        self.state = ServerState.UP
+        self.counters = ServerCounters()
+        self.reconfigure(config, index, address)
+
+    def reconfigure(self, config: ServerConfig, index: int, address: tuple[int, tuple]) -> None:
+        """Take a (re)loaded config and its resolved address; state and counters stay."""
+        self.family, self.sockaddr = address
         self.config = config
         self.name = config.name
         self.index = index
         self.backup = config.backup
         self.maxconn = config.maxconn
         self.weight = config.weight
-        self.state = ServerState.UP
-        self.family, self.sockaddr = resolve(config.host, config.port)
-        self.counters = ServerCounters()
 
     @property
     def address(self) -> str:
@@ -63,20 +72,41 @@ class Server:
 class Backend:
     """A pool of servers behind one balancing policy and an optional stick table."""
 
-    def __init__(self, config: BackendConfig) -> None:
-        self.config = config
-        self.name = config.name
-        self.servers = [Server(sc, i) for i, sc in enumerate(config.servers)]
-        self.by_name = {s.name: s for s in self.servers}
+    def __init__(
+        self, config: BackendConfig, addresses: list[tuple[int, tuple]] | None = None
+    ) -> None:
+        self.servers: list[Server] = []
+        self.by_name: dict[str, Server] = {}
+        self.stick: StickTable | None = None
+        self.counters = BackendCounters()
+        self.reconfigure(config, resolve_servers(config) if addresses is None else addresses)
+
+    def reconfigure(self, config: BackendConfig, addresses: list[tuple[int, tuple]]) -> None:
+        """Apply a (re)loaded config whose server ``addresses`` are resolved already: servers
+        that keep their name keep their state, counters and stick-table entries; removed
+        servers' entries are forgotten. Established connections are not touched."""
+        servers = []
+        for i, (sc, address) in enumerate(zip(config.servers, addresses, strict=True)):
+            server = self.by_name.get(sc.name)
+            if server is None:
+                server = Server(sc, i, address)
+            else:
+                server.reconfigure(sc, i, address)
+            servers.append(server)
         self.balancer: Balancer = make_balancer(
             config.balance,
-            [s.name for s in self.servers],
-            [s.weight for s in self.servers],
+            [s.name for s in servers],
+            [s.weight for s in servers],
             config.hash_balance_factor,
         )
-        stick = config.stick
-        self.stick = StickTable(stick.size, stick.expire) if stick is not None else None
-        self.counters = BackendCounters()
+        self.stick = _stick_table(self.stick, config.stick)
+        if self.stick is not None:
+            for gone in self.by_name.keys() - {s.name for s in servers}:
+                self.stick.forget_server(gone)
+        self.config = config
+        self.name = config.name
+        self.servers = servers
+        self.by_name = {s.name: s for s in servers}
 
     # -- choosing a server ------------------------------------------------------------
 
@@ -139,6 +169,15 @@ class Backend:
                     tried.append(server.index)
                     server = self.choose(key, None, tried)
         raise NoServerAvailable(self.name)
+
+
+def _stick_table(current: StickTable | None, config: StickConfig | None) -> StickTable | None:
+    """Keep the learned entries unless stickiness was switched off or resized."""
+    if config is None:
+        return None
+    if current is not None and (current.size, current.expire) == (config.size, config.expire):
+        return current
+    return StickTable(config.size, config.expire)
 
 
 def _first_only(eligible: list[bool]) -> list[bool]:

@@ -60,3 +60,9 @@ def publish(topic: str, payload: bytes, version: int = 4) -> bytes:
     """QoS 0, not retained."""
     props = b"\x00" if version == 5 else b""
     return _packet(0x30, utf8(topic) + props + payload)
+
+
+def connack(code: int, version: int = 4, session_present: bool = False) -> bytes:
+    """CONNACK with a 3.1/3.1.1 return code or a 5.0 reason code (no properties)."""
+    body = bytes([int(session_present), code])
+    return _packet(0x20, body + b"\x00" if version == 5 else body)

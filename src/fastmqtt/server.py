@@ -13,9 +13,9 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TextIO
 
-from fastmqtt import IMPLEMENTATION, __version__
-from fastmqtt.backends import Backend, Server
-from fastmqtt.config import Config, load_config
+from fastmqtt import IMPLEMENTATION, __version__, notify
+from fastmqtt.backends import Backend, Server, resolve_servers
+from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
@@ -63,7 +63,9 @@ class Proxy:
                     fe.open(self.reuse_port)
                 except OSError as exc:
                     where = f"{fe.config.bind_host}:{fe.config.bind_port}"
-                    raise OSError(exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}") from None
+                    raise OSError(
+                        exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}"
+                    ) from None
             self.stats = StatsServer(self, self.config.stats) if self.config.stats else None
         except BaseException:
             for fe in self.frontends:
@@ -78,11 +80,51 @@ class Proxy:
             checker.start()
         if self.stats is not None:
             self.stats.start()
-        log.info(
-            "fastmqtt %s (%s) listening: %s",
-            __version__,
-            IMPLEMENTATION,
-            ", ".join(f"{fe.name}={fe.config.bind_host}:{fe.bound_port}" for fe in self.frontends),
+        log.info("fastmqtt %s (%s) listening: %s", __version__, IMPLEMENTATION, self._summary())
+
+    def reload(self, config: Config) -> None:
+        """Apply a new config without dropping a connection: binds that stay keep their
+        sockets, servers that keep their name keep state, counters and sticky clients.
+        Raises OSError (and changes nothing) if a server does not resolve or a new bind fails."""
+        addresses = {name: resolve_servers(bc) for name, bc in config.backends.items()}
+        kept = {(fe.config.bind_host, fe.config.bind_port): fe for fe in self.frontends}
+        opened = [Frontend(fc, None, self) for fc in config.frontends if _bind(fc) not in kept]  # type: ignore[arg-type]
+        try:
+            for fe in opened:
+                fe.open(self.reuse_port)
+        except OSError:
+            for fe in opened:
+                fe.close()
+            raise
+        for checker in self.health.values():
+            checker.stop()
+        backends = {}
+        for name, bc in config.backends.items():
+            backend = self.backends.get(name)
+            if backend is None:
+                backend = Backend(bc, addresses[name])
+            else:
+                backend.reconfigure(bc, addresses[name])
+            backends[name] = backend
+        new_by_bind = {_bind(fe.config): fe for fe in opened}
+        frontends = []
+        for fc in config.frontends:
+            fe = kept.pop(_bind(fc), None) or new_by_bind[_bind(fc)]
+            fe.reconfigure(fc, backends[fc.backend])
+            frontends.append(fe)
+        for fe in kept.values():
+            fe.close()  # its established connections stay until they end
+        self.config, self.backends, self.frontends = config, backends, frontends
+        self.health = {name: HealthChecker(b, self) for name, b in backends.items()}
+        for checker in self.health.values():
+            checker.start()
+        for fe in frontends:
+            fe.resume()
+        log.info("reloaded %s: %s", config.path, self._summary())
+
+    def _summary(self) -> str:
+        return ", ".join(
+            f"{fe.name}={fe.config.bind_host}:{fe.bound_port}" for fe in self.frontends
         )
 
     def stop_accepting(self) -> None:
@@ -133,10 +175,10 @@ class Proxy:
             server.counters.current -= 1
             server.counters.bytes_in += session.bytes_in
             server.counters.bytes_out += session.bytes_out
-        fe = self._frontend(session.frontend)
-        fe.counters.bytes_in += c2s
-        fe.counters.bytes_out += session.bytes_out
-        stick = self.backends[session.backend].stick
+        session.frontend_counters.bytes_in += c2s
+        session.frontend_counters.bytes_out += session.bytes_out
+        backend = self.backends.get(session.backend)  # gone if a reload removed it
+        stick = backend.stick if backend is not None else None
         if stick is not None and session.stick_key:
             stick.disconnected(session.stick_key)
         self.session_ended(session)
@@ -145,24 +187,22 @@ class Proxy:
         """Every accepted connection passes here exactly once, relayed or rejected."""
         session.ended_at = time.monotonic()
         self.current -= 1
-        self._frontend(session.frontend).counters.current -= 1
+        session.frontend_counters.current -= 1
         if self.conn_log is not None:
             self.conn_log.write(session)
         for fe in self.frontends:
             if not fe.accepting:
                 fe.resume()
 
-    def _frontend(self, name: str) -> Frontend:
-        for fe in self.frontends:
-            if fe.name == name:
-                return fe
-        raise KeyError(name)
-
     def _purge_sticks(self) -> None:
         for backend in self.backends.values():
             if backend.stick is not None:
                 backend.stick.purge()
         self._purger = self.loop.call_later(STICK_PURGE_INTERVAL, self._purge_sticks)
+
+
+def _bind(config: FrontendConfig) -> tuple[str, int]:
+    return config.bind_host, config.bind_port
 
 
 # -- the `serve` command -----------------------------------------------------------------
@@ -223,28 +263,53 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop) -> int:
     except OSError as exc:
         log.error("%s", exc.strerror or exc)
         return 1
+    notify.ready(f"serving {len(proxy.frontends)} frontends")
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
-            raise SystemExit(0)  # noqa: TRY301 - leaves run_until_complete at once
+            raise SystemExit(0)
         log.info(
             "%s: draining %d connections for up to %.0fs",
             signal.Signals(signum).name,
             len(proxy.hub),
-            config.global_.grace,
+            proxy.config.global_.grace,
         )
+        notify.stopping()
         stop.set()
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload_from_file, proxy)
     try:
         await stop.wait()
-        await proxy.shutdown(config.global_.grace)
+        await proxy.shutdown(proxy.config.global_.grace)
     finally:
-        for sig in signals:
+        for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+def reload_from_file(proxy: Proxy) -> bool:
+    """SIGHUP: re-read the config file; if it has errors keep running on the old one."""
+    notify.reloading()
+    path = proxy.config.path
+    try:
+        config = load_config(path)
+        proxy.reload(config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("reload refused: %s", line)
+        return False
+    except OSError as exc:
+        log.error("reload refused: %s", exc.strerror or exc)
+        return False
+    else:
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        return True
+    finally:
+        notify.ready()

@@ -141,6 +141,8 @@ def test_demo_shows_ten_clients_over_three_brokers():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    counts = [int(n) for n in re.findall(r"node\d \(127\.0\.0\.1:\d+\): (\d+) clients", result.stdout)]
+    counts = [
+        int(n) for n in re.findall(r"node\d \(127\.0\.0\.1:\d+\): (\d+) clients", result.stdout)
+    ]
     assert counts == [4, 3, 3]
     assert f"127.0.0.1:{port}" in result.stdout

@@ -103,6 +103,24 @@ class FastMQTT:
     def connection_log(self) -> list[str]:
         return [line for line in self.read("stdout.log").splitlines() if line.strip()]
 
+    def reload(self, config: str, timeout: float = 10.0) -> str:
+        """Rewrite lb.toml, send SIGHUP, and return the log line that answered it."""
+        answered = self._reload_lines()
+        with open(os.path.join(self.workdir, "lb.toml"), "w") as f:
+            f.write(config)
+        self.config = config
+        self.signal(signal.SIGHUP)
+        if not wait_until(lambda: len(self._reload_lines()) > len(answered), timeout):
+            raise TimeoutError(f"no answer to SIGHUP:\n{self.logs()}")
+        return self._reload_lines()[-1]
+
+    def _reload_lines(self) -> list[str]:
+        return [
+            line
+            for line in self.read("stderr.log").splitlines()
+            if " reloaded " in line or "reload refused" in line
+        ]
+
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
@@ -143,10 +161,16 @@ class Client:
     ) -> None:
         protocol = {3: paho.MQTTv31, 4: paho.MQTTv311, 5: paho.MQTTv5}[version]
         if version == 5:
-            self.mqtt = paho.Client(CallbackAPIVersion.VERSION2, client_id, protocol=protocol, **kwargs)  # type: ignore[arg-type]
+            self.mqtt = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id, protocol=protocol, **kwargs
+            )  # type: ignore[arg-type]
         else:
             self.mqtt = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id, clean_session=clean, protocol=protocol, **kwargs  # type: ignore[arg-type]
+                CallbackAPIVersion.VERSION2,
+                client_id,
+                clean_session=clean,
+                protocol=protocol,
+                **kwargs,  # type: ignore[arg-type]
             )
         self.version = version
         self.clean = clean
@@ -176,15 +200,15 @@ class Client:
             raise TimeoutError(f"no CONNACK within {timeout}s")
         return self
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         self.reason_code = reason_code
         self.session_present = flags.session_present
         self.connected.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:  # noqa: ANN001
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         self.disconnected.set()
 
-    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, message) -> None:
         self.messages.append((message.topic, message.payload))
         self.got_message.set()
 
@@ -208,7 +232,7 @@ class Client:
         self.mqtt.loop_stop()
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:  # noqa: ANN001
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout``; bounded, returns the last verdict."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
