@@ -325,6 +325,8 @@ class HealthChecker:
             s.name: ServerHealth(s, check_for(backend.config, s.config), now)
             for s in backend.servers
         }
+        for health in self.servers.values():
+            health.server.state = health.state()  # a reload starts afresh: admin states reset
         self._tasks: list[asyncio.Task] = []
         self._ramp: asyncio.TimerHandle | None = None
 
