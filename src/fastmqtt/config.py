@@ -29,9 +29,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
+from fastmqtt.access import ACTIONS, Rule
 from fastmqtt.errors import ConfigError
+from fastmqtt.ratelimit import Rate, RateLimitConfig
 
-PROTOCOLS = ("mqtt", "tcp")
+PROTOCOLS = ("mqtt", "tcp", "ws")
 BALANCES = ("roundrobin", "leastconn", "source", "consistent", "random")
 HASH_KEYS = ("client_id", "username", "source")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -39,6 +41,12 @@ LOG_FORMATS = ("text", "json")
 SEND_PROXY = ("v1", "v2")
 CHECK_TYPES = ("tcp", "mqtt", "http")
 ON_MARKED_DOWN = ("none", "shutdown-sessions")
+TLS_VERIFY = ("none", "optional", "required")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+WS_BACKENDS = ("bridge", "passthrough")
+WS_SUBPROTOCOLS = ("mqtt", "mqttv3.1", "mqttv5")
+PROXY_TLVS = ("ssl", "authority", "client_id")
+PP2_TYPE_MIN_CUSTOM, PP2_TYPE_MAX_CUSTOM = 0xE0, 0xEF  # proxy-protocol.txt 2.2.8
 DEFAULT_PROTOCOL = "mqtt"
 
 TYPICAL_KEEPALIVE = 60.0  # seconds; what most MQTT client libraries send by default
@@ -102,6 +110,43 @@ class Defaults:
 
 
 @dataclass(frozen=True, slots=True)
+class SNICert:
+    """``[[frontend.NAME.tls.sni]]``: the certificate for clients asking for ``name``."""
+
+    name: str  # a host name, or "*.example.com" for one label under it
+    cert: str
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendTLSConfig:
+    """``[frontend.NAME.tls]``: TLS termination. File paths are absolute after loading."""
+
+    cert: str  # PEM with the chain and (unless ``key`` is set) the private key
+    key: str | None = None
+    ca: str | None = None  # CA bundle for client certificates
+    verify: str = "none"
+    min_version: str = "TLSv1.2"
+    ciphers: str | None = None
+    alpn: tuple[str, ...] = ()
+    sni: tuple[SNICert, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTLSConfig:
+    """``[backend.NAME.tls]``: TLS from fastmqtt to the brokers."""
+
+    ca: str | None = None  # None: the system's trust store
+    verify: str = "required"
+    sni: str | None = None  # server name sent and checked; default: the server's host
+    cert: str | None = None  # client certificate, for brokers that want mutual TLS
+    key: str | None = None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
 class FrontendConfig:
     name: str
     bind_host: str
@@ -114,7 +159,16 @@ class FrontendConfig:
     maxconn: int = 10000
     timeout_client: ClientTimeout = _CLIENT_TIMEOUT
     allow_bridge: bool = True
-    tls: Mapping[str, object] | None = None
+    tls: FrontendTLSConfig | None = None
+    ws_path: str = "/mqtt"
+    ws_subprotocols: tuple[str, ...] = WS_SUBPROTOCOLS
+    accept_proxy: bool = False
+    trusted_proxies: tuple[Network, ...] = ()
+    reject_with_connack: bool = False  # refusals of a readable CONNECT get a CONNACK first
+    deny_empty_client_id: bool = False
+    access_default: str = "allow"  # when no rule matches
+    rules: tuple[Rule, ...] = ()  # [[frontend.NAME.rule]], first match wins (access.py)
+    rate_limit: RateLimitConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +229,10 @@ class BackendConfig:
     timeout_server: float = 240.0
     servers: tuple[ServerConfig, ...] = ()
     check: CheckConfig | None = None
-    tls: Mapping[str, object] | None = None
+    tls: BackendTLSConfig | None = None
+    ws_backend: str = "bridge"
+    proxy_tlvs: tuple[str, ...] = ()
+    proxy_client_id_tlv: int = PP2_TYPE_MIN_CUSTOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,19 +458,27 @@ def _client_timeout_setting(value: object) -> float | str:
         raise _expected('"auto" or a positive duration like "240s"', value) from None
 
 
-def _raw_table(value: object) -> Mapping[str, object]:
-    """Tables owned by a later feature (TLS): kept as given, read-only."""
-    if not isinstance(value, dict):
-        raise _expected("a table", value)
-    return _freeze(value)  # type: ignore[return-value]
+def _words(*options: str) -> Convert:
+    """A list of non-empty strings; with ``options``, each must be one of them."""
+    what = "a list of " + (", ".join(json.dumps(o) for o in options) if options else "strings")
+
+    def convert(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _expected(what, value)
+        for word in value:
+            if options and word not in options:
+                raise _expected(what, value, _did_you_mean(word, options))
+        return tuple(value)
+
+    return convert
 
 
-def _freeze(value: object) -> object:
-    if isinstance(value, dict):
-        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
-    if isinstance(value, list):
-        return tuple(_freeze(item) for item in value)
-    return value
+def _server_name(value: object) -> str:
+    """A DNS name for SNI, optionally "*." + name (one label); lower-cased."""
+    text = value.lower() if isinstance(value, str) else ""
+    if not _HOSTNAME.fullmatch(text.removeprefix("*.")) or text.endswith("."):
+        raise _expected('a host name like "mqtt.example.com" or "*.example.com"', value)
+    return text
 
 
 def _host(host: str) -> str:
@@ -566,6 +631,99 @@ def _check_unique_servers(items: list[dict], path: str, report: _Report) -> None
             first[name] = i
 
 
+_RATE = re.compile(r"(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h|d)")
+
+
+def _rate(value: object) -> Rate:
+    """``"50/s"``, ``"1000/m"``, ``"3/10s"``: that many events per period, in bursts of as many."""
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    per = float(match[2] or 1) * _DURATION_UNITS[match[3]] if match else 0.0
+    if match is None or not 1 <= int(match[1]) <= MAX_CONNECTIONS or not 0.0 < per <= MAX_DURATION:
+        raise _expected('a rate like "50/s", "1000/m" or "3/10s"', value)
+    return Rate(count=int(match[1]), per=per, burst=int(match[1]))
+
+
+def _rate_limit(value: object, path: str, report: _Report) -> RateLimitConfig:
+    return RateLimitConfig(**_walk(value, RATE_LIMIT_KEYS, path, report))
+
+
+def _networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A CIDR (``"10.0.0.0/8"``, ``"::1"``) or a non-empty list of them."""
+    items = [value] if isinstance(value, str) else value
+    try:
+        if not isinstance(items, list) or not items:
+            raise ValueError(value)
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+    except (TypeError, ValueError):
+        raise _expected(
+            'a CIDR or a list of them, like ["10.0.0.0/8", "2001:db8::/32"]', value
+        ) from None
+
+
+def _regex(value: object) -> re.Pattern[str]:
+    try:
+        return re.compile(_text(value))  # type: ignore[arg-type]
+    except re.error as exc:
+        raise _expected(f"a regular expression ({exc})", value) from None
+
+
+def _rules(value: object, path: str, report: _Report) -> tuple[Rule, ...]:
+    if not isinstance(value, list):
+        report.error(path, str(_expected("[[...rule]] tables", value)))
+        return ()
+    items = [_walk(item, RULE_KEYS, f"{path}[{i}]", report) for i, item in enumerate(value)]
+    return tuple(_rule(values, f"{path}[{i}]", report) for i, values in enumerate(items))
+
+
+def _rule(values: dict, path: str, report: _Report) -> Rule:
+    """A rule that routes names a backend; no other kind may."""
+    action = values.get("action", "allow")
+    if (action == "route") != ("backend" in values):
+        text = (
+            'is required by action = "route"'
+            if action == "route"
+            else 'only goes with action = "route"'
+        )
+        report.error(_join(path, "backend"), text)
+    return Rule(sources=values.pop("source", ()), **values)
+
+
+def _file(value: str, report: _Report) -> str:
+    """TLS files are found relative to the config file, as an operator reads them there."""
+    base = os.path.dirname(os.path.abspath(report.label)) if os.path.exists(report.label) else ""
+    return os.path.normpath(os.path.join(base, value)) if base else os.path.abspath(value)
+
+
+def _files(values: dict, report: _Report) -> dict:
+    return {k: _file(v, report) if k in _FILE_KEYS else v for k, v in values.items()}
+
+
+def _frontend_tls(value: object, path: str, report: _Report) -> FrontendTLSConfig | None:
+    values = _walk(value, FRONTEND_TLS_KEYS, path, report)
+    if not _complete(values, FRONTEND_TLS_KEYS):
+        return None
+    sni = values.pop("sni", ())
+    tls = FrontendTLSConfig(**_files(values, report), sni=sni)
+    if tls.verify != "none" and tls.ca is None:
+        report.error(_join(path, "verify"), f'"{tls.verify}" needs `ca` (the clients\' CA)')
+    return tls
+
+
+def _sni_certs(value: object, path: str, report: _Report) -> tuple[SNICert, ...]:
+    if not isinstance(value, list) or not value:
+        report.error(path, str(_expected("one or more [[...sni]] tables", value)))
+        return ()
+    items = [_walk(item, SNI_KEYS, f"{path}[{i}]", report) for i, item in enumerate(value)]
+    return tuple(SNICert(**_files(v, report)) for v in items if _complete(v, SNI_KEYS))
+
+
+def _backend_tls(value: object, path: str, report: _Report) -> BackendTLSConfig:
+    tls = BackendTLSConfig(**_files(_walk(value, BACKEND_TLS_KEYS, path, report), report))
+    if tls.key is not None and tls.cert is None:
+        report.error(_join(path, "key"), "a key without `cert`")
+    return tls
+
+
 def _auth(value: object, path: str, report: _Report) -> dict:
     return _walk(value, AUTH_KEYS, path, report)
 
@@ -600,7 +758,55 @@ FRONTEND_KEYS = {
     "maxconn": DEFAULTS_KEYS["maxconn"],
     **_CLIENT_TIMEOUT_KEYS,
     "allow_bridge": _Key(_boolean),
-    "tls": _Key(_raw_table),
+    "tls": _Key(_frontend_tls, nested=True),
+    "ws_path": _Key(_uri),
+    "ws_subprotocols": _Key(_words(*WS_SUBPROTOCOLS)),
+    "accept_proxy": _Key(_boolean),
+    "trusted_proxies": _Key(_networks),
+    "reject_with_connack": _Key(_boolean),
+    "deny_empty_client_id": _Key(_boolean),
+    "access_default": _Key(_choice("allow", "deny")),
+    "rate_limit": _Key(_rate_limit, nested=True),
+    "rule": _Key(_rules, nested=True),
+}
+RATE_LIMIT_KEYS = {
+    "per_source": _Key(_rate),
+    "max_per_source": _Key(_integer(1, MAX_CONNECTIONS)),
+    "connect_rate": _Key(_rate),
+    "per_client_id": _Key(_rate),
+    "max_delay": _Key(_duration(allow_zero=True)),
+    "tracked": _Key(_integer(1, MAX_CONNECTIONS)),
+}
+RULE_KEYS = {
+    "action": _Key(_choice(*ACTIONS), required=True),
+    "source": _Key(_networks),
+    "client_id": _Key(_text),  # glob
+    "client_id_regex": _Key(_regex),
+    "username": _Key(_text),  # glob
+    "backend": _Key(_name),
+}
+_FILE_KEYS = ("cert", "key", "ca")
+SNI_KEYS = {
+    "name": _Key(_server_name, required=True),
+    "cert": _Key(_text, required=True),
+    "key": _Key(_text),
+}
+FRONTEND_TLS_KEYS = {
+    "cert": _Key(_text, required=True),
+    "key": _Key(_text),
+    "ca": _Key(_text),
+    "verify": _Key(_choice(*TLS_VERIFY)),
+    "min_version": _Key(_choice(*TLS_VERSIONS)),
+    "ciphers": _Key(_text),
+    "alpn": _Key(_words()),
+    "sni": _Key(_sni_certs, nested=True),
+}
+BACKEND_TLS_KEYS = {
+    "ca": _Key(_text),
+    "verify": _Key(_choice("none", "required")),
+    "sni": _Key(_server_name),
+    "cert": _Key(_text),
+    "key": _Key(_text),
 }
 STICK_KEYS = {
     "on": _Key(_choice(*HASH_KEYS)),
@@ -649,7 +855,10 @@ BACKEND_KEYS = {
     "timeout_server": DEFAULTS_KEYS["timeout_server"],
     "server": _Key(_servers, required=True, nested=True),
     "check": _Key(_check, nested=True),
-    "tls": _Key(_raw_table),
+    "tls": _Key(_backend_tls, nested=True),
+    "ws_backend": _Key(_choice(*WS_BACKENDS)),
+    "proxy_tlvs": _Key(_words(*PROXY_TLVS)),
+    "proxy_client_id_tlv": _Key(_integer(PP2_TYPE_MIN_CUSTOM, PP2_TYPE_MAX_CUSTOM)),
 }
 AUTH_KEYS = {
     "user": _Key(_text, required=True),
@@ -664,7 +873,14 @@ STATS_KEYS = {
 TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats")
 
 # Keys that only matter with one setting: set without it, they earn a "has no effect" warning.
-_MQTT_ONLY_FRONTEND_KEYS = ("inspect_delay", "reject_invalid", "max_connect_size", "allow_bridge")
+_MQTT_ONLY_FRONTEND_KEYS = (
+    "inspect_delay",
+    "reject_invalid",
+    "max_connect_size",
+    "allow_bridge",
+    "reject_with_connack",
+    "deny_empty_client_id",
+)
 _CONSISTENT_ONLY_KEYS = ("hash_key", "hash_balance_factor")
 _AUTO_ONLY_KEYS = ("timeout_client_min", "timeout_client_max")
 
@@ -728,6 +944,7 @@ def _build_frontend(
         return None
     timeout = _client_timeout(values, defaults.timeout_client, path, report)
     host, port = values.pop("bind")
+    values["rules"] = values.pop("rule", ())
     inherited = {"inspect_delay": defaults.inspect_delay, "maxconn": defaults.maxconn}
     frontend = FrontendConfig(
         **{"protocol": DEFAULT_PROTOCOL, **inherited, **values},
@@ -736,12 +953,23 @@ def _build_frontend(
         bind_port=port,
         timeout_client=timeout,
     )
+    _check_accept_proxy(frontend, values, path, report)
     if frontend.protocol == "tcp":
         _warn_no_effect(values, _MQTT_ONLY_FRONTEND_KEYS, 'protocol = "mqtt"', path, report)
         if timeout.auto:
             text = 'needs protocol = "mqtt" to read the keepalive; timeout_client_max applies'
             report.warn(_join(path, "timeout_client"), text)
     return frontend
+
+
+def _check_accept_proxy(
+    frontend: FrontendConfig, values: dict, path: str, report: _Report
+) -> None:
+    if frontend.accept_proxy and not frontend.trusted_proxies:
+        text = 'needs trusted_proxies (the balancers allowed to send it, e.g. ["10.0.0.0/8"])'
+        report.error(_join(path, "accept_proxy"), text)
+    if not frontend.accept_proxy:
+        _warn_no_effect(values, ("trusted_proxies",), "accept_proxy = true", path, report)
 
 
 def _build_backend(
@@ -876,6 +1104,18 @@ def _check_tcp_frontends(config: Config, report: _Report) -> None:
             report.warn(f"frontend.{frontend.name}.protocol", text)
 
 
+def _check_rule_backends(config: Config, report: _Report) -> None:
+    """A route rule's backend exists; on a `tcp` frontend, rules on CONNECT fields never match."""
+    for frontend in config.frontends:
+        for i, rule in enumerate(frontend.rules):
+            path = f"frontend.{frontend.name}.rule[{i}]"
+            if rule.backend is not None and rule.backend not in config.backends:
+                hint = _did_you_mean(rule.backend, config.backends)
+                report.error(f"{path}.backend", f"no [backend.{rule.backend}] section{hint}")
+            if rule.reads_connect and frontend.protocol == "tcp":
+                report.warn(path, 'never matches: protocol = "tcp" reads no client id or username')
+
+
 def _max_connections(config: Config) -> int:
     """What one process may hold: the global limit, or less if the frontends' limits sum lower."""
     per_frontend = sum(frontend.maxconn for frontend in config.frontends)
@@ -902,9 +1142,20 @@ def _check_open_files(config: Config, report: _Report) -> None:
         report.warn("global.maxconn", text)
 
 
+def _check_ws_backends(config: Config, report: _Report) -> None:
+    """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one."""
+    for frontend in config.frontends:
+        backend = config.backends.get(frontend.backend)
+        if backend is not None and backend.ws_backend == "passthrough" and frontend.protocol != "ws":
+            text = f'backend {backend.name} has ws_backend = "passthrough", which needs protocol = "ws"'
+            report.error(f"frontend.{frontend.name}.protocol", text)
+
+
 _CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (
     _check_binds,
+    _check_ws_backends,
     _check_tcp_frontends,
+    _check_rule_backends,
     _check_open_files,
 )
 
@@ -1023,6 +1274,11 @@ def _summary(config: Config) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config, errors, _ = validate(args.path)
+    if config is not None:
+        from fastmqtt.tls import check_material  # ssl is only needed once the schema passed
+
+        errors = [f"{config.path}: {problem}" for problem in check_material(config)]
+        config = None if errors else config
     if config is None:
         # Only errors: a warning computed around a value that failed could be noise.
         print("\n".join(errors), file=sys.stderr)

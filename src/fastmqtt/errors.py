@@ -31,3 +31,11 @@ class ConfigError(FastMQTTError):
     def __init__(self, errors: list[str]) -> None:
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
+
+
+class Refused(FastMQTTError):
+    """A connection turned away by policy (access rules, rate limits); ``reason`` counts it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
