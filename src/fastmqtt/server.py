@@ -13,7 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TextIO
 
-from fastmqtt import IMPLEMENTATION, __version__, notify
+from fastmqtt import IMPLEMENTATION, __version__, notify, workers
 from fastmqtt.backends import Backend, Server, resolve_servers
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.errors import ConfigError
@@ -36,11 +36,12 @@ class Proxy:
         config: Config,
         loop: asyncio.AbstractEventLoop,
         conn_log: TextIO | None = None,
-        reuse_port: bool = False,
+        worker: int | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
-        self.reuse_port = reuse_port
+        self.worker = worker
+        self.reuse_port = worker is not None  # workers share the listeners
         self.backends = {name: Backend(bc) for name, bc in config.backends.items()}
         self.frontends = [Frontend(fc, self.backends[fc.backend], self) for fc in config.frontends]
         self.engine = make_engine(config.global_.relay_threads)
@@ -66,7 +67,8 @@ class Proxy:
                     raise OSError(
                         exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}"
                     ) from None
-            self.stats = StatsServer(self, self.config.stats) if self.config.stats else None
+            if self.config.stats is not None and self.worker in (None, 0):
+                self.stats = StatsServer(self, self.config.stats)
         except BaseException:
             for fe in self.frontends:
                 fe.close()
@@ -191,6 +193,7 @@ class Proxy:
         if self.conn_log is not None:
             self.conn_log.write(session)
         for fe in self.frontends:
+            fe.guard.release(session)  # before resume: a per-source slot may have freed up
             if not fe.accepting:
                 fe.resume()
 
@@ -210,6 +213,7 @@ def _bind(config: FrontendConfig) -> tuple[str, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="path of the TOML config (see examples/lb.toml)")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,8 +227,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: {exc.strerror}", file=sys.stderr)
         return 1
     setup_logging(config)
+    if args.worker is not None:
+        workers.become_worker()
+        return serve(config, worker=args.worker)
     for warning in config.warnings:
         log.warning("%s", warning)
+    if config.global_.workers > 1:
+        return workers.Supervisor(args.config, config).run()
     return serve(config)
 
 
@@ -243,27 +252,31 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT: then drain for the configured grace; a second signal exits now."""
+def serve(config: Config, worker: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT: then drain for the configured grace; a second signal exits now.
+    ``worker`` is set in the processes a supervisor starts (they share the listeners)."""
     import uvloop
 
     raise_fd_limit()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, loop))
+        return loop.run_until_complete(_serve(config, loop, worker))
     finally:
         loop.close()
 
 
-async def _serve(config: Config, loop: asyncio.AbstractEventLoop) -> int:
+async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | None) -> int:
     try:
-        proxy = Proxy(config, loop, conn_log=sys.stdout)
+        proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
         proxy.start()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)
         return 1
-    notify.ready(f"serving {len(proxy.frontends)} frontends")
+    if worker is None:
+        notify.ready(f"serving {len(proxy.frontends)} frontends")
+    else:
+        workers.report_ready()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
