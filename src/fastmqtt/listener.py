@@ -10,10 +10,11 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from fastmqtt.access import Guard
 from fastmqtt.backends import Backend, NoServerAvailable, Server
 from fastmqtt.config import FrontendConfig
 from fastmqtt.deadline import Deadline
-from fastmqtt.errors import MalformedPacket
+from fastmqtt.errors import MalformedPacket, Refused
 from fastmqtt.metrics import FrontendCounters
 from fastmqtt.parse import Connack, Connect, inspect_connack, inspect_connect
 from fastmqtt.proxy_protocol import encode_v1, encode_v2
@@ -66,12 +67,14 @@ class Frontend:
         self.sock: socket.socket | None = None
         self.accepting = False
         self._backoff: asyncio.TimerHandle | None = None
+        self.guard = Guard(config, proxy)  # access rules and rate limits (access.py)
 
     def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
         """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
         self.config = config
         self.name = config.name
         self.backend = backend
+        self.guard.reconfigure(config)
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -153,7 +156,7 @@ class Frontend:
         handed_over = False
         try:
             handed_over = await self._route(session, conn)
-        except Rejected as exc:
+        except (Rejected, Refused) as exc:
             session.end_reason = exc.reason
             self.counters.denied[exc.reason] += 1
         except OSError as exc:
@@ -167,31 +170,32 @@ class Frontend:
         loop = self.proxy.loop
         data = bytearray()
         connect = None
+        self.guard.admit_source(session)
         if self.config.protocol == "mqtt":
             connect = await self._inspect(conn, data)
             if connect is not None:
                 self._note_connect(session, connect)
         session.inspected_at = time.monotonic()
-        backend = self.backend
+        backend = await self.guard.admit(conn, session, connect) or self.backend
         session.backend = backend.name
-        stick_key = self._stick_key(session)
+        stick_key = self._stick_key(session, backend)
         try:
-            server, upstream = await backend.connect(self._hash_key(session), stick_key)
+            server, upstream = await backend.connect(self._hash_key(session, backend), stick_key)
         except NoServerAvailable:
             raise Rejected("no-server") from None
         session.server = server
         session.connected_at = time.monotonic()
         backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
         try:
-            await loop.sock_sendall(upstream, self._proxy_header(conn, upstream) + data)
+            await loop.sock_sendall(upstream, self._proxy_header(conn, backend) + data)
             to_client = b""
             if connect is not None:
-                to_client = await self._read_connack(upstream, server, session)
+                to_client = await self._read_connack(upstream, server, session, backend)
         except BaseException:
             upstream.close()
             raise
         if connect is not None and not connect.client_id and session.client_id:
-            stick_key = self._stick_key(session)  # the broker assigned an id: learn it
+            stick_key = self._stick_key(session, backend)  # the broker assigned an id: learn it
             backend.counters.learned_ids += stick_key is not None
         if session.connack_code in (None, 0):
             backend.learn(stick_key, server)
@@ -228,6 +232,7 @@ class Frontend:
             raise Rejected("inspect-timeout") from None
         except MalformedPacket as exc:
             if self.config.reject_invalid:
+                self.guard.refuse_malformed(conn, data, exc.reason, exc.offset)
                 raise Rejected(exc.reason) from None
             self.counters.invalid_forwarded[exc.reason] += 1
             return None
@@ -239,8 +244,8 @@ class Frontend:
         session.keepalive = connect.keepalive
         self.counters.connects_by_version[connect.protocol_version] += 1
 
-    def _stick_key(self, session: Session) -> str | None:
-        stick = self.backend.config.stick
+    def _stick_key(self, session: Session, backend: Backend) -> str | None:
+        stick = backend.config.stick
         if stick is None:
             return None
         if stick.on == "source":
@@ -248,8 +253,8 @@ class Frontend:
         # empty ids (broker-assigned) must not all stick to one server
         return (session.username if stick.on == "username" else session.client_id) or None
 
-    def _hash_key(self, session: Session) -> bytes:
-        config = self.backend.config
+    def _hash_key(self, session: Session, backend: Backend) -> bytes:
+        config = backend.config
         if config.balance == "source" or config.hash_key == "source":
             return session.client_addr[0].encode()
         value = session.username if config.hash_key == "username" else session.client_id
@@ -258,19 +263,21 @@ class Frontend:
         # no id to hash on: spread by address and port rather than piling onto one server
         return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
 
-    def _proxy_header(self, conn: socket.socket, upstream: socket.socket) -> bytes:
-        version = self.backend.config.send_proxy
+    def _proxy_header(self, conn: socket.socket, backend: Backend) -> bytes:
+        version = backend.config.send_proxy
         if version is None:
             return b""
         src, dst = conn.getpeername()[:2], conn.getsockname()[:2]
         return encode_v2(src, dst) if version == "v2" else encode_v1(src, dst)
 
-    async def _read_connack(self, upstream: socket.socket, server: Server, session: Session) -> bytes:
+    async def _read_connack(
+        self, upstream: socket.socket, server: Server, session: Session, backend: Backend
+    ) -> bytes:
         """Read the broker's first answer; bytes beyond the CONNACK travel on with it."""
         loop = self.proxy.loop
         data = bytearray()
         try:
-            with Deadline(loop, self.backend.config.timeout_server):
+            with Deadline(loop, backend.config.timeout_server):
                 while True:
                     chunk = await loop.sock_recv(upstream, RECV_SIZE)
                     if not chunk:
