@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -29,9 +30,10 @@ from string import Template
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # tests.support.haproxy: the same launcher the tests use
 
-from tests.support.haproxy import HAProxy  # noqa: E402
+from tests.support.haproxy import HAProxy, find_haproxy  # noqa: E402
 
-from fastmqtt.brokers import Mosquitto, free_port, wait_for_port  # noqa: E402
+import fastmqtt  # noqa: E402
+from fastmqtt.brokers import Mosquitto, find_mosquitto, free_port, wait_for_port  # noqa: E402
 
 MAXCONN = 9600  # two fds per proxied connection, 20,000 files per process
 
@@ -282,6 +284,17 @@ def start_nodes() -> list[Mosquitto]:
     return brokers
 
 
+def versions() -> str:
+    """What was measured, for the record: the numbers mean little without it."""
+    haproxy = subprocess.run([find_haproxy(), "-v"], capture_output=True, text=True, timeout=10)
+    mosquitto = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True, timeout=10)
+    return (
+        f"fastmqtt {fastmqtt.__version__} ({fastmqtt.IMPLEMENTATION}), "
+        f"{haproxy.stdout.split(' - ')[0].strip()}, {mosquitto.stdout.splitlines()[0]}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} cores shared, nothing pinned"
+    )
+
+
 def run_rounds(chosen: list[str], plan: Plan, rounds: int, workdir: Path) -> Rounds:
     results: Rounds = []
     brokers = start_nodes()
@@ -325,8 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rounds, plan))
     for line in failures(rounds):
         print(f"note: {line}")
-    seconds = time.monotonic() - began
-    print(f"({len(rounds)} round(s), {seconds:.0f} s; {os.cpu_count()} cores shared, no pinning)")
+    print(f"{versions()}; {len(rounds)} round(s) in {time.monotonic() - began:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": asdict(plan), "rounds": rounds}, indent=1))
     return 0

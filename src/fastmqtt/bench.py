@@ -138,6 +138,9 @@ class Histogram:
 # --- what a worker counts ------------------------------------------------------------------
 
 
+_COUNTERS = ("open", "connected", "failed", "cycles", "sent", "received")
+
+
 @dataclass
 class Stats:
     open: int = 0
@@ -157,11 +160,10 @@ class Stats:
         self.errors[reason] += 1
 
     def progress(self) -> dict[str, int]:
-        keys = ("open", "connected", "failed", "cycles", "sent", "received")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in _COUNTERS}
 
     def merge(self, other: Stats) -> None:
-        for name in ("open", "connected", "failed", "cycles", "sent", "received"):
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.received_in_window += other.received_in_window
         self.cpu_s += other.cpu_s
@@ -263,7 +265,6 @@ class Spec:
     targets: tuple[tuple[str, int], ...]
     connections: int
     first: int
-    process: int
     interval: float  # seconds between two connection starts in this process
     version: int
     keepalive: int
@@ -566,7 +567,6 @@ def _split(args: argparse.Namespace, targets: tuple[tuple[str, int], ...]) -> li
         targets=targets,
         connections=0,
         first=0,
-        process=0,
         interval=args.interval / 1000 * args.processes,
         version=args.mqtt_version,
         keepalive=args.keepalive,
@@ -582,7 +582,7 @@ def _split(args: argparse.Namespace, targets: tuple[tuple[str, int], ...]) -> li
     specs, first = [], 0
     for p in range(args.processes):
         count = share + (p < extra)
-        specs.append(replace(base, connections=count, first=first, process=p))
+        specs.append(replace(base, connections=count, first=first))
         first += count
     return [s for s in specs if s.connections]
 
