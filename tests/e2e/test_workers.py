@@ -29,7 +29,7 @@ def test_two_workers_share_listeners_and_survive_a_kill(brokers, fastmqtt):
         "[global]\n", "[global]\nworkers = 2\n"
     )
     lb = fastmqtt(config, port=port)
-    assert wait_until(lambda: len(_children(lb.proc.pid)) == 2)
+    assert wait_until(lambda: "2 workers serving" in lb.logs())  # both have bound
     workers = _children(lb.proc.pid)
     idle = {pid: _sockets(pid) for pid in workers}
 
