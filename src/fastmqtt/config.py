@@ -672,12 +672,15 @@ def _rules(value: object, path: str, report: _Report) -> tuple[Rule, ...]:
         report.error(path, str(_expected("[[...rule]] tables", value)))
         return ()
     items = [_walk(item, RULE_KEYS, f"{path}[{i}]", report) for i, item in enumerate(value)]
-    return tuple(_rule(values, f"{path}[{i}]", report) for i, values in enumerate(items))
+    rules = (_rule(values, f"{path}[{i}]", report) for i, values in enumerate(items))
+    return tuple(rule for rule in rules if rule is not None)
 
 
-def _rule(values: dict, path: str, report: _Report) -> Rule:
-    """A rule that routes names a backend; no other kind may."""
-    action = values.get("action", "allow")
+def _rule(values: dict, path: str, report: _Report) -> Rule | None:
+    """A rule that routes names a backend; no other kind may. None: already reported."""
+    if not _complete(values, RULE_KEYS):
+        return None
+    action = values["action"]
     if (action == "route") != ("backend" in values):
         text = (
             'is required by action = "route"'
