@@ -194,7 +194,7 @@ def test_no_references_leak(impl: ModuleType) -> None:
     churn()
     before = sys.getallocatedblocks()
     churn()
-    assert sys.getallocatedblocks() - before < 100
+    assert sys.getallocatedblocks() - before < 1000  # one leak per call would be >= 4000
 
 
 def test_parse_module_exports() -> None:
