@@ -1,0 +1,210 @@
+"""Prometheus text exposition (format 0.0.4) of a stats snapshot: ``fastmqtt_*`` names,
+``_total`` counters, ``_seconds`` durations, labels ``frontend`` / ``backend`` / ``server``.
+Names follow HAProxy's own exporter (``haproxy_server_current_sessions`` ->
+``fastmqtt_server_current_sessions``) so dashboards translate by prefix; the MQTT-level
+families (CONNECTs by version, rejections by reason, sticky routing, CONNACK codes, the
+connect latency histogram) are ours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fastmqtt.stats_rows import SERVER_STATES
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    """Exact integers (a byte counter must not turn into 1.23457e+06), shortest float repr."""
+    return str(int(value)) if isinstance(value, int) else repr(float(value))
+
+
+def _sample(name: str, labels: dict[str, object], value: float) -> str:
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}"
+
+
+class _Exposition:
+    """Collects metric families; each family's samples are written together."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        samples: Iterable[tuple[dict[str, object], float]],
+    ) -> None:
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        self.lines += [_sample(name, labels, value) for labels, value in samples]
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+# (metric suffix, type, help, row key) for frontends, backends and servers alike.
+_COMMON = (
+    ("current_sessions", "gauge", "Current connections", "scur"),
+    ("max_sessions", "gauge", "Highest number of concurrent connections", "smax"),
+    ("sessions_total", "counter", "Connections since the process started", "stot"),
+    ("bytes_in_total", "counter", "Bytes from clients", "bin"),
+    ("bytes_out_total", "counter", "Bytes to clients", "bout"),
+    ("max_session_rate", "gauge", "Highest number of new connections per second", "rate_max"),
+)
+_UPSTREAM = (
+    ("connection_errors_total", "counter", "Failed connects to brokers", "econ"),
+    ("response_errors_total", "counter", "Brokers that sent no or a bad CONNACK", "eresp"),
+    ("retry_warnings_total", "counter", "Connect retries", "wretr"),
+    ("redispatch_warnings_total", "counter", "Retries sent to another server", "wredis"),
+    ("weight", "gauge", "Weight (servers) or the sum of usable servers' weights", "weight"),
+)
+_SERVER_ONLY = (
+    ("check_failures_total", "counter", "Failed health checks", "chkfail"),
+    ("check_up_down_total", "counter", "Transitions from up to down", "chkdown"),
+    ("check_last_change_seconds", "gauge", "Seconds since the last state change", "lastchg"),
+    ("downtime_seconds_total", "counter", "Seconds spent down", "downtime"),
+    ("current_throttle", "gauge", "Percent of its weight a slow-starting server gets", "throttle"),
+)
+_BACKEND_ONLY = (
+    ("active_servers", "gauge", "Usable primary servers", "act"),
+    ("backup_servers", "gauge", "Usable backup servers", "bck"),
+    ("no_server_total", "counter", "Clients closed because no server could take them", "no_server"),
+    ("sticky_hits_total", "counter", "Clients routed by the stick table", "sticky_hits"),
+    (
+        "sticky_misses_total",
+        "counter",
+        "Clients the stick table did not route (new, expired, server unusable)",
+        "sticky_misses",
+    ),
+    ("learned_client_ids_total", "counter", "Broker-assigned client ids learned", "learned_ids"),
+)
+
+
+def _simple(
+    out: _Exposition, prefix: str, table: tuple, rows: list[tuple[dict[str, object], dict]]
+) -> None:
+    for suffix, kind, help_text, key in table:
+        samples = [(labels, row[key]) for labels, row in rows if row.get(key, "") != ""]
+        out.family(f"{prefix}_{suffix}", kind, help_text, samples)
+
+
+def _by_label(rows: list[tuple[dict[str, object], dict]], key: str, label: str) -> Iterator:
+    for labels, row in rows:
+        for value, count in row[key].items():
+            yield {**labels, label: value}, count
+
+
+def render_metrics(snap: dict[str, Any]) -> str:
+    out = _Exposition()
+    info = {"version": snap["version"], "implementation": snap["implementation"]}
+    out.family("fastmqtt_build_info", "gauge", "Version and implementation", [(info, 1)])
+    out.family(
+        "fastmqtt_process_start_time_seconds",
+        "gauge",
+        "Start time (Unix seconds)",
+        [({}, snap["start_time_seconds"])],
+    )
+    out.family(
+        "fastmqtt_current_connections", "gauge", "Open client connections", [({}, snap["current"])]
+    )
+    out.family("fastmqtt_max_connections", "gauge", "Global maxconn", [({}, snap["maxconn"])])
+    _frontend_metrics(out, [({"frontend": fe["pxname"]}, fe) for fe in snap["frontends"]])
+    backends = [({"backend": be["pxname"]}, be) for be in snap["backends"]]
+    servers = [
+        ({"backend": be["pxname"], "server": sv["svname"]}, sv)
+        for be in snap["backends"]
+        for sv in be["servers"]
+    ]
+    _backend_metrics(out, backends)
+    _server_metrics(out, servers)
+    return out.text()
+
+
+def _frontend_metrics(out: _Exposition, rows: list) -> None:
+    p = "fastmqtt_frontend"
+    _simple(out, p, _COMMON, rows)
+    out.family(
+        f"{p}_limit_sessions", "gauge", "Frontend maxconn", [(lb, r["slim"]) for lb, r in rows]
+    )
+    out.family(
+        f"{p}_denied_connections_total",
+        "counter",
+        "Connections rejected before routing, by reason",
+        _by_label(rows, "denied", "reason"),
+    )
+    out.family(
+        f"{p}_invalid_forwarded_total",
+        "counter",
+        "Invalid CONNECTs forwarded anyway (reject_invalid = false), by reason",
+        _by_label(rows, "invalid_forwarded", "reason"),
+    )
+    out.family(
+        f"{p}_mqtt_connects_total",
+        "counter",
+        "Valid CONNECT packets, by MQTT protocol version",
+        _by_label(rows, "connects_by_version", "protocol_version"),
+    )
+    out.family(
+        f"{p}_accept_errors_total",
+        "counter",
+        "accept() failures (out of fds or memory)",
+        [(lb, r["accept_errors"]) for lb, r in rows],
+    )
+
+
+def _backend_metrics(out: _Exposition, rows: list) -> None:
+    p = "fastmqtt_backend"
+    _simple(out, p, _COMMON + _UPSTREAM + _BACKEND_ONLY, rows)
+    out.family(
+        f"{p}_status",
+        "gauge",
+        "1 for the backend's state (UP: some server usable)",
+        ((lb | {"state": s}, int(r["status"] == s)) for lb, r in rows for s in ("UP", "DOWN")),
+    )
+    name = f"{p}_connect_latency_seconds"
+    out.lines += [
+        f"# HELP {name} Time from a complete CONNECT to a connected broker",
+        f"# TYPE {name} histogram",
+    ]
+    for labels, row in rows:
+        h = row["connect_latency"]
+        for le, count in zip(h["le"], h["cumulative"], strict=True):
+            out.lines.append(_sample(f"{name}_bucket", labels | {"le": le}, count))
+        out.lines += [
+            _sample(f"{name}_sum", labels, h["sum"]),
+            _sample(f"{name}_count", labels, h["count"]),
+        ]
+
+
+def _server_metrics(out: _Exposition, rows: list) -> None:
+    p = "fastmqtt_server"
+    _simple(out, p, _COMMON + _UPSTREAM + _SERVER_ONLY, rows)
+    out.family(
+        f"{p}_limit_sessions",
+        "gauge",
+        "Server maxconn (0: none)",
+        [(lb, r["slim"] or 0) for lb, r in rows],
+    )
+    out.family(
+        f"{p}_status",
+        "gauge",
+        "1 for the server's current state",
+        ((lb | {"state": s}, int(r["state"] == s)) for lb, r in rows for s in SERVER_STATES),
+    )
+    out.family(
+        f"{p}_check_duration_seconds",
+        "gauge",
+        "Duration of the last health check",
+        [(lb, r["check_duration"] / 1000) for lb, r in rows if "check_duration" in r],
+    )
+    out.family(
+        f"{p}_connack_total",
+        "counter",
+        "CONNACK reason codes brokers answered, by code",
+        _by_label(rows, "connack", "code"),
+    )

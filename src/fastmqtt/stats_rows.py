@@ -1,0 +1,256 @@
+"""What the stats listener shows, as plain data: one snapshot of the live frontends, backends
+and servers feeds the HTML page, the CSV, the JSON and the Prometheus text.
+
+Row keys are HAProxy's CSV column names wherever one exists (``scur``, ``stot``, ``econ``,
+``check_status``, ...), so the CSV is the rows themselves; what CSV cannot hold (denied
+connections by reason, CONNACK codes, the latency histogram) rides along for JSON and metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from fastmqtt import IMPLEMENTATION, __version__
+from fastmqtt.backends import Backend, Server, ServerState
+from fastmqtt.health import DESCRIPTIONS, ServerHealth
+from fastmqtt.listener import Frontend
+from fastmqtt.metrics import Histogram
+
+if TYPE_CHECKING:
+    from fastmqtt.server import Proxy
+
+# HAProxy 2.6's leading `show stat` columns, in its order (the rest are HTTP/H2/SSL ones).
+CSV_COLUMNS = (
+    "pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout", "dreq",
+    "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act", "bck",
+    "chkfail", "chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid", "throttle",
+    "lbtot", "tracked", "type", "rate", "rate_lim", "rate_max", "check_status", "check_code",
+    "check_duration", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+    "hanafail", "req_rate", "req_rate_max", "req_tot", "cli_abrt", "srv_abrt", "comp_in",
+    "comp_out", "comp_byp", "comp_rsp", "lastsess", "last_chk", "last_agt", "qtime", "ctime",
+    "rtime", "ttime", "agent_status", "agent_code", "agent_duration", "check_desc", "agent_desc",
+    "check_rise", "check_fall", "check_health", "agent_rise", "agent_fall", "agent_health", "addr",
+    "cookie", "mode", "algo",
+)  # fmt: skip
+TYPES = {"frontend": 0, "backend": 1, "server": 2}  # HAProxy's `type` column
+MQTT_VERSIONS = {3: "3.1", 4: "3.1.1", 5: "5.0"}
+SERVER_STATES = tuple(state.value for state in ServerState)
+
+
+class Rates:
+    """Sessions per second over the last tick, and the highest seen, per object."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, ...], int] = {}
+        self.rate: dict[tuple[str, ...], int] = {}
+        self.max: dict[tuple[str, ...], int] = {}
+
+    def sample(self, key: tuple[str, ...], total: int) -> None:
+        self.rate[key] = total - self._last.get(key, total)
+        self._last[key] = total
+        self.max[key] = max(self.max.get(key, 0), self.rate[key])
+
+    def fields(self, key: tuple[str, ...]) -> dict[str, int]:
+        return {"rate": self.rate.get(key, 0), "rate_max": self.max.get(key, 0)}
+
+
+def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]]]:
+    """Bytes of connections still open (counters only grow when one ends): per frontend
+    name and per server (by id), as [in, out]."""
+    frontends: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    servers: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for session in proxy.hub.sessions.values():
+        c2s, s2c = proxy.hub.counters(session)
+        fe = frontends[session.frontend]
+        fe[0] += c2s  # the CONNECT itself is already counted by the listener
+        fe[1] += session.bytes_out + s2c
+        if session.server is not None:
+            sv = servers[id(session.server)]
+            sv[0] += session.bytes_in + c2s
+            sv[1] += session.bytes_out + s2c
+    return frontends, servers
+
+
+def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]:
+    c = fe.counters
+    return {
+        "pxname": fe.name,
+        "svname": "FRONTEND",
+        "type": TYPES["frontend"],
+        "status": "OPEN" if fe.sock is not None else "STOP",
+        "addr": f"{fe.config.bind_host}:{fe.config.bind_port}",
+        "mode": fe.config.protocol,
+        "scur": c.current,
+        "smax": c.max_current,
+        "slim": fe.config.maxconn,
+        "stot": c.total,
+        "bin": c.bytes_in + live[0],
+        "bout": c.bytes_out + live[1],
+        "dreq": sum(c.denied.values()),
+        "denied": dict(c.denied),
+        "invalid_forwarded": dict(c.invalid_forwarded),
+        "connects_by_version": {
+            MQTT_VERSIONS.get(v, str(v)): n for v, n in sorted(c.connects_by_version.items())
+        },
+        "accept_errors": c.accept_errors,
+        **rates.fields(("frontend", fe.name)),
+    }
+
+
+def _check_fields(health: ServerHealth, now: float) -> dict[str, Any]:
+    check, last = health.check, health.last
+    if check is None:
+        return {}
+    fields: dict[str, Any] = {
+        "check_type": check.type,
+        "check_rise": check.rise,
+        "check_fall": check.fall,
+        "check_health": health.health,
+        "chkfail": health.checks_failed,
+        "chkdown": health.up_down,
+    }
+    if last is not None:
+        assert health.last_check_at is not None
+        fields |= {
+            "check_status": last.status,
+            "check_code": "" if last.code is None else last.code,
+            "check_duration": round(last.duration * 1000),
+            "check_desc": DESCRIPTIONS[last.status],
+            "last_chk": last.info,
+            "check_age": round(now - health.last_check_at, 1),
+        }
+    return fields
+
+
+def _server_row(
+    backend: Backend,
+    server: Server,
+    health: ServerHealth,
+    live: list[int],
+    rates: Rates,
+    now: float,
+) -> dict[str, Any]:
+    c = server.counters
+    up = server.state is ServerState.UP
+    return {
+        "pxname": backend.name,
+        "svname": server.name,
+        "type": TYPES["server"],
+        "sid": server.index + 1,
+        "addr": server.address,
+        "mode": "tcp",
+        "status": health.status_text(),
+        "state": server.state.value,
+        "admin": health.admin.value,
+        "backup": server.backup,
+        "act": int(up and not server.backup),
+        "bck": int(up and server.backup),
+        "weight": server.weight,
+        "throttle": round(health.throttle(now) * 100),
+        "scur": c.current,
+        "smax": c.max_current,
+        "slim": server.maxconn or "",
+        "stot": c.total,
+        "bin": c.bytes_in + live[0],
+        "bout": c.bytes_out + live[1],
+        "econ": c.connect_errors,
+        "eresp": c.response_errors,
+        "wretr": c.retries,
+        "wredis": c.redispatches,
+        "connack": {str(code): n for code, n in sorted(c.connack_codes.items())},
+        "lastchg": round(now - health.last_change),
+        "downtime": round(health.downtime_total(now)),
+        **_check_fields(health, now),
+        **rates.fields(("server", backend.name, server.name)),
+    }
+
+
+def _histogram(h: Histogram) -> dict[str, Any]:
+    cumulative, running = [], 0
+    for count in h.counts:
+        running += count
+        cumulative.append(running)
+    return {"le": [*h.bounds, "+Inf"], "cumulative": cumulative, "sum": h.total, "count": h.count}
+
+
+_SUMMED = ("scur", "smax", "stot", "bin", "bout", "econ", "eresp", "wretr", "wredis", "act", "bck")
+
+
+def _backend_row(backend: Backend, servers: list[dict[str, Any]], rates: Rates) -> dict[str, Any]:
+    c = backend.counters
+    row: dict[str, Any] = {key: sum(s[key] for s in servers) for key in _SUMMED}
+    usable = row["act"] or row["bck"]
+    return {
+        **row,
+        "pxname": backend.name,
+        "svname": "BACKEND",
+        "type": TYPES["backend"],
+        "status": "UP" if usable else "DOWN",
+        "algo": backend.config.balance,
+        "mode": "tcp",
+        "weight": sum(s["weight"] for s in servers if s["state"] == ServerState.UP.value),
+        "lastchg": min((s["lastchg"] for s in servers), default=0),
+        "no_server": c.no_server,
+        "sticky_hits": c.sticky_hits,
+        "sticky_misses": c.sticky_misses,
+        "learned_ids": c.learned_ids,
+        "connect_latency": _histogram(c.connect_latency),
+        "servers": servers,
+        **rates.fields(("backend", backend.name)),
+    }
+
+
+def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
+    """Everything the stats page shows, as plain data (this is also /stats.json)."""
+    now = proxy.loop.time()
+    live_fe, live_sv = _live_bytes(proxy)
+    backends = []
+    for backend in proxy.backends.values():
+        checker = proxy.health[backend.name]
+        servers = [
+            _server_row(backend, s, checker.servers[s.name], live_sv[id(s)], rates, now)
+            for s in backend.servers
+        ]
+        backends.append(_backend_row(backend, servers, rates))
+    uptime = now - proxy.started_at
+    return {
+        "version": __version__,
+        "implementation": IMPLEMENTATION,
+        "pid": os.getpid(),
+        "uptime_seconds": round(uptime, 3),
+        "start_time_seconds": round(time.time() - uptime, 3),
+        "current": proxy.current,
+        "maxconn": proxy.config.global_.maxconn,
+        "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in proxy.frontends],
+        "backends": backends,
+    }
+
+
+def _rows(snap: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """HAProxy's row order: each frontend, then each backend's servers and the backend."""
+    yield from snap["frontends"]
+    for backend in snap["backends"]:
+        yield from backend["servers"]
+        yield backend
+
+
+def render_csv(snap: dict[str, Any]) -> str:
+    out = io.StringIO()
+    out.write("# " + ",".join(CSV_COLUMNS) + "\n")
+    writer = csv.writer(out, lineterminator="\n")
+    iids = {name: i + 1 for i, name in enumerate(_proxy_names(snap))}
+    for row in _rows(snap):
+        values = {**row, "pid": 1, "iid": iids[row["pxname"]], "sid": row.get("sid", 0)}
+        writer.writerow([values.get(column, "") for column in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _proxy_names(snap: dict[str, Any]) -> list[str]:
+    names = [fe["pxname"] for fe in snap["frontends"]]
+    return names + [be["pxname"] for be in snap["backends"] if be["pxname"] not in names]
