@@ -1,0 +1,168 @@
+"""Hostile inputs and the probes that measure what they leave behind in a running fastmqtt."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+
+from fastmqtt import packets
+from fastmqtt.packets import utf8, varint
+from fastmqtt.proxy_protocol import encode_v2
+
+
+def _packet(body: bytes) -> bytes:
+    return b"\x10" + varint(len(body)) + body
+
+
+def raw_connect_packet(
+    flags: int, payload: bytes, level: int = 4, name: bytes = b"MQTT", props: bytes | None = None
+) -> bytes:
+    """A CONNECT built field by field, so any one field can be wrong."""
+    if props is None:
+        props = b"\x00" if level == 5 else b""
+    head = len(name).to_bytes(2, "big") + name + bytes([level, flags]) + b"\x00\x3c"
+    return _packet(head + props + payload)
+
+
+def tls_client_hello() -> bytes:
+    """The first flight of a real TLS client (what a TLS client sends to a plain port)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="broker")
+    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the ServerHello
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile client: what it sends, the end reason fastmqtt must log, and the CONNACK a
+    ``reject_with_connack`` frontend answers with (None: closed without one)."""
+
+    name: str
+    data: bytes
+    reason: str
+    connack: bytes | None = None
+    hold: bool = False  # keep the socket open after sending (else half-close it)
+
+
+def catalogue() -> list[Case]:
+    v4_ok = packets.connect("ok", version=4)
+    return [
+        Case("zero-byte", b"", "client-closed-early"),
+        Case("5-byte-remaining-length", b"\x10\xff\xff\xff\xff\x7f", "bad-remaining-length"),
+        Case(
+            "remaining-length-past-data",
+            v4_ok[:1] + b"\x30" + v4_ok[2:],
+            "inspect-timeout",
+            None,
+            True,
+        ),
+        Case(
+            "wrong-protocol-name",
+            raw_connect_packet(2, utf8("c"), name=b"MQTX"),
+            "bad-protocol-name",
+        ),
+        Case(
+            "unknown-protocol-level",
+            raw_connect_packet(2, utf8("c"), level=2),
+            "bad-protocol-version",
+            packets.connack(1, 4),
+        ),
+        Case(
+            "reserved-flag",
+            raw_connect_packet(3, utf8("c"), level=5),
+            "reserved-flag",
+            packets.connack(0x81, 5),
+        ),
+        Case(
+            "will-qos-3",
+            raw_connect_packet(0x1E, utf8("c") + utf8("t") + utf8("m")),
+            "bad-will-qos",
+        ),
+        Case(
+            "password-without-username",
+            raw_connect_packet(0x42, utf8("c") + utf8("p")),
+            "password-without-username",
+        ),
+        Case(
+            "properties-length-overrun",
+            raw_connect_packet(2, utf8("c"), level=5, props=b"\x7f"),
+            "length-mismatch",
+            packets.connack(0x81, 5),
+        ),
+        Case(
+            "invalid-utf8-client-id",
+            raw_connect_packet(2, b"\x00\x02\xc3\x28"),
+            "bad-utf8",
+            packets.connack(2, 4),
+        ),
+        Case(
+            "nul-in-client-id",
+            raw_connect_packet(2, utf8("a\x00b"), level=5),
+            "bad-utf8",
+            packets.connack(0x85, 5),
+        ),
+        Case(
+            "too-large",
+            packets.connect("x" * 65_000, 5, username="u" * 65_000, password=b"p" * 65_000),
+            "packet-too-large",
+            packets.connack(0x95, 5),
+        ),
+        Case("http-request", b"GET /mqtt HTTP/1.1\r\nHost: broker\r\n\r\n", "http-request"),
+        Case("tls-client-hello", tls_client_hello(), "tls-handshake"),
+        Case(
+            "proxy-v1-untrusted",
+            b"PROXY TCP4 10.9.8.7 10.0.0.1 4242 1883\r\n" + v4_ok,
+            "not-connect",
+        ),
+        Case(
+            "proxy-v2-untrusted",
+            encode_v2(("10.9.8.7", 4242), ("10.0.0.1", 1883)) + v4_ok,
+            "not-connect",
+        ),
+    ]
+
+
+def send_and_read(port: int, case: Case, timeout: float = 10.0, host: str = "127.0.0.1") -> bytes:
+    """Play ``case`` against fastmqtt; everything it answered before closing."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        try:
+            sock.sendall(case.data)
+            if not case.hold:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:  # refused before it sent everything: what came back still counts
+            pass
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Bytes until EOF or reset; TimeoutError if the peer keeps the connection open."""
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
