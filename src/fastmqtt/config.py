@@ -965,9 +965,7 @@ def _build_frontend(
     return frontend
 
 
-def _check_accept_proxy(
-    frontend: FrontendConfig, values: dict, path: str, report: _Report
-) -> None:
+def _check_accept_proxy(frontend: FrontendConfig, values: dict, path: str, report: _Report) -> None:
     if frontend.accept_proxy and not frontend.trusted_proxies:
         text = 'needs trusted_proxies (the balancers allowed to send it, e.g. ["10.0.0.0/8"])'
         report.error(_join(path, "accept_proxy"), text)
@@ -1149,8 +1147,12 @@ def _check_ws_backends(config: Config, report: _Report) -> None:
     """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one."""
     for frontend in config.frontends:
         backend = config.backends.get(frontend.backend)
-        if backend is not None and backend.ws_backend == "passthrough" and frontend.protocol != "ws":
-            text = f'backend {backend.name} has ws_backend = "passthrough", which needs protocol = "ws"'
+        if (
+            backend is not None
+            and backend.ws_backend == "passthrough"
+            and frontend.protocol != "ws"
+        ):
+            text = f'backend {backend.name} has ws_backend = "passthrough": needs protocol = "ws"'
             report.error(f"frontend.{frontend.name}.protocol", text)
 
 

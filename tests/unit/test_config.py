@@ -21,6 +21,7 @@ from fastmqtt.config import (
     ClientTimeout,
     Config,
     FrontendConfig,
+    FrontendTLSConfig,
     ServerConfig,
     StickConfig,
     load_config,
@@ -157,7 +158,7 @@ def test_good_config_every_section() -> None:
     assert (secure.reject_invalid, secure.allow_bridge) == (False, False)
     assert (secure.max_connect_size, secure.maxconn) == (1024 * 1024, 100)
     assert secure.timeout_client == ClientTimeout(False, 120.0, 45.0, 600.0)
-    assert secure.tls == {"cert": "server.pem", "alpn": ("mqtt",)}
+    assert secure.tls == FrontendTLSConfig(cert=os.path.abspath("server.pem"), alpn=("mqtt",))
 
     backend = config.backend_for(secure)
     assert backend == BackendConfig(
@@ -213,8 +214,8 @@ def test_config_is_immutable() -> None:
         config.global_.maxconn = 5  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.backends["other"] = config.backends["emqx"]  # type: ignore[index]
-    with pytest.raises(TypeError):
-        config.frontends[1].tls["cert"] = "x"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.frontends[1].tls.cert = "x"  # type: ignore[misc, union-attr]
     assert isinstance(config.backends, MappingProxyType)
     assert isinstance(config.frontends, tuple)
 
