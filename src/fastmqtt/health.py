@@ -282,8 +282,10 @@ class ServerHealth:
         """HAProxy's status column: "UP", "UP 1/3" (going down), "DOWN 1/2" (coming up)..."""
         state = self.state()
         check = self.check
-        if check is None or state in (ServerState.MAINT, ServerState.DRAIN):
-            return state.value if check is not None or state is not ServerState.UP else "no check"
+        if state in (ServerState.MAINT, ServerState.DRAIN):
+            return state.value
+        if check is None:
+            return "no check"  # HAProxy's words for a server that is never probed
         if self.up and self.health < check.rise + check.fall - 1:
             return f"{state.value} {self.health - check.rise + 1}/{check.fall}"
         if not self.up and self.health > 0:
