@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fastmqtt.brokers import free_port
+from fastmqtt.proxy_protocol import encode_v2_local
 from tests.support.lb import Client, landed, lb_port, raw_connect, recipe, wait_until
 from tests.support.stats import HealthEndpoint, SilentServer, Stats, checked_recipe, stats_toml
 
@@ -123,32 +124,36 @@ def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
 
 
 def test_mqtt_check_catches_a_silent_broker_that_a_tcp_check_misses(fastmqtt):
-    silent = SilentServer()
-    port_a, port_b, stats_port = lb_port(), lb_port(), free_port()
+    """One hung broker (accepts TCP, never answers) behind three backends: an `mqtt` check,
+    a `tcp` check, and a `tcp` check that sends a PROXY v2 LOCAL header first."""
+    silent, proxied = SilentServer(), SilentServer()
+    port, stats_port = lb_port(), free_port()
     backends = ""
-    for name, kind in (("mqttcheck", "mqtt"), ("tcpcheck", "tcp")):
+    for name, kind, target in (
+        ("mqttcheck", 'type = "mqtt"', silent),
+        ("tcpcheck", 'type = "tcp"', silent),
+        ("proxycheck", 'type = "tcp", send_proxy = true', proxied),
+    ):
         backends += (
-            f'[backend.{name}]\ncheck = {{ type = "{kind}", {FAST_CHECK}, rise = 1, fall = 1 }}\n'
-            f'[[backend.{name}.server]]\nname = "silent"\naddress = "{silent.address}"\n\n'
+            f"[backend.{name}]\ncheck = {{ {kind}, {FAST_CHECK}, rise = 1, fall = 1 }}\n"
+            f'[[backend.{name}.server]]\nname = "silent"\naddress = "{target.address}"\n\n'
         )
-    config = (
-        f'[frontend.a]\nbind = "127.0.0.1:{port_a}"\nbackend = "mqttcheck"\n'
-        f'[frontend.b]\nbind = "127.0.0.1:{port_b}"\nbackend = "tcpcheck"\n\n'
-        + backends
-        + stats_toml(stats_port)
-    )
+    config = f'[frontend.a]\nbind = "127.0.0.1:{port}"\nbackend = "mqttcheck"\n\n{backends}'
     try:
-        fastmqtt(config, port=port_a)
+        fastmqtt(config + stats_toml(stats_port), port=port)
         stats = Stats(stats_port)
         assert wait_until(lambda: stats.servers("mqttcheck")["silent"]["state"] == "DOWN")
-        time.sleep(0.5)  # a few more rounds of both checks
+        time.sleep(0.5)  # a few more rounds of every check
         by_mqtt, by_tcp = stats.servers("mqttcheck")["silent"], stats.servers("tcpcheck")["silent"]
         assert by_mqtt["state"] == "DOWN" and by_mqtt["check_status"] == "L7TOUT"
         assert by_tcp["state"] == "UP" and by_tcp["check_status"] == "L4OK"
         assert by_tcp["chkfail"] == 0
         assert silent.accepted >= 4  # both checks really reached it
+        assert any(data.startswith(b"\x10") for data in silent.received)  # the mqtt CONNECT
+        assert proxied.received and set(proxied.received) == {encode_v2_local()}
     finally:
         silent.close()
+        proxied.close()
 
 
 def test_http_check_marks_down_and_shuts_its_sessions(brokers, fastmqtt):

@@ -71,13 +71,15 @@ class Stats:
 
 
 class SilentServer:
-    """Accepts TCP connections and never says a word: a hung broker."""
+    """Accepts TCP connections and never says a word: a hung broker. Keeps the first bytes
+    each connection sent (within 50 ms)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.sock = socket.create_server(("127.0.0.1", self.port))
         self.sock.settimeout(0.2)
         self.accepted = 0
+        self.received: list[bytes] = []
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -94,7 +96,12 @@ class SilentServer:
             except TimeoutError:
                 continue
             self.accepted += 1
-            self._conns.append(conn)  # held open, never read
+            self._conns.append(conn)  # held open, never answered
+            conn.settimeout(0.05)
+            try:
+                self.received.append(conn.recv(4096))
+            except TimeoutError:
+                self.received.append(b"")
 
     def close(self) -> None:
         self._stop.set()
