@@ -288,8 +288,15 @@ def versions() -> str:
     """What was measured, for the record: the numbers mean little without it."""
     haproxy = subprocess.run([find_haproxy(), "-v"], capture_output=True, text=True, timeout=10)
     mosquitto = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True, timeout=10)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    at = f" at {commit.stdout.strip()}" if commit.returncode == 0 else ""
     return (
-        f"fastmqtt {fastmqtt.__version__} ({fastmqtt.IMPLEMENTATION}), "
+        f"fastmqtt {fastmqtt.__version__} ({fastmqtt.IMPLEMENTATION}){at}, "
         f"{haproxy.stdout.split(' - ')[0].strip()}, {mosquitto.stdout.splitlines()[0]}, "
         f"Python {platform.python_version()}, {os.cpu_count()} cores shared, nothing pinned"
     )
