@@ -254,6 +254,9 @@ class StatsServer:
 
     def _change(self, request: Request, backend: str, server: str) -> None:
         """Apply ``{"state": ...}`` and/or ``{"weight": N}``; _HTTPError when invalid."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":  # a browser form of another site cannot send it
+            raise _HTTPError(415, "Content-Type must be application/json")
         try:
             change = json.loads(request.body)
         except ValueError:

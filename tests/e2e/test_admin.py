@@ -104,6 +104,9 @@ def test_admin_api_refuses_without_auth_and_rejects_bad_requests(cluster):
     for body in ({"state": "down"}, {"weight": 300}, {"weight": True}, {"colour": "red"}, []):
         assert admin.request(path, body)[0] == 400, body
     assert admin.request("/api/servers/cluster/node9", {"state": "drain"})[0] == 404
+    form = Stats(stats_port, "ops", PASSWORD)
+    form.headers["Content-Type"] = "text/plain"  # what a cross-site HTML form can send
+    assert form.request(path, {"state": "drain"})[0] == 415
     assert admin.request(path, {"state": "maint", "weight": 3})[0] == 200
     assert (admin.servers()["node1"]["state"], admin.servers()["node1"]["weight"]) == ("MAINT", 3)
     assert {row["svname"] for row in json.loads(admin.get("/api/servers"))} == {"node1", "node2"}

@@ -36,7 +36,7 @@ class Stats:
 
     def __init__(self, port: int, user: str | None = None, password: str | None = None) -> None:
         self.base = f"http://127.0.0.1:{port}"
-        self.headers = {}
+        self.headers = {"Content-Type": "application/json"}
         if user is not None:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
