@@ -23,6 +23,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import struct
 import sys
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ PINGREQ = b"\xc0\x00"
 CONNACK, PUBLISH, SUBACK = 2, 3, 9
 PROTOCOL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}
 TIMESTAMP_BYTES = 8
+_STAMP = struct.Struct("<Q")  # a payload starts with its send time, perf_counter_ns
 MAX_FDS_PER_PROCESS = 19_000  # the hard limit here is 20,000 open files per process
 START_DELAY = 0.2  # seconds between the parent's "start" and the window: lets every worker see it
 DRAIN_TIMEOUT = 1.0  # how long QoS 0 echoes still in flight may take after the window closes
@@ -205,30 +207,38 @@ class Client(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
+        if self.buf:  # only a packet cut across reads is copied; whole ones are read in place
+            self.buf += data
+            data = self.buf  # type: ignore[assignment]
+        used, echoes = self._frames(data)
+        self.buf = bytearray(data[used:])
+        if echoes:
+            self.stats.received += echoes
+            if self.on_echoes is not None:
+                self.on_echoes(echoes)
+
+    def _frames(self, buf: bytes | bytearray) -> tuple[int, int]:
+        """Handle every complete packet in ``buf``: (bytes used, PUBLISH echoes seen)."""
         pos, end, echoes = 0, len(buf), 0
-        now = time.perf_counter_ns()
+        now, record = time.perf_counter_ns(), self.stats.echo.add
         while end - pos >= 2:
-            body, length = _remaining_length(buf, pos, end)
+            length = buf[pos + 1]
+            if length < 0x80:  # one-byte remaining length: every small packet, inline
+                body = pos + 2
+            else:
+                body, length = _remaining_length(buf, pos, end)
             if body < 0 or body + length > end:
                 break
             kind = buf[pos] >> 4
             if kind == PUBLISH:
-                start = body + self.echo_offset
-                sent_at = int.from_bytes(buf[start : start + TIMESTAMP_BYTES], "little")
-                self.stats.echo.add(now - sent_at)
+                record(now - _STAMP.unpack_from(buf, body + self.echo_offset)[0])
                 echoes += 1
             elif kind == CONNACK and not self.connack.done():
                 self.connack.set_result(buf[body + 1])  # return code / reason code
             elif kind == SUBACK and not self.suback.done():
                 self.suback.set_result(buf[body + length - 1])  # granted QoS or failure
             pos = body + length
-        del buf[:pos]
-        if echoes:
-            self.stats.received += echoes
-            if self.on_echoes is not None:
-                self.on_echoes(echoes)
+        return pos, echoes
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -239,7 +249,7 @@ class Client(asyncio.Protocol):
             self.transport.abort() if abort else self.transport.close()
 
 
-def _remaining_length(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
+def _remaining_length(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     """(offset of the body, its length) for the packet at ``pos``; (-1, 0) when incomplete."""
     length, multiplier, i = 0, 1, pos + 1
     while i < end and i < pos + 5:
@@ -454,7 +464,7 @@ class Worker:
         stats = self.stats
 
         def send(count: int) -> None:
-            stamp = time.perf_counter_ns().to_bytes(TIMESTAMP_BYTES, "little")
+            stamp = _STAMP.pack(time.perf_counter_ns())
             client.write((prefix + stamp + padding) * count)
             stats.sent += count
 
