@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmqtt.bench import Histogram
+from fastmqtt.bench import Client, Histogram, Stats, publish_prefix
 from fastmqtt.brokers import Mosquitto, free_port
 
 
@@ -91,3 +92,22 @@ def test_histogram_percentiles_within_resolution() -> None:
     assert h.percentile_ms(50) == pytest.approx(5.0, rel=0.04)
     assert h.percentile_ms(99) == pytest.approx(9.9, rel=0.04)
     assert Histogram().percentile_ms(50) is None
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_client_frames_packets_cut_at_every_offset(version: int) -> None:
+    topic = "bench/split-7"
+    offset = 2 + len(topic) + (version == 5)
+    echo = publish_prefix(topic, 200, version) + (1).to_bytes(8, "little") + bytes(192)
+    suback = b"\x90\x04\x00\x01\x00\x00" if version == 5 else b"\x90\x03\x00\x01\x00"
+    stream = b"\x20\x02\x00\x00" + suback + echo * 3
+
+    async def every_cut() -> None:
+        for cut in range(len(stream) + 1):
+            client = Client(Stats(), offset)
+            client.data_received(stream[:cut])
+            client.data_received(stream[cut:])
+            got = (client.connack.result(), client.suback.result(), client.stats.received)
+            assert got == (0, 0, 3), cut
+
+    asyncio.run(every_cut())
