@@ -815,7 +815,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.conflict_handler = "resolve"  # our -h is --hostname, as in mqttx
     modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
     conn = modes.add_parser(
         "conn", add_help=False, help="connect clients and hold them, or churn them"
