@@ -4,21 +4,43 @@ connect, forward the buffered bytes, read the broker's CONNACK, and hand both so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
+import ssl
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastmqtt.access import Guard
 from fastmqtt.backends import Backend, NoServerAvailable, Server
-from fastmqtt.config import FrontendConfig
+from fastmqtt.config import BackendConfig, FrontendConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.errors import MalformedPacket, Refused
 from fastmqtt.metrics import FrontendCounters
 from fastmqtt.parse import Connack, Connect, inspect_connack, inspect_connect
-from fastmqtt.proxy_protocol import encode_v1, encode_v2
+from fastmqtt.proxy_accept import ProxyRefused, read_header, refuse_header, trusted
+from fastmqtt.proxy_protocol import PP2_TYPE_AUTHORITY, encode_v1, encode_v2
 from fastmqtt.session import Session
+from fastmqtt.streams import (
+    SocketStream,
+    Stream,
+    StreamClosed,
+    TransportStream,
+    WsBridge,
+    WsPassthrough,
+    WsUpstream,
+)
+from fastmqtt.tls import ServerTLS, TLSInfo, client_context, ssl_tlv
+from fastmqtt.websocket import (
+    HandshakeError,
+    accept_response,
+    check_upgrade,
+    forwarded_request,
+    head_end,
+    parse_request,
+)
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -27,7 +49,6 @@ log = logging.getLogger("fastmqtt")
 
 ACCEPT_BATCH = 64  # accepts per wakeup, so one busy listener cannot starve the loop
 RESOURCE_BACKOFF = 0.1  # seconds accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM
-RECV_SIZE = 65536
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -37,6 +58,16 @@ class Rejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(slots=True)
+class _Link:
+    """One connection while it is routed: where its bytes come from now (a socket, then
+    maybe TLS, then maybe WebSocket), the address it reached, and what it is waiting for."""
+
+    client: Stream
+    dst: tuple[str, int]  # our address, or the one a trusted PROXY header reports
+    phase: str = "inspect"  # names the timeout if inspect_delay runs out
 
 
 def open_listener(host: str, port: int, reuse_port: bool, backlog: int) -> socket.socket:
@@ -68,6 +99,7 @@ class Frontend:
         self.accepting = False
         self._backoff: asyncio.TimerHandle | None = None
         self.guard = Guard(config, proxy)  # access rules and rate limits (access.py)
+        self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls") if config.tls else None
 
     def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
         """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
@@ -75,6 +107,18 @@ class Frontend:
         self.name = config.name
         self.backend = backend
         self.guard.reconfigure(config)
+        self.reload_tls()
+
+    def reload_tls(self) -> None:
+        """Load the certificates again (SIGHUP, reload): new handshakes use them, established
+        connections keep theirs. Raises TLSMaterialError, keeping the old ones, if any is bad."""
+        client_context.cache_clear()
+        if self.config.tls is None:
+            self.tls = None
+        elif self.tls is None:
+            self.tls = ServerTLS(self.config.tls, f"frontend.{self.name}.tls")
+        else:
+            self.tls.reload(self.config.tls)
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -153,41 +197,38 @@ class Frontend:
     # -- one connection ----------------------------------------------------------------
 
     async def _serve(self, session: Session, conn: socket.socket) -> None:
+        link = _Link(SocketStream(self.proxy.loop, conn), conn.getsockname()[:2])
         handed_over = False
         try:
-            handed_over = await self._route(session, conn)
-        except (Rejected, Refused) as exc:
+            handed_over = await self._route(session, conn, link)
+        except (Rejected, Refused, ProxyRefused) as exc:
             session.end_reason = exc.reason
             self.counters.denied[exc.reason] += 1
         except OSError as exc:
             session.end_reason = f"error:{errno.errorcode.get(exc.errno or 0, 'EIO')}"
         finally:
             if not handed_over:
-                conn.close()
+                link.client.close()
                 self.proxy.session_ended(session)
 
-    async def _route(self, session: Session, conn: socket.socket) -> bool:
-        loop = self.proxy.loop
+    async def _route(self, session: Session, conn: socket.socket, link: _Link) -> bool:
         data = bytearray()
-        connect = None
-        self.guard.admit_source(session)
-        if self.config.protocol == "mqtt":
-            connect = await self._inspect(conn, data)
-            if connect is not None:
-                self._note_connect(session, connect)
+        connect = await self._receive(session, conn, link, data)
         session.inspected_at = time.monotonic()
-        backend = await self.guard.admit(conn, session, connect) or self.backend
+        backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
         session.backend = backend.name
         stick_key = self._stick_key(session, backend)
         try:
-            server, upstream = await backend.connect(self._hash_key(session, backend), stick_key)
+            server, sock = await backend.connect(self._hash_key(session, backend), stick_key)
         except NoServerAvailable:
             raise Rejected("no-server") from None
         session.server = server
         session.connected_at = time.monotonic()
         backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
+        upstream = await self._open_upstream(sock, server, backend)
         try:
-            await loop.sock_sendall(upstream, self._proxy_header(conn, backend) + data)
+            header = self._proxy_header(session, link, backend)
+            await upstream.write(header + link.client.wire(bytes(data)))
             to_client = b""
             if connect is not None:
                 to_client = await self._read_connack(upstream, server, session, backend)
@@ -205,34 +246,131 @@ class Frontend:
         self.proxy.session_established(session, server, stick_key)
         self.proxy.hub.start(
             session,
-            conn,
-            upstream,
+            link.client.endpoint(),  # type: ignore[arg-type]
+            upstream.endpoint(),  # type: ignore[arg-type]
             client_idle=self.config.timeout_client.for_keepalive(session.keepalive),
             server_idle=backend.config.timeout_server,
             to_client=to_client,
+            spliceable=link.client.spliceable and upstream.spliceable,
         )
         return True
 
-    async def _inspect(self, conn: socket.socket, data: bytearray) -> Connect | None:
-        """Read until a complete CONNECT arrives (None: invalid but forwarded as is)."""
-        loop = self.proxy.loop
+    async def _receive(
+        self, session: Session, conn: socket.socket, link: _Link, data: bytearray
+    ) -> Connect | None:
+        """Everything before a server is chosen, within ``inspect_delay``: the PROXY header,
+        the TLS handshake, the WebSocket upgrade, the CONNECT."""
         try:
-            with Deadline(loop, self.config.inspect_delay):
-                while True:
-                    chunk = await loop.sock_recv(conn, RECV_SIZE)
-                    if not chunk:
-                        raise Rejected("client-closed-early")
-                    data += chunk
-                    connect = inspect_connect(
-                        data, self.config.max_connect_size, self.config.allow_bridge
-                    )
-                    if connect is not None:
-                        return connect
+            with Deadline(self.proxy.loop, self.config.inspect_delay):
+                link.phase = "proxy-header"
+                await self._accept_proxy(session, conn, link)
+                self.guard.admit_source(session)
+                await self._open_client(session, conn, link)
+                link.phase = "inspect"
+                if self.config.protocol == "tcp":
+                    return None
+                connect = await self._inspect(link.client, data)
         except TimeoutError:
-            raise Rejected("inspect-timeout") from None
+            raise Rejected(f"{link.phase}-timeout") from None
+        except StreamClosed as exc:
+            raise Rejected(str(exc)) from None
+        if connect is not None:
+            self._note_connect(session, connect)
+        return connect
+
+    async def _accept_proxy(self, session: Session, conn: socket.socket, link: _Link) -> None:
+        """``accept_proxy``: the client address is the one the trusted balancer reports."""
+        if not self.config.accept_proxy:
+            return
+        loop = self.proxy.loop
+        if not trusted(session.client_addr[0], self.config.trusted_proxies):
+            await refuse_header(loop, conn)
+            return
+        header = await read_header(loop, conn)
+        if header.src is not None and header.dst is not None:  # LOCAL: the balancer's own
+            session.client_addr, link.dst = header.src, header.dst
+
+    async def _open_client(self, session: Session, conn: socket.socket, link: _Link) -> None:
+        """TLS, then WebSocket, over the accepted socket, as the frontend says."""
+        if self.tls is not None:
+            link.phase = "tls-handshake"
+            link.client = await self._handshake(conn)
+        if self.config.protocol == "ws":
+            link.phase = "ws-upgrade"
+            link.client = await self._upgrade(session, link.client)
+
+    async def _handshake(self, conn: socket.socket) -> Stream:
+        assert self.tls is not None
+        loop, timeout = self.proxy.loop, self.config.inspect_delay
+        try:
+            return await TransportStream.accept(loop, conn, self.tls.context, timeout)
+        except ssl.SSLError as exc:  # counted by OpenSSL's reason: no-shared-cipher, ...
+            raise Rejected("tls-" + (exc.reason or "error").lower().replace("_", "-")) from None
+        except ConnectionAbortedError:  # uvloop's own handshake timeout
+            raise Rejected("tls-handshake-timeout") from None
+        except ConnectionError:
+            raise Rejected("tls-client-closed") from None
+
+    async def _upgrade(self, session: Session, client: Stream) -> Stream:
+        """Answer the HTTP upgrade ourselves (both modes: the CONNECT comes only after it)."""
+        head = bytearray()
+        try:
+            while (end := head_end(head)) < 0:
+                chunk = await client.read()
+                if not chunk:
+                    raise Rejected("client-closed-early")
+                head += chunk
+            request = parse_request(bytes(head[:end]))
+            subprotocol = check_upgrade(request, self.config.ws_path, self.config.ws_subprotocols)
+        except HandshakeError as exc:
+            with contextlib.suppress(OSError):
+                await client.write(exc.response())
+            raise Rejected(exc.reason) from None
+        await client.write(accept_response(request, subprotocol))
+        early = bytes(head[end:])
+        if self.backend.config.ws_backend == "passthrough":
+            forward = forwarded_request(request, session.client_addr[0])
+            return WsPassthrough(client, forward, early)
+        return WsBridge(client, early)
+
+    async def _open_upstream(self, sock: socket.socket, server: Server, backend: Backend) -> Stream:
+        """The broker's side: TLS if the backend asks for it, WebSocket for passthrough."""
+        upstream: Stream = SocketStream(self.proxy.loop, sock)
+        tls = backend.config.tls
+        if tls is not None:
+            try:
+                upstream = await TransportStream.connect(
+                    self.proxy.loop,
+                    sock,
+                    client_context(tls),
+                    tls.sni or server.config.host,
+                    backend.config.timeout_connect,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                server.counters.connect_errors += 1
+                reason = getattr(exc, "reason", None) or "handshake"
+                raise Rejected("server-tls-" + str(reason).lower().replace("_", "-")) from None
+        if backend.config.ws_backend == "passthrough":
+            upstream = WsUpstream(upstream)
+        return upstream
+
+    async def _inspect(self, client: Stream, data: bytearray) -> Connect | None:
+        """Read until a complete CONNECT arrives (None: invalid but forwarded as is)."""
+        try:
+            while True:
+                chunk = await client.read()
+                if not chunk:
+                    raise Rejected("client-closed-early")
+                data += chunk
+                connect = inspect_connect(
+                    data, self.config.max_connect_size, self.config.allow_bridge
+                )
+                if connect is not None:
+                    return connect
         except MalformedPacket as exc:
             if self.config.reject_invalid:
-                self.guard.refuse_malformed(conn, data, exc.reason, exc.offset)
+                self.guard.refuse_malformed(client, data, exc.reason, exc.offset)  # type: ignore[arg-type]
                 raise Rejected(exc.reason) from None
             self.counters.invalid_forwarded[exc.reason] += 1
             return None
@@ -263,37 +401,55 @@ class Frontend:
         # no id to hash on: spread by address and port rather than piling onto one server
         return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
 
-    def _proxy_header(self, conn: socket.socket, backend: Backend) -> bytes:
+    def _proxy_header(self, session: Session, link: _Link, backend: Backend) -> bytes:
         version = backend.config.send_proxy
         if version is None:
             return b""
-        src, dst = conn.getpeername()[:2], conn.getsockname()[:2]
-        return encode_v2(src, dst) if version == "v2" else encode_v1(src, dst)
+        src, dst = session.client_addr, link.dst
+        if version == "v1":
+            return encode_v1(src, dst)
+        return encode_v2(src, dst, self._tlvs(session, link.client.tls, backend.config))
+
+    def _tlvs(
+        self, session: Session, tls: TLSInfo | None, config: BackendConfig
+    ) -> list[tuple[int, bytes]]:
+        """PROXY v2 TLVs the backend asked for (``proxy_tlvs``), where there is a value."""
+        wanted = config.proxy_tlvs
+        tlvs = []
+        if "ssl" in wanted and tls is not None:
+            tlvs.append(ssl_tlv(tls))
+        if "authority" in wanted and tls is not None and tls.sni:
+            tlvs.append((PP2_TYPE_AUTHORITY, tls.sni.encode()))
+        if "client_id" in wanted and session.client_id:
+            tlvs.append((config.proxy_client_id_tlv, session.client_id.encode()))
+        return tlvs
 
     async def _read_connack(
-        self, upstream: socket.socket, server: Server, session: Session, backend: Backend
+        self, upstream: Stream, server: Server, session: Session, backend: Backend
     ) -> bytes:
         """Read the broker's first answer; bytes beyond the CONNACK travel on with it."""
-        loop = self.proxy.loop
         data = bytearray()
         try:
-            with Deadline(loop, backend.config.timeout_server):
+            with Deadline(self.proxy.loop, backend.config.timeout_server):
                 while True:
-                    chunk = await loop.sock_recv(upstream, RECV_SIZE)
+                    chunk = await upstream.read()
                     if not chunk:
                         break  # broker closed: forward whatever it said, the relay sees the EOF
                     data += chunk
                     connack = inspect_connack(data, session.protocol_version)
                     if connack is not None:
                         self._note_connack(session, server, connack)
-                        return bytes(data)
+                        return upstream.wire(bytes(data))
         except TimeoutError:
             server.counters.response_errors += 1
             raise Rejected("server-timeout") from None
+        except (StreamClosed, HandshakeError) as exc:
+            server.counters.response_errors += 1
+            raise Rejected(getattr(exc, "reason", None) or str(exc)) from None
         except MalformedPacket:
             pass  # not ours to judge the broker: relay it, count it
         server.counters.response_errors += 1
-        return bytes(data)
+        return upstream.wire(bytes(data))
 
     def _note_connack(self, session: Session, server: Server, connack: Connack) -> None:
         session.connack_code = connack.reason_code

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastmqtt._accel import NO_EXTENSIONS
-from fastmqtt.relay_loop import LoopRelay
+from fastmqtt.relay_loop import Endpoint, LoopRelay
 from fastmqtt.session import Session
 
 
@@ -47,17 +47,19 @@ class RelayHub:
     def start(
         self,
         session: Session,
-        client_sock: socket.socket,
-        server_sock: socket.socket,
+        client_sock: Endpoint,
+        server_sock: Endpoint,
         client_idle: float,
         server_idle: float,
         to_server: bytes = b"",
         to_client: bytes = b"",
         spliceable: bool = True,
     ) -> None:
-        """Hand both sockets over; ``to_*`` are bytes already read that go out first."""
+        """Hand both sides over; ``to_*`` are bytes already read that go out first. Only
+        ``spliceable`` pairs (plain sockets both) may go to the C engine."""
         self.sessions[session.id] = session
         if self.engine is not None and spliceable:
+            assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
             self.engine.add(
                 session.id,
                 client_sock.detach(),

@@ -4,6 +4,11 @@ Used for TLS and WebSocket connections (which the C engine cannot splice) and as
 when the compiled engine is not in use. Backpressure: when one side's write buffer passes the
 high-water mark, reading from the other side pauses until it drains. Half-close: EOF from one
 side becomes write_eof() towards the other; the pair ends when both directions are done.
+
+Each side is an ``Endpoint``: a plain socket (wrapped here), a transport the listener already
+opened (TLS: ``Adopted``, with bytes it had buffered but not consumed), or either of those with
+a ``Codec`` in front (``Framed``: the WebSocket bridge) that turns what the side sends into
+MQTT bytes for the peer, answers control messages itself, and frames what goes back.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 # (bytes client->server, bytes server->client, end reason)
 DoneCallback = Callable[[int, int, str], None]
@@ -20,18 +27,59 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
+class Codec(Protocol):
+    def decode(self, data: bytes) -> tuple[bytes, bytes, str | None]:
+        """(bytes for the peer, bytes to answer this side with, end reason or None)."""
+
+    def encode(self, data: bytes) -> bytes:
+        """The peer's bytes as this side expects them."""
+
+    def closing(self, reason: str) -> bytes:
+        """Last bytes for this side when the pair ends for ``reason`` (b"" if none)."""
+
+
+@dataclass(slots=True)
+class Adopted:
+    """An open transport (TLS) and the bytes its previous protocol received but did not use."""
+
+    transport: asyncio.Transport
+    pending: bytes = b""
+
+
+@dataclass(slots=True)
+class Framed:
+    """An endpoint whose bytes pass through ``codec`` (WebSocket frames <-> MQTT bytes)."""
+
+    inner: socket.socket | Adopted
+    codec: Codec
+
+
+Endpoint = socket.socket | Adopted | Framed
+
+
 class _Side(asyncio.Protocol):
     """One socket of the pair; ``role`` is "client" or "server" and names end reasons."""
 
-    __slots__ = ("early", "eof", "last_read", "pair", "peer", "received", "role", "transport")
+    __slots__ = (
+        "codec",
+        "eof",
+        "last_read",
+        "outbox",
+        "pair",
+        "peer",
+        "received",
+        "role",
+        "transport",
+    )
 
     def __init__(self, pair: LoopRelay, role: str) -> None:
         self.pair = pair
         self.role = role
         self.peer: _Side | None = None
         self.transport: asyncio.Transport | None = None
+        self.codec: Codec | None = None
         self.received = 0
-        self.early: list[bytes] = []
+        self.outbox: list[bytes] = []  # for this side, before its transport is wired
         self.eof = False
         self.last_read = time.monotonic()
 
@@ -39,14 +87,26 @@ class _Side(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
+    def send(self, data: bytes) -> None:
+        """Bytes from the peer, for this side (framed by this side's codec)."""
+        if self.transport is None:  # uvloop reads before the other side is wired
+            self.outbox.append(data)
+        elif data:
+            self.transport.write(self.codec.encode(data) if self.codec else data)
+
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
         self.last_read = time.monotonic()
         assert self.peer is not None
-        if self.peer.transport is None:  # uvloop reads before the other side is wired
-            self.early.append(data)
-        else:
-            self.peer.transport.write(data)
+        end = None
+        if self.codec is not None:
+            data, reply, end = self.codec.decode(data)
+            if reply and self.transport is not None:
+                self.transport.write(reply)
+        if data:
+            self.peer.send(data)
+        if end is not None:
+            self.pair.finish(end)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -54,8 +114,9 @@ class _Side(asyncio.Protocol):
         if self.peer.transport is None:
             return True  # LoopRelay.start forwards the EOF once the peer exists
         peer = self.peer.transport
-        if self.peer.eof or not peer.can_write_eof():
-            self.pair.finish(f"{self.role}-closed")
+        framed = self.codec is not None or self.peer.codec is not None
+        if framed or self.peer.eof or not peer.can_write_eof():
+            self.pair.finish(f"{self.role}-closed")  # a framed stream ends with a close frame
             return False
         peer.write_eof()
         return True  # keep our transport open: the other direction may still flow
@@ -100,27 +161,45 @@ class LoopRelay:
 
     async def start(
         self,
-        client_sock: socket.socket,
-        server_sock: socket.socket,
+        client: Endpoint,
+        server: Endpoint,
         to_server: bytes = b"",
         to_client: bytes = b"",
     ) -> None:
-        """Take both sockets; ``to_*`` are bytes already read that must go out first."""
+        """Take both endpoints; ``to_*`` are (unframed) bytes already read that go out first."""
         try:
-            await self.loop.connect_accepted_socket(lambda: self.client, client_sock)
-            await self.loop.connect_accepted_socket(lambda: self.server, server_sock)
+            await self._wire(self.client, client)
+            await self._wire(self.server, server)
         except OSError:
             self.finish("error")
             return
-        if self.on_done is None:  # a side was lost while the other was being wired
+        if self.on_done is None:  # a side was lost (or closed) while the other was being wired
+            for side in (self.client, self.server):
+                if side.transport is not None:
+                    side.transport.close()  # the side wired after finish() is still open
             return
         assert self.client.transport and self.server.transport
-        self.server.transport.write(to_server + b"".join(self.client.early))
-        self.client.transport.write(to_client + b"".join(self.server.early))
+        for side, first in ((self.server, to_server), (self.client, to_client)):
+            early, side.outbox = side.outbox, []
+            side.send(first + b"".join(early))
         for side in (self.client, self.server):
             if side.eof and side.eof_received() is False:
                 return
         self._arm_timer()
+
+    async def _wire(self, side: _Side, endpoint: Endpoint) -> None:
+        """Attach ``side`` to the endpoint, replaying bytes it received before the relay."""
+        if isinstance(endpoint, Framed):
+            side.codec = endpoint.codec
+            endpoint = endpoint.inner
+        if isinstance(endpoint, Adopted):
+            endpoint.transport.set_protocol(side)
+            side.connection_made(endpoint.transport)
+            if endpoint.pending:
+                side.data_received(endpoint.pending)  # before anything the transport reads next
+            endpoint.transport.resume_reading()  # the routing reader may have paused it
+            return
+        await self.loop.connect_accepted_socket(lambda: side, endpoint)
 
     def counters(self) -> tuple[int, int]:
         return self.client.received, self.server.received
@@ -147,13 +226,17 @@ class LoopRelay:
         self._timer = self.loop.call_later(max(min(waits), 0.01), self._check_idle)
 
     def finish(self, reason: str) -> None:
-        """End the pair once: close both transports (flushing what they hold) and report."""
+        """End the pair once: say goodbye on framed sides, close both transports (flushing
+        what they hold) and report."""
         done, self.on_done = self.on_done, None
         if done is None:
             return
         if self._timer is not None:
             self._timer.cancel()
         for side in (self.client, self.server):
-            if side.transport is not None:
-                side.transport.close()
+            if side.transport is None:
+                continue
+            if side.codec is not None and not side.transport.is_closing():
+                side.transport.write(side.codec.closing(reason))
+            side.transport.close()
         done(self.client.received, self.server.received, reason)
