@@ -356,8 +356,11 @@ def _stick_on(words: list[str]) -> str:
 # --- directive handlers: (converter, proxy, line) ----------------------------------------------
 
 
+BIND_TLS_OPTIONS = ("crt", "ca-file", "verify", "alpn", "ssl-min-ver", "ciphers")
+
+
 def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
-    """``bind ADDR[,ADDR] [ssl crt PEM [ca-file CA] [verify MODE] [alpn LIST]]``."""
+    """``bind ADDR[,ADDR] [ssl crt PEM [ca-file CA] [verify MODE] [alpn LIST] ...]``."""
     tls: dict[str, object] = {}
     words, i = line.words, 2
     while i < len(words):
@@ -365,11 +368,11 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
         if option == "ssl":
             i += 1
             continue
-        if option in ("crt", "ca-file", "verify", "alpn") and argument is not None:
+        if option in BIND_TLS_OPTIONS and argument is not None:
             conv.bind_tls(tls, option, argument, line)
         else:
             conv.report.skip(line, f"bind option {option}")
-        i += 2 if option in ("crt", "ca-file", "verify", "alpn") else 1
+        i += 2 if option in BIND_TLS_OPTIONS else 1
     if "ssl" in words and "cert" not in tls:
         raise Unconvertible("ssl without crt")
     if "ssl" not in words and tls:
@@ -618,6 +621,12 @@ class Converter:
             tls["verify"] = value
         elif option == "alpn":
             tls["alpn"] = value.split(",")
+        elif option == "ssl-min-ver" and value in ("TLSv1.2", "TLSv1.3"):
+            tls["min_version"] = value
+        elif option == "ciphers":
+            tls["ciphers"] = value
+        elif option == "ssl-min-ver":
+            self.report.skip(line, f"{option} {value}", "fastmqtt accepts TLSv1.2 and later")
         else:
             self.report.skip(line, f"{option} {value}")
 

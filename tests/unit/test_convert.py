@@ -134,10 +134,10 @@ def test_emqx_mqtt_over_tls(name, certs, tmp_path):
         8883,
         "tcp",
     )
-    expected = {"cert": str(certs / "server.pem")}
-    if "mutual" in name:
-        expected |= {"ca": str(certs / "cacert.pem"), "verify": "required"}
-    assert dict(frontend.tls) == expected
+    tls = frontend.tls
+    mutual = (str(certs / "cacert.pem"), "required")
+    assert tls.cert == str(certs / "server.pem")
+    assert (tls.ca, tls.verify) == (mutual if "mutual" in name else (None, "none"))
     backend = config.backend_for(frontend)
     assert backend.send_proxy == "v2"
     # check-send-proxy without `check`: HAProxy runs no checks, and neither does fastmqtt.
@@ -299,12 +299,14 @@ def test_coverage_frontends(coverage, certs):
     assert (mqtt.maxconn, mqtt.backend) == (5000, "cluster")
     assert (tls.protocol, tls.reject_invalid, tls.backend) == ("mqtt", True, "by_user")  # if !{...}
     assert (tls.inspect_delay, tls.timeout_client.seconds) == (10.0, 600.0)
-    assert dict(tls.tls) == {  # crt-base / ca-base applied
-        "cert": str(certs / "server.pem"),
-        "ca": str(certs / "cacert.pem"),
-        "verify": "optional",
-        "alpn": ("mqtt",),
-    }
+    settings = tls.tls  # crt-base / ca-base applied
+    assert (settings.cert, settings.ca) == (str(certs / "server.pem"), str(certs / "cacert.pem"))
+    assert (settings.verify, settings.alpn, settings.min_version) == (
+        "optional",
+        ("mqtt",),
+        "TLSv1.3",
+    )
+    assert settings.ciphers == "ECDHE+AESGCM"
     assert frontends["legacy"].protocol == "tcp"
 
 
