@@ -9,6 +9,7 @@ frontend half-configured; connections already established keep the context they 
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import time
@@ -16,6 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastmqtt.config import BackendTLSConfig, Config, FrontendTLSConfig
+from fastmqtt.proxy_protocol import (
+    PP2_CLIENT_CERT_CONN,
+    PP2_CLIENT_CERT_SESS,
+    PP2_CLIENT_SSL,
+    PP2_SUBTYPE_SSL_CIPHER,
+    PP2_SUBTYPE_SSL_CN,
+    PP2_SUBTYPE_SSL_VERSION,
+    PP2_TYPE_SSL,
+)
+from fastmqtt.proxy_protocol import _encode_tlvs as encode_tlvs
 
 VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -46,6 +57,20 @@ def describe(ssl_object: ssl.SSLObject) -> TLSInfo:
         client_cn=_common_name(peer.get("subject", ())),
         client_cert=bool(peer),
     )
+
+
+def ssl_tlv(info: TLSInfo) -> tuple[int, bytes]:
+    """PROXY v2 ``PP2_TYPE_SSL`` (proxy-protocol.txt 2.2.5): client flags, verify result
+    (0 = a client certificate was verified), then version, CN and cipher sub-TLVs."""
+    client = PP2_CLIENT_SSL
+    if info.client_cert:
+        client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+    verify = 0 if info.client_cert else 1
+    subs = [(PP2_SUBTYPE_SSL_VERSION, info.version.encode())]
+    if info.client_cn is not None:
+        subs.append((PP2_SUBTYPE_SSL_CN, info.client_cn.encode()))
+    subs.append((PP2_SUBTYPE_SSL_CIPHER, info.cipher.encode()))
+    return PP2_TYPE_SSL, bytes((client,)) + verify.to_bytes(4, "big") + encode_tlvs(subs)
 
 
 def _common_name(subject: object) -> str | None:
@@ -113,6 +138,7 @@ class ServerTLS:
 # -- backends ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)  # one per backend TLS table; cleared by a reload
 def client_context(config: BackendTLSConfig) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if config.verify == "none":
