@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -308,6 +309,7 @@ class Worker:
         reporter = asyncio.ensure_future(self._report_progress())
         try:
             await self._connect_all()
+            gc.freeze()  # the long-lived clients leave the collector's scans: shorter pauses
             self.pipe.send(("ready", self.stats.progress()))
             start_at, self.end_at = await self._wait_for_start()
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
