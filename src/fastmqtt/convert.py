@@ -279,7 +279,6 @@ def apply_server_options(server: Server, words: list[str], report: Report) -> No
 
 # --- the proxies being built -------------------------------------------------------------------
 
-FRONTEND, BACKEND = "frontend", "backend"
 DEFAULTS_KEYS = ("timeout_connect", "timeout_client", "timeout_server", "maxconn", "inspect_delay")
 HAPROXY_CHECK = {"type": "tcp", "interval": "2s", "rise": 2, "fall": 3}  # `check` alone
 MQTT_STICK_KEYS = ("client_id", "username")  # stick keys read from the CONNECT
@@ -337,7 +336,7 @@ def _arg(line: Line, index: int) -> str:
 
 def _is_mqtt_is_valid(words: list[str]) -> bool:
     """``{ req.payload(0,0),mqtt_is_valid }``: HAProxy's CONNECT validation."""
-    return "".join(w for w in words if w not in "{}") == "req.payload(0,0),mqtt_is_valid"
+    return "".join(w for w in words if w not in ("{", "}")) == "req.payload(0,0),mqtt_is_valid"
 
 
 _STICK_FIELD = re.compile(r"req\.payload\(0,0\),mqtt_field_value\((?:connect|1),(\w+)\)")
@@ -507,8 +506,8 @@ def _hash_type(conv: Converter, proxy: Proxy, line: Line) -> None:
 
 F, B, D = "frontend", "backend", "defaults"
 DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
-    name: (handler, frozenset(kinds))
-    for name, handler, kinds in [
+    key: (handler, frozenset(kinds))
+    for key, handler, kinds in [
         ("bind", _bind, {F}),
         ("default_backend", _use_backend, {F}),
         ("use_backend", _use_backend, {F}),
@@ -539,7 +538,10 @@ DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
         ("log", _log, {F, B, D}),
     ]
 }
-STATS_ACCEPTED = ("stats enable", "mode", "log", "option httplog", "stats hide-version")
+# Whole lines a stats section may hold that need nothing in lb.toml.
+STATS_ACCEPTED = (
+    "stats enable", "mode http", "mode tcp", "log global", "option httplog", "stats hide-version",
+)  # fmt: skip
 GLOBAL_BY_SERVICE_MANAGER = ("daemon", "user", "group", "uid", "gid", "chroot", "pidfile")
 
 
@@ -662,7 +664,7 @@ class Converter:
             self.report.note(line, "the password is not copied: export FASTMQTT_STATS_PASSWORD")
         elif line.words[:3] == ["http-request", "use-service", "prometheus-exporter"]:
             self.report.note(line, "fastmqtt serves /metrics on the stats listener")
-        elif key not in STATS_ACCEPTED:
+        elif line.text not in STATS_ACCEPTED:
             raise Unconvertible("")
 
 
