@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -68,6 +68,7 @@ class FastMQTT:
     config: str
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    preexec_fn: Callable[[], None] | None = None  # runs in the child before exec (rlimits)
     proc: subprocess.Popen | None = None
     workdir: str = ""
 
@@ -84,6 +85,7 @@ class FastMQTT:
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **self.env},
+            preexec_fn=self.preexec_fn,
         )
         if self.port:
             try:
