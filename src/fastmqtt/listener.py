@@ -103,22 +103,23 @@ class Frontend:
 
     def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
         """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
+        self.reload_tls(config)  # first: a bad certificate raises before anything changed
         self.config = config
         self.name = config.name
         self.backend = backend
         self.guard.reconfigure(config)
-        self.reload_tls()
 
-    def reload_tls(self) -> None:
-        """Load the certificates again (SIGHUP, reload): new handshakes use them, established
+    def reload_tls(self, config: FrontendConfig | None = None) -> None:
+        """Load the certificates again (reload, SIGHUP): new handshakes use them, established
         connections keep theirs. Raises TLSMaterialError, keeping the old ones, if any is bad."""
+        config = config or self.config
         client_context.cache_clear()
-        if self.config.tls is None:
+        if config.tls is None:
             self.tls = None
         elif self.tls is None:
-            self.tls = ServerTLS(self.config.tls, f"frontend.{self.name}.tls")
+            self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls")
         else:
-            self.tls.reload(self.config.tls)
+            self.tls.reload(config.tls)
 
     # -- accepting ---------------------------------------------------------------------
 
