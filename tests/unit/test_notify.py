@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -65,6 +67,24 @@ def test_stopping_and_status(abstract_socket):
     assert _lines(abstract_socket) == ["STOPPING=1"]
     assert notify.status("draining 12 connections\nsecond line")
     assert _lines(abstract_socket) == ["STATUS=draining 12 connections second line"]
+
+
+@pytest.mark.parametrize(
+    ("args", "ours"),
+    [
+        (["--ready", "--status=serving 2 frontends"], lambda: notify.ready("serving 2 frontends")),
+        (["STOPPING=1"], notify.stopping),
+        (["--status=draining"], lambda: notify.status("draining")),
+    ],
+)
+def test_same_datagram_as_systemd_notify(abstract_socket, args, ours):
+    """systemd's own client, given the same states, sends the same bytes."""
+    tool = shutil.which("systemd-notify")
+    assert tool, "systemd-notify not found: `apt-get install systemd`"
+    subprocess.run([tool, "--no-block", *args], check=True, timeout=10)  # no barrier wait
+    theirs = abstract_socket.recv(4096)
+    assert ours()
+    assert abstract_socket.recv(4096) == theirs
 
 
 def test_one_datagram_per_call(path_socket):
