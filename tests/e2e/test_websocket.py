@@ -1,0 +1,210 @@
+"""MQTT over WebSocket end to end: paho (transport="websockets"), the `websockets` library and
+raw HTTP through fastmqtt to plain Mosquitto TCP listeners (bridge) or a WebSocket-speaking
+backend (passthrough: a second fastmqtt in bridge mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import websockets
+from websockets.frames import CloseCode
+
+from fastmqtt import packets
+from fastmqtt.parse import inspect_connack
+from tests.support.certs import Certs, make_certs, tls_line
+from tests.support.lb import Client, landed, lb_port, recipe, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def ws_recipe(*args: object, **kwargs: object) -> str:
+    """The recipe with its frontend speaking MQTT over WebSocket."""
+    return recipe(*args, **kwargs).replace('protocol = "mqtt"', 'protocol = "ws"', 1)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def ws_client(client_id: str, port: int, context=None, **kwargs: object) -> Client:
+    client = Client(client_id, port, connect=False, transport="websockets", **kwargs)
+    if context is not None:
+        client.mqtt.tls_set_context(context)
+    return client.connect()
+
+
+def round_trip(client: Client, topic: str) -> None:
+    client.subscribe(topic, qos=1)
+    client.publish(topic, b"payload for " + topic.encode(), qos=1)
+    assert client.wait_message()
+    assert client.messages == [(topic, b"payload for " + topic.encode())]
+
+
+def test_paho_websocket_bridge_to_plain_mosquitto(brokers, fastmqtt):
+    nodes = brokers(2)
+    port = lb_port()
+    lb = fastmqtt(ws_recipe(nodes, port), port=port)
+    client = ws_client("ws-device-1", port)
+    round_trip(client, "t/ws")
+    client.close()
+    assert "ws-device-1" in landed(nodes)  # the CONNECT inside the frames was read
+    assert wait_until(lambda: any('cid="ws-device-1"' in line for line in lb.connection_log()))
+
+
+def test_paho_websocket_over_tls(brokers, fastmqtt, certs):
+    nodes = brokers(1)
+    port = lb_port()
+    fastmqtt(ws_recipe(nodes, port, frontend=tls_line(cert=certs.server)), port=port)
+    client = ws_client("wss-device", port, certs.client_context())
+    round_trip(client, "t/wss")
+    client.close()
+    assert "wss-device" in landed(nodes)
+
+
+@pytest.mark.parametrize("sticky", [True, False], ids=["stick-on", "stick-off"])
+def test_persistent_session_follows_the_client_over_websocket(brokers, fastmqtt, sticky):
+    """As tests/e2e/test_routing.py, with the device on WebSocket: a queued QoS 1 message
+    reaches it only if it lands on the broker holding its session."""
+    nodes = brokers(3)
+    port = lb_port()
+    stick = 'stick = { on = "client_id", expire = "30m" }' if sticky else ""
+    fastmqtt(ws_recipe(nodes, port, backend=stick), port=port)
+
+    device = ws_client("ws-device-42", port, clean=False)
+    device.subscribe("devices/42/cmd", qos=1)
+    device.close()
+    home = next(b for b in nodes if b.name == landed(nodes)["ws-device-42"])
+    publisher = Client("publisher", home.port)
+    publisher.publish("devices/42/cmd", b"reboot", qos=1)
+    publisher.close()
+
+    device = ws_client("ws-device-42", port, clean=False)
+    got = device.wait_message(timeout=3 if sticky else 1.5)
+    device.close()
+    assert got is sticky
+    if sticky:
+        assert device.messages == [("devices/42/cmd", b"reboot")]
+
+
+def test_passthrough_to_a_websocket_backend(brokers, fastmqtt):
+    """fastmqtt (passthrough, reads the CONNECT) -> fastmqtt (bridge) -> Mosquitto."""
+    nodes = brokers(1)
+    inner_port, outer_port = lb_port(), lb_port()
+    inner = fastmqtt(ws_recipe(nodes, inner_port), port=inner_port)
+    outer_conf = ws_recipe([], outer_port, backend='ws_backend = "passthrough"\n')
+    outer_conf += f'[[backend.cluster.server]]\nname = "ws1"\naddress = "127.0.0.1:{inner_port}"\n'
+    outer = fastmqtt(outer_conf, port=outer_port)
+    client = ws_client("pass-device", outer_port)
+    round_trip(client, "t/pass")
+    client.close()
+    assert "pass-device" in landed(nodes)
+    for lb in (outer, inner):  # both read the client id from the frames
+        assert wait_until(lambda lb=lb: any('cid="pass-device"' in x for x in lb.connection_log()))
+
+
+def _received_close_code(ws: websockets.ClientConnection) -> int | None:
+    """The code in the close frame fastmqtt sent (None: no close frame came)."""
+    frame = ws.protocol.close_rcvd
+    return None if frame is None else frame.code
+
+
+async def _fragments_pings_and_close(port: int) -> tuple[bytes, bytes, int | None]:
+    uri = f"ws://127.0.0.1:{port}/mqtt"
+    async with websockets.connect(uri, subprotocols=["mqtt"]) as ws:
+        assert ws.subprotocol == "mqtt"
+        connect = packets.connect("frag-device")
+        await ws.send([connect[:3], connect[3:10], connect[10:]])  # one message, 3 frames
+        connack = await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(await ws.ping(b"are you there"), 5)
+        # two MQTT packets in one frame, then one packet split over two frames
+        await ws.send(packets.subscribe(1, "t/frag") + packets.publish("t/other", b"x"))
+        suback = await asyncio.wait_for(ws.recv(), 5)
+        publish = packets.publish("t/frag", b"split across frames")
+        await ws.send([publish[:5], publish[5:]])
+        echoed = await asyncio.wait_for(ws.recv(), 5)
+        assert suback[0] == 0x90
+        await ws.close(code=4000, reason="device going to sleep")
+        return connack, echoed, _received_close_code(ws)
+
+
+def test_websockets_library_fragments_pings_and_close_code(brokers, fastmqtt):
+    nodes = brokers(1)
+    port = lb_port()
+    lb = fastmqtt(ws_recipe(nodes, port), port=port)
+    connack, echoed, close_code = asyncio.run(_fragments_pings_and_close(port))
+    assert inspect_connack(connack) is not None
+    assert echoed == packets.publish("t/frag", b"split across frames")
+    assert close_code == 4000  # our close frame echoes the client's code
+    assert wait_until(lambda: any(line.endswith(" client-closed") for line in lb.connection_log()))
+
+
+async def _text_frame(port: int) -> int | None:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/mqtt", subprotocols=["mqtt"]) as ws:
+        await ws.send("MQTT wants binary frames")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        return _received_close_code(ws)
+
+
+def test_text_frame_is_refused_with_1003(brokers, fastmqtt):
+    nodes = brokers(1)
+    port = lb_port()
+    lb = fastmqtt(ws_recipe(nodes, port), port=port)
+    assert asyncio.run(_text_frame(port)) == CloseCode.UNSUPPORTED_DATA
+    assert wait_until(lambda: any(line.endswith(" ws-text-frame") for line in lb.connection_log()))
+    assert nodes[0].connected_client_ids() == []
+
+
+def http(port: int, request: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request.encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.decode("latin-1")
+
+
+UPGRADE = (
+    "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+BAD_UPGRADES = [  # (request, status, counted reason)
+    ("GET /wrong HTTP/1.1\r\n" + UPGRADE + "Sec-WebSocket-Version: 13\r\n\r\n", 404, "ws-bad-path"),
+    ("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n", 426, "ws-not-upgrade"),
+    ("POST /mqtt HTTP/1.1\r\n" + UPGRADE + "\r\n", 405, "ws-bad-method"),
+    (
+        "GET /mqtt HTTP/1.1\r\n" + UPGRADE + "Sec-WebSocket-Version: 8\r\n\r\n",
+        426,
+        "ws-bad-version",
+    ),
+    (
+        "GET /mqtt HTTP/1.1\r\n" + UPGRADE + "Sec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: stomp\r\n\r\n",
+        400,
+        "ws-bad-subprotocol",
+    ),
+    (
+        "GET /mqtt HTTP/1.0\r\n" + UPGRADE + "Sec-WebSocket-Version: 13\r\n\r\n",
+        505,
+        "ws-bad-http-version",
+    ),
+]
+
+
+def test_http_errors_for_what_is_not_an_mqtt_upgrade(brokers, fastmqtt):
+    nodes = brokers(1)
+    port = lb_port()
+    lb = fastmqtt(ws_recipe(nodes, port), port=port)
+    before = nodes[0].tcp_connection_count()
+    for request, status, reason in BAD_UPGRADES:
+        answer = http(port, request)
+        assert answer.startswith(f"HTTP/1.1 {status} "), (reason, answer)
+        if status == 426:
+            assert "Sec-WebSocket-Version: 13" in answer
+        assert wait_until(lambda r=reason: any(x.endswith(f" {r}") for x in lb.connection_log()))
+    assert nodes[0].tcp_connection_count() == before
