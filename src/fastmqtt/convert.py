@@ -356,6 +356,7 @@ def _stick_on(words: list[str]) -> str:
 
 
 BIND_TLS_OPTIONS = ("crt", "ca-file", "verify", "alpn", "ssl-min-ver", "ciphers")
+BIND_FLAGS = ("ssl", "no-sslv3", "no-tlsv10", "no-tlsv11")  # fastmqtt offers TLS 1.2+ only
 
 
 def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
@@ -364,7 +365,7 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
     words, i = line.words, 2
     while i < len(words):
         option, argument = words[i], words[i + 1] if i + 1 < len(words) else None
-        if option == "ssl":
+        if option in BIND_FLAGS:
             i += 1
             continue
         if option in BIND_TLS_OPTIONS and argument is not None:

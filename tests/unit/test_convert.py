@@ -19,8 +19,9 @@ from fastmqtt.config import Config, load_config_text
 
 ROOT = pathlib.Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data" / "haproxy"
-EMQX = sorted(path.name for path in DATA.glob("emqx_*.cfg"))
-GUIDE_CERTS = "/etc/haproxy/certs/"
+EMQX = sorted(path.name for path in DATA.glob("emqx_*.cfg") if path.name != "emqx_lb_listen.cfg")
+# Where the guides keep their certificates -> the test's own files.
+CERT_PATHS = {"/etc/haproxy/certs/": "{}/", "/etc/ssl/emqx/emq.pem": "{}/server.pem"}
 SYSLOG = "log 127.0.0.1 local3 info (fastmqtt logs to stdout; under systemd that is the journal)"
 
 
@@ -36,19 +37,26 @@ def certs(tmp_path_factory) -> pathlib.Path:
 
 def _read(name: str, certs: pathlib.Path) -> str:
     """A test config with the guide's certificate paths pointing at real files."""
-    return (DATA / name).read_text().replace(GUIDE_CERTS, f"{certs}/")
+    text = (DATA / name).read_text()
+    for path, ours in CERT_PATHS.items():
+        text = text.replace(path, ours.format(certs))
+    return text
 
 
-def assert_haproxy_accepts(text: str, tmp_path: pathlib.Path) -> None:
-    """There is no DNS here, and HAProxy resolves server names while parsing: the guide's
+def assert_haproxy_accepts(text: str, tmp_path: pathlib.Path, warning: str = "") -> None:
+    """`haproxy -c` passes without warnings (but ``warning``, when given, must be there).
+
+    There is no DNS here, and HAProxy resolves server names while parsing: the guide's
     emqxN-cluster.emqx.io become 127.0.0.N for this check only."""
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(re.sub(r"emqx(\d)-cluster\.emqx\.io", r"127.0.0.\1", text))
     done = subprocess.run(
         [find_haproxy(), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "WARNING" not in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count("[WARNING]") == (1 if warning else 0), output
+    assert warning in output
 
 
 def convert_and_check(text: str, tmp_path: pathlib.Path) -> tuple[Config, cv.Report]:
@@ -204,6 +212,24 @@ def test_emqx_quick_start_repository(certs, tmp_path):
     assert config.backends["mqtt_backend"].stick.size == 1000 * 1024
     assert _servers(config, "mqtts_backend") == _nodes(1883, (5, 2, 3))
     assert config.stats.bind_port == 8888
+
+
+def test_emqx_load_balancing_page_listen(certs, tmp_path):
+    """The older "Load Balancing" page: a `listen` handing over to a backend."""
+    text = _read("emqx_lb_listen.cfg", certs)
+    assert_haproxy_accepts(text, tmp_path, warning="missing timeouts for backend 'emqx_cluster'")
+    config, report = convert_and_check(text, tmp_path)
+    assert report.skipped == []  # no-sslv3 is what fastmqtt does anyway (TLS 1.2+)
+    (frontend,) = config.frontends
+    assert (frontend.name, frontend.bind_port, frontend.protocol) == ("mqtt-ssl", 8883, "tcp")
+    assert (frontend.maxconn, frontend.timeout_client.seconds) == (50000, 600.0)
+    assert frontend.tls.cert == str(certs / "server.pem")
+    backend = config.backend_for(frontend)
+    assert [b.name for b in config.backends.values()] == ["emqx_cluster"]
+    assert (backend.balance, backend.timeout_server) == ("source", 50.0)
+    check = backend.check  # inter 10000 fall 2 rise 5, timeout check 5000: milliseconds
+    assert (check.interval, check.rise, check.fall, check.timeout) == (10.0, 5, 2, 5.0)
+    assert [(s.host, s.weight) for s in backend.servers] == [("192.168.0.2", 1), ("192.168.0.3", 1)]
 
 
 # --- the bench recipe ------------------------------------------------------------------------
