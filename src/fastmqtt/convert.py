@@ -298,7 +298,7 @@ class Proxy:
     check: dict[str, object] = field(default_factory=dict)  # backend-wide check keys
     default_servers: list[Line] = field(default_factory=list)
     servers: list[Server] = field(default_factory=list)
-    binds: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    binds: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # address, keys
     backend: str | None = None
     validates_mqtt: bool = False
     mqtt_acls: set[str] = field(default_factory=set)  # ACL names that test mqtt_is_valid
@@ -357,18 +357,25 @@ def _stick_on(words: list[str]) -> str:
 
 BIND_TLS_OPTIONS = ("crt", "ca-file", "verify", "alpn", "ssl-min-ver", "ciphers")
 BIND_FLAGS = ("ssl", "no-sslv3", "no-tlsv10", "no-tlsv11")  # fastmqtt offers TLS 1.2+ only
+ACCEPT_ANY_PROXY = {"accept_proxy": True, "trusted_proxies": ["0.0.0.0/0", "::/0"]}
 
 
 def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
-    """``bind ADDR[,ADDR] [ssl crt PEM [ca-file CA] [verify MODE] [alpn LIST] ...]``."""
+    """``bind ADDR[,ADDR] [ssl crt PEM [ca-file CA] [verify MODE] ...] [accept-proxy]``."""
     tls: dict[str, object] = {}
+    keys: dict[str, object] = {}  # frontend keys this bind line sets
     words, i = line.words, 2
     while i < len(words):
         option, argument = words[i], words[i + 1] if i + 1 < len(words) else None
         if option in BIND_FLAGS:
             i += 1
             continue
-        if option in BIND_TLS_OPTIONS and argument is not None:
+        if option == "accept-proxy":
+            keys.update(ACCEPT_ANY_PROXY)
+            conv.report.note(
+                line, "accept-proxy: HAProxy trusts any sender; narrow trusted_proxies"
+            )
+        elif option in BIND_TLS_OPTIONS and argument is not None:
             conv.bind_tls(tls, option, argument, line)
         else:
             conv.report.skip(line, f"bind option {option}")
@@ -377,7 +384,9 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
         raise Unconvertible("ssl without crt")
     if "ssl" not in words and tls:
         raise Unconvertible("crt/ca-file/verify without ssl")
-    proxy.binds.extend((address(part, bind=True), tls) for part in _arg(line, 1).split(","))
+    if tls:
+        keys["tls"] = tls
+    proxy.binds.extend((address(part, bind=True), keys) for part in _arg(line, 1).split(","))
 
 
 def _use_backend(conv: Converter, proxy: Proxy, line: Line) -> None:
@@ -742,10 +751,8 @@ def frontend_tables(proxy: Proxy, backends: dict, report: Report) -> dict[str, d
         return {}
     protocol = _protocol(proxy, backends[backend], report)  # may drop front keys first
     tables = {}
-    for i, (bind, tls) in enumerate(proxy.binds):
-        table = {"bind": bind, **protocol, **proxy.front, "backend": backend}
-        if tls:
-            table["tls"] = tls
+    for i, (bind, keys) in enumerate(proxy.binds):
+        table = {"bind": bind, **protocol, **proxy.front, "backend": backend, **keys}
         tables[proxy.name if i == 0 else f"{proxy.name}_{i + 1}"] = table
     return tables
 

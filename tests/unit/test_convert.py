@@ -300,7 +300,7 @@ def test_coverage_reports_exactly_what_it_left_out(coverage):
         "haproxy.cfg:79: unsupported: stats admin if TRUE",
         "haproxy.cfg:81: unsupported: resolvers dns (the whole section)",
     ]
-    assert [n for n, _ in report.noted] == [6, 7, 45, 46, 77, 78]
+    assert [n for n, _ in report.noted] == [6, 7, 28, 45, 46, 77, 78]
 
 
 def test_coverage_global_and_defaults(coverage):
@@ -323,6 +323,8 @@ def test_coverage_frontends(coverage, certs):
     mqtt, tls = frontends["mqtt"], frontends["mqtt_tls"]
     assert (mqtt.protocol, mqtt.reject_invalid) == ("mqtt", True)  # reject unless ACL
     assert (mqtt.maxconn, mqtt.backend) == (5000, "cluster")
+    assert (mqtt.accept_proxy, frontends["mqtt_2"].accept_proxy) == (False, True)  # accept-proxy
+    assert [str(net) for net in frontends["mqtt_2"].trusted_proxies] == ["0.0.0.0/0", "::/0"]
     assert (tls.protocol, tls.reject_invalid, tls.backend) == ("mqtt", True, "by_user")  # if !{...}
     assert (tls.inspect_delay, tls.timeout_client.seconds) == (10.0, 600.0)
     settings = tls.tls  # crt-base / ca-base applied
