@@ -263,6 +263,7 @@ def main() -> int:
         print(f"{write_seeds(pathlib.Path(args.seed))} seeds written to {args.seed}")
         return 0
     if args.sanitize:
+        rest = [arg if arg.startswith("-") else str(pathlib.Path(arg).resolve()) for arg in rest]
         work = pathlib.Path(tempfile.mkdtemp(prefix="fuzz-parse-"))
         (work / "grown").mkdir()
         if args.grow:

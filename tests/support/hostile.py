@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import selectors
 import socket
 import ssl
+import struct
+import threading
+import time
 from dataclasses import dataclass
 
 from fastmqtt import packets
@@ -166,3 +171,126 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- hostile clients and misbehaving backends, for the exhaustion tests ------------------------
+
+
+class Slowloris:
+    """``count`` connections from ``source`` that each send a (huge) CONNECT one byte per
+    ``interval`` and reconnect as soon as fastmqtt drops them, until ``stop``."""
+
+    PAYLOAD = packets.connect("s" * 60_000)  # would take 16 hours at one byte a second
+
+    def __init__(self, port: int, count: int, source: str = "127.0.0.2", interval: float = 1.0):
+        self.port, self.count, self.source, self.interval = port, count, source, interval
+        self.dropped = 0  # connections fastmqtt closed
+        self._selector = selectors.DefaultSelector()
+        self._sent: dict[socket.socket, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slowloris", daemon=True)
+
+    def start(self) -> Slowloris:
+        for _ in range(self.count):
+            self._open()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in list(self._sent):
+            self._close(sock)
+        self._selector.close()
+
+    def _open(self) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((self.source, 0))
+        sock.connect_ex(("127.0.0.1", self.port))  # in progress: the backlog may be full
+        self._sent[sock] = 0
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _close(self, sock: socket.socket) -> None:
+        self._selector.unregister(sock)
+        del self._sent[sock]
+        sock.close()
+
+    def _dropped(self, sock: socket.socket) -> None:
+        self.dropped += 1
+        self._close(sock)
+        self._open()
+
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() >= next_tick:
+                self._tick()
+                next_tick += self.interval
+            for key, _ in self._selector.select(max(0.0, next_tick - time.monotonic())):
+                self._readable(key.fileobj)  # type: ignore[arg-type]
+
+    def _tick(self) -> None:
+        for sock, sent in list(self._sent.items()):
+            try:
+                self._sent[sock] += sock.send(self.PAYLOAD[sent : sent + 1])
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:  # still connecting: try next second
+                    self._dropped(sock)
+
+    def _readable(self, sock: socket.socket) -> None:
+        try:
+            if sock.recv(64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._dropped(sock)
+
+
+class MisbehavingBroker:
+    """A TCP server in a thread that accepts like a broker but then: ``silent`` never
+    answers, ``garbage`` answers HTTP, ``reset`` answers a CONNACK and resets on the next
+    packet, ``stall`` answers a CONNACK and never reads again."""
+
+    GARBAGE = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"misbehaving-{mode}"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed: stop
+            while True:
+                conn, _ = self.listener.accept()
+                self.accepted.append(conn)
+                threading.Thread(target=self._misbehave, args=(conn,), daemon=True).start()
+
+    def _misbehave(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if self.mode == "silent" or not conn.recv(65536):
+                return
+            if self.mode == "garbage":
+                conn.sendall(self.GARBAGE)
+                return
+            conn.sendall(packets.connack(0, 4))
+            if self.mode == "reset" and conn.recv(65536):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # linger 0: RST instead of FIN
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
