@@ -29,7 +29,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol
 
 from fastmqtt import packets
 from fastmqtt.errors import Refused
@@ -87,6 +87,15 @@ class Rule:
         return self.username is None or (
             username is not None and fnmatchcase(username, self.username)
         )
+
+
+class Writable(Protocol):
+    """The client side as far as a refusal needs it: a socket, or a TLS / WebSocket stream
+    (streams.py) that encrypts or frames what it is given."""
+
+    def send(self, data: bytes) -> int: ...
+
+    def shutdown(self, how: int) -> None: ...
 
 
 class Decision(NamedTuple):
@@ -160,7 +169,7 @@ class Guard:
             raise Refused(f"denied-{decision.rule}")
 
     async def admit(
-        self, conn: socket.socket, session: Session, connect: Connect | None
+        self, conn: Writable, session: Session, connect: Connect | None
     ) -> Backend | None:
         """After inspection: the backend a route rule chose (None: the frontend's own)."""
         fields = None if connect is None else (connect.client_id, connect.username)
@@ -176,7 +185,7 @@ class Guard:
             await self._pace(conn, connect)
         return self.proxy.backends[decision.backend] if decision.backend else None
 
-    async def _pace(self, conn: socket.socket, connect: Connect | None) -> None:
+    async def _pace(self, conn: Writable, connect: Connect | None) -> None:
         """The frontend's CONNECT rate, then a reconnecting client id's delay."""
         assert self.limits is not None
         reason = self.limits.admit_connect()
@@ -197,7 +206,7 @@ class Guard:
             self.limits.close_source(session.client_addr[0])
 
     def refuse_malformed(
-        self, conn: socket.socket, data: bytes | bytearray, reason: str, offset: int
+        self, conn: Writable, data: bytes | bytearray, reason: str, offset: int
     ) -> None:
         """An invalid CONNECT: tell the client why first, when the spec has a code for it."""
         if self.config.reject_with_connack:
@@ -219,7 +228,7 @@ class Guard:
         )
 
     def _refuse(
-        self, conn: socket.socket, connect: Connect | None, reason: str, codes: tuple[int, int]
+        self, conn: Writable, connect: Connect | None, reason: str, codes: tuple[int, int]
     ) -> NoReturn:
         if self.config.reject_with_connack and connect is not None:
             version = connect.protocol_version & 0x7F  # bridges set the top bit
@@ -227,7 +236,7 @@ class Guard:
         raise Refused(reason)
 
 
-def send_last(conn: socket.socket, packet: bytes) -> None:
+def send_last(conn: Writable, packet: bytes) -> None:
     """Best effort, without waiting: the socket closes next, and a client that is gone or
     not reading loses nothing it was owed. SHUT_WR sends the FIN right behind the packet."""
     with contextlib.suppress(OSError):
