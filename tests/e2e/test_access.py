@@ -42,9 +42,12 @@ class Setup:
     shared: Mosquitto
     tenant: Mosquitto
 
-    def last_end(self) -> str:
-        assert wait_until(lambda: bool(self.lb.connection_log()))
-        return self.lb.connection_log()[-1].rsplit(" ", 1)[1]
+    def ended(self, reason: str) -> int:
+        """Connections logged with this end reason so far."""
+        return sum(line.endswith(f" {reason}") for line in self.lb.connection_log())
+
+    def logged_once_more(self, reason: str, before: int) -> bool:
+        return wait_until(lambda: self.ended(reason) == before + 1)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +75,9 @@ def _answer(port: int, connect: bytes, source: str = "127.0.0.1") -> bytes:
 
 def test_denied_source_is_closed_before_anything_is_read(setup: Setup) -> None:
     brokers_before = setup.shared.tcp_connection_count() + setup.tenant.tcp_connection_count()
+    logged = setup.ended("denied-rule-0")
     assert _answer(setup.port, packets.connect("from-2"), source="127.0.0.2") == b""
-    assert setup.last_end() == "denied-rule-0"
+    assert setup.logged_once_more("denied-rule-0", logged)
     after = setup.shared.tcp_connection_count() + setup.tenant.tcp_connection_count()
     assert after == brokers_before
 
@@ -89,17 +93,18 @@ def test_tenant_client_ids_go_to_their_backend(setup: Setup) -> None:
 
 @pytest.mark.parametrize(("version", "code"), [(4, 5), (5, 0x87)])
 def test_denied_username_gets_not_authorized(setup: Setup, version: int, code: int) -> None:
+    logged = setup.ended("denied-rule-2")
     answer = _answer(setup.port, packets.connect("g", version=version, username="guest-7"))
     assert answer == packets.connack(code, version)
-    assert setup.last_end() == "denied-rule-2"
+    assert setup.logged_once_more("denied-rule-2", logged)
 
 
 @pytest.mark.parametrize(("version", "code"), [(4, 2), (5, 0x85)])
 def test_empty_client_id_gets_identifier_rejected(setup: Setup, version: int, code: int) -> None:
-    assert _answer(setup.port, packets.connect("", version=version)) == packets.connack(
-        code, version
-    )
-    assert setup.last_end() == "empty-client-id"
+    logged = setup.ended("empty-client-id")
+    answer = _answer(setup.port, packets.connect("", version=version))
+    assert answer == packets.connack(code, version)
+    assert setup.logged_once_more("empty-client-id", logged)
 
 
 def test_reconnect_loop_is_slowed_not_refused(setup: Setup) -> None:
