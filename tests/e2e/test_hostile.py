@@ -50,10 +50,17 @@ class Harness:
         return wait_until(lambda: fd_count(self.pid) <= self.fds, timeout=5.0)
 
 
+EXTRA = {
+    "plain": "",
+    "connack": "reject_with_connack = true\n",
+    "trusting": 'accept_proxy = true\ntrusted_proxies = ["10.0.0.0/8"]\n',  # not 127.0.0.1
+}
+
+
 def _config(ports: dict[str, int], broker: Mosquitto) -> str:
     frontends = "".join(
         f'[frontend.{name}]\nbind = "127.0.0.1:{port}"\nbackend = "cluster"\n'
-        f'max_connect_size = "128KiB"\nreject_with_connack = {str(name == "connack").lower()}\n\n'
+        f'max_connect_size = "128KiB"\n{EXTRA[name]}\n'
         for name, port in ports.items()
     )
     return (
@@ -65,7 +72,7 @@ def _config(ports: dict[str, int], broker: Mosquitto) -> str:
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
     (broker,) = start_brokers(1)
-    ports = {"plain": free_port(), "connack": free_port()}
+    ports = {name: free_port() for name in EXTRA}
     lb = FastMQTT(_config(ports, broker), port=ports["plain"])
     try:
         lb.start()
@@ -99,6 +106,21 @@ def test_hostile_input_is_refused_and_leaves_nothing(
     assert f" {frontend} -/- " in line  # never reached a backend
     assert harness.broker.tcp_connection_count() == broker_connections
     assert harness.fds_settled(), f"fds {fd_count(harness.pid)} > {harness.fds}"
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name.startswith("proxy-")], ids=lambda c: c.name
+)
+def test_proxy_header_from_an_untrusted_source_is_refused(harness: Harness, case: Case) -> None:
+    """On a frontend that accepts PROXY headers from 10.0.0.0/8 only, 127.0.0.1 sending one
+    is refused before anything else is read."""
+    broker_connections = harness.broker.tcp_connection_count()
+    logged = len(harness.lb.connection_log())
+    assert send_and_read(harness.ports["trusting"], case) == b""
+    line = _new_log_line(harness, logged)
+    assert line.endswith(" untrusted-proxy-header"), line
+    assert harness.broker.tcp_connection_count() == broker_connections
+    assert harness.fds_settled()
 
 
 @pytest.mark.parametrize("version", [4, 5])
