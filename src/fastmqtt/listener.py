@@ -32,7 +32,7 @@ from fastmqtt.streams import (
     WsPassthrough,
     WsUpstream,
 )
-from fastmqtt.tls import ServerTLS, TLSInfo, client_context, ssl_tlv
+from fastmqtt.tls import ServerTLS, TLSInfo, TLSMaterialError, client_context, ssl_tlv
 from fastmqtt.websocket import (
     HandshakeError,
     accept_response,
@@ -103,7 +103,10 @@ class Frontend:
 
     def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
         """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
-        self.reload_tls(config)  # first: a bad certificate raises before anything changed
+        try:
+            self.reload_tls(config)
+        except TLSMaterialError as exc:  # the rest of the reload applies; TLS stays as it was
+            log.error("frontend %s: keeping the previous certificates: %s", config.name, exc)
         self.config = config
         self.name = config.name
         self.backend = backend

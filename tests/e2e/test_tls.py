@@ -124,6 +124,10 @@ def test_sighup_reloads_certificates_without_dropping_connections(
     shutil.copy(certs.a_example, live)
     lb.signal(signal.SIGHUP)
     assert wait_until(lambda: peer_names(port, "localhost", certs) == ["a.example"])
+    live.write_text("not a certificate\n")  # a broken file: the previous certificates stay
+    lb.signal(signal.SIGHUP)
+    assert wait_until(lambda: "keeping the previous certificates" in lb.logs())
+    assert peer_names(port, "localhost", certs) == ["a.example"]
     device.publish("t/reload", b"still here")
     assert device.wait_message()
     assert not device.disconnected.is_set()
