@@ -172,8 +172,11 @@ def measure(target: Direct | HAProxyTarget | FastMQTTTarget, plan: Plan) -> dict
             if phase == "idle" and target.pid is None:
                 continue  # no balancer, no memory to measure
             results[phase] = r = bench(target, plan, *argv)
+            # the machine's 1-minute load after the phase: a busy neighbour shows up here
+            r["loadavg_1m"] = os.getloadavg()[0]
             note = f", {r['failed']} FAILED {r['errors']}" if r["failed"] else ""
-            print(f"  {target.name:<9} {phase:<8} {headline(r)}{note}", file=sys.stderr)
+            line = f"{target.name:<9} {phase:<8} {headline(r)}{note} (load {r['loadavg_1m']:.1f})"
+            print(f"  {line}", file=sys.stderr)
     finally:
         target.stop()
     return results
@@ -267,6 +270,16 @@ def failures(rounds: Rounds) -> Iterator[str]:
                     yield f"round {number} {name}/{phase}: {counts}"
 
 
+def load_range(rounds: Rounds) -> str:
+    loads = [r["loadavg_1m"] for res in rounds for ph in res.values() for r in ph.values()]
+    if not loads:
+        return "nothing measured"
+    return (
+        f"1-minute load average after the phases: {min(loads):.1f} to {max(loads):.1f} "
+        "(this run's own processes included: a round that stands out had a busy neighbour)"
+    )
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -346,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in failures(rounds):
         print(f"note: {line}")
     print(f"{versions()}; {len(rounds)} round(s) in {time.monotonic() - began:.0f} s")
+    print(load_range(rounds))
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": asdict(plan), "rounds": rounds}, indent=1))
     return 0
