@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pick_port(wanted: int) -> int:
+    """``wanted`` if it is free, else (or for 0) a port the kernel picks."""
+    if wanted == 0:
+        return free_port()
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", wanted))
