@@ -69,7 +69,7 @@ def _all_checked(stats: Stats) -> bool:
     return all(s.get("check_status", "").endswith("OK") for s in stats.servers().values())
 
 
-# Passive observation is shown with a slow 2 s interval: it alone can be that fast.
+# Passive observation is shown with a slow 2 s interval: real traffic finds the dead node first.
 OBSERVE = (
     'interval = "2s", fastinter = "100ms", downinter = "100ms", timeout = "150ms", '
     "observe = true, error_limit = 1"
@@ -77,10 +77,12 @@ OBSERVE = (
 
 
 @pytest.mark.parametrize(
-    ("timing", "down_within"), [(FAST_CHECK, 1.0), (OBSERVE, 0.5)], ids=["checks", "observe"]
+    ("timing", "reason"),
+    [(FAST_CHECK, "Layer4 connection problem"), (OBSERVE, "Connection errors on real traffic")],
+    ids=["checks", "observe"],
 )
 def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
-    brokers, fastmqtt, timing, down_within
+    brokers, fastmqtt, timing, reason
 ):
     nodes = brokers(3)
     port, stats_port = lb_port(), free_port()
@@ -111,11 +113,12 @@ def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
     assert stream.failed_after(killed) == []
     assert stream.attempts > 50
     # fall = 2: the first failure marks the server "UP 1/2", the second takes it down
-    assert to_down < down_within
+    assert to_down < 1.5  # ~0.1-0.3 s on an idle machine (printed above)
+    assert f"node2 is DOWN (was UP): {reason}" in lb.logs()
     assert statuses[-3:] == ["DOWN 1/3", "DOWN 2/3", "UP"], statuses  # rise = 3
     row = stats.servers()["node2"]
     assert row["chkdown"] == 1
-    assert "node2 is DOWN (was UP)" in lb.logs() and "node2 is UP (was DOWN)" in lb.logs()
+    assert "node2 is UP (was DOWN)" in lb.logs()
 
     before = len(nodes[1].connected_client_ids())  # the log started afresh with the restart
     for i in range(6):
