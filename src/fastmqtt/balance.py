@@ -100,6 +100,11 @@ class RoundRobin(Balancer):
         super().__init__(weights)
         self._current = [0] * len(self._weights)
 
+    def set_weights(self, weights: Sequence[int]) -> None:
+        super().set_weights(weights)
+        # credit earned under the old weights would skew the next rounds (slow start ramps)
+        self._current = [0] * len(self._weights)
+
     def pick(
         self, key: bytes | None, eligible: Sequence[bool], active: Sequence[int]
     ) -> int | None:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"fastmqtt {__version__} ({IMPLEMENTATION})"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
