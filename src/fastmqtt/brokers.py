@@ -40,7 +40,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
     """Poll until something accepts on host:port; bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -51,7 +53,9 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"nothing listening on {host}:{port} after {timeout}s")
+                raise BrokerUnavailable(
+                    f"nothing listening on {host}:{port} after {timeout}s"
+                ) from None
             time.sleep(0.02)
 
 
