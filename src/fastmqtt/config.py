@@ -98,6 +98,8 @@ class GlobalConfig:
     log_level: str = "info"
     log_format: str = "text"
     grace: float = 30.0
+    drain_disconnect: bool = False  # MQTT 5 clients get DISCONNECT 0x8B on SIGTERM
+    drain_rate: int = 500  # such DISCONNECTs per second, so reconnects arrive spread out
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,6 +745,8 @@ GLOBAL_KEYS = {
     "log_level": _Key(_choice(*LOG_LEVELS)),
     "log_format": _Key(_choice(*LOG_FORMATS)),
     "grace": _Key(_duration(allow_zero=True)),
+    "drain_disconnect": _Key(_boolean),
+    "drain_rate": _Key(_integer(1, MAX_CONNECTIONS)),
 }
 DEFAULTS_KEYS = {
     "timeout_connect": _Key(_duration()),

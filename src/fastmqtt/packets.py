@@ -7,6 +7,12 @@ _PROTOCOL = {3: b"\x00\x06MQIsdp", 4: b"\x00\x04MQTT", 5: b"\x00\x04MQTT"}
 
 DISCONNECT = b"\xe0\x00"
 PINGREQ = b"\xc0\x00"
+SERVER_SHUTTING_DOWN = 0x8B  # MQTT 5 DISCONNECT reason code
+
+
+def disconnect_v5(reason: int) -> bytes:
+    """An MQTT 5 DISCONNECT with a reason code and no properties."""
+    return bytes([0xE0, 2, reason, 0])
 
 
 def varint(n: int) -> bytes:

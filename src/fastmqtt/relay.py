@@ -36,6 +36,7 @@ class RelayHub:
         self.on_finish = on_finish
         self.engine = engine
         self.sessions: dict[int, Session] = {}
+        self.drain_v5 = False  # follow MQTT 5 sessions' packets so a drain can say goodbye
         self._loop_relays: dict[int, LoopRelay] = {}
         self._tasks: set[asyncio.Task] = set()
         if engine is not None:
@@ -58,7 +59,8 @@ class RelayHub:
         """Hand both sides over; ``to_*`` are bytes already read that go out first. Only
         ``spliceable`` pairs (plain sockets both) may go to the C engine."""
         self.sessions[session.id] = session
-        if self.engine is not None and spliceable:
+        goodbye = self.drain_v5 and session.protocol_version == 5
+        if self.engine is not None and spliceable and not goodbye:
             assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
             self.engine.add(
                 session.id,
@@ -77,6 +79,8 @@ class RelayHub:
             lambda c2s, s2c, reason: self._finished(session.id, c2s, s2c, reason),
         )
         self._loop_relays[session.id] = relay
+        if goodbye:
+            relay.track_packets()
         task = self.loop.create_task(relay.start(client_sock, server_sock, to_server, to_client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -98,6 +102,15 @@ class RelayHub:
             relay.close(reason)
         elif self.engine is not None and session_id in self.sessions:
             self.engine.close(session_id)
+
+    async def say_goodbye(self, packet: bytes, rate: int) -> None:
+        """Send ``packet`` to every session that can take one, ``rate`` sessions a second."""
+        relays = [r for r in self._loop_relays.values() if r.server.boundary is not None]
+        batch = max(1, rate // 10)
+        for start in range(0, len(relays), batch):
+            for relay in relays[start : start + batch]:
+                relay.say_goodbye(packet)
+            await asyncio.sleep(batch / rate)
 
     async def shutdown(self, grace: float) -> None:
         """Let connections end by themselves for up to ``grace`` seconds, then close the rest."""

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from fastmqtt.framing import PacketBoundary
+
 # (bytes client->server, bytes server->client, end reason)
 DoneCallback = Callable[[int, int, str], None]
 
@@ -61,6 +63,7 @@ class _Side(asyncio.Protocol):
     """One socket of the pair; ``role`` is "client" or "server" and names end reasons."""
 
     __slots__ = (
+        "boundary",
         "codec",
         "eof",
         "last_read",
@@ -78,6 +81,7 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.transport: asyncio.Transport | None = None
         self.codec: Codec | None = None
+        self.boundary: PacketBoundary | None = None  # the broker's side, when it may be drained
         self.received = 0
         self.outbox: list[bytes] = []  # for this side, before its transport is wired
         self.eof = False
@@ -103,10 +107,22 @@ class _Side(asyncio.Protocol):
             data, reply, end = self.codec.decode(data)
             if reply and self.transport is not None:
                 self.transport.write(reply)
+        if self.boundary is not None and data:
+            data = self._up_to_farewell(data)
         if data:
             self.peer.send(data)
         if end is not None:
             self.pair.finish(end)
+        elif self.pair.farewell is not None and self.boundary and self.boundary.at_boundary:
+            self.pair.send_farewell()
+
+    def _up_to_farewell(self, data: bytes) -> bytes:
+        """All of ``data``, or once a farewell waits, only what completes the current packet."""
+        assert self.boundary is not None
+        if self.pair.farewell is None:
+            self.boundary.feed(data)
+            return data
+        return data[: self.boundary.feed(data, stop_at_boundary=True)]
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -158,6 +174,24 @@ class LoopRelay:
         self.server_idle = server_idle
         self.on_done: DoneCallback | None = on_done
         self._timer: asyncio.TimerHandle | None = None
+        self.farewell: bytes | None = None
+
+    def track_packets(self) -> None:
+        """Follow the broker's packet boundaries so that `say_goodbye` can be used."""
+        self.server.boundary = PacketBoundary()
+
+    def say_goodbye(self, packet: bytes) -> None:
+        """Send ``packet`` (a DISCONNECT) to the client between two of the broker's packets,
+        then end the pair as "drained". Needs `track_packets` from the start."""
+        assert self.server.boundary is not None
+        self.farewell = packet
+        if self.server.boundary.at_boundary and self.client.transport is not None:
+            self.send_farewell()
+
+    def send_farewell(self) -> None:
+        assert self.farewell is not None
+        self.client.send(self.farewell)
+        self.finish("drained")
 
     async def start(
         self,
@@ -186,6 +220,8 @@ class LoopRelay:
             if side.eof and side.eof_received() is False:
                 return
         self._arm_timer()
+        if self.farewell is not None and self.server.boundary and self.server.boundary.at_boundary:
+            self.send_farewell()  # asked for while the sides were being wired
 
     async def _wire(self, side: _Side, endpoint: Endpoint) -> None:
         """Attach ``side`` to the endpoint, replaying bytes it received before the relay."""

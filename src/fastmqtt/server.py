@@ -13,7 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TextIO
 
-from fastmqtt import IMPLEMENTATION, __version__, notify, workers
+from fastmqtt import IMPLEMENTATION, __version__, notify, packets, workers
 from fastmqtt.backends import Backend, Server, resolve_servers
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.errors import ConfigError
@@ -46,6 +46,7 @@ class Proxy:
         self.frontends = [Frontend(fc, self.backends[fc.backend], self) for fc in config.frontends]
         self.engine = make_engine(config.global_.relay_threads)
         self.hub = RelayHub(loop, self._relay_finished, self.engine)
+        self.hub.drain_v5 = config.global_.drain_disconnect
         self.conn_log = ConnectionLog(conn_log, config.global_.log_format) if conn_log else None
         self.current = 0
         self.started_at = loop.time()
@@ -117,6 +118,7 @@ class Proxy:
         for fe in kept.values():
             fe.close()  # its established connections stay until they end
         self.config, self.backends, self.frontends = config, backends, frontends
+        self.hub.drain_v5 = config.global_.drain_disconnect
         self.health = {name: HealthChecker(b, self) for name, b in backends.items()}
         for checker in self.health.values():
             checker.start()
@@ -144,7 +146,15 @@ class Proxy:
             task.cancel()  # clients still being inspected or connected
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        goodbye = None
+        if self.config.global_.drain_disconnect:
+            packet = packets.disconnect_v5(packets.SERVER_SHUTTING_DOWN)
+            goodbye = self.loop.create_task(
+                self.hub.say_goodbye(packet, self.config.global_.drain_rate)
+            )
         await self.hub.shutdown(grace)
+        if goodbye is not None:
+            goodbye.cancel()
         if self.stats is not None:
             self.stats.close()
 

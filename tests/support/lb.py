@@ -208,6 +208,8 @@ class Client:
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        self.disconnect_reason = reason_code
+        self.disconnected_at = time.monotonic()
         self.disconnected.set()
 
     def _on_message(self, client, userdata, message) -> None:

@@ -1,0 +1,58 @@
+"""SIGTERM with drain_disconnect: MQTT 5 clients hear DISCONNECT 0x8B between two packets,
+spread at drain_rate; MQTT 3.1.1 clients keep running until the grace period ends."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.support.lb import Client, lb_port, recipe, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigterm_says_goodbye_to_v5_clients_at_a_packet_boundary(brokers, fastmqtt):
+    [node] = brokers(1)
+    port = lb_port()
+    config = recipe([node], port).replace(
+        'grace = "2s"', 'grace = "10s"\ndrain_disconnect = true\ndrain_rate = 10'
+    )
+    lb = fastmqtt(config, port=port)
+    v5 = [Client(f"v5-{i}", port, version=5) for i in range(6)]
+    for c in v5:
+        c.subscribe("drain/big")
+    v3 = Client("v311", port, version=4)
+
+    # the broker streams large messages, so a DISCONNECT written mid-packet would corrupt them
+    stop = threading.Event()
+    publisher = Client("publisher", node.port)
+
+    def publish() -> None:
+        while not stop.is_set():
+            publisher.publish("drain/big", b"x" * 200_000)
+            time.sleep(0.01)
+
+    feeder = threading.Thread(target=publish, daemon=True)
+    feeder.start()
+    assert wait_until(lambda: all(c.messages for c in v5))
+    signalled = time.monotonic()
+    lb.signal(signal.SIGTERM)
+    try:
+        assert wait_until(lambda: all(c.disconnected.is_set() for c in v5), timeout=8)
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert [c.disconnect_reason for c in v5] == [0x8B] * 6  # "Server shutting down"
+    assert all(len(payload) == 200_000 for c in v5 for _topic, payload in c.messages)
+    spread = max(c.disconnected_at for c in v5) - min(c.disconnected_at for c in v5)
+    assert spread >= 0.3  # 6 clients at 10 per second, not all at once
+    assert not v3.disconnected.is_set()  # no goodbye for 3.1.1: it stays until grace ends
+    v3.close()
+    publisher.close()
+    for c in v5:
+        c.mqtt.loop_stop()
+    assert lb.proc.wait(timeout=10) == 0
+    assert time.monotonic() - signalled < 10
