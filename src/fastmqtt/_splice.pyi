@@ -7,6 +7,7 @@ Record = tuple[int, int, int, float, str, int]
 
 REASONS: tuple[str, ...]
 CONN_SIZE: int  # the engine's own bytes per idle connection
+PIPE_SIZE: int  # the most one direction holds in bulk (splice) mode
 
 class Engine:
     def __init__(

@@ -47,9 +47,11 @@ cdef extern from "<fcntl.h>" nogil:
         O_CLOEXEC
         SPLICE_F_MOVE
         SPLICE_F_NONBLOCK
+        F_SETPIPE_SZ
 
     ssize_t splice(int fd_in, long long *off_in, int fd_out, long long *off_out,
                    size_t length, unsigned int flags)
+    int fcntl(int fd, int cmd, ...)
 
 
 cdef extern from "<unistd.h>" nogil:
