@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -146,3 +147,18 @@ def test_demo_shows_ten_clients_over_three_brokers():
     ]
     assert counts == [4, 3, 3]
     assert f"127.0.0.1:{port}" in result.stdout
+
+
+def test_json_connection_log_has_one_object_per_connection(brokers, fastmqtt):
+    nodes = brokers(2)
+    port = lb_port()
+    config = recipe(nodes, port, backend='stick = { on = "client_id" }')
+    lb = fastmqtt(config.replace("[global]\n", '[global]\nlog_format = "json"\n'), port=port)
+    raw_connect(port, "json-client", version=5).close()
+    assert wait_until(lambda: any("json-client" in line for line in lb.connection_log()))
+    [entry] = [json.loads(x) for x in lb.connection_log() if "json-client" in x]
+    assert entry["client_id"] == "json-client" and entry["mqtt_version"] == 5
+    assert entry["backend"] == "cluster" and entry["server"] in {"node1", "node2"}
+    assert entry["connack"] == 0 and entry["end"] == "client-closed"
+    assert entry["bytes_in"] > 0 and entry["bytes_out"] > 0
+    assert 0 <= entry["wait_ms"] <= entry["connect_ms"] <= entry["total_ms"]
