@@ -21,7 +21,7 @@ from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
-from fastmqtt.stats import StatsServer
+from fastmqtt.stats import LocalSource, StatsServer
 
 log = logging.getLogger("fastmqtt")
 
@@ -68,8 +68,8 @@ class Proxy:
                     raise OSError(
                         exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}"
                     ) from None
-            if self.config.stats is not None and self.worker in (None, 0):
-                self.stats = StatsServer(self, self.config.stats)
+            if self.config.stats is not None and self.worker is None:  # else the supervisor's
+                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
         except BaseException:
             for fe in self.frontends:
                 fe.close()
@@ -285,8 +285,9 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         return 1
     if worker is None:
         notify.ready(f"serving {len(proxy.frontends)} frontends")
+        channel = None
     else:
-        workers.report_ready()
+        channel = workers.attach(proxy)
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -312,6 +313,8 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if channel is not None:
+            channel.cancel()
     log.info("stopped")
     return 0
 

@@ -16,6 +16,9 @@ and answers 403 when no auth is configured.
 A small HTTP/1.1 server on asyncio streams: one request per connection, bounded head and
 body sizes and a deadline per request. No web framework, no new runtime dependency. The
 rows come from stats_rows.py, the page from stats_html.py, the metrics from prometheus.py.
+
+The listener reads its numbers and applies admin changes through a `Source`: LocalSource for
+a single process, the supervisor's view of every worker with ``workers > 1`` (workers.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from fastmqtt.config import StatsConfig
 from fastmqtt.deadline import Deadline
@@ -68,7 +71,7 @@ class Response(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class _HTTPError(Exception):
+class HTTPError(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
         self.response = Response(status, text + "\n")
@@ -82,33 +85,98 @@ async def read_request(reader: asyncio.StreamReader, peer: str) -> Request:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
-        raise _HTTPError(431, "request head too large") from None
+        raise HTTPError(431, "request head too large") from None
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _HTTPError(400, "bad request line")
+        raise HTTPError(400, "bad request line")
     headers = {}
     for line in filter(None, lines[1:]):
         name, sep, value = line.partition(":")
         if not sep:
-            raise _HTTPError(400, "bad header line")
+            raise HTTPError(400, "bad header line")
         headers[name.strip().lower()] = value.strip()
     length = headers.get("content-length", "0")
     if not length.isdigit() or int(length) > MAX_BODY:
-        raise _HTTPError(413, f"body must be at most {MAX_BODY} bytes")
+        raise HTTPError(413, f"body must be at most {MAX_BODY} bytes")
     body = await reader.readexactly(int(length))
     path, _, query = parts[1].partition("?")
     return Request(parts[0], path, query, headers, body, peer)
 
 
-class StatsServer:
-    """The ``[stats]`` listener of one process."""
+class Source(Protocol):
+    """Where the stats listener reads its numbers and sends admin changes."""
 
-    def __init__(self, proxy: Proxy, config: StatsConfig) -> None:
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def snapshot(self) -> dict[str, Any]:
+        """stats_rows.snapshot() data; HTTPError when there is nothing to show."""
+
+    async def change(
+        self, backend: str, server: str, state: str | None, weight: int | None, who: str
+    ) -> None:
+        """Apply a validated admin change to a server the last snapshot listed."""
+
+
+class LocalSource:
+    """This process's own proxy; also what a worker reports to its supervisor."""
+
+    def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.config = config
-        self.loop = proxy.loop
         self.rates = Rates()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._ticker = self.proxy.loop.call_later(RATE_TICK, self._tick)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def snapshot_now(self) -> dict[str, Any]:
+        return snapshot(self.proxy, self.rates)
+
+    async def snapshot(self) -> dict[str, Any]:
+        return self.snapshot_now()
+
+    async def change(
+        self, backend: str, server: str, state: str | None, weight: int | None, who: str
+    ) -> None:
+        self.apply(backend, server, state, weight, who)
+
+    def apply(
+        self, backend: str, server: str, state: str | None, weight: int | None, who: str
+    ) -> None:
+        """KeyError for a server this process does not have."""
+        checker = self.proxy.health[backend]
+        if weight is not None:
+            checker.set_weight(server, weight, who)
+        if state is not None:
+            checker.set_admin(server, Admin(state), who)
+
+    def _tick(self) -> None:
+        for fe in self.proxy.frontends:
+            self.rates.sample(("frontend", fe.name), fe.counters.total)
+        for backend in self.proxy.backends.values():
+            self.rates.sample(
+                ("backend", backend.name), sum(s.counters.total for s in backend.servers)
+            )
+            for s in backend.servers:
+                self.rates.sample(("server", backend.name, s.name), s.counters.total)
+        self._ticker = self.proxy.loop.call_later(RATE_TICK, self._tick)
+
+
+class StatsServer:
+    """The ``[stats]`` listener."""
+
+    def __init__(
+        self, source: Source, config: StatsConfig, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.loop = loop
         env = config.auth_password_env
         self.password = os.environ.get(env) if env else None
         if config.auth_user and not self.password:
@@ -121,17 +189,17 @@ class StatsServer:
             where = f"{config.bind_host}:{config.bind_port}"
             raise OSError(exc.errno, f"stats: cannot bind {where}: {exc.strerror}") from None
         self._server: asyncio.AbstractServer | None = None
-        self._ticker: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.routes: dict[str, Callable[[Request], Response]] = {
-            "/healthz": lambda r: Response(200, "ok\n"),
-            config.uri: self._html,
-            config.uri + ";csv": lambda r: Response(
-                200, render_csv(self.snapshot()), "text/csv; charset=utf-8"
+        self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {  # a page per snapshot
+            config.uri: lambda snap: Response(
+                200, render_html(snap, config.refresh, config.uri), "text/html; charset=utf-8"
             ),
-            config.uri + ".json": lambda r: _json(200, self.snapshot()),
-            "/metrics": lambda r: Response(
-                200, render_metrics(self.snapshot()), "text/plain; version=0.0.4; charset=utf-8"
+            config.uri + ";csv": lambda snap: Response(
+                200, render_csv(snap), "text/csv; charset=utf-8"
+            ),
+            config.uri + ".json": lambda snap: _json(200, snap),
+            "/metrics": lambda snap: Response(
+                200, render_metrics(snap), "text/plain; version=0.0.4; charset=utf-8"
             ),
         }
 
@@ -143,33 +211,18 @@ class StatsServer:
         task = self.loop.create_task(self._start())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._ticker = self.loop.call_later(RATE_TICK, self._tick)
+        self.source.start()
         log.info("stats on http://%s:%d%s", self.config.bind_host, self.port, self.config.uri)
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._client, sock=self.sock, limit=MAX_HEAD)
 
     def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        self.source.close()
         if self._server is not None:
             self._server.close()
         else:
             self.sock.close()
-
-    def snapshot(self) -> dict[str, Any]:
-        return snapshot(self.proxy, self.rates)
-
-    def _tick(self) -> None:
-        for fe in self.proxy.frontends:
-            self.rates.sample(("frontend", fe.name), fe.counters.total)
-        for backend in self.proxy.backends.values():
-            self.rates.sample(
-                ("backend", backend.name), sum(s.counters.total for s in backend.servers)
-            )
-            for s in backend.servers:
-                self.rates.sample(("server", backend.name, s.name), s.counters.total)
-        self._ticker = self.loop.call_later(RATE_TICK, self._tick)
 
     # -- one connection ----------------------------------------------------------------
 
@@ -186,8 +239,8 @@ class StatsServer:
 
     async def _answer(self, reader: asyncio.StreamReader, peer: str) -> Response:
         try:
-            return self.respond(await read_request(reader, peer))
-        except _HTTPError as exc:
+            return await self.respond(await read_request(reader, peer))
+        except HTTPError as exc:
             return exc.response
         except (OSError, asyncio.IncompleteReadError):
             raise
@@ -195,11 +248,11 @@ class StatsServer:
             log.exception("stats: error answering %s", peer)
             return Response(500, "internal error\n")
 
-    def respond(self, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
         if request.path == "/healthz":
-            return self.routes["/healthz"](request)
+            return Response(200, "ok\n")
         if request.path == API or request.path.startswith(API + "/"):
-            return self._admin(request)
+            return await self._admin(request)
         if self.config.auth_user and not self._authorized(request):
             return _unauthorized()
         route = self.routes.get(request.path)
@@ -207,11 +260,7 @@ class StatsServer:
             return Response(404, "not found\n")
         if request.method != "GET":
             return Response(405, "use GET\n", headers=(("Allow", "GET"),))
-        return route(request)
-
-    def _html(self, request: Request) -> Response:
-        page = render_html(self.snapshot(), self.config.refresh, self.config.uri)
-        return Response(200, page, "text/html; charset=utf-8")
+        return route(await self.source.snapshot())
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -226,56 +275,54 @@ class StatsServer:
 
     # -- admin API ---------------------------------------------------------------------
 
-    def _admin(self, request: Request) -> Response:
+    async def _admin(self, request: Request) -> Response:
         if not self.config.auth_user:
             return Response(403, "the admin API needs [stats] auth = { user, password_env }\n")
         if not self._authorized(request):
             return _unauthorized()
         names = [part for part in request.path[len(API) :].split("/") if part]
+        snap = await self.source.snapshot()
         if not names and request.method == "GET":
-            return _json(200, [sv for be in self.snapshot()["backends"] for sv in be["servers"]])
+            return _json(200, [sv for be in snap["backends"] for sv in be["servers"]])
         if len(names) != 2:
             return Response(404, f"use {API}/BACKEND/SERVER\n")
-        checker = self.proxy.health.get(names[0])
-        if checker is None or names[1] not in checker.servers:
+        if _server_row(snap, names[0], names[1]) is None:
             return Response(404, f"no server {names[0]}/{names[1]}\n")
         if request.method == "POST":
-            self._change(request, names[0], names[1])
+            await self._change(request, names[0], names[1])
+            snap = await self.source.snapshot()
         elif request.method != "GET":
             return Response(405, "use GET or POST\n", headers=(("Allow", "GET, POST"),))
-        return _json(200, self._server_data(names[0], names[1]))
+        return _json(200, _server_row(snap, names[0], names[1]))
 
-    def _server_data(self, backend: str, server: str) -> dict[str, Any]:
-        for be in self.snapshot()["backends"]:
-            for sv in be["servers"]:
-                if be["pxname"] == backend and sv["svname"] == server:
-                    return sv
-        raise KeyError(f"{backend}/{server}")
-
-    def _change(self, request: Request, backend: str, server: str) -> None:
-        """Apply ``{"state": ...}`` and/or ``{"weight": N}``; _HTTPError when invalid."""
+    async def _change(self, request: Request, backend: str, server: str) -> None:
+        """Apply ``{"state": ...}`` and/or ``{"weight": N}``; HTTPError when invalid."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":  # a browser form of another site cannot send it
-            raise _HTTPError(415, "Content-Type must be application/json")
+            raise HTTPError(415, "Content-Type must be application/json")
         try:
             change = json.loads(request.body)
         except ValueError:
-            raise _HTTPError(400, "body must be JSON") from None
+            raise HTTPError(400, "body must be JSON") from None
         if not isinstance(change, dict) or not change or set(change) - {"state", "weight"}:
-            raise _HTTPError(
+            raise HTTPError(
                 400, 'expected {"state": "drain"|"maint"|"ready"} and/or {"weight": N}'
             )
         state, weight = change.get("state"), change.get("weight")
         if state is not None and state not in {a.value for a in Admin}:
-            raise _HTTPError(400, 'state must be "drain", "maint" or "ready"')
+            raise HTTPError(400, 'state must be "drain", "maint" or "ready"')
         if weight is not None and (type(weight) is not int or not 0 <= weight <= MAX_WEIGHT):
-            raise _HTTPError(400, f"weight must be an integer 0..{MAX_WEIGHT}")
+            raise HTTPError(400, f"weight must be an integer 0..{MAX_WEIGHT}")
         who = f"admin API ({self.config.auth_user} from {request.peer})"
-        checker = self.proxy.health[backend]
-        if weight is not None:
-            checker.set_weight(server, weight, who)
-        if state is not None:
-            checker.set_admin(server, Admin(state), who)
+        await self.source.change(backend, server, state, weight, who)
+
+
+def _server_row(snap: dict[str, Any], backend: str, server: str) -> dict[str, Any] | None:
+    for be in snap["backends"]:
+        for sv in be["servers"]:
+            if be["pxname"] == backend and sv["svname"] == server:
+                return sv
+    return None
 
 
 def _unauthorized() -> Response:

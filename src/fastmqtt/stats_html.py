@@ -95,6 +95,7 @@ def render_html(snap: dict[str, Any], refresh: float, uri: str) -> str:
         "version": snap["version"],
         "implementation": snap["implementation"],
         "pid": snap["pid"],
+        "workers": snap.get("workers", 1),
         "uptime": _duration(snap["uptime_seconds"]),
         "connections": f"{snap['current']} / {snap['maxconn']}",
         "refresh": f"{refresh:g}s",

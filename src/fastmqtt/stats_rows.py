@@ -4,6 +4,10 @@ and servers feeds the HTML page, the CSV, the JSON and the Prometheus text.
 Row keys are HAProxy's CSV column names wherever one exists (``scur``, ``stot``, ``econ``,
 ``check_status``, ...), so the CSV is the rows themselves; what CSV cannot hold (denied
 connections by reason, CONNACK codes, the latency histogram) rides along for JSON and metrics.
+
+With ``workers > 1`` each worker takes its own snapshot and the supervisor adds them up with
+merge_snapshots(): counters, current sessions, rates and per-worker limits are summed, what
+describes a server (status, weight, check results) comes from the first worker that has it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import csv
 import io
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -254,3 +258,61 @@ def render_csv(snap: dict[str, Any]) -> str:
 def _proxy_names(snap: dict[str, Any]) -> list[str]:
     names = [fe["pxname"] for fe in snap["frontends"]]
     return names + [be["pxname"] for be in snap["backends"] if be["pxname"] not in names]
+
+
+# Summed across workers. Limits (maxconn, slim) are enforced per worker, so they add up too;
+# smax and rate_max become the sum of per-worker maxima (an upper bound of the true peak).
+MERGE_SUMMED = frozenset({
+    "scur", "smax", "slim", "stot", "bin", "bout", "dreq", "econ", "eresp", "wretr", "wredis",
+    "rate", "rate_max", "accept_errors", "chkfail", "chkdown", "no_server", "sticky_hits",
+    "sticky_misses", "learned_ids",
+})  # fmt: skip
+MERGE_COUNTS = frozenset({"denied", "invalid_forwarded", "connects_by_version", "connack"})
+
+
+def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for several workers (at least one). A frontend, backend or server only
+    some workers know (a reload reaching them one after the other) is merged over those."""
+    return {
+        **snaps[0],
+        "uptime_seconds": max(s["uptime_seconds"] for s in snaps),
+        "start_time_seconds": min(s["start_time_seconds"] for s in snaps),
+        "current": sum(s["current"] for s in snaps),
+        "maxconn": sum(s["maxconn"] for s in snaps),
+        "frontends": _merge_rows([s["frontends"] for s in snaps], "pxname"),
+        "backends": _merge_rows([s["backends"] for s in snaps], "pxname"),
+        "workers": len(snaps),
+        "pids": [s["pid"] for s in snaps],
+    }
+
+
+def _merge_rows(lists: list[list[dict[str, Any]]], key: str) -> list[dict[str, Any]]:
+    """Rows with the same name merged, in the order they first appear."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rows in lists:
+        for row in rows:
+            groups.setdefault(row[key], []).append(row)
+    return [
+        {name: _merge_field(name, [r[name] for r in rows if name in r]) for name in rows[0]}
+        for rows in groups.values()
+    ]
+
+
+def _merge_field(name: str, values: list[Any]) -> Any:
+    if name in MERGE_SUMMED and all(type(v) is int for v in values):
+        return sum(values)  # a blank limit ("" = none) stays blank
+    if name in MERGE_COUNTS:
+        total: Counter[str] = Counter()
+        for counts in values:
+            total.update(counts)
+        return dict(total)
+    if name == "connect_latency":
+        return {
+            "le": values[0]["le"],
+            "cumulative": [sum(c) for c in zip(*(h["cumulative"] for h in values), strict=True)],
+            "sum": sum(h["sum"] for h in values),
+            "count": sum(h["count"] for h in values),
+        }
+    if name == "servers":
+        return _merge_rows(values, "svname")
+    return values[0]

@@ -6,26 +6,46 @@ relay engine, health checks and stick tables. Client-id routing agrees across wo
 backend uses `balance = "consistent"` (the mapping is a deterministic hash); stick tables are
 per worker (the kernel spreads connections by address and port, so a reconnect may land on
 another worker, whose table has not seen that client).
+
+The supervisor serves ``[stats]`` itself (the workers bind no stats port). Each worker answers
+on its own socketpair (JSON lines, one answer per request id): ``snapshot`` returns its
+stats_rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
+checkers. A page asks every live worker and shows the sum (stats_rows.merge_snapshots); an
+admin change goes to every worker, and is replayed to a worker started later until a reload
+resets admin states, as it does in a single process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from fastmqtt import notify
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
+from fastmqtt.stats import HTTPError, LocalSource, StatsServer
+from fastmqtt.stats_rows import merge_snapshots
+
+if TYPE_CHECKING:
+    from fastmqtt.server import Proxy
 
 log = logging.getLogger("fastmqtt.workers")
 
 READY_FD_ENV = "FASTMQTT_READY_FD"
+CHANNEL_FD_ENV = "FASTMQTT_CHANNEL_FD"
+ADMIN_ENV = "FASTMQTT_ADMIN"  # admin changes a new worker applies before it says ready
+CALL_TIMEOUT = 2.0  # seconds a worker has to answer; a hung one is left out of the page
+MAX_REQUEST = 64 * 1024  # supervisor -> worker lines are small commands
 START_TIMEOUT = 20.0  # seconds for every worker to bind its listeners
 RESPAWN_DELAY = 1.0  # a worker that dies this soon after starting is restarted after a pause
 POLL_INTERVAL = 0.2
@@ -46,21 +66,136 @@ def report_ready() -> None:
         os.close(int(fd))
 
 
+def attach(proxy: Proxy) -> asyncio.Task | None:
+    """In a worker whose listeners are bound: apply the admin changes made before it started
+    (before the loop runs, so no client sees the configured state), say ready, then answer
+    the supervisor. Returns the task answering it, to cancel when the worker stops."""
+    source = LocalSource(proxy)
+    for command in json.loads(os.environ.pop(ADMIN_ENV, "[]")):
+        _apply(source, command)
+    report_ready()
+    fd = os.environ.pop(CHANNEL_FD_ENV, None)
+    if fd is None:
+        return None
+    source.start()
+    return proxy.loop.create_task(_answer(source, socket.socket(fileno=int(fd))))
+
+
+async def _answer(source: LocalSource, sock: socket.socket) -> None:
+    reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_REQUEST)
+    try:
+        while line := await reader.readline():
+            writer.write(json.dumps(_handle(source, json.loads(line))).encode() + b"\n")
+            await writer.drain()
+    finally:
+        source.close()
+        writer.close()
+
+
+def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any]:
+    if request["op"] == "admin":
+        if not _apply(source, request):
+            return {"id": request["id"], "error": "no such server here"}
+        return {"id": request["id"], "ok": True}
+    return {"id": request["id"], "snapshot": source.snapshot_now()}
+
+
+def _apply(source: LocalSource, command: dict[str, Any]) -> bool:
+    try:
+        source.apply(
+            command["backend"],
+            command["server"],
+            command["state"],
+            command["weight"],
+            command["who"],
+        )
+    except KeyError:  # a reload removed it
+        log.warning("admin change for unknown server %s/%s", command["backend"], command["server"])
+        return False
+    return True
+
+
+class Channel:
+    """The supervisor's end of a worker's socketpair: JSON-line requests, answers by id."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
+        self.ids = itertools.count()
+        self.buffer = bytearray()
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The worker's answer, or None if it does not answer in time (hung, dying, dead)."""
+        ident = next(self.ids)
+        self.pending[ident] = self.loop.create_future()
+        line = json.dumps({**request, "id": ident}).encode() + b"\n"
+        try:
+            return await asyncio.wait_for(self._exchange(ident, line), CALL_TIMEOUT)
+        except (asyncio.TimeoutError, OSError):
+            return None
+        finally:
+            self.pending.pop(ident, None)
+
+    async def _exchange(self, ident: int, line: bytes) -> dict[str, Any] | None:
+        await self.loop.sock_sendall(self.sock, line)
+        return await self.pending[ident]
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.buffer += data
+        if b"\n" not in data:
+            return  # a large snapshot arrives in pieces
+        *lines, rest = self.buffer.split(b"\n")
+        self.buffer = bytearray(rest)
+        for line in lines:
+            answer = json.loads(line)
+            future = self.pending.get(answer["id"])
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result(None)
+
+
 class Worker:
     """One child process and the pipe on which it says it is ready."""
 
-    def __init__(self, index: int, path: str) -> None:
+    def __init__(self, index: int, path: str, admin: list[dict[str, Any]]) -> None:
         self.index = index
         read_fd, write_fd = os.pipe()
+        ours, theirs = socket.socketpair()
         self.started_at = time.monotonic()
+        env = {
+            READY_FD_ENV: str(write_fd),
+            CHANNEL_FD_ENV: str(theirs.fileno()),
+            ADMIN_ENV: json.dumps(admin),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastmqtt", "serve", path, "--worker", str(index)],
             stdin=subprocess.DEVNULL,
-            pass_fds=(write_fd,),
-            env={**os.environ, READY_FD_ENV: str(write_fd)},
+            pass_fds=(write_fd, theirs.fileno()),
+            env={**os.environ, **env},
         )
         os.close(write_fd)
+        theirs.close()
         self.ready_fd = read_fd
+        self.channel = Channel(ours)
 
     def ready(self) -> bool:
         """Non-blocking: has the worker reported? (EOF without a byte means it died first)."""
@@ -76,6 +211,46 @@ class Worker:
 
     def close(self) -> None:
         os.close(self.ready_fd)
+        self.channel.close()
+
+
+class WorkerStats:
+    """The stats listener's Source under a supervisor: every live worker's numbers, added up."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def start(self) -> None:
+        pass  # each worker samples its own rates
+
+    def close(self) -> None:
+        pass
+
+    async def snapshot(self) -> dict[str, Any]:
+        live = self.supervisor.live_workers()
+        answers = await asyncio.gather(*(w.channel.call({"op": "snapshot"}) for w in live))
+        snaps = [a["snapshot"] for a in answers if a is not None]
+        if not snaps:
+            raise HTTPError(503, "no worker answered")
+        merged = merge_snapshots(snaps)
+        merged["pid"] = os.getpid()  # the process to signal
+        merged["per_worker"] = [
+            {"worker": w.index, "pid": w.proc.pid, "current": a and a["snapshot"]["current"]}
+            for w, a in zip(live, answers, strict=True)
+        ]  # current is null for a worker that did not answer in time
+        return merged
+
+    async def change(
+        self, backend: str, server: str, state: str | None, weight: int | None, who: str
+    ) -> None:
+        command = {"backend": backend, "server": server, "state": state, "weight": weight}
+        command["who"] = who
+        self.supervisor.remember_admin(command)
+        live = self.supervisor.live_workers()
+        answers = await asyncio.gather(*(w.channel.call({"op": "admin", **command}) for w in live))
+        failed = [w.index for w, a in zip(live, answers, strict=True) if not (a and a.get("ok"))]
+        if failed:
+            raise HTTPError(503, f"workers {failed} did not confirm the change")
 
 
 class Supervisor:
@@ -87,6 +262,20 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.stopping = False
         self.restarts = 0
+        self.admin: dict[tuple[str, str], dict[str, Any]] = {}  # since the last reload
+        self.stats: StatsServer | None = None
+
+    def live_workers(self) -> list[Worker]:
+        return [w for w in self.workers if w.proc.poll() is None]
+
+    def remember_admin(self, command: dict[str, Any]) -> None:
+        """Keep the latest state and weight set on each server, for workers started later."""
+        key = (command["backend"], command["server"])
+        old = self.admin.get(key, {})
+        self.admin[key] = {k: old.get(k) if v is None else v for k, v in command.items()}
+
+    def _spawn(self, index: int) -> Worker:
+        return Worker(index, self.path, list(self.admin.values()))
 
     def run(self) -> int:
         import uvloop
@@ -95,14 +284,22 @@ class Supervisor:
 
     async def _run(self) -> int:
         count = self.config.global_.workers
-        self.workers = [Worker(i, self.path) for i in range(count)]
+        loop = asyncio.get_running_loop()
+        if self.config.stats is not None:
+            try:
+                self.stats = StatsServer(WorkerStats(self), self.config.stats, loop)
+            except OSError as exc:
+                log.error("%s", exc.strerror or exc)
+                return 1
+        self.workers = [self._spawn(i) for i in range(count)]
         if not await self._wait_ready(self.workers):
             log.error("workers failed to start; stopping")
             await self._stop_all(signal.SIGINT)
             return 1
+        if self.stats is not None:
+            self.stats.start()
         log.info("%d workers serving %s", count, self.path)
         notify.ready(f"{count} workers")
-        loop = asyncio.get_running_loop()
         done = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +310,7 @@ class Supervisor:
             await asyncio.sleep(POLL_INTERVAL)
         for worker in self.workers:
             worker.close()
+        self._close_stats()
         log.info("all workers stopped")
         return 0
 
@@ -135,7 +333,7 @@ class Supervisor:
                 continue  # crashed at once: wait a little instead of a restart storm
             log.warning("worker %d (pid %d) exited with %s; restarting", i, worker.proc.pid, code)
             worker.close()
-            self.workers[i] = Worker(i, self.path)
+            self.workers[i] = self._spawn(i)
             self.restarts += 1
 
     def _reload(self) -> None:
@@ -147,6 +345,7 @@ class Supervisor:
             for line in lines:
                 log.error("reload refused: %s", line)
             return
+        self.admin.clear()  # the workers reset admin states on reload
         for worker in self.workers:
             worker.signal(signal.SIGHUP)
 
@@ -170,3 +369,8 @@ class Supervisor:
             except asyncio.TimeoutError:
                 worker.proc.kill()
             worker.close()
+        self._close_stats()
+
+    def _close_stats(self) -> None:
+        if self.stats is not None:
+            self.stats.close()

@@ -1,0 +1,94 @@
+"""One stats endpoint for every worker: the supervisor adds up the workers' numbers and sends
+admin changes to all of them, including a worker restarted after the change."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fastmqtt.brokers import free_port
+from tests.support.lb import landed, lb_port, raw_connect, wait_until
+from tests.support.stats import Stats, checked_recipe
+
+pytestmark = pytest.mark.e2e
+
+CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+PASSWORD = "w0rkers-pw"
+CLIENTS = 100
+MAXCONN = 5000
+
+
+def _gauge(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise KeyError(name)
+
+
+def _land(port: int, prefix: str, count: int, nodes) -> dict[str, int]:
+    held = [raw_connect(port, f"{prefix}-{i}") for i in range(count)]
+    ids = {f"{prefix}-{i}" for i in range(count)}
+    assert wait_until(lambda: ids <= set(landed(nodes)))
+    for s in held:
+        s.close()
+    where = landed(nodes)
+    return {b.name: sum(where[cid] == b.name for cid in ids) for b in nodes}
+
+
+@pytest.fixture
+def workers_lb(brokers, fastmqtt):
+    nodes = brokers(2)
+    port, stats_port = lb_port(), free_port()
+    config = checked_recipe(nodes, port, stats_port, CHECK, user="ops")
+    config = config.replace("[global]\n", f"[global]\nworkers = 2\nmaxconn = {MAXCONN}\n")
+    lb = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
+    assert wait_until(lambda: "2 workers serving" in lb.logs())
+    return nodes, port, Stats(stats_port, "ops", PASSWORD), lb
+
+
+def test_stats_add_up_every_worker(workers_lb):
+    _, port, stats, lb = workers_lb
+    held = [raw_connect(port, f"held-{i}") for i in range(CLIENTS)]
+    snap = stats.json()
+    per_worker = [w["current"] for w in snap["per_worker"]]
+    print(f"\nclients per worker: {per_worker}")
+    assert snap["current"] == CLIENTS and snap["workers"] == 2
+    assert len(set(snap["pids"])) == 2 and snap["pid"] == lb.proc.pid
+    assert sum(per_worker) == CLIENTS and min(per_worker) > 0  # both workers contributed
+    frontend, backend = snap["frontends"][0], snap["backends"][0]
+    assert frontend["scur"] == CLIENTS and frontend["stot"] >= CLIENTS
+    assert sum(sv["scur"] for sv in backend["servers"]) == backend["scur"] == CLIENTS
+    assert backend["connect_latency"]["count"] >= CLIENTS
+    assert snap["maxconn"] == 2 * MAXCONN  # each worker enforces its own
+
+    metrics = stats.get("/metrics")
+    assert _gauge(metrics, "fastmqtt_current_connections") == CLIENTS
+    assert _gauge(metrics, "fastmqtt_frontend_current_sessions", frontend="mqtt") == CLIENTS
+    page = stats.get("/stats")
+    assert "<dd id=workers>2</dd>" in page and f"{CLIENTS} / " in page
+    assert stats.get("/stats;csv").count("\n") == 1 + 1 + 2 + 1  # header, fe, 2 servers, be
+    for s in held:
+        s.close()
+    assert wait_until(lambda: stats.json()["current"] == 0)
+
+
+def test_admin_change_reaches_every_worker_and_a_restarted_one(workers_lb):
+    nodes, port, stats, lb = workers_lb
+    status, body = stats.request("/api/servers/cluster/node1", {"state": "drain"})
+    assert status == 200 and json.loads(body)["state"] == "DRAIN"
+    assert lb.logs().count("cluster/node1 is DRAIN (was UP): set to drain by admin API") == 2
+    assert _land(port, "drained", 40, nodes) == {"node1": 0, "node2": 40}
+
+    old = set(stats.json()["pids"])
+    os.kill(next(iter(old)), signal.SIGKILL)
+    assert wait_until(lambda: len(set(stats.json()["pids"]) - old) == 1, timeout=10)
+    assert stats.state("node1") == "DRAIN"  # the new worker took the change on start
+    assert _land(port, "after-restart", 40, nodes) == {"node1": 0, "node2": 40}
+
+    assert stats.request("/api/servers/cluster/node1", {"state": "ready"})[0] == 200
+    assert _land(port, "ready", 40, nodes)["node1"] > 0
