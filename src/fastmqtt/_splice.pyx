@@ -686,11 +686,12 @@ cdef void open_conn(Worker *w, Conn *c) noexcept nogil:
             finish(w, c, R_ERROR, errno)
             return
     c.last_rx[0] = c.last_rx[1] = w.now
-    c.flags |= F_RD | (F_RD << 1)
     for s in range(2):
         if c.pend[s] != NULL:
             fm_add64(&w.buffered, c.pend[s].len)
     place(w, c)
+    # Only the bytes Python handed over are sent now: EPOLL_CTL_ADD already queued an event
+    # for a socket with bytes waiting, so no read is tried on spec.
     if not pump(w, c, 0):
         pump(w, c, 1)
 

@@ -7,6 +7,7 @@ the test drives ``client`` and ``server``, the engine owns the two middle socket
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import gc
@@ -247,6 +248,46 @@ def test_fin_queued_behind_blocked_data_is_seen(engine: Engine, listener: socket
         sender.join(5)
         assert got == payload
         assert_eof(server)
+
+
+def test_bytes_sent_before_the_hand_over_are_relayed(engine: Engine, pairing: Pairing) -> None:
+    client, a = pairing()
+    b, server = pairing()
+    client.sendall(b"early")  # already waiting in the engine's socket when it gets the fd
+    server.sendall(b"EARLY")
+    engine.add(1, a.detach(), b.detach(), 0, 0)
+    for sock in (client, server):
+        _OPEN.append(sock)
+        sock.settimeout(5)
+    assert recv_exactly(server, 5) == b"early"
+    assert recv_exactly(client, 5) == b"EARLY"
+
+
+def test_completions_wake_an_asyncio_loop(engine: Engine, pairing: Pairing) -> None:
+    """The proxy's way: loop.add_reader(completions_fd(), drain)."""
+    got: list[Record] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def on_completions() -> None:
+            got.extend(engine.drain())
+            if len(got) == 3:
+                done.set()
+
+        loop.add_reader(engine.completions_fd(), on_completions)
+        try:
+            for conn_id in range(3):
+                client, server = relay(engine, conn_id, pairing)
+                client.close()
+                server.close()
+            await asyncio.wait_for(done.wait(), 5)
+        finally:
+            loop.remove_reader(engine.completions_fd())
+
+    asyncio.run(main())
+    assert sorted(r[0] for r in got) == [0, 1, 2]
 
 
 def test_pending_bytes_go_first(engine: Engine, pairing: Pairing) -> None:
