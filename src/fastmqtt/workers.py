@@ -85,11 +85,25 @@ async def _answer(source: LocalSource, sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_REQUEST)
     try:
         while line := await reader.readline():
-            writer.write(json.dumps(_handle(source, json.loads(line))).encode() + b"\n")
+            writer.write(json.dumps(_handle_line(source, line)).encode() + b"\n")
             await writer.drain()
     finally:
         source.close()
         writer.close()
+
+
+def _handle_line(source: LocalSource, line: bytes) -> dict[str, Any]:
+    """The answer to one request; a bad line or a bug of ours must not end the channel."""
+    try:
+        request = json.loads(line)
+    except ValueError:  # cut by a send the supervisor gave up on
+        log.error("unreadable request from the supervisor")
+        return {"id": None, "error": "unreadable request"}
+    try:
+        return _handle(source, request)
+    except Exception:
+        log.exception("error answering the supervisor")
+        return {"id": request["id"], "error": "internal error"}
 
 
 def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any]:
@@ -229,22 +243,27 @@ class WorkerStats:
     async def snapshot(self) -> dict[str, Any]:
         live = self.supervisor.live_workers()
         answers = await asyncio.gather(*(w.channel.call({"op": "snapshot"}) for w in live))
-        snaps = [a["snapshot"] for a in answers if a is not None]
-        if not snaps:
+        snaps = [(a or {}).get("snapshot") for a in answers]
+        if not any(snaps):
             raise HTTPError(503, "no worker answered")
-        merged = merge_snapshots(snaps)
+        merged = merge_snapshots([snap for snap in snaps if snap])
         merged["pid"] = os.getpid()  # the process to signal
         merged["per_worker"] = [
-            {"worker": w.index, "pid": w.proc.pid, "current": a and a["snapshot"]["current"]}
-            for w, a in zip(live, answers, strict=True)
+            {"worker": w.index, "pid": w.proc.pid, "current": snap["current"] if snap else None}
+            for w, snap in zip(live, snaps, strict=True)
         ]  # current is null for a worker that did not answer in time
         return merged
 
     async def change(
         self, backend: str, server: str, state: str | None, weight: int | None, who: str
     ) -> None:
-        command = {"backend": backend, "server": server, "state": state, "weight": weight}
-        command["who"] = who
+        command = {
+            "backend": backend,
+            "server": server,
+            "state": state,
+            "weight": weight,
+            "who": who,
+        }
         self.supervisor.remember_admin(command)
         live = self.supervisor.live_workers()
         answers = await asyncio.gather(*(w.channel.call({"op": "admin", **command}) for w in live))
