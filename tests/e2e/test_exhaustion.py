@@ -22,6 +22,9 @@ from tests.support.hostile import (
     Slowloris,
     cpu_seconds,
     fd_count,
+    fd_kinds,
+    fd_targets,
+    fds_back_to,
     read_until_closed,
 )
 from tests.support.lb import Client, FastMQTT, raw_connect, recipe, servers_toml, wait_until
@@ -57,7 +60,7 @@ def test_slowloris_never_holds_a_slot_past_inspect_delay(brokers: Brokers, fastm
     port = free_port()
     config = recipe(brokers(1), port, inspect_delay="2s", frontend="maxconn = 2000\n")
     lb = fastmqtt(config, port=port)
-    fds_idle = fd_count(lb.proc.pid)  # type: ignore[union-attr]
+    fds_idle = fd_kinds(lb.proc.pid)  # type: ignore[union-attr]
     attack = Slowloris(port, 3000).start()
     try:
         time.sleep(2.5)  # every slot taken, the backlog full of slow clients
@@ -74,7 +77,7 @@ def test_slowloris_never_holds_a_slot_past_inspect_delay(brokers: Brokers, fastm
     assert success == 1.0
     assert len(timeouts) >= 2000 and attack.dropped >= 2000
     assert max(held_ms) <= 2000 + 1000  # inspect_delay plus scheduling on a busy 2-core box
-    assert wait_until(lambda: fd_count(lb.proc.pid) <= fds_idle, timeout=10)  # type: ignore[union-attr]
+    assert fds_back_to(lb.proc.pid, fds_idle, timeout=10)  # type: ignore[union-attr]
 
 
 def _flood(port: int, seconds: float, source: str) -> tuple[int, int]:
@@ -179,7 +182,7 @@ def test_misbehaving_backend_closes_the_client_in_time(fastmqtt: Start, mode: st
         + servers_toml("bad", [backend])  # type: ignore[list-item] - has .name and .address
     )
     lb = fastmqtt(config, port=port)
-    fds_idle = fd_count(lb.proc.pid)  # type: ignore[union-attr]
+    fds_idle = fd_kinds(lb.proc.pid)  # type: ignore[union-attr]
     try:
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=6) as sock:
@@ -193,7 +196,9 @@ def test_misbehaving_backend_closes_the_client_in_time(fastmqtt: Start, mode: st
     )
     assert answer.startswith(expected)
     assert elapsed < 1.0 + 2.0, f"{mode}: client told after {elapsed:.1f}s"
-    assert wait_until(lambda: fd_count(lb.proc.pid) <= fds_idle, timeout=5)  # type: ignore[union-attr]
+    pid = lb.proc.pid  # type: ignore[union-attr]
+    settled = fds_back_to(pid, fds_idle)
+    assert settled, f"{fds_idle} fds before, now {fd_targets(pid)}; {lb.connection_log()[-2:]}"
 
 
 def _play(sock: socket.socket, mode: str) -> bytes:

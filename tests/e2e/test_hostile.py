@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ from fastmqtt.parse import inspect_connack
 from tests.support.hostile import (
     Case,
     catalogue,
-    fd_count,
+    fd_kinds,
+    fd_targets,
+    fds_back_to,
     raw_connect_packet,
     read_until_closed,
     rss_kib,
@@ -39,7 +42,7 @@ class Harness:
     lb: FastMQTT
     broker: Mosquitto
     ports: dict[str, int]  # frontend name -> port
-    fds: int  # the fastmqtt process's open files once warmed up
+    fds: Counter[str]  # the fastmqtt process's open files by kind, once warmed up
 
     @property
     def pid(self) -> int:
@@ -47,7 +50,7 @@ class Harness:
         return self.lb.proc.pid
 
     def fds_settled(self) -> bool:
-        return wait_until(lambda: fd_count(self.pid) <= self.fds, timeout=5.0)
+        return fds_back_to(self.pid, self.fds)
 
 
 EXTRA = {
@@ -77,9 +80,9 @@ def harness() -> Iterator[Harness]:
     try:
         lb.start()
         raw_connect(ports["connack"], "warm-up").close()  # let uvloop allocate what it keeps
-        harness = Harness(lb, broker, ports, 0)
+        harness = Harness(lb, broker, ports, Counter())
         assert wait_until(lambda: 'cid="warm-up"' in "".join(lb.connection_log()))
-        harness.fds = fd_count(harness.pid)
+        harness.fds = fd_kinds(harness.pid)
         yield harness
     finally:
         lb.stop()
@@ -105,7 +108,7 @@ def test_hostile_input_is_refused_and_leaves_nothing(
     assert line.endswith(f" {case.reason}"), line
     assert f" {frontend} -/- " in line  # never reached a backend
     assert harness.broker.tcp_connection_count() == broker_connections
-    assert harness.fds_settled(), f"fds {fd_count(harness.pid)} > {harness.fds}"
+    assert harness.fds_settled(), f"{fd_targets(harness.pid)} vs {harness.fds}"
 
 
 @pytest.mark.parametrize(
@@ -149,7 +152,7 @@ def test_refused_in_bulk_without_leaking(harness: Harness) -> None:
         answers = list(pool.map(lambda job: send_and_read(*job), jobs))
     assert len(answers) == len(jobs)
     assert harness.broker.tcp_connection_count() == broker_connections
-    assert harness.fds_settled(), f"fds {fd_count(harness.pid)} > {harness.fds}"
+    assert harness.fds_settled(), f"{fd_targets(harness.pid)} vs {harness.fds}"
     growth = rss_kib(harness.pid) - rss_before
     assert growth < 8 * 1024, f"RSS grew {growth} KiB over {len(jobs)} refused connections"
 

@@ -11,6 +11,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from fastmqtt import packets
@@ -156,6 +157,44 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+PIPE_POOL_FDS = 2 * 64  # the relay engine keeps up to 64 empty pipes for reuse (pipe_pool)
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """Open files of ``pid`` by kind: "socket", "pipe" or "other"."""
+    kinds: Counter[str] = Counter()
+    for target in fd_targets(pid):
+        kind = target.split("->", 1)[1].split(":", 1)[0]
+        kinds[kind if kind in ("socket", "pipe") else "other"] += 1
+    return kinds
+
+
+def fds_back_to(pid: int, baseline: Counter[str], timeout: float = 5.0) -> bool:
+    """Within ``timeout``: no socket or other file beyond ``baseline``, and pipes only
+    within the relay engine's bounded pool (an empty pipe is kept, not leaked)."""
+
+    def settled() -> bool:
+        now = fd_kinds(pid)
+        pipes_ok = now["pipe"] <= baseline["pipe"] + PIPE_POOL_FDS
+        return pipes_ok and all(now[k] <= baseline[k] for k in ("socket", "other"))
+
+    deadline = time.monotonic() + timeout
+    while not settled():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What each open file of ``pid`` is (for failure messages)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            targets.append(f"{fd}->{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+    return targets
 
 
 def rss_kib(pid: int) -> int:
