@@ -135,7 +135,7 @@ cdef struct Conn:
     int16_t err             # errno values fit
     uint16_t flags
     uint8_t reason
-    uint8_t refs            # the engine until drained, plus one per queued close()
+    uint8_t refs            # the engine until drained, plus one for a queued close()
     uint8_t worker
 
 
@@ -1028,8 +1028,11 @@ cdef class Engine:
                          uint32_t client_idle, uint32_t server_idle,
                          const unsigned char[:] to_server,
                          const unsigned char[:] to_client) except NULL:
-        cdef Conn *c = <Conn *>calloc(1, sizeof(Conn))
+        cdef Conn *c
         cdef bint ok
+        if max(to_server.shape[0], to_client.shape[0]) > 0x7FFFFFFF:
+            raise ValueError("pending bytes must be under 2 GiB")
+        c = <Conn *>calloc(1, sizeof(Conn))
         if c == NULL:
             raise MemoryError()
         c.conn_id = conn_id
@@ -1059,8 +1062,9 @@ cdef class Engine:
         c = <Conn *><uintptr_t>addr
         w = &self.core.workers[c.worker]
         pthread_mutex_lock(&self.core.lock)
-        ok = push_ptr(&w.kills, &w.nkills, &w.capkills, c)
-        if ok:
+        # refs > 1: a close is already queued (and one per connection keeps refs in 8 bits)
+        ok = c.refs > 1 or push_ptr(&w.kills, &w.nkills, &w.capkills, c)
+        if ok and c.refs == 1:
             c.refs += 1
             wake(w)
         pthread_mutex_unlock(&self.core.lock)

@@ -394,7 +394,8 @@ def test_activity_keeps_a_connection_alive(engine: Engine, socketpair_pairing: P
 def test_close_kills_a_connection(engine: Engine, socketpair_pairing: Pairing) -> None:
     client, server = relay(engine, 31, socketpair_pairing)
     other_client, _ = relay(engine, 32, socketpair_pairing)
-    engine.close(31)
+    for _ in range(300):  # repeated requests are one request
+        engine.close(31)
     engine.close(999)  # unknown ids are ignored
     [rec] = records(engine, 1)
     assert rec[0] == 31 and rec[4] == "killed"
