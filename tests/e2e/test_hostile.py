@@ -154,6 +154,7 @@ def test_refused_in_bulk_without_leaking(harness: Harness) -> None:
     assert harness.broker.tcp_connection_count() == broker_connections
     assert harness.fds_settled(), f"{fd_targets(harness.pid)} vs {harness.fds}"
     growth = rss_kib(harness.pid) - rss_before
+    print(f"bulk: {len(jobs)} refusals, RSS {growth:+d} KiB, fds {dict(fd_kinds(harness.pid))}")
     assert growth < 8 * 1024, f"RSS grew {growth} KiB over {len(jobs)} refused connections"
 
 
