@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,7 +52,7 @@ def workers_lb(brokers, fastmqtt):
     return nodes, port, Stats(stats_port, "ops", PASSWORD), lb
 
 
-def test_stats_add_up_every_worker(workers_lb):
+def test_stats_add_up_every_worker_and_leave_a_hung_one_out(workers_lb):
     _, port, stats, lb = workers_lb
     held = [raw_connect(port, f"held-{i}") for i in range(CLIENTS)]
     snap = stats.json()
@@ -72,9 +73,25 @@ def test_stats_add_up_every_worker(workers_lb):
     page = stats.get("/stats")
     assert "<dd id=workers>2</dd>" in page and f"{CLIENTS} / " in page
     assert stats.get("/stats;csv").count("\n") == 1 + 1 + 2 + 1  # header, fe, 2 servers, be
+    _a_hung_worker_is_left_out(stats)
     for s in held:
         s.close()
     assert wait_until(lambda: stats.json()["current"] == 0)
+
+
+def _a_hung_worker_is_left_out(stats: Stats) -> None:
+    hung, other = stats.json()["per_worker"]
+    os.kill(hung["pid"], signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        snap = stats.json()
+        waited = time.monotonic() - started
+    finally:
+        os.kill(hung["pid"], signal.SIGCONT)
+    print(f"answer with a stopped worker after {waited:.2f}s")
+    assert waited < 4 and snap["workers"] == 1 and snap["current"] == other["current"]
+    assert [w["current"] for w in snap["per_worker"]] == [None, other["current"]]
+    assert stats.json()["current"] == CLIENTS  # back; its late answer confused nothing
 
 
 def test_admin_change_reaches_every_worker_and_a_restarted_one(workers_lb):
