@@ -290,6 +290,17 @@ def test_completions_wake_an_asyncio_loop(engine: Engine, pairing: Pairing) -> N
     assert sorted(r[0] for r in got) == [0, 1, 2]
 
 
+def test_relays_while_python_holds_the_gil(engine: Engine, socketpair_pairing: Pairing) -> None:
+    """No other Python thread runs here, so a busy loop never lets go of the GIL."""
+    client, server = relay(engine, 1, socketpair_pairing)
+    client.sendall(b"through")
+    busy_until = time.monotonic() + 0.3
+    while time.monotonic() < busy_until:
+        pass
+    assert select.select([server], [], [], 0)[0] == [server]  # relayed during the busy loop
+    assert recv_exactly(server, 7) == b"through"
+
+
 def test_pending_bytes_go_first(engine: Engine, pairing: Pairing) -> None:
     early_up = bytes(range(256)) * 2048  # 512 KiB: more than the sockets take at once
     early_down = b"CONNACK"
