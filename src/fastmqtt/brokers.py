@@ -59,6 +59,18 @@ def wait_for_port(
             time.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it has not exited after ``grace`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @dataclass
 class Mosquitto:
     """One Mosquitto broker listening on ``host:port`` (a free port when port is 0)."""
@@ -124,14 +136,7 @@ class Mosquitto:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
     def restart(self, timeout: float = 10.0) -> Mosquitto:
         self.stop()

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from fastmqtt.brokers import BrokerUnavailable, wait_for_port
+from fastmqtt.brokers import BrokerUnavailable, stop_process, wait_for_port
 
 
 def find_haproxy() -> str:
@@ -54,13 +54,7 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
     def __enter__(self) -> HAProxy:
         return self.start()
