@@ -8,6 +8,7 @@ server from Python, so ping-pong figures include Python's own socket calls: comp
   engine-copy  the C engine with splice disabled (recv/send only)
   uvloop       a plain asyncio Protocol relay on uvloop in its own process (what the engine
                replaces)
+  haproxy      Debian's HAProxy 2.6, mode tcp, one thread, no inspection (the reference)
 
 Run: pytest bench/bench_splice.py --benchmark-only
 """
@@ -26,10 +27,30 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fastmqtt._splice import Engine
+from fastmqtt.brokers import free_port
+
+# bench/ is not a package: make tests.support importable from the repository root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.haproxy import HAProxy
 
 MiB = 1 << 20
 Pair = tuple[socket.socket, socket.socket]
-RELAYS = ["direct", "engine", "engine-copy", "uvloop"]
+RELAYS = ["direct", "engine", "engine-copy", "uvloop", "haproxy"]
+
+HAPROXY_CFG = """
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 240s
+    timeout server 240s
+frontend relay
+    bind 127.0.0.1:{port}
+    default_backend target
+backend target
+    server target 127.0.0.1:{target}
+"""
 
 UVLOOP_RELAY = r"""
 import asyncio, sys, uvloop
@@ -88,6 +109,7 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
         self.engine: Engine | None = None
         self.proc: subprocess.Popen[str] | None = None
+        self.haproxy: HAProxy | None = None
         self.ids = 0
         self.stats: list[str] = []  # /proc schedstat files of the relay's own threads
         if kind.startswith("engine"):
@@ -96,6 +118,12 @@ class Relay:
             self.engine.start()
             new = set(os.listdir("/proc/self/task")) - before
             self.stats = [f"/proc/self/task/{tid}/schedstat" for tid in new]
+        elif kind == "haproxy":
+            self.relay_port = free_port()
+            cfg = HAPROXY_CFG.format(port=self.relay_port, target=self.listener.getsockname()[1])
+            self.haproxy = HAProxy(cfg, self.relay_port).start()
+            assert self.haproxy.proc is not None
+            self.stats = [f"/proc/{self.haproxy.proc.pid}/schedstat"]
         elif kind == "uvloop":
             port = str(self.listener.getsockname()[1])
             self.proc = subprocess.Popen(
@@ -117,10 +145,8 @@ class Relay:
         return near, far
 
     def pair(self) -> tuple[socket.socket, socket.socket]:
-        if self.proc is not None:
-            client = socket.create_connection(("127.0.0.1", self.relay_port))
-            server, _ = self.listener.accept()
-            return client, server
+        if self.proc is not None or self.haproxy is not None:
+            return self._through_proxy()
         client, a = self._tcp()
         if self.engine is None:
             return client, a
@@ -129,9 +155,23 @@ class Relay:
         self.engine.add(self.ids, a.detach(), b.detach(), 0, 0)
         return client, server
 
+    def _through_proxy(self) -> tuple[socket.socket, socket.socket]:
+        """The proxy's own start-up probe also lands on our listener: skip connections that
+        do not carry the client's hello byte."""
+        client = socket.create_connection(("127.0.0.1", self.relay_port))
+        client.sendall(b"!")
+        for _ in range(10):
+            server, _ = self.listener.accept()
+            if server.recv(1) == b"!":
+                return client, server
+            server.close()
+        raise RuntimeError(f"{self.kind} did not relay a connection")
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.stop()
+        if self.haproxy is not None:
+            self.haproxy.stop()
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(5)
