@@ -305,9 +305,7 @@ class StatsServer:
         except ValueError:
             raise HTTPError(400, "body must be JSON") from None
         if not isinstance(change, dict) or not change or set(change) - {"state", "weight"}:
-            raise HTTPError(
-                400, 'expected {"state": "drain"|"maint"|"ready"} and/or {"weight": N}'
-            )
+            raise HTTPError(400, 'expected {"state": "drain"|"maint"|"ready"} and/or {"weight": N}')
         state, weight = change.get("state"), change.get("weight")
         if state is not None and state not in {a.value for a in Admin}:
             raise HTTPError(400, 'state must be "drain", "maint" or "ready"')
