@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import re
@@ -128,6 +129,7 @@ def decide(
     return Decision(default, None, "default")
 
 
+@functools.lru_cache(maxsize=4096)  # devices reconnect from the same few addresses
 def client_ip(host: str) -> IPAddress:
     """The address rules compare: IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d."""
     ip = ipaddress.ip_address(host.split("%", 1)[0])
@@ -160,10 +162,7 @@ class Guard:
             if reason is not None:
                 raise Refused(reason)
             self._counted.add(session.id)
-        rules = self.config.rules
-        decision = decide(
-            rules, self.config.access_default, client_ip(session.client_addr[0]), None, False
-        )
+        decision = self._decide(session, None, False)
         if decision is not None and decision.action == "deny":
             self._note(session, decision)
             raise Refused(f"denied-{decision.rule}")
@@ -173,8 +172,7 @@ class Guard:
     ) -> Backend | None:
         """After inspection: the backend a route rule chose (None: the frontend's own)."""
         fields = None if connect is None else (connect.client_id, connect.username)
-        ip = client_ip(session.client_addr[0])
-        decision = decide(self.config.rules, self.config.access_default, ip, fields, True)
+        decision = self._decide(session, fields, True)
         assert decision is not None  # final: always decided
         self._note(session, decision)
         if decision.action == "deny":
@@ -184,6 +182,14 @@ class Guard:
         if self.limits is not None:
             await self._pace(conn, connect)
         return self.proxy.backends[decision.backend] if decision.backend else None
+
+    def _decide(
+        self, session: Session, fields: tuple[str, str | None] | None, final: bool
+    ) -> Decision | None:
+        if not self.config.rules:  # the common case: no address to parse, nothing to match
+            return Decision(self.config.access_default, None, "default")
+        ip = client_ip(session.client_addr[0])
+        return decide(self.config.rules, self.config.access_default, ip, fields, final)
 
     async def _pace(self, conn: Writable, connect: Connect | None) -> None:
         """The frontend's CONNECT rate, then a reconnecting client id's delay."""
