@@ -5,14 +5,18 @@ backend (passthrough: a second fastmqtt in bridge mode)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 
 import pytest
 import websockets
 from websockets.frames import CloseCode
 
 from fastmqtt import packets
-from fastmqtt.parse import inspect_connack
+from fastmqtt import ws_spec as spec
+from fastmqtt.parse import inspect_connack, inspect_connect
+from fastmqtt.websocket import FrameDecoder, encode_frame, head_end
 from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import Client, landed, lb_port, recipe, wait_until
 
@@ -109,6 +113,57 @@ def _received_close_code(ws: websockets.ClientConnection) -> int | None:
     """The code in the close frame fastmqtt sent (None: no close frame came)."""
     frame = ws.protocol.close_rcvd
     return None if frame is None else frame.code
+
+
+class RecordingWsBroker:
+    """A WebSocket broker stand-in for one client: records the upgrade request it gets,
+    answers 101, and a CONNACK frame to the CONNECT frame."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.request = b""
+        self.client_id = ""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError), self.sock.accept()[0] as conn:
+            conn.settimeout(10)
+            data = b""
+            while head_end(data) < 0:
+                data += conn.recv(4096)
+            self.request, data = data[: head_end(data)], data[head_end(data) :]
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+            decoder = FrameDecoder(masked=True)
+            mqtt = decoder.feed(data)[0]
+            while (connect := inspect_connect(mqtt)) is None:
+                mqtt += decoder.feed(conn.recv(4096))[0]
+            self.client_id = connect.client_id
+            conn.sendall(encode_frame(spec.OP_BINARY, b"\x20\x02\x00\x00"))
+            while conn.recv(4096):
+                pass
+
+
+def test_passthrough_tells_the_broker_the_client_address(fastmqtt):
+    broker = RecordingWsBroker()
+    port = lb_port()
+    config = ws_recipe([], port, backend='ws_backend = "passthrough"\n')
+    fastmqtt(
+        config + f'[[backend.cluster.server]]\nname = "ws"\naddress = "127.0.0.1:{broker.port}"\n',
+        port=port,
+    )
+    request = "GET /mqtt HTTP/1.1\r\n" + UPGRADE + "Sec-WebSocket-Version: 13\r\n\r\n"
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=5, source_address=("127.0.0.4", 0)
+    ) as s:
+        s.sendall(request.encode())
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101 ")  # fastmqtt's own answer
+        s.sendall(encode_frame(spec.OP_BINARY, packets.connect("xff-device"), b"\x01\x02\x03\x04"))
+        assert s.recv(64) == encode_frame(spec.OP_BINARY, b"\x20\x02\x00\x00")
+    assert broker.client_id == "xff-device"
+    assert b"\r\nX-Forwarded-For: 127.0.0.4\r\n" in broker.request
+    broker.sock.close()
 
 
 async def _fragments_pings_and_close(port: int) -> tuple[bytes, bytes, int | None]:
