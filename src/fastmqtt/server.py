@@ -47,7 +47,9 @@ class Proxy:
         self.engine = make_engine(config.global_.relay_threads)
         self.hub = RelayHub(loop, self._relay_finished, self.engine)
         self.hub.drain_v5 = config.global_.drain_disconnect
-        self.conn_log = ConnectionLog(conn_log, config.global_.log_format) if conn_log else None
+        self.conn_log = (
+            ConnectionLog(conn_log, config.global_.log_format, loop) if conn_log else None
+        )
         self.current = 0
         self.started_at = loop.time()
         self._tasks: set[asyncio.Task] = set()
@@ -157,6 +159,8 @@ class Proxy:
             goodbye.cancel()
         if self.stats is not None:
             self.stats.close()
+        if self.conn_log is not None:
+            self.conn_log.flush()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

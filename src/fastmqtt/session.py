@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -108,12 +109,24 @@ def format_json(f: dict[str, object]) -> str:
 
 
 class ConnectionLog:
-    """Writes one line per ended connection, pre-formatted (no logging-module overhead)."""
+    """Writes one line per ended connection, pre-formatted (no logging-module overhead) and
+    flushed at most every FLUSH_EVERY seconds, so churn does not cost a write(2) per client."""
 
-    def __init__(self, stream: TextIO, fmt: str = "text") -> None:
+    FLUSH_EVERY = 0.2
+
+    def __init__(self, stream: TextIO, fmt: str, loop: asyncio.AbstractEventLoop) -> None:
         self.stream = stream
         self.format = format_json if fmt == "json" else format_text
+        self.loop = loop
+        self._flush: asyncio.TimerHandle | None = None
 
     def write(self, session: Session) -> None:
         self.stream.write(self.format(session.log_fields()) + "\n")
+        if self._flush is None:
+            self._flush = self.loop.call_later(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         self.stream.flush()
