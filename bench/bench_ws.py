@@ -1,0 +1,54 @@
+"""Micro-benchmarks of the WebSocket frame code, Cython (`_ws`) against its twin (`_ws_py`).
+
+    pytest bench/bench_ws.py --benchmark-only
+
+One group per operation and size, so each pair of rows gives the C/Python ratio. The bridge
+reads one header per frame and unmasks every payload byte a client sends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+
+from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.websocket import FrameDecoder, encode_frame
+
+pytestmark = pytest.mark.benchmark(min_time=0.0005, warmup=True)
+
+WS_IMPLS = [("py", importlib.import_module("fastmqtt._ws_py"))]
+if not NO_EXTENSIONS:
+    WS_IMPLS.insert(0, ("c", importlib.import_module("fastmqtt._ws")))
+MASK = b"\x37\xfa\x21\x3d"
+
+
+@pytest.fixture(params=[m for _, m in WS_IMPLS], ids=[name for name, _ in WS_IMPLS])
+def ws_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return request.param
+
+
+@pytest.mark.parametrize("size", [20, 126, 70000], ids=["7-bit", "16-bit", "64-bit"])
+def test_parse_frame_header(benchmark, ws_impl: ModuleType, size: int) -> None:
+    benchmark.group = f"parse_frame_header: {size}-byte payload, masked"
+    header = encode_frame(0x2, bytes(size), MASK)[:14]
+    parse = ws_impl.parse_frame_header
+    assert benchmark(parse, header, 0, True)[3] == size
+
+
+@pytest.mark.parametrize("size", [64, 1024, 65536], ids=["64B", "1KiB", "64KiB"])
+def test_unmask(benchmark, ws_impl: ModuleType, size: int) -> None:
+    benchmark.group = f"unmask: {size} bytes"
+    data = os.urandom(size)
+    unmask = ws_impl.unmask
+    assert len(benchmark(unmask, data, MASK, 1)) == size
+
+
+def test_decoder_feed_small_frames(benchmark) -> None:
+    """The bridge's per-chunk work: 100 frames of one 14-byte PUBLISH each (selected impl)."""
+    benchmark.group = "FrameDecoder.feed: 100 small frames"
+    chunk = encode_frame(0x2, b"\x30\x0c\x00\x03a/bhello!", MASK) * 100
+    decoder = FrameDecoder(masked=True)
+    assert len(benchmark(decoder.feed, chunk)[0]) == 1400
