@@ -15,6 +15,7 @@ connections, messages, refusals, fds and RSS; the last lines compare the end wit
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import sys
 import threading
@@ -51,20 +52,30 @@ class Tally:
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
+        self.why: Counter[str] = Counter()  # failures by exception and errno
 
     def add(self, **counts: int) -> None:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
+    def failed(self, exc: OSError) -> None:
+        with self.lock:
+            self.failures += 1
+            self.why[f"{type(exc).__name__}:{errno.errorcode.get(exc.errno or 0, '-')}"] += 1
+
 
 def churn(
     port: int, worker: int, args: argparse.Namespace, stop: threading.Event, tally: Tally
 ) -> None:
-    """One worker: connect, publish, disconnect, forever; one hostile input every tenth round."""
+    """One worker: connect, publish, disconnect, at ``args.rate / args.workers`` rounds a
+    second; one hostile input every tenth round."""
+    period = args.workers / args.rate
+    next_round = time.monotonic()
     for n in itertools.count():
-        if stop.is_set():
+        if stop.wait(max(0.0, next_round - time.monotonic())):
             return
+        next_round += period
         if n % 10 == 9:
             send_and_read(port, HOSTILE[(worker + n) % len(HOSTILE)])
             tally.add(hostile=1)
@@ -76,8 +87,8 @@ def churn(
             sock.sendall(packets.DISCONNECT)
             sock.close()
             tally.add(connections=1, messages=args.messages)
-        except OSError:
-            tally.add(failures=1)
+        except OSError as exc:
+            tally.failed(exc)
 
 
 def sample(pid: int, started: float, tally: Tally, received: int) -> tuple[Counter[str], int]:
@@ -96,6 +107,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds (default 30 min)")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="connections a second, all workers (default 300: a client's TIME_WAIT sockets "
+        "stay within loopback's ephemeral ports; thousands a second exhaust them in a minute)",
+    )
     parser.add_argument("--messages", type=int, default=5, help="publishes per connection")
     parser.add_argument("--ids", type=int, default=5000, help="distinct client ids")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between reports")
@@ -130,6 +148,8 @@ def main() -> int:
         print(f"start: {dict(start_fds)} fds, {start_rss / 1024:.1f} MiB RSS")
         print(f"end:   {dict(end_fds)} fds, {end_rss / 1024:.1f} MiB RSS ({growth:+.1%})")
         print(f"(pipes beyond the start are the relay's pool of empty pipes, <= {PIPE_POOL_FDS})")
+        if tally.failures:
+            print(f"failures: {dict(tally.why)}")
         flat = settled and growth < 0.25
         print("verdict: " + ("flat" if flat else "NOT flat"))
         return 0 if flat and not tally.failures else 1
