@@ -73,7 +73,10 @@ class SocketStream(Stream):
         self.sock = sock
 
     async def read(self) -> bytes:
-        return await self.loop.sock_recv(self.sock, RECV_SIZE)
+        try:  # a client's CONNECT is usually here already: skip the wait for readiness
+            return self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return await self.loop.sock_recv(self.sock, RECV_SIZE)
 
     async def write(self, data: bytes) -> None:
         await self.loop.sock_sendall(self.sock, data)
