@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
+from fastmqtt import packets
 from fastmqtt.deadline import Deadline
 
 DISCONNECT = b"\xe0\x00"
@@ -43,51 +44,6 @@ _STAMP = struct.Struct("<Q")  # a payload starts with its send time, perf_counte
 MAX_FDS_PER_PROCESS = 19_000  # the hard limit here is 20,000 open files per process
 START_DELAY = 0.2  # seconds between the parent's "start" and the window: lets every worker see it
 DRAIN_TIMEOUT = 1.0  # how long QoS 0 echoes still in flight may take after the window closes
-
-
-# --- MQTT packets, encoded once -------------------------------------------------------------
-
-
-def varint(n: int) -> bytes:
-    """MQTT variable byte integer (remaining length)."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def mqtt_string(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
-
-
-def packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + varint(len(body)) + body
-
-
-def no_properties(version: int) -> bytes:
-    """MQTT 5 puts a property length (here 0) where older versions have nothing."""
-    return b"\x00" if version == 5 else b""
-
-
-def connect_packet(client_id: str, version: int, keepalive: int) -> bytes:
-    name = b"MQIsdp" if version == 3 else b"MQTT"
-    clean = 0x02  # clean session (3.x) / clean start (5): nothing piles up on the brokers
-    header = mqtt_string(name) + bytes([version, clean]) + keepalive.to_bytes(2, "big")
-    return packet(0x10, header + no_properties(version) + mqtt_string(client_id.encode()))
-
-
-def subscribe_packet(topic: str, version: int) -> bytes:
-    packet_id = (1).to_bytes(2, "big")
-    # requested QoS 0; MQTT 5's No Local bit stays clear so our own messages come back
-    return packet(0x82, packet_id + no_properties(version) + mqtt_string(topic.encode()) + b"\x00")
-
-
-def publish_prefix(topic: str, payload_size: int, version: int) -> bytes:
-    """Everything of a QoS 0 PUBLISH before its payload."""
-    variable = mqtt_string(topic.encode()) + no_properties(version)
-    return bytes([0x30]) + varint(len(variable) + payload_size) + variable
 
 
 # --- latency histogram (mergeable across processes) -----------------------------------------
@@ -367,14 +323,15 @@ class Worker:
         self.clients[n] = client
 
     def _connect_packet(self, n: int) -> bytes:
-        return connect_packet(self.spec.client_id(n), self.spec.version, self.spec.keepalive)
+        return packets.connect(self.spec.client_id(n), self.spec.version, self.spec.keepalive)
 
     async def _session(self, n: int, connect: bytes) -> Client | None:
         """Connect, send ``connect`` and wait for a successful CONNACK; failures are counted,
         not raised. Deadline, not wait_for: no extra task per attempt (churn does thousands)."""
         spec, loop = self.spec, asyncio.get_running_loop()
         topic = f"{spec.topic}/{spec.client_id(n)}"
-        client = Client(self.stats, 2 + len(topic.encode()) + len(no_properties(spec.version)))
+        # a PUBLISH body starts with the topic (and, in 5.0, a property length of 0)
+        client = Client(self.stats, len(packets.utf8(topic)) + (spec.version == 5))
         host, port = spec.target(n)
         try:
             with Deadline(loop, spec.timeout):
@@ -401,7 +358,7 @@ class Worker:
 
     async def _subscribe(self, client: Client, n: int) -> bool:
         spec = self.spec
-        client.write(subscribe_packet(f"{spec.topic}/{spec.client_id(n)}", spec.version))
+        client.write(packets.subscribe(1, f"{spec.topic}/{spec.client_id(n)}", 0, spec.version))
         try:
             with Deadline(asyncio.get_running_loop(), spec.timeout):
                 granted = await client.suback
@@ -462,7 +419,9 @@ class Worker:
     def _sender(self, client: Client, n: int) -> Callable[[int], None]:
         spec = self.spec
         padding = bytes(spec.size - TIMESTAMP_BYTES)
-        prefix = publish_prefix(f"{spec.topic}/{spec.client_id(n)}", spec.size, spec.version)
+        prefix = packets.publish_header(
+            f"{spec.topic}/{spec.client_id(n)}", spec.size, spec.version
+        )
         stats = self.stats
 
         def send(count: int) -> None:

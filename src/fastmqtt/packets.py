@@ -62,10 +62,15 @@ def subscribe(packet_id: int, topic: str, qos: int = 0, version: int = 4) -> byt
     return _packet(0x82, packet_id.to_bytes(2, "big") + props + utf8(topic) + bytes([qos]))
 
 
+def publish_header(topic: str, payload_size: int, version: int = 4) -> bytes:
+    """Everything of a QoS 0, not retained PUBLISH before its payload."""
+    variable = utf8(topic) + (b"\x00" if version == 5 else b"")
+    return b"\x30" + varint(len(variable) + payload_size) + variable
+
+
 def publish(topic: str, payload: bytes, version: int = 4) -> bytes:
     """QoS 0, not retained."""
-    props = b"\x00" if version == 5 else b""
-    return _packet(0x30, utf8(topic) + props + payload)
+    return publish_header(topic, len(payload), version) + payload
 
 
 def connack(code: int, version: int = 4, session_present: bool = False) -> bytes:

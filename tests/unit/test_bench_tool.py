@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmqtt.bench import Client, Histogram, Stats, publish_prefix
+from fastmqtt.bench import Client, Histogram, Stats
 from fastmqtt.brokers import Mosquitto, free_port
+from fastmqtt.packets import publish_header
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_histogram_percentiles_within_resolution() -> None:
 def test_client_frames_packets_cut_at_every_offset(version: int) -> None:
     topic = "bench/split-7"
     offset = 2 + len(topic) + (version == 5)
-    echo = publish_prefix(topic, 200, version) + (1).to_bytes(8, "little") + bytes(192)
+    echo = publish_header(topic, 200, version) + (1).to_bytes(8, "little") + bytes(192)
     suback = b"\x90\x04\x00\x01\x00\x00" if version == 5 else b"\x90\x03\x00\x01\x00"
     stream = b"\x20\x02\x00\x00" + suback + echo * 3
 
