@@ -132,7 +132,8 @@ class _Side(asyncio.Protocol):
         peer = self.peer.transport
         framed = self.codec is not None or self.peer.codec is not None
         if framed or self.peer.eof or not peer.can_write_eof():
-            self.pair.finish(f"{self.role}-closed")  # a framed stream ends with a close frame
+            first = self.peer if self.peer.eof else self  # the end is named after who began it
+            self.pair.finish(f"{first.role}-closed")  # a framed stream ends with a close frame
             return False
         peer.write_eof()
         return True  # keep our transport open: the other direction may still flow
