@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from fastmqtt import packets
 from fastmqtt.parse import inspect_connack
 from tests.support.certs import Certs, make_certs, tls_line
-from tests.support.lb import Client, landed, lb_port, recipe, wait_until
+from tests.support.lb import Client, closed_by_peer, landed, lb_port, recipe, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -93,6 +94,27 @@ def test_mutual_tls_required(brokers, fastmqtt, certs):
         assert wait_until(
             lambda r=reason: any(line.endswith(f" {r}") for line in lb.connection_log())
         )
+
+
+def test_silent_and_plain_clients_on_a_tls_port(brokers, fastmqtt, certs):
+    """The handshake is bounded by inspect_delay; plain MQTT on a TLS port is a failed
+    handshake; both are counted and never reach a broker."""
+    nodes = brokers(1)
+    port = lb_port()
+    config = recipe(nodes, port, frontend=tls_line(cert=certs.server), inspect_delay="1s")
+    lb = fastmqtt(config, port=port)
+    before = nodes[0].tcp_connection_count()
+    with socket.create_connection(("127.0.0.1", port)) as silent:
+        started = time.monotonic()
+        assert closed_by_peer(silent, timeout=5)
+        assert time.monotonic() - started >= 0.9
+    with socket.create_connection(("127.0.0.1", port)) as plain:
+        plain.sendall(packets.connect("plain-on-tls"))
+        assert closed_by_peer(plain, timeout=5)
+    log = lb.connection_log
+    assert wait_until(lambda: any(x.endswith(" tls-handshake-timeout") for x in log()))
+    assert wait_until(lambda: any(" tls-" in x and "timeout" not in x for x in log()))
+    assert nodes[0].tcp_connection_count() == before
 
 
 def test_sni_chooses_the_certificate(brokers, fastmqtt, certs):
