@@ -2,7 +2,7 @@
 
 # (conn_id, bytes client->server, bytes server->client, duration seconds, end reason, errno)
 # end reason: "client-closed", "server-closed", "client-reset", "server-reset",
-# "client-timeout", "server-timeout", "killed", "shutdown" or "error"
+# "client-timeout", "server-timeout", "killed", "shutdown", "error" or "drained" (goodbye)
 Record = tuple[int, int, int, float, str, int]
 
 REASONS: tuple[str, ...]
@@ -27,8 +27,11 @@ class Engine:
         server_idle: float,
         to_server: bytes = b"",
         to_client: bytes = b"",
+        *,
+        track_packets: bool = False,
     ) -> None: ...
     def close(self, conn_id: int) -> None: ...
+    def goodbye(self, conn_id: int, packet: bytes) -> None: ...
     def completions_fd(self) -> int: ...
     def drain(self) -> list[Record]: ...
     def counters(self, conn_id: int) -> tuple[int, int] | None: ...

@@ -24,6 +24,12 @@ Design notes (the WHY; the code says the how):
   does about as well, but would be held by every thread for small packets too.
 - Idle timeouts: a hashed timing wheel of 100 ms ticks. Activity only stores a tick in the
   connection; the wheel re-files a connection when its slot comes round, so there is no scan.
+- Graceful drain: a connection added with ``track_packets`` follows the packet boundaries of
+  the server->client stream by fixed headers only (bodies are skipped by length), in two
+  fields of the connection. ``goodbye`` then ends it at the next boundary: bytes past it are
+  dropped and the given packet goes out after what the client is still owed. Tracking turns
+  the bulk path off for that direction (splice never shows us the headers), so it costs the
+  untracked connections nothing.
 - A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
   ``close``), so Python may keep its address in a dict while the record is undrained; queued
   ``close`` requests hold a reference so the engine never touches a freed struct.
@@ -87,6 +93,15 @@ cdef enum:
     F_QUEUED = 1 << 9       # in the ready list
     F_SERVER_FIRST = 1 << 10  # the server's FIN came first
     F_HUP = 1 << 11         # the side's FIN has arrived (EPOLLRDHUP seen): read until EOF
+    F_TRACK = 1 << 12       # follow the server's packet boundaries (add(track_packets=True))
+    F_BYE = 1 << 13         # a goodbye waits for the next boundary (its Bye is in w.waiting)
+    F_FAREWELL = 1 << 14    # the goodbye packet is queued: read no more from the server
+
+# What Python asked of a connection; guarded by core.lock (one request of each kind at most).
+cdef enum:
+    ASK_TRACK = 1 << 0      # set before the hand-over: goodbye() is allowed
+    ASK_CLOSE = 1 << 1      # a close() is queued
+    ASK_BYE = 1 << 2        # a goodbye() is queued
 
 cdef enum Reason:
     R_CLOSED = 0            # + side
@@ -95,10 +110,11 @@ cdef enum Reason:
     R_KILLED = 6
     R_SHUTDOWN = 7
     R_ERROR = 8
+    R_DRAINED = 9
 
 REASONS = (
     "client-closed", "server-closed", "client-reset", "server-reset",
-    "client-timeout", "server-timeout", "killed", "shutdown", "error",
+    "client-timeout", "server-timeout", "killed", "shutdown", "error", "drained",
 )
 
 # Outcome of one step of a pump.
@@ -132,11 +148,21 @@ cdef struct Conn:
     int fd[2]               # 0 client, 1 server
     uint32_t idle[2]        # ticks, 0 = no timeout
     uint32_t last_rx[2]     # tick of the last progress of each side's bytes
+    uint32_t pkt_left       # tracked: body bytes left, or in a header the length so far
     int16_t err             # errno values fit
     uint16_t flags
+    uint8_t pkt_hdr         # tracked: fixed-header bytes seen (0 = in a body or between)
     uint8_t reason
-    uint8_t refs            # the engine until drained, plus one for a queued close()
+    uint8_t refs            # the engine until drained, plus one per queued close()/goodbye()
+    uint8_t asked           # ASK_* bits, under core.lock
     uint8_t worker
+
+
+cdef struct Bye:
+    Bye *next
+    Conn *conn
+    uint32_t len
+    # followed by len bytes: the packet for the client
 
 
 cdef struct Core
@@ -158,6 +184,7 @@ cdef struct Worker:
     Conn **ready
     size_t nready
     size_t capready
+    Bye *waiting            # goodbyes of F_BYE connections, until their boundary
     uint64_t live
     uint64_t buffered       # bytes held in remainders and pipes (debug/stats)
     # guarded by core.lock:
@@ -166,6 +193,7 @@ cdef struct Worker:
     Conn **kills
     size_t nkills
     size_t capkills
+    Bye *byes               # goodbye() requests not yet taken
     bint wake_pending
     bint stop
     bint running            # its thread was created
@@ -239,18 +267,26 @@ cdef inline bint is_reset(int err) noexcept nogil:
                    ENETUNREACH, ENETDOWN, EHOSTDOWN)
 
 
-cdef Pending *pending_new(const char *data, size_t n) noexcept nogil:
-    """An exact-size copy of bytes still to send, or NULL if n is 0 or memory ran out."""
+cdef Pending *pending_join(const char *a, size_t na, const char *b, size_t nb) noexcept nogil:
+    """An exact-size copy of bytes still to send (a then b), or NULL if there are none or
+    memory ran out."""
     cdef Pending *p
-    if n == 0:
+    if na + nb == 0:
         return NULL
-    p = <Pending *>malloc(sizeof(Pending) + n)
+    p = <Pending *>malloc(sizeof(Pending) + na + nb)
     if p == NULL:
         return NULL
-    p.len = <uint32_t>n
+    p.len = <uint32_t>(na + nb)
     p.off = 0
-    memcpy(<char *>(p + 1), data, n)
+    if na:
+        memcpy(<char *>(p + 1), a, na)
+    if nb:
+        memcpy(<char *>(p + 1) + na, b, nb)
     return p
+
+
+cdef inline Pending *pending_new(const char *data, size_t n) noexcept nogil:
+    return pending_join(data, n, NULL, 0)
 
 
 cdef inline void hlist_add(Conn **head, Conn *c) noexcept nogil:
@@ -348,6 +384,50 @@ cdef void pipes_close_all(Core *core) noexcept nogil:
         core.pipes_made -= 1
 
 
+# ---------------------------------------------------------------- packet boundaries
+
+cdef inline bint at_boundary(Conn *c) noexcept nogil:
+    return c.pkt_hdr == 0 and c.pkt_left == 0
+
+
+cdef size_t follow(Conn *c, const uint8_t *data, size_t n, bint stop) noexcept nogil:
+    """Follow n bytes of the server's stream (the twin of framing.PacketBoundary.feed);
+    return how many were taken: all, or with ``stop`` only up to the first packet end."""
+    cdef size_t i = 0, step
+    cdef uint8_t byte
+    while i < n:
+        if stop and at_boundary(c):
+            return i
+        if c.pkt_hdr == 0 and c.pkt_left:  # skip the body by its length
+            step = min(<size_t>c.pkt_left, n - i)
+            c.pkt_left -= <uint32_t>step
+            i += step
+        elif c.pkt_hdr == 0:  # packet type and flags; pkt_left now gathers the length
+            c.pkt_hdr = 1
+            i += 1
+        else:  # one byte of the remaining length (7 bits each, at most 4 bytes)
+            byte = data[i]
+            i += 1
+            c.pkt_left |= <uint32_t>(byte & 0x7F) << (7 * (c.pkt_hdr - 1))
+            c.pkt_hdr += 1
+            if not byte & 0x80 or c.pkt_hdr == 5:  # a malformed length ends it too
+                c.pkt_hdr = 0
+    return i
+
+
+cdef Bye *bye_take(Worker *w, Conn *c) noexcept nogil:
+    """Unlink the goodbye waiting for c (F_BYE) from the worker's list."""
+    cdef Bye **link = &w.waiting
+    cdef Bye *b
+    while link[0] != NULL and link[0].conn != c:
+        link = &link[0].next
+    b = link[0]
+    if b != NULL:
+        link[0] = b.next
+    c.flags &= ~F_BYE
+    return b
+
+
 # ---------------------------------------------------------------- ending a connection
 
 cdef void drop_buffers(Worker *w, Conn *c) noexcept nogil:
@@ -382,6 +462,8 @@ cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil:
     """End a connection and queue its completion record; returns STEP_ENDED."""
     c.flags |= F_DONE
     hlist_del(c)
+    if c.flags & F_BYE:
+        free(bye_take(w, c))
     drop_buffers(w, c)
     release_fds(w, c, reason - R_RESET if R_RESET <= reason < R_TIMEOUT else -1)
     c.reason = <uint8_t>reason
@@ -539,6 +621,20 @@ cdef int read_failed(Worker *w, Conn *c, int d, ssize_t n) noexcept nogil:
     return STEP_MORE
 
 
+cdef int farewell(Worker *w, Conn *c, const char *rest, size_t nrest) noexcept nogil:
+    """The server's stream is at a packet end and a goodbye waits (F_BYE): the client gets
+    ``rest`` (what it is still owed), then the goodbye packet; the server is read no more."""
+    cdef Bye *b = bye_take(w, c)
+    cdef Pending *p = pending_join(rest, nrest, <char *>(b + 1), b.len)
+    free(b)
+    if p == NULL:
+        return finish(w, c, R_ERROR, ENOMEM)
+    c.pend[1] = p
+    c.flags |= F_FAREWELL
+    fm_add64(&w.buffered, p.len)
+    return STEP_MORE
+
+
 cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
     """Fast path: one recv into the thread buffer, sent straight on; keep only the rest."""
     cdef Core *core = w.core
@@ -549,13 +645,17 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
     received(w, c, d, <size_t>n)
     if <size_t>n < core.bufsize and not (c.flags & (F_HUP << d)):
         c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
-    if core.threshold and <size_t>n >= core.threshold:
+    if d == 1 and c.flags & F_TRACK:  # bytes past the boundary a goodbye waits for are dropped
+        n = <ssize_t>follow(c, <uint8_t *>w.buf, <size_t>n, (c.flags & F_BYE) != 0)
+    elif core.threshold and <size_t>n >= core.threshold:
         c.flags |= F_BULK << d
     m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL)
     if m < 0:
         if errno != EAGAIN and errno != EINTR:
             return fail_io(w, c, 1 - d, errno)
         m = 0
+    if c.flags & F_BYE and at_boundary(c):
+        return farewell(w, c, w.buf + m, <size_t>(n - m))
     if m == n:
         return STEP_MORE
     c.pend[d] = pending_new(w.buf + m, <size_t>(n - m))
@@ -617,6 +717,9 @@ cdef bint pump(Worker *w, Conn *c, int d) noexcept nogil:
         r = flush(w, c, d)
         if r != STEP_MORE:
             return r == STEP_ENDED
+        if d == 1 and c.flags & F_FAREWELL:  # the goodbye packet is out
+            finish(w, c, R_DRAINED, 0)
+            return True
         if c.flags & (F_EOF << d):
             return half_close(w, c, d) == STEP_ENDED
         if not (c.flags & (F_RD << d)):
@@ -696,10 +799,9 @@ cdef void open_conn(Worker *w, Conn *c) noexcept nogil:
         pump(w, c, 1)
 
 
-cdef void kill_conn(Worker *w, Conn *c) noexcept nogil:
+cdef void unref(Worker *w, Conn *c) noexcept nogil:
+    """Drop a carried-out request's reference; the last one frees an already drained record."""
     cdef bint last
-    if not (c.flags & F_DONE):
-        finish(w, c, R_KILLED, 0)
     pthread_mutex_lock(&w.core.lock)
     c.refs -= 1
     last = c.refs == 0
@@ -708,11 +810,48 @@ cdef void kill_conn(Worker *w, Conn *c) noexcept nogil:
         free(c)
 
 
+cdef void kill_conn(Worker *w, Conn *c) noexcept nogil:
+    if not (c.flags & F_DONE):
+        finish(w, c, R_KILLED, 0)
+    unref(w, c)
+
+
+cdef void bye_now(Worker *w, Conn *c) noexcept nogil:
+    """The server's stream is between packets: the goodbye follows what the client is owed."""
+    cdef Pending *p = c.pend[1]
+    if p == NULL:
+        farewell(w, c, NULL, 0)
+    else:
+        c.pend[1] = NULL
+        fm_sub64(&w.buffered, p.len - p.off)
+        farewell(w, c, <char *>(p + 1) + p.off, p.len - p.off)
+        free(p)
+    if not (c.flags & F_DONE):
+        pump(w, c, 1)
+
+
+cdef void take_bye(Worker *w, Bye *b) noexcept nogil:
+    """Start a goodbye; a connection that ended, or whose server ended its stream, ends as it
+    would without one."""
+    cdef Conn *c = b.conn
+    if c.flags & (F_DONE | (F_EOF << 1)):
+        free(b)
+    else:
+        b.next = w.waiting
+        w.waiting = b
+        c.flags |= F_BYE
+        if at_boundary(c):
+            bye_now(w, c)
+    unref(w, c)
+
+
 cdef bint take_inbox(Worker *w) noexcept nogil:
     """Open handed-over connections and carry out close requests; True once asked to stop."""
     cdef Conn *c
     cdef Conn *nxt
     cdef Conn **kills
+    cdef Bye *b
+    cdef Bye *bnext
     cdef size_t i, nkills
     cdef bint stop
     clear_fd(w.wakefd)  # before taking: a later add() then signals again (see add())
@@ -720,6 +859,8 @@ cdef bint take_inbox(Worker *w) noexcept nogil:
     c = w.in_head
     kills = w.kills
     nkills = w.nkills
+    b = w.byes
+    w.byes = NULL
     w.in_head = w.in_tail = NULL
     w.kills = NULL
     w.nkills = w.capkills = 0
@@ -738,6 +879,10 @@ cdef bint take_inbox(Worker *w) noexcept nogil:
     for i in range(nkills):
         kill_conn(w, kills[i])
     free(kills)
+    while b != NULL:
+        bnext = b.next
+        take_bye(w, b)
+        b = bnext
     return stop
 
 
@@ -771,25 +916,22 @@ cdef void *worker_main(void *arg) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef int i, n
     cdef uint64_t tag
-    cdef bint woken
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, poll_timeout(w))
         w.now = tick_of(w.core)
-        woken = False
+        # Requests first: a goodbye() then meets only server bytes that arrived before it.
+        for i in range(n):
+            if events[i].data.u64 == 0 and take_inbox(w):
+                worker_exit(w)
+                return NULL
         for i in range(n):
             tag = events[i].data.u64
-            if tag == 0:
-                woken = True
-            else:
+            if tag != 0:  # on_event skips connections that a request ended
                 on_event(w, <Conn *><uintptr_t>(tag & ~(<uint64_t>1)), <int>(tag & 1),
                          events[i].events)
         run_ready(w)
-        if woken and take_inbox(w):
-            break
         advance_wheel(w)
         publish(w)
-    worker_exit(w)
-    return NULL
 
 
 cdef void wake(Worker *w) noexcept nogil:
@@ -813,8 +955,8 @@ cdef void halt(Core *core) noexcept nogil:
         if w.running:
             pthread_join(w.tid, NULL)
             w.running = False
-        elif w.wheel != NULL:  # never started (or half built): close what it was handed here
-            worker_exit(w)
+        if w.wheel != NULL:  # what a never started worker was handed, or a close()/goodbye()
+            worker_exit(w)   # queued while the thread was exiting
         close_fd(&w.epfd)
         close_fd(&w.wakefd)
         free(w.buf)
@@ -883,6 +1025,14 @@ cdef bint set_pending(Conn *c, int d, const unsigned char[:] data) noexcept:
         return True
     c.pend[d] = pending_new(<const char *>&data[0], n)
     return c.pend[d] != NULL
+
+
+cdef void track(Conn *c) noexcept nogil:
+    """Follow the server's packets from the start: bytes Python read for the client count."""
+    c.flags |= F_TRACK
+    c.asked |= ASK_TRACK
+    if c.pend[1] != NULL:
+        follow(c, <const uint8_t *>(c.pend[1] + 1), c.pend[1].len, False)
 
 
 cdef void release_records(Core *core, Conn *c) noexcept nogil:
@@ -991,14 +1141,17 @@ cdef class Engine:
 
     def add(self, int64_t conn_id, int client_fd, int server_fd, double client_idle,
             double server_idle, const unsigned char[:] to_server=b"",
-            const unsigned char[:] to_client=b"") -> None:
-        """Hand over a connected pair; the engine owns (and will close) both fds."""
+            const unsigned char[:] to_client=b"", *, bint track_packets=False) -> None:
+        """Hand over a connected pair; the engine owns (and will close) both fds.
+        ``track_packets``: follow the server's MQTT packets so that goodbye() can be used."""
         cdef Conn *c
         cdef Worker *w
         try:
             self._check_add(conn_id, client_fd, server_fd)
             c = self._new_conn(conn_id, client_fd, server_fd, idle_ticks(client_idle),
                                idle_ticks(server_idle), to_server, to_client)
+            if track_packets:
+                track(c)
         except BaseException:
             close_pair(client_fd, server_fd)
             raise
@@ -1062,14 +1215,49 @@ cdef class Engine:
         c = <Conn *><uintptr_t>addr
         w = &self.core.workers[c.worker]
         pthread_mutex_lock(&self.core.lock)
-        # refs > 1: a close is already queued (and one per connection keeps refs in 8 bits)
-        ok = c.refs > 1 or push_ptr(&w.kills, &w.nkills, &w.capkills, c)
-        if ok and c.refs == 1:
+        # one queued close per connection (which also keeps refs in 8 bits)
+        ok = c.asked & ASK_CLOSE or push_ptr(&w.kills, &w.nkills, &w.capkills, c)
+        if ok and not (c.asked & ASK_CLOSE):
+            c.asked |= ASK_CLOSE
             c.refs += 1
             wake(w)
         pthread_mutex_unlock(&self.core.lock)
         if not ok:
             raise MemoryError()
+
+    def goodbye(self, int64_t conn_id, const unsigned char[:] packet) -> None:
+        """Send ``packet`` (a DISCONNECT) to the client at the next packet boundary of the
+        server's stream, dropping the server's bytes after it, then close both sides; the
+        record says "drained". Ignored for ids that are unknown, drained, not added with
+        ``track_packets`` or already said goodbye to; a connection that ends before the
+        boundary ends as it would have."""
+        cdef Conn *c
+        cdef Worker *w
+        cdef Bye *b
+        cdef size_t n = <size_t>packet.shape[0]
+        if not 0 < n < 0x10000000:
+            raise ValueError(f"goodbye packet must be 1 byte .. 256 MiB, got {n} bytes")
+        addr = self._conns.get(conn_id)
+        if addr is None or self._stopped:
+            return
+        c = <Conn *><uintptr_t>addr
+        w = &self.core.workers[c.worker]
+        b = <Bye *>malloc(sizeof(Bye) + n)
+        if b == NULL:
+            raise MemoryError()
+        b.conn = c
+        b.len = <uint32_t>n
+        memcpy(<char *>(b + 1), &packet[0], n)
+        pthread_mutex_lock(&self.core.lock)
+        if c.asked & ASK_TRACK and not (c.asked & ASK_BYE):
+            c.asked |= ASK_BYE
+            c.refs += 1
+            b.next = w.byes
+            w.byes = b
+            b = NULL
+            wake(w)
+        pthread_mutex_unlock(&self.core.lock)
+        free(b)
 
     def completions_fd(self) -> int:
         """An eventfd that becomes readable when drain() has records."""

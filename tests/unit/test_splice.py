@@ -13,6 +13,7 @@ import errno
 import gc
 import hashlib
 import os
+import random
 import select
 import socket
 import struct
@@ -21,11 +22,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastmqtt._splice import CONN_SIZE, PIPE_SIZE, Engine
+from fastmqtt.framing import PacketBoundary
+from fastmqtt.packets import varint
 
 Record = tuple[int, int, int, float, str, int]
 MiB = 1 << 20
+BYE = b"\xe0\x01\x8b"  # MQTT 5 DISCONNECT, reason 0x8B "server shutting down"
 
 
 def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -77,12 +83,21 @@ def relay(
     pairing: Pairing,
     client_idle: float = 0.0,
     server_idle: float = 0.0,
+    track_packets: bool = False,
     **pending: bytes,
 ) -> tuple[socket.socket, socket.socket]:
     """Hand a fresh pair of connections to the engine; return (client, server) ends."""
     client, a = pairing()
     b, server = pairing()
-    eng.add(conn_id, a.detach(), b.detach(), client_idle, server_idle, **pending)
+    eng.add(
+        conn_id,
+        a.detach(),
+        b.detach(),
+        client_idle,
+        server_idle,
+        track_packets=track_packets,
+        **pending,
+    )
     for sock in (client, server):
         sock.settimeout(5)
         _OPEN.append(sock)
@@ -99,6 +114,14 @@ def records(eng: Engine, count: int, timeout: float = 5.0) -> list[Record]:
         select.select([eng.completions_fd()], [], [], left)
         got += eng.drain()
     return got
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Everything up to EOF (bounded by the socket's timeout)."""
+    chunks = []
+    while chunk := sock.recv(MiB):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -529,10 +552,11 @@ def test_two_threads_share_the_work(socketpair_pairing: Pairing) -> None:
 
 
 def _end_batch(eng: Engine, first_id: int, ends: list[tuple[socket.socket, socket.socket]]) -> list:
-    """End three quarters of a batch (closed, reset, killed); return the quarter kept open."""
+    """End four fifths of a batch (closed, reset, killed, drained: the tracked ones); return
+    the fifth kept open."""
     kept = []
     for i, (client, server) in enumerate(ends):
-        how = i % 4
+        how = i % 5
         if how == 0:
             client.sendall(b"x")
             client.close()
@@ -542,13 +566,19 @@ def _end_batch(eng: Engine, first_id: int, ends: list[tuple[socket.socket, socke
             client.close()
         elif how == 2:
             eng.close(first_id + i)
+        elif how == 4:
+            eng.goodbye(first_id + i, BYE)
         else:
             kept.append((client, server))
     got = records(eng, len(ends) - len(kept), timeout=10)
-    assert {r[4] for r in got} <= {"client-closed", "server-closed", "server-reset", "killed"}
+    ended = {"client-closed", "server-closed", "server-reset", "killed", "drained"}
+    assert {r[4] for r in got} <= ended
     for i, (client, server) in enumerate(ends):
-        if i % 4 == 2:
+        if i % 5 == 4:
+            assert recv_all(client) == BYE  # then EOF
+        elif i % 5 == 2:
             assert_eof(client)
+        if i % 5 in (2, 4):
             client.close()
             server.close()
     return kept
@@ -566,9 +596,12 @@ def test_no_fd_leak_over_10000_tcp_connections() -> None:
     for first_id in range(0, total, batch):
         # a listener per batch, so TIME_WAIT tuples of earlier batches never collide
         with socket.create_server(("127.0.0.1", 0), backlog=batch * 2) as lst:
-            ends = [relay(eng, first_id + i, lambda: tcp_pair(lst)) for i in range(batch)]
+            ends = [
+                relay(eng, first_id + i, lambda: tcp_pair(lst), track_packets=i % 5 == 4)
+                for i in range(batch)
+            ]
         kept += _end_batch(eng, first_id, ends)
-    assert eng.active() == len(kept) == total // 4
+    assert eng.active() == len(kept) == total // 5
     eng.stop()
     got = eng.drain()
     assert len(got) == len(kept) and {r[4] for r in got} == {"shutdown"}
@@ -579,3 +612,135 @@ def test_no_fd_leak_over_10000_tcp_connections() -> None:
     del eng
     gc.collect()
     assert open_fds() == before
+
+
+# ---------------------------------------------------------------- graceful drain
+
+
+def mqtt_packet(rng: random.Random, size: int) -> bytes:
+    body = rng.randbytes(size)
+    return bytes([rng.choice((0x30, 0x32, 0x40, 0x90, 0xD0))]) + varint(size) + body
+
+
+def _write_in_pieces(sock: socket.socket, stream: bytes, rng: random.Random) -> None:
+    """Cut the stream anywhere (headers too) so that the engine sees it split across reads;
+    the engine closing this side after the goodbye ends the writing."""
+    pos = 0
+    with contextlib.suppress(OSError):
+        while pos < len(stream):
+            size = rng.choice((1, 2, 3, 5, 700, 40_000, 150_000))
+            sock.sendall(stream[pos : pos + size])
+            pos += size
+            if rng.random() < 0.1:
+                time.sleep(0.001)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_goodbye_lands_between_two_server_packets(engine: Engine, listener: socket.socket, seed):
+    rng = random.Random(seed)
+    sizes = [rng.choice((0, 1, 126, 127, 128, 16_383, 16_384, 70_000, 200_000)) for _ in range(60)]
+    packets = [mqtt_packet(rng, size) for size in sizes]
+    stream = b"".join(packets)
+    ends = {sum(map(len, packets[:k])) for k in range(len(packets) + 1)}
+    client, server = relay(engine, 7, lambda: tcp_pair(listener), track_packets=True)
+    writer = threading.Thread(target=_write_in_pieces, args=(server, stream, rng))
+    writer.start()
+    time.sleep(rng.random() * 0.05)  # the client does not read yet: bytes may be held back
+    engine.goodbye(7, BYE)
+    got = recv_all(client)
+    writer.join(5)
+    assert got.endswith(BYE)
+    forwarded = len(got) - len(BYE)
+    assert forwarded in ends and got[:forwarded] == stream[:forwarded]
+    [rec] = records(engine, 1)
+    assert rec[0] == 7 and rec[4] == "drained"
+    assert rec[2] >= forwarded  # bytes read from the server; those past the boundary dropped
+
+
+# small packets of any type, or bytes that need not be MQTT at all
+_streams = st.one_of(
+    st.lists(
+        st.tuples(st.integers(0, 0xFF), st.binary(max_size=200)).map(
+            lambda p: bytes([p[0]]) + varint(len(p[1])) + p[1]
+        ),
+        max_size=6,
+    ).map(b"".join),
+    st.binary(max_size=300),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_streams, st.data())
+def test_goodbye_cuts_where_the_python_twin_does(stream: bytes, data: st.DataObject) -> None:
+    """The goodbye comes after ``first`` was relayed; the engine's cut in ``then`` is the
+    plain-Python PacketBoundary's, whether the bytes are valid MQTT or not."""
+    split = data.draw(st.integers(0, len(stream)))
+    first, then = stream[:split], stream[split:]
+    twin = PacketBoundary()
+    twin.feed(first)
+    cut = twin.feed(then, stop_at_boundary=True)
+    drained = twin.at_boundary
+    eng = Engine()
+    eng.start()
+    try:
+        client, server = relay(eng, 1, socket.socketpair, track_packets=True)
+        server.sendall(first)
+        assert recv_exactly(client, len(first)) == first  # the engine has followed it all
+        eng.goodbye(1, BYE)
+        with contextlib.suppress(OSError):
+            server.sendall(then)
+            server.shutdown(socket.SHUT_WR)
+        if drained:
+            assert recv_all(client) == then[:cut] + BYE
+        else:  # no boundary came: the server's FIN ends the connection as usual
+            assert recv_all(client) == then
+            client.close()
+        [rec] = records(eng, 1)
+        assert rec[4] == ("drained" if drained else "server-closed")
+    finally:
+        eng.stop()
+
+
+def test_goodbye_follows_bytes_handed_over(engine: Engine, socketpair_pairing: Pairing) -> None:
+    """Bytes Python read for the client count: a whole CONNACK is a boundary, half is not."""
+    connack = b"\x20\x03\x00\x00\x00"
+    client, server = relay(engine, 1, socketpair_pairing, track_packets=True, to_client=connack)
+    engine.goodbye(1, BYE)
+    assert recv_all(client) == connack + BYE
+    client, server = relay(engine, 2, socketpair_pairing, track_packets=True, to_client=b"\x20\x03")
+    engine.goodbye(2, BYE)
+    server.sendall(b"\x00\x00\x00\xd0\x00")  # the rest of the CONNACK, then a PINGRESP
+    assert recv_all(client) == b"\x20\x03\x00\x00\x00" + BYE
+    assert [r[4] for r in records(engine, 2)] == ["drained", "drained"]
+
+
+def test_goodbye_is_ignored_when_not_tracked(engine: Engine, socketpair_pairing: Pairing) -> None:
+    client, server = relay(engine, 1, socketpair_pairing)
+    tracked_client, _ = relay(engine, 2, socketpair_pairing, track_packets=True)
+    engine.goodbye(1, BYE)
+    engine.goodbye(999, BYE)  # unknown
+    for _ in range(300):  # repeated goodbyes are one goodbye
+        engine.goodbye(2, BYE)
+    assert recv_all(tracked_client) == BYE
+    [rec] = records(engine, 1)
+    assert rec[:1] == (2,) and rec[4] == "drained"
+    engine.goodbye(2, BYE)  # drained: ignored
+    server.sendall(b"\x30\x01")  # untracked: half a packet goes through, the pair lives on
+    assert recv_exactly(client, 2) == b"\x30\x01"
+    client.close()
+    server.close()
+    assert records(engine, 1)[0][4] in ("client-closed", "server-closed")
+    with pytest.raises(ValueError):
+        engine.goodbye(1, b"")
+
+
+def test_goodbye_and_close_together(engine: Engine, socketpair_pairing: Pairing) -> None:
+    """Both requests queued: one record, and no reference is lost (the fd checks would see)."""
+    for conn_id in range(50):
+        relay(engine, conn_id, socketpair_pairing, track_packets=True)
+        engine.goodbye(conn_id, BYE)
+        engine.close(conn_id)
+    got = records(engine, 50)
+    assert sorted(r[0] for r in got) == list(range(50))
+    assert {r[4] for r in got} <= {"drained", "killed"}
+    assert engine.drain() == []
