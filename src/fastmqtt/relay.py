@@ -4,6 +4,7 @@ event-loop relay otherwise. One interface for both; the choice is `RelayHub.star
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,8 @@ class RelayHub:
         self.sessions: dict[int, Session] = {}
         self.drain_v5 = False  # follow MQTT 5 sessions' packets so a drain can say goodbye
         self._loop_relays: dict[int, LoopRelay] = {}
+        # session id -> how to say goodbye to it, for the sessions that follow packets
+        self._goodbyes: dict[int, Callable[[bytes], None]] = {}
         self._tasks: set[asyncio.Task] = set()
         if engine is not None:
             loop.add_reader(engine.completions_fd(), self._drain_engine)
@@ -60,7 +63,7 @@ class RelayHub:
         ``spliceable`` pairs (plain sockets both) may go to the C engine."""
         self.sessions[session.id] = session
         goodbye = self.drain_v5 and session.protocol_version == 5
-        if self.engine is not None and spliceable and not goodbye:
+        if self.engine is not None and spliceable:
             assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
             self.engine.add(
                 session.id,
@@ -70,7 +73,10 @@ class RelayHub:
                 server_idle,
                 to_server,
                 to_client,
+                track_packets=goodbye,
             )
+            if goodbye:
+                self._goodbyes[session.id] = functools.partial(self.engine.goodbye, session.id)
             return
         relay = LoopRelay(
             self.loop,
@@ -81,6 +87,7 @@ class RelayHub:
         self._loop_relays[session.id] = relay
         if goodbye:
             relay.track_packets()
+            self._goodbyes[session.id] = relay.say_goodbye
         task = self.loop.create_task(relay.start(client_sock, server_sock, to_server, to_client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -105,11 +112,12 @@ class RelayHub:
 
     async def say_goodbye(self, packet: bytes, rate: int) -> None:
         """Send ``packet`` to every session that can take one, ``rate`` sessions a second."""
-        relays = [r for r in self._loop_relays.values() if r.server.boundary is not None]
+        goodbyes = list(self._goodbyes.items())
         batch = max(1, rate // 10)
-        for start in range(0, len(relays), batch):
-            for relay in relays[start : start + batch]:
-                relay.say_goodbye(packet)
+        for start in range(0, len(goodbyes), batch):
+            for session_id, say in goodbyes[start : start + batch]:
+                if session_id in self._goodbyes:  # not ended meanwhile
+                    say(packet)
             await asyncio.sleep(batch / rate)
 
     async def shutdown(self, grace: float) -> None:
@@ -130,6 +138,7 @@ class RelayHub:
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
         self._loop_relays.pop(session_id, None)
+        self._goodbyes.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.on_finish(session, c2s, s2c, reason)
