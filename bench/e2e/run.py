@@ -103,11 +103,13 @@ class FastMQTTTarget:
 
     name = "fastmqtt"
 
-    def __init__(self, brokers: Sequence[Mosquitto], workdir: Path) -> None:
+    def __init__(self, brokers: Sequence[Mosquitto], workdir: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.workers = workers
         self.config = workdir / "fastmqtt.toml"
-        self.config.write_text(fill("fastmqtt.toml", brokers, self.address))
+        text = fill("fastmqtt.toml", brokers, self.address)
+        self.config.write_text(text.replace("[global]\n", f"[global]\nworkers = {workers}\n", 1))
         self.log = workdir / "fastmqtt.log"
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
@@ -124,9 +126,18 @@ class FastMQTTTarget:
         self.pid = self.proc.pid
         try:
             wait_for_port("127.0.0.1", self.port, 20, self.proc)
+            self._wait_for_workers(20)
         except Exception as exc:
             tail = self.log.read_text(errors="replace")[-600:]
             raise RuntimeError(f"fastmqtt serve did not start: {exc}\n{tail}") from None
+
+    def _wait_for_workers(self, timeout: float) -> None:
+        """The port answers once one worker has bound; the others may still be starting."""
+        deadline = time.monotonic() + timeout
+        while self.workers > 1 and "workers serving" not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.workers} workers not ready after {timeout}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -315,14 +326,16 @@ def versions() -> str:
     )
 
 
-def run_rounds(chosen: list[str], plan: Plan, rounds: int, workdir: Path) -> Rounds:
+def run_rounds(
+    chosen: list[str], plan: Plan, rounds: int, workdir: Path, workers: int = 1
+) -> Rounds:
     results: Rounds = []
     brokers = start_nodes()
     try:
         targets = {
             "direct": lambda: Direct(brokers),
             "haproxy": lambda: HAProxyTarget(brokers),
-            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir),
+            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir, workers),
         }
         print(f"plan: {plan}; brokers: {[b.address for b in brokers]}", file=sys.stderr)
         for number in range(1, rounds + 1):
@@ -349,16 +362,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, default=1, help="alternate the targets N times; report medians"
     )
     parser.add_argument("--json", metavar="FILE", help="also write every raw result here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="fastmqtt worker processes (SO_REUSEPORT)"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastmqtt-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    rounds = run_rounds(args.only.split(","), plan, args.rounds, workdir)
+    rounds = run_rounds(args.only.split(","), plan, args.rounds, workdir, args.workers)
     print(table(rounds, plan))
     for line in failures(rounds):
         print(f"note: {line}")
-    print(f"{versions()}; {len(rounds)} round(s) in {time.monotonic() - began:.0f} s")
+    elapsed = time.monotonic() - began
+    done = f"{len(rounds)} round(s) in {elapsed:.0f} s"
+    print(f"{versions()}; fastmqtt workers: {args.workers}; {done}")
     print(load_range(rounds))
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": asdict(plan), "rounds": rounds}, indent=1))
