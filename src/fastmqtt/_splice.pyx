@@ -93,9 +93,10 @@ cdef enum:
     F_QUEUED = 1 << 9       # in the ready list
     F_SERVER_FIRST = 1 << 10  # the server's FIN came first
     F_HUP = 1 << 11         # the side's FIN has arrived (EPOLLRDHUP seen): read until EOF
-    F_TRACK = 1 << 12       # follow the server's packet boundaries (add(track_packets=True))
-    F_BYE = 1 << 13         # a goodbye waits for the next boundary (its Bye is in w.waiting)
-    F_FAREWELL = 1 << 14    # the goodbye packet is queued: read no more from the server
+    # bit 12 is F_HUP of the server side
+    F_TRACK = 1 << 13       # follow the server's packet boundaries (add(track_packets=True))
+    F_BYE = 1 << 14         # a goodbye waits for the next boundary (its Bye is in w.waiting)
+    F_FAREWELL = 1 << 15    # the goodbye packet is queued: read no more from the server
 
 # What Python asked of a connection; guarded by core.lock (one request of each kind at most).
 cdef enum:
@@ -267,26 +268,18 @@ cdef inline bint is_reset(int err) noexcept nogil:
                    ENETUNREACH, ENETDOWN, EHOSTDOWN)
 
 
-cdef Pending *pending_join(const char *a, size_t na, const char *b, size_t nb) noexcept nogil:
-    """An exact-size copy of bytes still to send (a then b), or NULL if there are none or
-    memory ran out."""
+cdef Pending *pending_new(const char *data, size_t n) noexcept nogil:
+    """An exact-size copy of bytes still to send, or NULL if n is 0 or memory ran out."""
     cdef Pending *p
-    if na + nb == 0:
+    if n == 0:
         return NULL
-    p = <Pending *>malloc(sizeof(Pending) + na + nb)
+    p = <Pending *>malloc(sizeof(Pending) + n)
     if p == NULL:
         return NULL
-    p.len = <uint32_t>(na + nb)
+    p.len = <uint32_t>n
     p.off = 0
-    if na:
-        memcpy(<char *>(p + 1), a, na)
-    if nb:
-        memcpy(<char *>(p + 1) + na, b, nb)
+    memcpy(<char *>(p + 1), data, n)
     return p
-
-
-cdef inline Pending *pending_new(const char *data, size_t n) noexcept nogil:
-    return pending_join(data, n, NULL, 0)
 
 
 cdef inline void hlist_add(Conn **head, Conn *c) noexcept nogil:
@@ -621,11 +614,11 @@ cdef int read_failed(Worker *w, Conn *c, int d, ssize_t n) noexcept nogil:
     return STEP_MORE
 
 
-cdef int farewell(Worker *w, Conn *c, const char *rest, size_t nrest) noexcept nogil:
-    """The server's stream is at a packet end and a goodbye waits (F_BYE): the client gets
-    ``rest`` (what it is still owed), then the goodbye packet; the server is read no more."""
+cdef int farewell(Worker *w, Conn *c) noexcept nogil:
+    """The client has all the server's bytes up to a packet end and a goodbye waits (F_BYE):
+    queue the goodbye packet; the server is read no more."""
     cdef Bye *b = bye_take(w, c)
-    cdef Pending *p = pending_join(rest, nrest, <char *>(b + 1), b.len)
+    cdef Pending *p = pending_new(<char *>(b + 1), b.len)
     free(b)
     if p == NULL:
         return finish(w, c, R_ERROR, ENOMEM)
@@ -654,8 +647,6 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
         if errno != EAGAIN and errno != EINTR:
             return fail_io(w, c, 1 - d, errno)
         m = 0
-    if c.flags & F_BYE and at_boundary(c):
-        return farewell(w, c, w.buf + m, <size_t>(n - m))
     if m == n:
         return STEP_MORE
     c.pend[d] = pending_new(w.buf + m, <size_t>(n - m))
@@ -717,9 +708,14 @@ cdef bint pump(Worker *w, Conn *c, int d) noexcept nogil:
         r = flush(w, c, d)
         if r != STEP_MORE:
             return r == STEP_ENDED
-        if d == 1 and c.flags & F_FAREWELL:  # the goodbye packet is out
-            finish(w, c, R_DRAINED, 0)
-            return True
+        if d == 1 and c.flags & (F_BYE | F_FAREWELL):
+            if c.flags & F_FAREWELL:  # the goodbye packet is out
+                finish(w, c, R_DRAINED, 0)
+                return True
+            if at_boundary(c):
+                if farewell(w, c) == STEP_ENDED:
+                    return True
+                continue  # flush it
         if c.flags & (F_EOF << d):
             return half_close(w, c, d) == STEP_ENDED
         if not (c.flags & (F_RD << d)):
@@ -816,20 +812,6 @@ cdef void kill_conn(Worker *w, Conn *c) noexcept nogil:
     unref(w, c)
 
 
-cdef void bye_now(Worker *w, Conn *c) noexcept nogil:
-    """The server's stream is between packets: the goodbye follows what the client is owed."""
-    cdef Pending *p = c.pend[1]
-    if p == NULL:
-        farewell(w, c, NULL, 0)
-    else:
-        c.pend[1] = NULL
-        fm_sub64(&w.buffered, p.len - p.off)
-        farewell(w, c, <char *>(p + 1) + p.off, p.len - p.off)
-        free(p)
-    if not (c.flags & F_DONE):
-        pump(w, c, 1)
-
-
 cdef void take_bye(Worker *w, Bye *b) noexcept nogil:
     """Start a goodbye; a connection that ended, or whose server ended its stream, ends as it
     would without one."""
@@ -840,8 +822,7 @@ cdef void take_bye(Worker *w, Bye *b) noexcept nogil:
         b.next = w.waiting
         w.waiting = b
         c.flags |= F_BYE
-        if at_boundary(c):
-            bye_now(w, c)
+        pump(w, c, 1)  # at a boundary already, the goodbye follows what the client is owed
     unref(w, c)
 
 
@@ -919,7 +900,7 @@ cdef void *worker_main(void *arg) noexcept nogil:
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, poll_timeout(w))
         w.now = tick_of(w.core)
-        # Requests first: a goodbye() then meets only server bytes that arrived before it.
+        # Requests first: a goodbye() is taken before this turn reads the server bytes after it.
         for i in range(n):
             if events[i].data.u64 == 0 and take_inbox(w):
                 worker_exit(w)
