@@ -27,9 +27,9 @@ Design notes (the WHY; the code says the how):
 - Graceful drain: a connection added with ``track_packets`` follows the packet boundaries of
   the server->client stream by fixed headers only (bodies are skipped by length), in two
   fields of the connection. ``goodbye`` then ends it at the next boundary: bytes past it are
-  dropped and the given packet goes out after what the client is still owed. Tracking turns
-  the bulk path off for that direction (splice never shows us the headers), so it costs the
-  untracked connections nothing.
+  dropped and the given packet goes out after what the client is still owed. splice never
+  shows us the bytes, so on a tracked direction it moves only the rest of a long body (at
+  least ``splice_threshold``) and headers go through recv.
 - A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
   ``close``), so Python may keep its address in a dict while the record is undrained; queued
   ``close`` requests hold a reference so the engine never touches a freed struct.
@@ -640,7 +640,7 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
         c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
     if d == 1 and c.flags & F_TRACK:  # bytes past the boundary a goodbye waits for are dropped
         n = <ssize_t>follow(c, <uint8_t *>w.buf, <size_t>n, (c.flags & F_BYE) != 0)
-    elif core.threshold and <size_t>n >= core.threshold:
+    if core.threshold and <size_t>n >= core.threshold:
         c.flags |= F_BULK << d
     m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL)
     if m < 0:
@@ -656,16 +656,30 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
     return STEP_WAIT
 
 
+cdef inline size_t splice_len(Worker *w, Conn *c, int d) noexcept nogil:
+    """How much one splice may move; 0 = use recv. On a tracked server stream only the rest
+    of a long packet body: headers must go through recv to be seen."""
+    if d == 0 or not (c.flags & F_TRACK):
+        return PIPE_CAP
+    if c.pkt_hdr or c.pkt_left < w.core.threshold:
+        return 0
+    return min(<size_t>c.pkt_left, <size_t>PIPE_CAP)
+
+
 cdef int read_splice(Worker *w, Conn *c, int d) noexcept nogil:
-    """Bulk path: socket -> pooled pipe; flush() moves it on. Falls back when no pipe is free."""
+    """Bulk path: socket -> pooled pipe; flush() moves it on. Falls back when no pipe is free
+    or splice_len says so."""
     cdef Pipe *p = c.pipe[d]
+    cdef size_t want = splice_len(w, c, d)
     cdef ssize_t n
+    if want == 0:
+        return read_copy(w, c, d)
     if p == NULL:
         p = c.pipe[d] = pipe_get(w.core)
         if p == NULL:
             c.flags &= ~(F_BULK << d)
             return read_copy(w, c, d)
-    n = splice(c.fd[d], NULL, p.wfd, NULL, PIPE_CAP, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+    n = splice(c.fd[d], NULL, p.wfd, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
     if n <= 0:
         n = read_failed(w, c, d, n)
         if n == STEP_MORE and p.used == 0 and not (c.flags & (F_BULK << d)):
@@ -673,6 +687,8 @@ cdef int read_splice(Worker *w, Conn *c, int d) noexcept nogil:
             c.pipe[d] = NULL
         return <int>n
     received(w, c, d, <size_t>n)
+    if d == 1 and c.flags & F_TRACK:
+        c.pkt_left -= <uint32_t>n  # body bytes only (splice_len)
     p.used += <uint32_t>n
     fm_add64(&w.buffered, <uint64_t>n)
     return STEP_MORE

@@ -635,8 +635,20 @@ def _write_in_pieces(sock: socket.socket, stream: bytes, rng: random.Random) -> 
                 time.sleep(0.001)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_goodbye_lands_between_two_server_packets(engine: Engine, listener: socket.socket, seed):
+@pytest.fixture(params=[None, 1024], ids=["splice-64k", "splice-1k"])
+def splicing_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Long bodies of a tracked stream go through splice, headers and short rests through recv."""
+    eng = Engine(splice_threshold=request.param)
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_goodbye_lands_between_two_server_packets(
+    splicing_engine: Engine, listener: socket.socket, seed: int
+) -> None:
+    engine = splicing_engine
     rng = random.Random(seed)
     sizes = [rng.choice((0, 1, 126, 127, 128, 16_383, 16_384, 70_000, 200_000)) for _ in range(60)]
     packets = [mqtt_packet(rng, size) for size in sizes]
