@@ -15,6 +15,7 @@ pinned, so absolute figures are noise and the side-by-side ratios are the result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -98,6 +99,32 @@ class HAProxyTarget:
         self.lb.stop()
 
 
+def _holders(pid: int | None, port: int) -> int:
+    """How many children of ``pid`` hold a socket listening on ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    held = 0
+    for child in children:
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{child}/fd")
+            held += any(_link(child, fd) in inodes for fd in fds)
+    return held
+
+
+def _link(pid: str, fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return ""
+
+
 class FastMQTTTarget:
     """`python -m fastmqtt serve` as a child process; its workers, if any, count too."""
 
@@ -132,9 +159,10 @@ class FastMQTTTarget:
             raise RuntimeError(f"fastmqtt serve did not start: {exc}\n{tail}") from None
 
     def _wait_for_workers(self, timeout: float) -> None:
-        """The port answers once one worker has bound; the others may still be starting."""
+        """The port answers once one worker has bound; wait until every worker holds a
+        listening socket of it (the supervisor's log line is INFO, below the bench's level)."""
         deadline = time.monotonic() + timeout
-        while self.workers > 1 and "workers serving" not in self.log.read_text(errors="replace"):
+        while self.workers > 1 and _holders(self.pid, self.port) < self.workers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.workers} workers not ready after {timeout}s")
             time.sleep(0.05)
