@@ -32,7 +32,8 @@ Design notes (the WHY; the code says the how):
   least ``splice_threshold``) and headers go through recv.
 - A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
   ``close``), so Python may keep its address in a dict while the record is undrained; queued
-  ``close`` requests hold a reference so the engine never touches a freed struct.
+  ``close`` and ``goodbye`` requests hold a reference so the engine never touches a freed
+  struct.
 """
 
 from libc.errno cimport (
@@ -386,25 +387,30 @@ cdef inline bint at_boundary(Conn *c) noexcept nogil:
 cdef size_t follow(Conn *c, const uint8_t *data, size_t n, bint stop) noexcept nogil:
     """Follow n bytes of the server's stream (the twin of framing.PacketBoundary.feed);
     return how many were taken: all, or with ``stop`` only up to the first packet end."""
+    # the state lives in locals: data may alias the struct, so fields would be stored and
+    # reloaded around every byte read
+    cdef uint32_t left = c.pkt_left
+    cdef uint8_t hdr = c.pkt_hdr, byte
     cdef size_t i = 0, step
-    cdef uint8_t byte
     while i < n:
-        if stop and at_boundary(c):
-            return i
-        if c.pkt_hdr == 0 and c.pkt_left:  # skip the body by its length
-            step = min(<size_t>c.pkt_left, n - i)
-            c.pkt_left -= <uint32_t>step
+        if stop and hdr == 0 and left == 0:
+            break
+        if hdr == 0 and left:  # skip the body by its length
+            step = min(<size_t>left, n - i)
+            left -= <uint32_t>step
             i += step
-        elif c.pkt_hdr == 0:  # packet type and flags; pkt_left now gathers the length
-            c.pkt_hdr = 1
+        elif hdr == 0:  # packet type and flags; left now gathers the length
+            hdr = 1
             i += 1
         else:  # one byte of the remaining length (7 bits each, at most 4 bytes)
             byte = data[i]
             i += 1
-            c.pkt_left |= <uint32_t>(byte & 0x7F) << (7 * (c.pkt_hdr - 1))
-            c.pkt_hdr += 1
-            if not byte & 0x80 or c.pkt_hdr == 5:  # a malformed length ends it too
-                c.pkt_hdr = 0
+            left |= <uint32_t>(byte & 0x7F) << (7 * (hdr - 1))
+            hdr += 1
+            if not byte & 0x80 or hdr == 5:  # a malformed length ends it too
+                hdr = 0
+    c.pkt_left = left
+    c.pkt_hdr = hdr
     return i
 
 
@@ -1033,7 +1039,7 @@ cdef void track(Conn *c) noexcept nogil:
 
 
 cdef void release_records(Core *core, Conn *c) noexcept nogil:
-    """Drop drain()'s reference to each record; free those no queued close() still holds."""
+    """Drop drain()'s reference to each record; free those no queued request still holds."""
     cdef Conn *nxt
     pthread_mutex_lock(&core.lock)
     while c != NULL:
