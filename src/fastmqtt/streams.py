@@ -246,7 +246,23 @@ class WsBridge(Layered):
         return Framed(inner, self.codec)
 
 
-class WsPassthrough(Layered):
+class _Untouched(Layered):
+    """Frames that travel unchanged (passthrough): decoded only to read the MQTT inside, while
+    ``raw`` keeps the bytes as they came, to be forwarded as they are."""
+
+    raw: bytearray
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    def wire(self, data: bytes) -> bytes:
+        return bytes(self.raw)
+
+    def endpoint(self) -> Endpoint:
+        return self.inner.endpoint()
+
+
+class WsPassthrough(_Untouched):
     """A WebSocket client whose frames go to the broker untouched; they are decoded here only
     to read the CONNECT. ``head`` is the upgrade to forward, ahead of the frames."""
 
@@ -267,17 +283,8 @@ class WsPassthrough(Layered):
             if payload:
                 return payload
 
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
 
-    def wire(self, data: bytes) -> bytes:
-        return bytes(self.raw)
-
-    def endpoint(self) -> Endpoint:
-        return self.inner.endpoint()
-
-
-class WsUpstream(Layered):
+class WsUpstream(_Untouched):
     """A passthrough broker's side: its 101 answer is consumed (the client had ours), then its
     frames are decoded only to read the CONNACK and relayed untouched."""
 
@@ -311,12 +318,3 @@ class WsUpstream(Layered):
         self.head_done = True
         rest, self.head = bytes(self.head[end:]), bytearray()
         return rest
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    def wire(self, data: bytes) -> bytes:
-        return bytes(self.raw)
-
-    def endpoint(self) -> Endpoint:
-        return self.inner.endpoint()
