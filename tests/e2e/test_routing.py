@@ -17,6 +17,7 @@ from tests.support.lb import (
     lb_port,
     raw_connect,
     recipe,
+    returning_device,
     wait_until,
 )
 
@@ -60,19 +61,9 @@ def test_persistent_session_follows_the_client(brokers, fastmqtt, sticky):
     stick = 'stick = { on = "client_id", expire = "30m" }' if sticky else ""
     fastmqtt(recipe(nodes, port, backend=stick), port=port)
 
-    device = Client("device-42", port, clean=False)
-    device.subscribe("devices/42/cmd", qos=1)
-    device.close()
-    home = landed(nodes)["device-42"]
-    broker = next(b for b in nodes if b.name == home)
-
-    publisher = Client("publisher", broker.port, clean=True)  # straight to the session's node
-    publisher.publish("devices/42/cmd", b"reboot", qos=1)
-    publisher.close()
-
-    device = Client("device-42", port, clean=False)
-    got = device.wait_message(timeout=3 if sticky else 1.5)
-    device.close()
+    device, got = returning_device(
+        lambda: Client("device-42", port, clean=False), nodes, wait=3 if sticky else 1.5
+    )
     assert got is sticky
     if sticky:
         assert device.messages == [("devices/42/cmd", b"reboot")]

@@ -18,7 +18,7 @@ from fastmqtt import ws_spec as spec
 from fastmqtt.parse import inspect_connack, inspect_connect
 from fastmqtt.websocket import FrameDecoder, encode_frame, head_end
 from tests.support.certs import Certs, make_certs, tls_line
-from tests.support.lb import Client, landed, lb_port, recipe, wait_until
+from tests.support.lb import Client, landed, lb_port, recipe, returning_device, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -77,17 +77,9 @@ def test_persistent_session_follows_the_client_over_websocket(brokers, fastmqtt,
     stick = 'stick = { on = "client_id", expire = "30m" }' if sticky else ""
     fastmqtt(ws_recipe(nodes, port, backend=stick), port=port)
 
-    device = ws_client("ws-device-42", port, clean=False)
-    device.subscribe("devices/42/cmd", qos=1)
-    device.close()
-    home = next(b for b in nodes if b.name == landed(nodes)["ws-device-42"])
-    publisher = Client("publisher", home.port)
-    publisher.publish("devices/42/cmd", b"reboot", qos=1)
-    publisher.close()
-
-    device = ws_client("ws-device-42", port, clean=False)
-    got = device.wait_message(timeout=3 if sticky else 1.5)
-    device.close()
+    device, got = returning_device(
+        lambda: ws_client("ws-device-42", port, clean=False), nodes, wait=3 if sticky else 1.5
+    )
     assert got is sticky
     if sticky:
         assert device.messages == [("devices/42/cmd", b"reboot")]

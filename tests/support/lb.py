@@ -283,3 +283,24 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def returning_device(
+    connect: Callable[[], Client], nodes: Sequence[Mosquitto], wait: float
+) -> tuple[Client, bool]:
+    """Stickiness as brokers see it: a device with a persistent session subscribes at QoS 1
+    and leaves; a message is published straight to the broker holding its session; the device
+    comes back through ``connect`` (the balancer). Returns it and whether the queued message
+    arrived within ``wait`` seconds (only if it landed on the same broker)."""
+    device = connect()
+    device.subscribe("devices/42/cmd", qos=1)
+    device.close()
+    client_id = device.mqtt._client_id.decode()
+    home = next(b for b in nodes if b.name == landed(nodes)[client_id])
+    publisher = Client("publisher", home.port)
+    publisher.publish("devices/42/cmd", b"reboot", qos=1)
+    publisher.close()
+    device = connect()
+    got = device.wait_message(timeout=wait)
+    device.close()
+    return device, got
