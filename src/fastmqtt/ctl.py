@@ -2,10 +2,11 @@
 
     fastmqtt ctl [--url URL] [--user USER] [--password-env VAR] ACTION [BACKEND/SERVER] [N]
 
-ACTION is ``drain``, ``maint`` or ``ready`` (admin state), ``weight`` (with N) or ``show``
-(one server, or every server without a target). The password is read from the environment
-variable named by ``--password-env`` (default FASTMQTT_STATS_PASSWORD), never from the
-command line, where other users could read it. Exit status: 0 done, 1 refused or
+ACTION is ``drain``, ``maint`` or ``ready`` (admin state), ``weight`` (with N), ``show``
+(one server, or every server without a target) or ``reload`` (re-read the config file, as
+SIGHUP does; its errors are printed and the old config keeps running). The password is read
+from the environment variable named by ``--password-env`` (default FASTMQTT_STATS_PASSWORD),
+never from the command line, where other users could read it. Exit status: 0 done, 1 refused or
 unreachable, 2 usage error.
 """
 
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-ACTIONS = ("drain", "maint", "ready", "weight", "show")
+ACTIONS = ("drain", "maint", "ready", "weight", "show", "reload")
 DEFAULT_URL = "http://127.0.0.1:8888"
 DEFAULT_PASSWORD_ENV = "FASTMQTT_STATS_PASSWORD"
 TIMEOUT = 10.0
@@ -44,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     """(method, path, JSON body) for the command line; ValueError explains a usage error."""
+    if args.action == "reload":
+        if args.target is not None:
+            raise ValueError(f"reload: unexpected argument {args.target!r}")
+        return "POST", "/api/reload", {}
     if args.action == "show" and args.target is None:
         return "GET", "/api/servers", None
     if args.target is None or args.target.count("/") != 1 or "" in args.target.split("/"):

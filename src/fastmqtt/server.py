@@ -128,6 +128,27 @@ class Proxy:
             fe.resume()
         log.info("reloaded %s: %s", config.path, self._summary())
 
+    def reload_file(self) -> list[str]:
+        """SIGHUP and the admin API: re-read the config file; if it has errors keep running on
+        the old one. Returns the errors (empty when the new config is applied)."""
+        notify.reloading()
+        try:
+            config = load_config(self.config.path)
+            self.reload(config)
+        except ConfigError as exc:
+            errors = exc.errors
+        except OSError as exc:
+            errors = [str(exc.strerror or exc)]
+        else:
+            errors = []
+            for warning in config.warnings:
+                log.warning("%s", warning)
+        finally:
+            notify.ready()
+        for line in errors:
+            log.error("reload refused: %s", line)
+        return errors
+
     def _summary(self) -> str:
         return ", ".join(
             f"{fe.name}={fe.config.bind_host}:{fe.bound_port}" for fe in self.frontends
@@ -310,7 +331,7 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, reload_from_file, proxy)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload_file)
     try:
         await stop.wait()
         await proxy.shutdown(proxy.config.global_.grace)
@@ -321,25 +342,3 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
             channel.cancel()
     log.info("stopped")
     return 0
-
-
-def reload_from_file(proxy: Proxy) -> bool:
-    """SIGHUP: re-read the config file; if it has errors keep running on the old one."""
-    notify.reloading()
-    path = proxy.config.path
-    try:
-        config = load_config(path)
-        proxy.reload(config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            log.error("reload refused: %s", line)
-        return False
-    except OSError as exc:
-        log.error("reload refused: %s", exc.strerror or exc)
-        return False
-    else:
-        for warning in config.warnings:
-            log.warning("%s", warning)
-        return True
-    finally:
-        notify.ready()

@@ -53,6 +53,7 @@ REQUEST_DEADLINE = 10.0  # seconds to read a request and write the answer
 RATE_TICK = 1.0  # seconds between session-rate samples
 MAX_WEIGHT = 256
 API = "/api/servers"
+RELOAD = "/api/reload"
 
 
 class Request(NamedTuple):
@@ -119,6 +120,9 @@ class Source(Protocol):
     ) -> None:
         """Apply a validated admin change to a server the last snapshot listed."""
 
+    def reload(self) -> list[str]:
+        """Re-read the config file (as SIGHUP does); the errors, empty when applied."""
+
 
 class LocalSource:
     """This process's own proxy; also what a worker reports to its supervisor."""
@@ -155,6 +159,9 @@ class LocalSource:
             checker.set_weight(server, weight, who)
         if state is not None:
             checker.set_admin(server, Admin(state), who)
+
+    def reload(self) -> list[str]:
+        return self.proxy.reload_file()
 
     def _tick(self) -> None:
         for fe in self.proxy.frontends:
@@ -253,6 +260,8 @@ class StatsServer:
             return Response(200, "ok\n")
         if request.path == API or request.path.startswith(API + "/"):
             return await self._admin(request)
+        if request.path == RELOAD:
+            return self._reload(request)
         if self.config.auth_user and not self._authorized(request):
             return _unauthorized()
         route = self.routes.get(request.path)
@@ -275,11 +284,27 @@ class StatsServer:
 
     # -- admin API ---------------------------------------------------------------------
 
-    async def _admin(self, request: Request) -> Response:
+    def _refused(self, request: Request) -> Response | None:
+        """Why an admin request may not proceed (None: it may)."""
         if not self.config.auth_user:
             return Response(403, "the admin API needs [stats] auth = { user, password_env }\n")
         if not self._authorized(request):
             return _unauthorized()
+        return None
+
+    def _reload(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if request.method != "POST":
+            return Response(405, "use POST\n", headers=(("Allow", "POST"),))
+        errors = self.source.reload()
+        return _json(400 if errors else 200, {"reloaded": not errors, "errors": errors})
+
+    async def _admin(self, request: Request) -> Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         names = [part for part in request.path[len(API) :].split("/") if part]
         snap = await self.source.snapshot()
         if not names and request.method == "GET":

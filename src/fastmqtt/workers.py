@@ -271,6 +271,9 @@ class WorkerStats:
         if failed:
             raise HTTPError(503, f"workers {failed} did not confirm the change")
 
+    def reload(self) -> list[str]:
+        return self.supervisor.reload()
+
 
 class Supervisor:
     """Keeps ``workers`` copies of `fastmqtt serve` running until told to stop."""
@@ -320,7 +323,7 @@ class Supervisor:
         log.info("%d workers serving %s", count, self.path)
         notify.ready(f"{count} workers")
         done = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig, done)
         while not (self.stopping and all(w.proc.poll() is not None for w in self.workers)):
@@ -355,18 +358,19 @@ class Supervisor:
             self.workers[i] = self._spawn(i)
             self.restarts += 1
 
-    def _reload(self) -> None:
-        """Validate first, so a broken file never reaches the workers."""
+    def reload(self) -> list[str]:
+        """Validate first, so a broken file never reaches the workers; returns the errors."""
         try:
             self.config = load_config(self.path)
         except (ConfigError, OSError) as exc:
             lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
             for line in lines:
                 log.error("reload refused: %s", line)
-            return
+            return lines
         self.admin.clear()  # the workers reset admin states on reload
         for worker in self.workers:
             worker.signal(signal.SIGHUP)
+        return []
 
     def _stop(self, signum: int, done: asyncio.Event) -> None:
         """First signal: workers drain; second: they exit at once."""

@@ -145,3 +145,24 @@ def test_slowstart_ramps_a_returning_server_up(cluster_slowstart):
     # of the ramp, which skews the next ~16 picks; after that the split is even again.
     _new_clients(port, "settle", 20, nodes)
     assert _new_clients(port, "even", 10, nodes)["node1"] == 5
+
+
+def test_ctl_reload_applies_a_new_config_and_refuses_a_broken_one(cluster):
+    nodes, port, stats_port, lb = cluster
+    path = os.path.join(lb.workdir, "lb.toml")
+    extra = lb_port()
+    with open(path, "a") as f:
+        f.write(f'\n[frontend.extra]\nbind = "127.0.0.1:{extra}"\nbackend = "cluster"\n')
+    assert ctl(stats_port, "reload", password="wrong").returncode == 1  # needs auth
+    done = ctl(stats_port, "reload")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"reloaded": True, "errors": []}
+    raw_connect(extra, "via-extra").close()  # the new listener serves
+
+    with open(path, "w") as f:
+        f.write("[frontend.broken]\nbind = 5\n")
+    refused = ctl(stats_port, "reload")
+    assert refused.returncode == 1
+    assert "frontend.broken.bind" in refused.stderr
+    raw_connect(port, "after-refusal").close()  # the old config still runs
+    raw_connect(extra, "extra-after-refusal").close()
