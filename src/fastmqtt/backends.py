@@ -142,13 +142,14 @@ class Backend:
     # -- connecting ------------------------------------------------------------------
 
     async def connect(
-        self, key: bytes | None, stick_key: str | None
+        self, key: bytes | None, stick_key: str | None, avoid: Sequence[int] = ()
     ) -> tuple[Server, socket.socket]:
         """Connect to a server, retrying ``retries`` times; with ``redispatch`` each retry
-        goes to another server, so a dead node never fails a client another node can serve."""
+        goes to another server, so a dead node never fails a client another node can serve.
+        ``avoid``: servers that already failed this client (they answered nothing)."""
         loop = asyncio.get_running_loop()
-        tried: list[int] = []
-        server = self.choose(key, stick_key, tried)
+        tried: list[int] = list(avoid)
+        server = self.choose(key, None if avoid else stick_key, tried)
         for attempt in range(self.config.retries + 1):
             sock = socket.socket(server.family, socket.SOCK_STREAM)
             sock.setblocking(False)

@@ -222,23 +222,16 @@ class Frontend:
         backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
         session.backend = backend.name
         stick_key = self._stick_key(session, backend)
-        try:
-            server, sock = await backend.connect(self._hash_key(session, backend), stick_key)
-        except NoServerAvailable:
-            raise Rejected("no-server") from None
-        session.server = server
-        session.connected_at = time.monotonic()
-        backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
-        upstream = await self._open_upstream(sock, server, backend)
-        try:
-            header = self._proxy_header(session, link, backend)
-            await upstream.write(header + link.client.wire(bytes(data)))
-            to_client = b""
-            if connect is not None:
-                to_client = await self._read_connack(upstream, server, session, backend)
-        except BaseException:
-            upstream.close()
-            raise
+        failed: list[int] = []  # servers that closed without a word: the client never knows
+        while True:
+            server, upstream, to_client = await self._open(
+                session, link, backend, connect, bytes(data), stick_key, failed
+            )
+            if to_client or connect is None or not self._may_retry(backend, failed):
+                break
+            upstream.close()  # accepted and closed before any CONNACK (HAProxy: empty-response)
+            server.counters.retries += 1
+            failed.append(server.index)
         if connect is not None and not connect.client_id and session.client_id:
             stick_key = self._stick_key(session, backend)  # the broker assigned an id: learn it
             backend.counters.learned_ids += stick_key is not None
@@ -258,6 +251,42 @@ class Frontend:
             spliceable=link.client.spliceable and upstream.spliceable,
         )
         return True
+
+    async def _open(
+        self,
+        session: Session,
+        link: _Link,
+        backend: Backend,
+        connect: Connect | None,
+        data: bytes,
+        stick_key: str | None,
+        failed: list[int],
+    ) -> tuple[Server, Stream, bytes]:
+        """Connect to a server, send the buffered bytes, read its CONNACK (if MQTT)."""
+        try:
+            server, sock = await backend.connect(
+                self._hash_key(session, backend), stick_key, failed
+            )
+        except NoServerAvailable:
+            raise Rejected("no-server") from None
+        session.server = server
+        session.connected_at = time.monotonic()
+        backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
+        upstream = await self._open_upstream(sock, server, backend)
+        try:
+            header = self._proxy_header(session, link, backend)
+            await upstream.write(header + link.client.wire(data))
+            to_client = b""
+            if connect is not None:
+                to_client = await self._read_connack(upstream, server, session, backend)
+        except BaseException:
+            upstream.close()
+            raise
+        return server, upstream, to_client
+
+    @staticmethod
+    def _may_retry(backend: Backend, failed: list[int]) -> bool:
+        return backend.config.redispatch and len(failed) < backend.config.retries
 
     async def _receive(
         self, session: Session, conn: socket.socket, link: _Link, data: bytearray

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import threading
 import time
 
 import pytest
@@ -198,3 +199,37 @@ def test_v5_assigned_client_id_is_learned_for_stickiness(brokers, fastmqtt):
         Client(assigned, port, version=5).close()
     assert wait_until(lambda: sum(_counts(nodes).values()) == 4)
     assert _counts(nodes)[home] == 4
+
+
+def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastmqtt):
+    """A node that accepts TCP but hangs up without a word (dying, or not MQTT): the client
+    never notices, its CONNECT goes to the next server (HAProxy: retry-on empty-response)."""
+    [node] = brokers(1)
+    closer = socket.create_server(("127.0.0.1", 0))
+    closer.settimeout(0.2)
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        while not stop.is_set():
+            try:
+                closer.accept()[0].close()
+            except TimeoutError:
+                continue
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    port = lb_port()
+    closer_address = f"127.0.0.1:{closer.getsockname()[1]}"
+    servers = (
+        f'[[backend.cluster.server]]\nname = "closer"\naddress = "{closer_address}"\n'
+        f'[[backend.cluster.server]]\nname = "node1"\naddress = "{node.address}"\n'
+    )
+    config = recipe([], port, backend="retries = 2\nredispatch = true") + servers
+    lb = fastmqtt(config, port=port)
+    try:
+        for i in range(10):
+            raw_connect(port, f"retried-{i}").close()  # raises if one is refused
+    finally:
+        stop.set()
+        closer.close()
+    assert sum(cid.startswith("retried-") for cid in landed([node])) == 10
+    assert not any("retried-" in line and "closer" in line for line in lb.connection_log())
