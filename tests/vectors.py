@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.packets import varint
 
 VALID = "valid"
 INCOMPLETE = "incomplete"
@@ -40,15 +41,6 @@ def parse_implementations() -> list[tuple[str, ModuleType]]:
     if not NO_EXTENSIONS:
         impls.insert(0, ("c", importlib.import_module("fastmqtt._parse")))
     return impls
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def mqtt_string(value: str | bytes) -> bytes:

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fastmqtt import mqtt_spec
+from fastmqtt.packets import varint
 
 VALID = "valid"
 INCOMPLETE = "incomplete"  # inspect_connect returns None: it waits for more bytes
@@ -257,15 +258,6 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- hand-made packets
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, digit = divmod(value, 128)
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def mqtt_str(text: str | bytes) -> bytes:
