@@ -148,7 +148,7 @@ def test_slowstart_ramps_a_returning_server_up(cluster_slowstart):
 
 
 def test_ctl_reload_applies_a_new_config_and_refuses_a_broken_one(cluster):
-    nodes, port, stats_port, lb = cluster
+    _nodes, port, stats_port, lb = cluster
     path = os.path.join(lb.workdir, "lb.toml")
     extra = lb_port()
     with open(path, "a") as f:
