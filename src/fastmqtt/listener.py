@@ -60,6 +60,14 @@ class Rejected(Exception):
         self.reason = reason
 
 
+class _HungUp(Exception):
+    """The server closed before answering the CONNECT (dying, or not speaking MQTT)."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server.name)
+        self.server = server
+
+
 @dataclass(slots=True)
 class _Link:
     """One connection while it is routed: where its bytes come from now (a socket, then
@@ -208,6 +216,8 @@ class Frontend:
         except (Rejected, Refused, ProxyRefused) as exc:
             session.end_reason = exc.reason
             self.counters.denied[exc.reason] += 1
+        except _HungUp:
+            session.end_reason = "server-closed"
         except OSError as exc:
             session.end_reason = f"error:{errno.errorcode.get(exc.errno or 0, 'EIO')}"
         finally:
@@ -222,16 +232,18 @@ class Frontend:
         backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
         session.backend = backend.name
         stick_key = self._stick_key(session, backend)
-        failed: list[int] = []  # servers that closed without a word: the client never knows
+        failed: list[int] = []  # servers that hung up without a word: the client never knows
         while True:
-            server, upstream, to_client = await self._open(
-                session, link, backend, connect, bytes(data), stick_key, failed
-            )
-            if to_client or connect is None or not self._may_retry(backend, failed):
+            try:
+                server, upstream, to_client = await self._open(
+                    session, link, backend, connect, bytes(data), stick_key, failed
+                )
                 break
-            upstream.close()  # accepted and closed before any CONNACK (HAProxy: empty-response)
-            server.counters.retries += 1
-            failed.append(server.index)
+            except _HungUp as exc:  # HAProxy: retry-on empty-response
+                if not self._may_retry(backend, failed):
+                    raise
+                exc.server.counters.retries += 1
+                failed.append(exc.server.index)
         if connect is not None and not connect.client_id and session.client_id:
             stick_key = self._stick_key(session, backend)  # the broker assigned an id: learn it
             backend.counters.learned_ids += stick_key is not None
@@ -279,9 +291,15 @@ class Frontend:
             to_client = b""
             if connect is not None:
                 to_client = await self._read_connack(upstream, server, session, backend)
+        except (ConnectionResetError, BrokenPipeError):
+            upstream.close()
+            raise _HungUp(server) from None
         except BaseException:
             upstream.close()
             raise
+        if connect is not None and not to_client:
+            upstream.close()
+            raise _HungUp(server)
         return server, upstream, to_client
 
     @staticmethod

@@ -216,7 +216,8 @@ def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastm
             except TimeoutError:
                 continue
 
-    threading.Thread(target=hang_up, daemon=True).start()
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
     port = lb_port()
     closer_address = f"127.0.0.1:{closer.getsockname()[1]}"
     servers = (
@@ -230,6 +231,7 @@ def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastm
             raw_connect(port, f"retried-{i}").close()  # raises if one is refused
     finally:
         stop.set()
+        thread.join(5)  # before the close, so accept() never meets a closed socket
         closer.close()
     assert sum(cid.startswith("retried-") for cid in landed([node])) == 10
     assert not any("retried-" in line and "closer" in line for line in lb.connection_log())
