@@ -44,27 +44,16 @@ cdef struct _Cursor:
     Py_ssize_t n
 
 
-cdef inline uint64_t _read_u64le(_Cursor *cur) noexcept nogil:
+cdef inline uint64_t _read_le(_Cursor *cur, int width) noexcept nogil:
+    # little-endian unsigned of ``width`` bytes (4 or 8; constant at every call site)
     cdef uint64_t v = 0
     cdef int i
-    if cur.n < 8:
+    if cur.n < width:
         return 0
-    for i in range(8):
+    for i in range(width):
         v |= (<uint64_t>cur.p[i]) << (8 * i)
-    cur.p += 8
-    cur.n -= 8
-    return v
-
-
-cdef inline uint64_t _read_u32le(_Cursor *cur) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    if cur.n < 4:
-        return 0
-    for i in range(4):
-        v |= (<uint64_t>cur.p[i]) << (8 * i)
-    cur.p += 4
-    cur.n -= 4
+    cur.p += width
+    cur.n -= width
     return v
 
 
@@ -100,20 +89,20 @@ cdef uint64_t _xxh64(_Cursor cur) noexcept nogil:
     cdef uint64_t h
     if cur.n >= 32:
         while cur.n >= 32:
-            v1 = _round(v1, _read_u64le(&cur))
-            v2 = _round(v2, _read_u64le(&cur))
-            v3 = _round(v3, _read_u64le(&cur))
-            v4 = _round(v4, _read_u64le(&cur))
+            v1 = _round(v1, _read_le(&cur, 8))
+            v2 = _round(v2, _read_le(&cur, 8))
+            v3 = _round(v3, _read_le(&cur, 8))
+            v4 = _round(v4, _read_le(&cur, 8))
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
     else:
         h = P5
     h += total
     while cur.n >= 8:
-        h ^= _round(0, _read_u64le(&cur))
+        h ^= _round(0, _read_le(&cur, 8))
         h = _rotl(h, 27) * P1 + P4
     if cur.n >= 4:
-        h ^= _read_u32le(&cur) * P1
+        h ^= _read_le(&cur, 4) * P1
         h = _rotl(h, 23) * P2 + P3
     while cur.n > 0:
         h ^= _read_u8(&cur) * P5
