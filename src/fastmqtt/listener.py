@@ -490,6 +490,8 @@ class Frontend:
                     connack = inspect_connack(data, session.protocol_version)
                     if connack is not None:
                         self._note_connack(session, server, connack)
+                        latency = time.monotonic() - session.inspected_at  # type: ignore[operator]
+                        backend.counters.connack_latency.observe(latency)
                         return upstream.wire(bytes(data))
         except TimeoutError:
             server.counters.response_errors += 1

@@ -6,8 +6,8 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
-# CONNECT received -> broker connected, in seconds: loopback brokers answer in well under a
-# millisecond, remote ones in a few; a dead node costs a timeout or a retry.
+# CONNECT received -> broker connected (or its CONNACK), in seconds: loopback brokers answer in
+# well under a millisecond, remote ones in a few; a dead node costs a timeout or a retry.
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -53,6 +53,10 @@ class FrontendCounters:
     bytes_in: int = 0  # client -> fastmqtt
     bytes_out: int = 0  # fastmqtt -> client
     accept_errors: int = 0
+    # Of current and total, those on the C engine's fast path (issue 13; none yet): the
+    # fast path counts them here as well as above, the rest took the event loop.
+    fast_path_current: int = 0
+    fast_path_total: int = 0
 
     def opened(self) -> None:
         self.current += 1
@@ -85,4 +89,31 @@ class BackendCounters:
     sticky_hits: int = 0
     sticky_misses: int = 0
     learned_ids: int = 0  # v5 assigned client identifiers learned from CONNACKs
-    connect_latency: Histogram = field(default_factory=Histogram)
+    connect_latency: Histogram = field(default_factory=Histogram)  # CONNECT -> broker connected
+    connack_latency: Histogram = field(default_factory=Histogram)  # CONNECT -> broker's CONNACK
+
+
+@dataclass(slots=True)
+class ReloadCounters:
+    """Reloads (SIGHUP, the admin API) of one process. As Prometheus counts its own config
+    reloads, the config loaded at start counts as the last load, a successful one."""
+
+    last_at: float  # time.time() of the last load: the start, until a reload
+    ok: int = 0
+    refused: int = 0
+    last_ok: bool = True
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.ok += 1
+        else:
+            self.refused += 1
+        self.last_at, self.last_ok = now, ok
+
+    def fields(self) -> dict[str, float]:
+        return {
+            "reloads_ok": self.ok,
+            "reloads_refused": self.refused,
+            "last_reload_time": self.last_at,
+            "last_reload_ok": int(self.last_ok),
+        }

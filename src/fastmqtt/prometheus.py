@@ -3,7 +3,9 @@
 Names follow HAProxy's own exporter (``haproxy_server_current_sessions`` ->
 ``fastmqtt_server_current_sessions``) so dashboards translate by prefix; the MQTT-level
 families (CONNECTs by version, rejections by reason, sticky routing, CONNACK codes, the
-connect latency histogram) are ours."""
+latency histograms) are ours. Process resources use the names every Prometheus client
+library exports (``process_open_fds``, ...), one series per process (label ``worker`` under
+workers, with ``worker="supervisor"`` for the supervisor itself)."""
 
 from __future__ import annotations
 
@@ -99,8 +101,68 @@ def _by_label(rows: list[tuple[dict[str, object], dict]], key: str, label: str) 
             yield {**labels, label: value}, count
 
 
+# (metric name, type, help, row key): what one process has on its own.
+_PROCESS = (
+    ("process_open_fds", "gauge", "Number of open file descriptors.", "open_fds"),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors.", "max_fds"),
+    (
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        "resident_memory_bytes",
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        "virtual_memory_bytes",
+    ),
+    (
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        "cpu_seconds_total",
+    ),
+    (
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        "start_time_seconds",
+    ),
+    (
+        "fastmqtt_last_reload_timestamp_seconds",
+        "gauge",
+        "Time of the last reload, applied or refused (Unix seconds; the start time before any)",
+        "last_reload_time",
+    ),
+    (
+        "fastmqtt_last_reload_success",
+        "gauge",
+        "1 if the last reload applied the file (or none was tried yet), 0 if it was refused",
+        "last_reload_ok",
+    ),
+)
+
+
+def _process_metrics(out: _Exposition, processes: list[dict[str, Any]]) -> None:
+    rows = [({"worker": p["worker"]} if "worker" in p else {}, p) for p in processes]
+    for name, kind, help_text, key in _PROCESS:
+        out.family(name, kind, help_text, [(labels, row[key]) for labels, row in rows])
+    out.family(
+        "fastmqtt_reloads_total",
+        "counter",
+        "Reloads of the config file (SIGHUP, the admin API), by result",
+        (
+            (labels | {"result": result}, row[f"reloads_{result}"])
+            for labels, row in rows
+            for result in ("ok", "refused")
+        ),
+    )
+
+
 def render_metrics(snap: dict[str, Any]) -> str:
     out = _Exposition()
+    _process_metrics(out, snap["processes"])
     info = {"version": snap["version"], "implementation": snap["implementation"]}
     out.family("fastmqtt_build_info", "gauge", "Version and implementation", [(info, 1)])
     out.family(
@@ -155,6 +217,18 @@ def _frontend_metrics(out: _Exposition, rows: list) -> None:
         "accept() failures (out of fds or memory)",
         [(lb, r["accept_errors"]) for lb, r in rows],
     )
+    out.family(
+        f"{p}_path_current_sessions",
+        "gauge",
+        "Current connections by the path that carries them (fast: the C engine, loop: Python)",
+        _by_label(rows, "path_scur", "path"),
+    )
+    out.family(
+        f"{p}_path_sessions_total",
+        "counter",
+        "Connections by the path that took them (fast: the C engine, loop: Python)",
+        _by_label(rows, "path_stot", "path"),
+    )
 
 
 def _backend_metrics(out: _Exposition, rows: list) -> None:
@@ -166,13 +240,23 @@ def _backend_metrics(out: _Exposition, rows: list) -> None:
         "1 for the backend's state (UP: some server usable)",
         ((lb | {"state": s}, int(r["status"] == s)) for lb, r in rows for s in ("UP", "DOWN")),
     )
-    name = f"{p}_connect_latency_seconds"
-    out.lines += [
-        f"# HELP {name} Time from a complete CONNECT to a connected broker",
-        f"# TYPE {name} histogram",
-    ]
-    for labels, row in rows:
-        h = row["connect_latency"]
+    _histogram(
+        out,
+        f"{p}_connect_latency_seconds",
+        "Time from a complete CONNECT to a connected broker",
+        [(labels, row["connect_latency"]) for labels, row in rows],
+    )
+    _histogram(
+        out,
+        f"{p}_connack_latency_seconds",
+        "Time from a complete CONNECT to the broker's CONNACK (retries included)",
+        [(labels, row["connack_latency"]) for labels, row in rows],
+    )
+
+
+def _histogram(out: _Exposition, name: str, help_text: str, rows: list) -> None:
+    out.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for labels, h in rows:
         for le, count in zip(h["le"], h["cumulative"], strict=True):
             out.lines.append(_sample(f"{name}_bucket", labels | {"le": le}, count))
         out.lines += [

@@ -19,6 +19,7 @@ from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
+from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
 from fastmqtt.stats import LocalSource, StatsServer
@@ -52,6 +53,7 @@ class Proxy:
         )
         self.current = 0
         self.started_at = loop.time()
+        self.reloads = ReloadCounters(time.time())
         self._tasks: set[asyncio.Task] = set()
         self._purger: asyncio.TimerHandle | None = None
         self.health = {name: HealthChecker(b, self) for name, b in self.backends.items()}
@@ -145,6 +147,7 @@ class Proxy:
                 log.warning("%s", warning)
         finally:
             notify.ready()
+        self.reloads.record(not errors, time.time())
         for line in errors:
             log.error("reload refused: %s", line)
         return errors

@@ -8,6 +8,9 @@ connections by reason, CONNACK codes, the latency histogram) rides along for JSO
 With ``workers > 1`` each worker takes its own snapshot and the supervisor adds them up with
 merge_snapshots(): counters, current sessions, rates and per-worker limits are summed, what
 describes a server (status, weight, check results) comes from the first worker that has it.
+What belongs to one process (its fds, memory, CPU, reloads: ``processes``) is listed per
+process, each labelled with its worker, never summed: an fd limit holds per process, and a
+restarted worker's counters start again at zero, which a sum would show as a reset of all.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from fastmqtt import IMPLEMENTATION, __version__
 from fastmqtt.backends import Backend, Server, ServerState
 from fastmqtt.health import DESCRIPTIONS, ServerHealth
 from fastmqtt.listener import Frontend
-from fastmqtt.metrics import Histogram
+from fastmqtt.metrics import Histogram, ReloadCounters
+from fastmqtt.procfs import read_process
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -103,6 +107,8 @@ def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]
             MQTT_VERSIONS.get(v, str(v)): n for v, n in sorted(c.connects_by_version.items())
         },
         "accept_errors": c.accept_errors,
+        "path_scur": {"fast": c.fast_path_current, "loop": c.current - c.fast_path_current},
+        "path_stot": {"fast": c.fast_path_total, "loop": c.total - c.fast_path_total},
         **rates.fields(("frontend", fe.name)),
     }
 
@@ -205,6 +211,7 @@ def _backend_row(backend: Backend, servers: list[dict[str, Any]], rates: Rates) 
         "sticky_misses": c.sticky_misses,
         "learned_ids": c.learned_ids,
         "connect_latency": _histogram(c.connect_latency),
+        "connack_latency": _histogram(c.connack_latency),
         "servers": servers,
         **rates.fields(("backend", backend.name)),
     }
@@ -233,7 +240,14 @@ def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
         "maxconn": proxy.config.global_.maxconn,
         "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in proxy.frontends],
         "backends": backends,
+        "processes": [process_row(proxy.reloads, proxy.worker)],
     }
+
+
+def process_row(reloads: ReloadCounters, worker: int | str | None) -> dict[str, Any]:
+    """One process's own numbers; ``worker`` (its index, or "supervisor") under workers."""
+    row = {**read_process(), **reloads.fields()}
+    return row if worker is None else {"worker": str(worker), **row}
 
 
 def _rows(snap: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -267,7 +281,10 @@ MERGE_SUMMED = frozenset({
     "rate", "rate_max", "accept_errors", "chkfail", "chkdown", "no_server", "sticky_hits",
     "sticky_misses", "learned_ids",
 })  # fmt: skip
-MERGE_COUNTS = frozenset({"denied", "invalid_forwarded", "connects_by_version", "connack"})
+MERGE_COUNTS = frozenset({
+    "denied", "invalid_forwarded", "connects_by_version", "connack", "path_scur", "path_stot",
+})  # fmt: skip
+MERGE_HISTOGRAMS = frozenset({"connect_latency", "connack_latency"})
 
 
 def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -281,6 +298,7 @@ def merge_snapshots(snaps: list[dict[str, Any]]) -> dict[str, Any]:
         "maxconn": sum(s["maxconn"] for s in snaps),
         "frontends": _merge_rows([s["frontends"] for s in snaps], "pxname"),
         "backends": _merge_rows([s["backends"] for s in snaps], "pxname"),
+        "processes": [process for s in snaps for process in s["processes"]],
         "workers": len(snaps),
         "pids": [s["pid"] for s in snaps],
     }
@@ -306,7 +324,7 @@ def _merge_field(name: str, values: list[Any]) -> Any:
         for counts in values:
             total.update(counts)
         return dict(total)
-    if name == "connect_latency":
+    if name in MERGE_HISTOGRAMS:
         return {
             "le": values[0]["le"],
             "cumulative": [sum(c) for c in zip(*(h["cumulative"] for h in values), strict=True)],

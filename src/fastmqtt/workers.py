@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 from fastmqtt import notify
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
+from fastmqtt.metrics import ReloadCounters
 from fastmqtt.stats import HTTPError, LocalSource, StatsServer
-from fastmqtt.stats_rows import merge_snapshots
+from fastmqtt.stats_rows import merge_snapshots, process_row
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -248,6 +249,7 @@ class WorkerStats:
             raise HTTPError(503, "no worker answered")
         merged = merge_snapshots([snap for snap in snaps if snap])
         merged["pid"] = os.getpid()  # the process to signal
+        merged["processes"].insert(0, process_row(self.supervisor.reloads, "supervisor"))
         merged["per_worker"] = [
             {"worker": w.index, "pid": w.proc.pid, "current": snap["current"] if snap else None}
             for w, snap in zip(live, snaps, strict=True)
@@ -286,6 +288,7 @@ class Supervisor:
         self.restarts = 0
         self.admin: dict[tuple[str, str], dict[str, Any]] = {}  # since the last reload
         self.stats: StatsServer | None = None
+        self.reloads = ReloadCounters(time.time())  # the files it validated for the workers
 
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.proc.poll() is None]
@@ -364,9 +367,11 @@ class Supervisor:
             self.config = load_config(self.path)
         except (ConfigError, OSError) as exc:
             lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            self.reloads.record(False, time.time())
             for line in lines:
                 log.error("reload refused: %s", line)
             return lines
+        self.reloads.record(True, time.time())
         self.admin.clear()  # the workers reset admin states on reload
         for worker in self.workers:
             worker.signal(signal.SIGHUP)

@@ -30,14 +30,26 @@ def _snap(pid: int, servers: list[dict[str, Any]], denied: dict[str, int]) -> di
             "smax": scur, "slim": 50, "stot": scur, "bin": 1, "bout": 2, "dreq": len(denied),
             "denied": denied, "invalid_forwarded": {}, "connects_by_version": {"3.1.1": scur},
             "accept_errors": 0, "rate": 0, "rate_max": 3,
+            "path_scur": {"fast": 0, "loop": scur}, "path_stot": {"fast": 0, "loop": scur},
         }],
         "backends": [{
             "pxname": "cluster", "svname": "BACKEND", "type": 1, "status": "UP", "scur": scur,
             "smax": scur, "stot": scur, "bin": 10, "bout": 20, "econ": 0, "eresp": 0, "wretr": 0,
             "wredis": 0, "act": 2, "bck": 0, "weight": 2, "no_server": 1, "sticky_hits": 2,
             "sticky_misses": 3, "learned_ids": 0, "connect_latency": histogram,
-            "servers": servers, "rate": 0, "rate_max": 1,
+            "connack_latency": copy.deepcopy(histogram), "servers": servers, "rate": 0,
+            "rate_max": 1,
         }],
+        "processes": [_process(str(pid - 11), open_fds=pid)],
+    }  # fmt: skip
+
+
+def _process(worker: str, **values: float) -> dict[str, Any]:
+    return {
+        "worker": worker, "open_fds": 10, "max_fds": 1024, "resident_memory_bytes": 1 << 20,
+        "virtual_memory_bytes": 1 << 24, "cpu_seconds_total": 0.5, "start_time_seconds": 1e9,
+        "reloads_ok": 0, "reloads_refused": 0, "last_reload_time": 1e9, "last_reload_ok": 1,
+        **values,
     }  # fmt: skip
 
 
@@ -56,13 +68,28 @@ def test_counters_add_up_and_descriptions_come_from_the_first_worker():
     assert fe["connects_by_version"] == {"3.1.1": 18}
     be = merged["backends"][0]
     assert (be["scur"], be["no_server"], be["sticky_misses"], be["weight"]) == (18, 2, 6, 2)
-    assert be["connect_latency"] == {
+    assert be["connect_latency"] == be["connack_latency"] == {
         "le": [0.001, "+Inf"], "cumulative": [18, 18], "sum": 1.0, "count": 18
     }  # fmt: skip
+    assert fe["path_scur"] == fe["path_stot"] == {"fast": 0, "loop": 18}
     node1, node2 = be["servers"]
     assert (node1["scur"], node1["stot"], node1["chkfail"], node1["connack"]) == (8, 8, 2, {"0": 8})
     assert node1["status"] == "UP" and node1["lastchg"] == 5  # each worker checks on its own
     assert (node1["slim"], node2["slim"]) == ("", 20)  # no limit stays no limit
+
+
+def test_each_process_keeps_its_own_series_labelled_by_worker():
+    one = _snap(11, [_server("node1", 3)], {})
+    two = _snap(12, [_server("node1", 5)], {})
+    two["processes"][0] |= {"reloads_refused": 1, "last_reload_ok": 0}
+    merged = merge_snapshots([one, two])
+    assert [(p["worker"], p["open_fds"]) for p in merged["processes"]] == [("0", 11), ("1", 12)]
+    text = render_metrics(merged)
+    assert 'process_open_fds{worker="0"} 11\nprocess_open_fds{worker="1"} 12\n' in text
+    assert 'fastmqtt_reloads_total{worker="1",result="refused"} 1\n' in text
+    assert 'fastmqtt_last_reload_success{worker="1"} 0\n' in text
+    del one["processes"][0]["worker"]  # a single process: no label
+    assert "process_max_fds 1024\n" in render_metrics(one)
 
 
 def test_rows_some_workers_lack_are_merged_over_those_that_have_them():
