@@ -1,0 +1,169 @@
+"""The observability pack on a real `fastmqtt serve` with real brokers: process resources as
+Prometheus's own client reads them, reloads, connections by path, CONNECT -> CONNACK latency,
+one series per process under workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.process_collector import ProcessCollector
+
+from fastmqtt.brokers import free_port
+from tests.support.lb import lb_port, raw_connect, wait_until
+from tests.support.stats import Stats, checked_recipe
+
+pytestmark = pytest.mark.e2e
+
+CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+HELD = 60
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """(sample name, labels) -> value, from an exposition parsed by prometheus_client."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[name, frozenset(labels.items())]
+
+
+def oracle(pid: int) -> dict[str, float]:
+    """What prometheus_client's own ProcessCollector reads for ``pid``."""
+    collector = ProcessCollector(pid=lambda: pid, registry=None)
+    return {s.name: s.value for family in collector.collect() for s in family.samples}
+
+
+def test_process_metrics_are_what_prometheus_client_reads_for_the_process(brokers, fastmqtt):
+    nodes = brokers(2)
+    port, stats_port = lb_port(), free_port()
+    lb = fastmqtt(checked_recipe(nodes, port, stats_port, CHECK), port=port)
+    stats = Stats(stats_port)
+    before = stats.get("/metrics")
+    held = [raw_connect(port, f"held-{i}") for i in range(HELD)]
+    during = stats.get("/metrics")
+    reference = oracle(lb.proc.pid)
+
+    for name in ("process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes"):
+        assert value(during, name) == pytest.approx(reference[name], rel=0.05), name
+    assert value(during, "process_start_time_seconds") == pytest.approx(time.time(), abs=60)
+    rss = value(during, "process_resident_memory_bytes")
+    assert rss == pytest.approx(reference["process_resident_memory_bytes"], rel=0.2)
+    assert 10 << 20 < rss < 500 << 20
+    cpu = value(during, "process_cpu_seconds_total")
+    assert 0 < value(before, "process_cpu_seconds_total") <= cpu
+    assert cpu <= reference["process_cpu_seconds_total"]
+    # Each held client costs a client socket and a broker socket in fastmqtt.
+    grown = value(during, "process_open_fds") - value(before, "process_open_fds")
+    assert 2 * HELD <= grown <= 2 * HELD + 10, grown
+    assert abs(value(during, "process_open_fds") - reference["process_open_fds"]) <= 10
+    for sock in held:
+        sock.close()
+
+
+def test_connections_by_path_and_connack_latency(brokers, fastmqtt):
+    nodes = brokers(2)
+    port, stats_port = lb_port(), free_port()
+    fastmqtt(checked_recipe(nodes, port, stats_port, CHECK), port=port)
+    stats = Stats(stats_port)
+    first = stats.get("/metrics")
+    fe, be = {"frontend": "mqtt"}, {"backend": "cluster"}
+    for path in ("fast", "loop"):  # both series exist before any client
+        assert value(first, "fastmqtt_frontend_path_current_sessions", path=path, **fe) == 0
+    assert value(first, "fastmqtt_backend_connack_latency_seconds_count", **be) == 0
+    accepted = value(first, "fastmqtt_frontend_path_sessions_total", path="loop", **fe)
+
+    held = [raw_connect(port, f"path-{i}") for i in range(5)]
+    text = stats.get("/metrics")
+    assert value(text, "fastmqtt_frontend_path_current_sessions", path="loop", **fe) == 5
+    assert value(text, "fastmqtt_frontend_path_current_sessions", path="fast", **fe) == 0
+    assert value(text, "fastmqtt_frontend_path_sessions_total", path="loop", **fe) == accepted + 5
+    assert value(text, "fastmqtt_frontend_path_sessions_total", path="fast", **fe) == 0
+    # Every CONNACK is timed; a broker on loopback answers within the 1 s bucket.
+    assert value(text, "fastmqtt_backend_connack_latency_seconds_count", **be) == 5
+    assert value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be) == 5
+    connack_sum = value(text, "fastmqtt_backend_connack_latency_seconds_sum", **be)
+    connect_sum = value(text, "fastmqtt_backend_connect_latency_seconds_sum", **be)
+    assert 0 < connect_sum < connack_sum < 5  # the CONNACK comes after the connect
+    for sock in held:
+        sock.close()
+    name = "fastmqtt_frontend_path_current_sessions"
+    assert wait_until(lambda: value(stats.get("/metrics"), name, path="loop", **fe) == 0)
+
+
+def _reloads(text: str, **labels: str) -> tuple[float, float, float, float]:
+    return (
+        value(text, "fastmqtt_reloads_total", result="ok", **labels),
+        value(text, "fastmqtt_reloads_total", result="refused", **labels),
+        value(text, "fastmqtt_last_reload_success", **labels),
+        value(text, "fastmqtt_last_reload_timestamp_seconds", **labels),
+    )
+
+
+def test_reloads_are_counted_with_the_last_ones_time_and_result(brokers, fastmqtt):
+    nodes = brokers(1)
+    port, stats_port = lb_port(), free_port()
+    config = checked_recipe(nodes, port, stats_port, CHECK)
+    lb = fastmqtt(config, port=port)
+    stats = Stats(stats_port)
+    ok, refused, success, at_start = _reloads(stats.get("/metrics"))
+    assert (ok, refused, success) == (0, 0, 1)  # the load at start counts as the last one
+    assert at_start == pytest.approx(time.time(), abs=30)
+
+    assert " reloaded " in lb.reload(config)
+    ok, refused, success, applied_at = _reloads(stats.get("/metrics"))
+    assert (ok, refused, success) == (1, 0, 1) and applied_at > at_start
+    assert "reload refused" in lb.reload(config + "\n[nonsense]\n")
+    ok, refused, success, refused_at = _reloads(stats.get("/metrics"))
+    assert (ok, refused, success) == (1, 1, 0) and refused_at > applied_at
+    assert " reloaded " in lb.reload(config)
+    assert _reloads(stats.get("/metrics"))[:3] == (2, 1, 1)
+
+
+def test_under_workers_each_process_has_its_own_series(brokers, fastmqtt):
+    nodes = brokers(1)
+    port, stats_port = lb_port(), free_port()
+    config = checked_recipe(nodes, port, stats_port, CHECK)
+    config = config.replace("[global]\n", "[global]\nworkers = 2\n")
+    lb = fastmqtt(config, port=port)
+    assert wait_until(lambda: "2 workers serving" in lb.logs())
+    stats = Stats(stats_port)
+    text = stats.get("/metrics")
+    pids = {"supervisor": lb.proc.pid} | {
+        str(w["worker"]): w["pid"] for w in stats.json()["per_worker"]
+    }
+    started = {w: value(text, "process_start_time_seconds", worker=w) for w in pids}
+    for worker, pid in pids.items():
+        reference = oracle(pid)
+        assert started[worker] == pytest.approx(reference["process_start_time_seconds"], abs=0.05)
+        assert value(text, "process_max_fds", worker=worker) == reference["process_max_fds"]
+    assert {labels for (name, labels) in samples(text) if name == "process_open_fds"} == {
+        frozenset({("worker", w)}) for w in pids
+    }
+
+    # The supervisor refuses a broken file alone; a good one is applied by every worker.
+    lb.reload(config + "\n[nonsense]\n")
+    text = stats.get("/metrics")
+    assert _reloads(text, worker="supervisor")[:3] == (0, 1, 0)
+    assert _reloads(text, worker="0")[:3] == _reloads(text, worker="1")[:3] == (0, 0, 1)
+    lb.reload(config)
+    assert wait_until(lambda: lb.logs().count(" reloaded ") == 2)
+    text = stats.get("/metrics")
+    for worker in pids:
+        assert _reloads(text, worker=worker)[:3] == (1, 1 if worker == "supervisor" else 0, 1)
+
+    # A restarted worker starts its own series again; the others keep theirs.
+    os.kill(pids["0"], signal.SIGKILL)
+    assert wait_until(lambda: stats.json()["per_worker"][0]["pid"] != pids["0"], timeout=10)
+    assert wait_until(lambda: 'process_open_fds{worker="0"}' in stats.get("/metrics"))
+    text = stats.get("/metrics")
+    assert value(text, "process_start_time_seconds", worker="0") > started["0"]
+    assert _reloads(text, worker="0")[:3] == (0, 0, 1)
+    assert _reloads(text, worker="1")[:3] == (1, 0, 1)
