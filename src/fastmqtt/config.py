@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import grp
 import ipaddress
 import json
 import os
+import pwd
 import re
 import resource
 import sys
@@ -238,13 +240,27 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsSocketConfig:
+    """``[stats] socket``: the stats and admin API on a Unix socket, without basic auth: the
+    file's mode and owner decide who may connect (HAProxy ``stats socket PATH mode 600``)."""
+
+    path: str  # absolute after loading
+    mode: int = 0o600
+    user: str | int | None = None  # a name or a numeric id; None: the process's own
+    group: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StatsConfig:
-    bind_host: str
-    bind_port: int
+    bind_host: str | None = None  # None: no HTTP listener, only the Unix socket
+    bind_port: int = 0
     uri: str = "/stats"
     refresh: float = 10.0
     auth_user: str | None = None
     auth_password_env: str | None = None
+    metrics_auth: bool = True  # false: /metrics answers without auth (Prometheus scrapers)
+    socket: StatsSocketConfig | None = None
+    tls: FrontendTLSConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +450,21 @@ def _env_name(value: object) -> str:
 def _uri(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"/\S*", value):
         raise _expected('a path starting with "/"', value)
+    return value
+
+
+def _file_mode(value: object) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise _expected('a file mode as a string of octal digits like "600" or "0660"', value)
+    return int(value, 8)
+
+
+def _owner(value: object) -> str | int:
+    """A user or group name, or a numeric id."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", value):
+        raise _expected("a user or group name, or a numeric id", value)
     return value
 
 
@@ -733,6 +764,37 @@ def _auth(value: object, path: str, report: _Report) -> dict:
     return _walk(value, AUTH_KEYS, path, report)
 
 
+MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path holds 108 with the terminating NUL
+
+
+def _stats_socket(value: object, path: str, report: _Report) -> StatsSocketConfig | None:
+    """``socket = "PATH"`` or ``socket = { path = "PATH", mode = "660", user, group }``."""
+    if isinstance(value, str):
+        value = {"path": value}
+    elif not isinstance(value, dict):
+        example = '"/run/fastmqtt/admin.sock" or a table like { path = "...", mode = "660" }'
+        report.error(path, str(_expected(example, value)))
+        return None
+    values = _walk(value, STATS_SOCKET_KEYS, path, report)
+    if not _complete(values, STATS_SOCKET_KEYS):
+        return None
+    values["path"] = _file(values["path"], report)
+    if len(os.fsencode(values["path"])) > MAX_SOCKET_PATH:
+        text = (
+            f"{values['path']} is longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes)"
+        )
+        report.error(_join(path, "path"), text)
+        return None
+    for key, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
+        name = values.get(key)
+        if isinstance(name, str):
+            try:
+                lookup(name)
+            except KeyError:
+                report.warn(_join(path, key), f"no {key} {_show(name)} on this machine")
+    return StatsSocketConfig(**values)
+
+
 _CLIENT_TIMEOUT_KEYS = {
     "timeout_client": _Key(_client_timeout_setting),
     "timeout_client_min": _Key(_duration()),
@@ -872,10 +934,19 @@ AUTH_KEYS = {
     "password_env": _Key(_env_name, required=True),
 }
 STATS_KEYS = {
-    "bind": _Key(_bind, required=True),
+    "bind": _Key(_bind),
+    "socket": _Key(_stats_socket, nested=True),
     "uri": _Key(_uri),
     "refresh": _Key(_duration()),
     "auth": _Key(_auth, nested=True),
+    "metrics_auth": _Key(_boolean),
+    "tls": _Key(_frontend_tls, nested=True),
+}
+STATS_SOCKET_KEYS = {
+    "path": _Key(_text, required=True),
+    "mode": _Key(_file_mode),
+    "user": _Key(_owner),
+    "group": _Key(_owner),
 }
 TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats")
 
@@ -996,13 +1067,20 @@ def _build_backend(
 
 def _build_stats(raw: object, report: _Report) -> StatsConfig | None:
     values = _walk(raw, STATS_KEYS, "stats", report)
-    if not _complete(values, STATS_KEYS):
+    if isinstance(raw, dict) and "bind" not in raw and "socket" not in raw:
+        text = "needs `bind` (an address for HTTP), `socket` (a Unix socket path), or both"
+        report.error("stats", text)
+    if "bind" not in values and values.get("socket") is None:
         return None
-    host, port = values.pop("bind")
+    host, port = values.pop("bind", (None, 0))
     auth = values.pop("auth", {})
     env = auth.get("password_env")
     if env is not None and env not in os.environ:
         report.warn("stats.auth.password_env", f"environment variable {env} is not set here")
+    if "user" not in auth:
+        _warn_no_effect(values, ("metrics_auth",), "auth is set", "stats", report)
+    if host is None:
+        _warn_no_effect(values, ("tls",), "bind is set (TLS is for HTTP)", "stats", report)
     return StatsConfig(
         bind_host=host, bind_port=port, auth_user=auth.get("user"), auth_password_env=env, **values
     )
@@ -1058,7 +1136,7 @@ def _tables(raw: object) -> dict[str, dict]:
 
 def _binds(config: Config) -> list[tuple[str, str, int]]:
     binds = [(f"frontend.{fe.name}.bind", fe.bind_host, fe.bind_port) for fe in config.frontends]
-    if config.stats is not None:
+    if config.stats is not None and config.stats.bind_host is not None:
         binds.append(("stats.bind", config.stats.bind_host, config.stats.bind_port))
     return binds
 

@@ -1,12 +1,15 @@
 """`fastmqtt ctl`: steer a running fastmqtt through its admin API (see stats.py).
 
-    fastmqtt ctl [--url URL] [--user USER] [--password-env VAR] ACTION [BACKEND/SERVER] [N]
+    fastmqtt ctl [--url URL | --socket PATH] [--user USER] [--password-env VAR] [--cafile PEM]
+                 ACTION [BACKEND/SERVER] [N]
 
 ACTION is ``drain``, ``maint`` or ``ready`` (admin state), ``weight`` (with N), ``show``
 (one server, or every server without a target) or ``reload`` (re-read the config file, as
 SIGHUP does; its errors are printed and the old config keeps running). The password is read
 from the environment variable named by ``--password-env`` (default FASTMQTT_STATS_PASSWORD),
-never from the command line, where other users could read it. Exit status: 0 done, 1 refused or
+never from the command line, where other users could read it. ``--socket`` talks to the
+``[stats] socket`` instead, where the file's permissions stand for the password; ``--cafile``
+verifies an HTTPS stats listener against a private CA. Exit status: 0 done, 1 refused or
 unreachable, 2 usage error.
 """
 
@@ -14,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
+import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -28,9 +34,12 @@ TIMEOUT = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"stats listener (default {DEFAULT_URL})"
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", default=DEFAULT_URL, help=f"stats listener (default {DEFAULT_URL})")
+    where.add_argument(
+        "--socket", metavar="PATH", help="the [stats] Unix socket instead of --url (no auth)"
     )
+    parser.add_argument("--cafile", metavar="PEM", help="CA bundle to verify an https:// --url")
     parser.add_argument("--user", help="[stats] auth user")
     parser.add_argument(
         "--password-env",
@@ -83,16 +92,42 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastmqtt ctl: {exc}", file=sys.stderr)
         return 2
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        args.url.rstrip("/") + path, data=data, headers=_headers(args), method=method
-    )
+    base = "http://localhost" if args.socket else args.url.rstrip("/")
+    req = urllib.request.Request(base + path, data=data, headers=_headers(args), method=method)
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+        with _open(args, req) as response:
             print(response.read().decode(), end="")
     except urllib.error.HTTPError as exc:
         print(f"fastmqtt ctl: {exc.code} {exc.read().decode().strip()}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as exc:
-        print(f"fastmqtt ctl: {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        where = args.socket or args.url
+        print(f"fastmqtt ctl: {where}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _open(args: argparse.Namespace, req: urllib.request.Request) -> Any:
+    """The answer to ``req``, over --socket or to --url; HTTPError for a status >= 400."""
+    if not args.socket:
+        context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+        return urllib.request.urlopen(req, timeout=TIMEOUT, context=context)
+    connection = _UnixConnection(args.socket)
+    connection.request(req.get_method(), req.selector, req.data, dict(req.header_items()))
+    response = connection.getresponse()
+    if response.status >= 400:
+        raise urllib.error.HTTPError(
+            req.full_url, response.status, response.reason, response.headers, response
+        )
+    return response
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=TIMEOUT)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)

@@ -10,8 +10,12 @@ the runtime admin API.
   ``{"state": "drain"|"maint"|"ready"}`` and/or ``{"weight": N}``.
 
 With ``auth`` configured every path but ``/healthz`` needs HTTP basic auth (the password is
-read from the environment variable ``password_env`` at start); the admin API always needs it
-and answers 403 when no auth is configured.
+read from the environment variable ``password_env`` at start), ``/metrics`` too unless
+``metrics_auth = false``; the admin API always needs it and answers 403 when no auth is
+configured. ``[stats.tls]`` puts the HTTP listener behind TLS (the frontends' TLS keys).
+
+``socket`` serves the same on a Unix socket (unix_listener.py) without basic auth: there the
+file's mode and owner decide who may connect, as with HAProxy's stats socket.
 
 A small HTTP/1.1 server on asyncio streams: one request per connection, bounded head and
 body sizes and a deadline per request. No web framework, no new runtime dependency. The
@@ -30,6 +34,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -41,6 +46,8 @@ from fastmqtt.listener import open_listener
 from fastmqtt.prometheus import render_metrics
 from fastmqtt.stats_html import render_html
 from fastmqtt.stats_rows import Rates, render_csv, snapshot
+from fastmqtt.tls import ServerTLS
+from fastmqtt.unix_listener import UnixListener, peer
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -63,6 +70,7 @@ class Request(NamedTuple):
     headers: dict[str, str]
     body: bytes
     peer: str
+    via_socket: bool = False  # the Unix socket: its file permissions stand for auth
 
 
 class Response(NamedTuple):
@@ -190,12 +198,17 @@ class StatsServer:
             log.error(
                 "stats: environment variable %s is not set: authenticated requests are refused", env
             )
+        self.tls = None if config.tls is None else ServerTLS(config.tls, "stats.tls")
+        self.sock = (
+            None if config.bind_host is None else _open_tcp(config.bind_host, config.bind_port)
+        )
         try:
-            self.sock = open_listener(config.bind_host, config.bind_port, False, 128)
+            self.unix = None if config.socket is None else UnixListener(config.socket)
         except OSError as exc:
-            where = f"{config.bind_host}:{config.bind_port}"
-            raise OSError(exc.errno, f"stats: cannot bind {where}: {exc.strerror}") from None
-        self._server: asyncio.AbstractServer | None = None
+            if self.sock is not None:
+                self.sock.close()
+            raise OSError(exc.errno, f"stats.socket: {exc.strerror}") from None
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
         self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {  # a page per snapshot
             config.uri: lambda snap: Response(
@@ -210,43 +223,69 @@ class StatsServer:
             ),
         }
 
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
-
     def start(self) -> None:
         task = self.loop.create_task(self._start())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self.source.start()
-        log.info("stats on http://%s:%d%s", self.config.bind_host, self.port, self.config.uri)
+        if self.sock is not None:
+            scheme, port = "https" if self.tls else "http", self.sock.getsockname()[1]
+            where = f"{scheme}://{self.config.bind_host}:{port}{self.config.uri}"
+            log.info("stats on %s", where, extra={"url": where})
+        if self.unix is not None:
+            log.info("stats on unix socket %s", self.unix.path, extra={"socket": self.unix.path})
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._client, sock=self.sock, limit=MAX_HEAD)
+        if self.sock is not None:
+            tls = {} if self.tls is None else {"ssl": self.tls.context}
+            self._servers.append(
+                await asyncio.start_server(
+                    self._client,
+                    sock=self.sock,
+                    limit=MAX_HEAD,
+                    ssl_handshake_timeout=REQUEST_DEADLINE if self.tls else None,
+                    **tls,  # type: ignore[arg-type]
+                )
+            )
+        if self.unix is not None:
+            self._servers.append(
+                await asyncio.start_unix_server(self._client, sock=self.unix.sock, limit=MAX_HEAD)
+            )
 
     def close(self) -> None:
         self.source.close()
-        if self._server is not None:
-            self._server.close()
-        else:
-            self.sock.close()
+        for server in self._servers:
+            server.close()
+        if not self._servers:  # never started: the sockets are still ours to close
+            for sock in (self.sock, self.unix and self.unix.sock):
+                if sock is not None:
+                    sock.close()
+        if self.unix is not None:
+            self.unix.remove()
 
     # -- one connection ----------------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        sock = writer.get_extra_info("socket")
+        via_socket = sock is not None and sock.family == socket.AF_UNIX
+        if via_socket:
+            who = f"{peer(sock)} on {self.unix.path}"  # type: ignore[union-attr]
+        else:
+            address = writer.get_extra_info("peername") or ("?", 0)
+            who = f"{address[0]}:{address[1]}"
         try:
             with Deadline(self.loop, REQUEST_DEADLINE):
-                writer.write(_encode(await self._answer(reader, f"{peer[0]}:{peer[1]}")))
+                writer.write(_encode(await self._answer(reader, who, via_socket)))
                 await writer.drain()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             pass  # the client went away or was too slow: nothing to answer
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, peer: str) -> Response:
+    async def _answer(self, reader: asyncio.StreamReader, peer: str, via_socket: bool) -> Response:
         try:
-            return await self.respond(await read_request(reader, peer))
+            request = await read_request(reader, peer)
+            return await self.respond(request._replace(via_socket=via_socket))
         except HTTPError as exc:
             return exc.response
         except (OSError, asyncio.IncompleteReadError):
@@ -262,7 +301,7 @@ class StatsServer:
             return await self._admin(request)
         if request.path == RELOAD:
             return self._reload(request)
-        if self.config.auth_user and not self._authorized(request):
+        if self._needs_auth(request) and not self._authorized(request):
             return _unauthorized()
         route = self.routes.get(request.path)
         if route is None:
@@ -270,6 +309,11 @@ class StatsServer:
         if request.method != "GET":
             return Response(405, "use GET\n", headers=(("Allow", "GET"),))
         return route(await self.source.snapshot())
+
+    def _needs_auth(self, request: Request) -> bool:
+        if not self.config.auth_user or request.via_socket:
+            return False
+        return self.config.metrics_auth or request.path != "/metrics"
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -286,6 +330,8 @@ class StatsServer:
 
     def _refused(self, request: Request) -> Response | None:
         """Why an admin request may not proceed (None: it may)."""
+        if request.via_socket:
+            return None
         if not self.config.auth_user:
             return Response(403, "the admin API needs [stats] auth = { user, password_env }\n")
         if not self._authorized(request):
@@ -336,8 +382,16 @@ class StatsServer:
             raise HTTPError(400, 'state must be "drain", "maint" or "ready"')
         if weight is not None and (type(weight) is not int or not 0 <= weight <= MAX_WEIGHT):
             raise HTTPError(400, f"weight must be an integer 0..{MAX_WEIGHT}")
-        who = f"admin API ({self.config.auth_user} from {request.peer})"
+        user = "" if request.via_socket else f"{self.config.auth_user} from "
+        who = f"admin API ({user}{request.peer})"
         await self.source.change(backend, server, state, weight, who)
+
+
+def _open_tcp(host: str, port: int) -> socket.socket:
+    try:
+        return open_listener(host, port, False, 128)
+    except OSError as exc:
+        raise OSError(exc.errno, f"stats: cannot bind {host}:{port}: {exc.strerror}") from None
 
 
 def _server_row(snap: dict[str, Any], backend: str, server: str) -> dict[str, Any] | None:

@@ -165,6 +165,8 @@ def check_material(config: Config) -> list[str]:
     for be in config.backends.values():
         if be.tls is not None:
             problems += _backend_problems(be.tls, f"backend.{be.name}.tls")
+    if config.stats is not None and config.stats.tls is not None:
+        problems += _frontend_problems(config.stats.tls, "stats.tls")
     return problems
 
 

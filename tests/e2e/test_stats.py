@@ -148,7 +148,8 @@ def test_metrics_parse_and_count_mqtt_level_events(brokers, fastmqtt):
     assert _value(info, implementation=IMPLEMENTATION, version=__version__) == 1
     for family in families.values():
         kind = family.type  # type: ignore[attr-defined]
-        assert family.name.startswith("fastmqtt_"), family.name  # type: ignore[attr-defined]
+        name = family.name  # type: ignore[attr-defined]
+        assert name.startswith(("fastmqtt_", "process_")), name  # process_*: Prometheus's names
         assert kind != "counter" or f"{family.name}_total" in text  # type: ignore[attr-defined]
 
 
