@@ -406,7 +406,15 @@ class HealthChecker:
         health = self.servers[name]
         old, health.server.weight = health.server.weight, weight
         self._apply_weights()
-        log.info("server %s/%s weight %d -> %d by %s", self.backend.name, name, old, weight, who)
+        log.info(
+            "server %s/%s weight %d -> %d by %s",
+            self.backend.name,
+            name,
+            old,
+            weight,
+            who,
+            extra={"backend": self.backend.name, "server": name, "weight": weight},
+        )
         return health
 
     def _update(self, health: ServerHealth, reason: str) -> None:
@@ -428,6 +436,13 @@ class HealthChecker:
             old.value,
             reason,
             self._remaining(),
+            extra={
+                "backend": self.backend.name,
+                "server": server.name,
+                "state": new.value,
+                "previous_state": old.value,
+                "reason": reason,
+            },
         )
         check = health.check
         if (

@@ -13,7 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TextIO
 
-from fastmqtt import IMPLEMENTATION, __version__, notify, packets, workers
+from fastmqtt import IMPLEMENTATION, __version__, logs, notify, packets, workers
 from fastmqtt.backends import Backend, Server, resolve_servers
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.errors import ConfigError
@@ -87,7 +87,13 @@ class Proxy:
             checker.start()
         if self.stats is not None:
             self.stats.start()
-        log.info("fastmqtt %s (%s) listening: %s", __version__, IMPLEMENTATION, self._summary())
+        log.info(
+            "fastmqtt %s (%s) listening: %s",
+            __version__,
+            IMPLEMENTATION,
+            self._summary(),
+            extra={"version": __version__, "implementation": IMPLEMENTATION},
+        )
 
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping a connection: binds that stay keep their
@@ -128,7 +134,7 @@ class Proxy:
             checker.start()
         for fe in frontends:
             fe.resume()
-        log.info("reloaded %s: %s", config.path, self._summary())
+        log.info("reloaded %s: %s", config.path, self._summary(), extra={"path": config.path})
 
     def reload_file(self) -> list[str]:
         """SIGHUP and the admin API: re-read the config file; if it has errors keep running on
@@ -149,7 +155,7 @@ class Proxy:
             notify.ready()
         self.reloads.record(not errors, time.time())
         for line in errors:
-            log.error("reload refused: %s", line)
+            log.error("reload refused: %s", line, extra={"path": self.config.path, "error": line})
         return errors
 
     def _summary(self) -> str:
@@ -264,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.config}: {exc.strerror}", file=sys.stderr)
         return 1
-    setup_logging(config)
+    logs.setup(config.global_.log_level, config.global_.log_format, args.worker)
     if args.worker is not None:
         workers.become_worker()
         return serve(config, worker=args.worker)
@@ -273,14 +279,6 @@ def run(args: argparse.Namespace) -> int:
     if config.global_.workers > 1:
         return workers.Supervisor(args.config, config).run()
     return serve(config)
-
-
-def setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.global_.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def raise_fd_limit() -> None:
@@ -323,11 +321,13 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         if stop.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             raise SystemExit(0)
+        name, count = signal.Signals(signum).name, len(proxy.hub)
         log.info(
             "%s: draining %d connections for up to %.0fs",
-            signal.Signals(signum).name,
-            len(proxy.hub),
+            name,
+            count,
             proxy.config.global_.grace,
+            extra={"signal": name, "connections": count},
         )
         notify.stopping()
         stop.set()

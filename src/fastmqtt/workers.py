@@ -323,7 +323,7 @@ class Supervisor:
             return 1
         if self.stats is not None:
             self.stats.start()
-        log.info("%d workers serving %s", count, self.path)
+        log.info("%d workers serving %s", count, self.path, extra={"workers": count})
         notify.ready(f"{count} workers")
         done = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -369,7 +369,7 @@ class Supervisor:
             lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
             self.reloads.record(False, time.time())
             for line in lines:
-                log.error("reload refused: %s", line)
+                log.error("reload refused: %s", line, extra={"path": self.path, "error": line})
             return lines
         self.reloads.record(True, time.time())
         self.admin.clear()  # the workers reset admin states on reload
