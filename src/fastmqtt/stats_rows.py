@@ -103,8 +103,9 @@ def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]
         "dreq": sum(c.denied.values()),
         "denied": dict(c.denied),
         "invalid_forwarded": dict(c.invalid_forwarded),
-        "connects_by_version": {
-            MQTT_VERSIONS.get(v, str(v)): n for v, n in sorted(c.connects_by_version.items())
+        "connects_by_version": {  # the standard versions from the start, so rate() sees them
+            MQTT_VERSIONS.get(v, str(v)): n
+            for v, n in sorted((dict.fromkeys(MQTT_VERSIONS, 0) | c.connects_by_version).items())
         },
         "accept_errors": c.accept_errors,
         "path_scur": {"fast": c.fast_path_current, "loop": c.current - c.fast_path_current},
