@@ -234,3 +234,24 @@ def test_bad_stats_tls_material_stops_serve_and_check_names_the_key(brokers, fas
         [sys.executable, "-m", "fastmqtt", "check", str(path)], capture_output=True, text=True
     )
     assert checked.returncode == 1 and expected in checked.stderr
+
+
+def test_the_supervisor_serves_the_socket_for_every_worker(brokers, fastmqtt, socket_dir):
+    nodes = brokers(2)
+    port, path = lb_port(), socket_dir / "admin.sock"
+    config = recipe(nodes, port).replace("[global]\n", "[global]\nworkers = 2\n")
+    lb = fastmqtt(config + f'\n[stats]\nsocket = "{path}"\n', port=port)
+    assert wait_until(lambda: "2 workers serving" in lb.logs())
+    done = ctl("--socket", str(path), "maint", "cluster/node2")
+    assert done.returncode == 0, done.stderr
+    assert lb.logs().count("cluster/node2 is MAINT (was UP): set to maint by admin API (uid") == 2
+    for i in range(6):
+        raw_connect(port, f"w-{i}").close()
+    assert {
+        row["svname"]: row["stot"] for row in json.loads(ctl("--socket", str(path), "show").stdout)
+    } == {
+        "node1": 6,
+        "node2": 0,
+    }
+    lb.stop()
+    assert not path.exists()
