@@ -237,14 +237,14 @@ class StatsServer:
 
     async def _start(self) -> None:
         if self.sock is not None:
-            tls = {} if self.tls is None else {"ssl": self.tls.context}
+            tls = None if self.tls is None else self.tls.context
             self._servers.append(
                 await asyncio.start_server(
                     self._client,
                     sock=self.sock,
                     limit=MAX_HEAD,
-                    ssl_handshake_timeout=REQUEST_DEADLINE if self.tls else None,
-                    **tls,  # type: ignore[arg-type]
+                    ssl=tls,
+                    ssl_handshake_timeout=None if tls is None else REQUEST_DEADLINE,
                 )
             )
         if self.unix is not None:

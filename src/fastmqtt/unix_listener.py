@@ -9,6 +9,7 @@ is not (two fastmqtt on one path would steal each other's admin socket).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import grp
@@ -43,6 +44,7 @@ class UnixListener:
             self.sock.listen(backlog)
             os.rename(temporary, self.path)
             self.inode = os.stat(self.path).st_ino
+            atexit.register(self.remove)  # also when a second signal ends the process at once
         except OSError as exc:
             self.sock.close()
             with contextlib.suppress(FileNotFoundError):
@@ -51,6 +53,7 @@ class UnixListener:
 
     def remove(self) -> None:
         """Remove the file, unless another process has put its own socket there meanwhile."""
+        atexit.unregister(self.remove)
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)

@@ -7,12 +7,14 @@ import grp
 import json
 import os
 import pwd
+import signal
 import socket
 import ssl
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,8 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmqtt.brokers import free_port, wait_for_port
+from fastmqtt.stats import REQUEST_DEADLINE
 from tests.support.certs import make_certs
-from tests.support.lb import lb_port, raw_connect, recipe, wait_until
+from tests.support.lb import closed_by_peer, lb_port, raw_connect, recipe, wait_until
 from tests.support.stats import Stats
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +126,8 @@ def test_admin_api_on_a_unix_socket_guarded_by_its_mode(brokers, fastmqtt, socke
     path.chmod(0o666)
     assert _connect_as_nobody(path) == "connected"  # so it was the mode that refused
 
-    lb.stop()
+    lb.signal(signal.SIGTERM)
+    assert lb.proc.wait(timeout=15) == 0
     assert not path.exists()  # removed on exit
 
 
@@ -253,5 +257,21 @@ def test_the_supervisor_serves_the_socket_for_every_worker(brokers, fastmqtt, so
         "node1": 6,
         "node2": 0,
     }
-    lb.stop()
+    lb.stop()  # two signals: the fast way out
     assert not path.exists()
+
+
+def test_a_silent_tls_client_is_cut_after_the_request_deadline(brokers, fastmqtt, tmp_path):
+    certs = make_certs(tmp_path)
+    nodes = brokers(1)
+    port, stats_port = lb_port(), free_port()
+    stats = (
+        f'\n[stats]\nbind = "127.0.0.1:{stats_port}"\n'
+        f'tls = {{ cert = "{certs.server_cert}", key = "{certs.server_key}" }}\n'
+    )
+    lb = fastmqtt(recipe(nodes, port) + stats, port=port)
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
+    with socket.create_connection(("127.0.0.1", stats_port)) as silent:
+        started = time.monotonic()
+        assert closed_by_peer(silent, timeout=REQUEST_DEADLINE + 5)  # no ClientHello ever
+        assert time.monotonic() - started > REQUEST_DEADLINE - 1
