@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -127,6 +128,18 @@ class Prometheus:
             stdin=subprocess.DEVNULL,
         )
         wait_for_port("127.0.0.1", self.port, 30, self.proc)
+        deadline = time.monotonic() + 30  # the port opens before the storage is ready (503)
+        while not self._ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus is not ready:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5):
+                return True
+        except urllib.error.HTTPError:
+            return False
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
