@@ -1226,16 +1226,42 @@ def _check_open_files(config: Config, report: _Report) -> None:
 
 
 def _check_ws_backends(config: Config, report: _Report) -> None:
-    """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one."""
+    """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one. The
+    frontend answers it before rules read the CONNECT, so the mode comes from its own backend,
+    and every backend a rule routes to must agree with it."""
     for frontend in config.frontends:
-        backend = config.backends.get(frontend.backend)
-        if (
-            backend is not None
-            and backend.ws_backend == "passthrough"
-            and frontend.protocol != "ws"
-        ):
-            text = f'backend {backend.name} has ws_backend = "passthrough": needs protocol = "ws"'
-            report.error(f"frontend.{frontend.name}.protocol", text)
+        default = config.backends.get(frontend.backend)
+        if default is None:
+            continue
+        path = f"frontend.{frontend.name}"
+        _check_ws_backend(frontend, default, None, f"{path}.protocol", report)
+        for i, rule in enumerate(frontend.rules):
+            routed = config.backends.get(rule.backend or "")
+            if routed is not None:
+                _check_ws_backend(frontend, routed, default, f"{path}.rule[{i}].backend", report)
+
+
+def _check_ws_backend(
+    frontend: FrontendConfig,
+    backend: BackendConfig,
+    default: BackendConfig | None,
+    path: str,
+    report: _Report,
+) -> None:
+    mode = backend.ws_backend
+    if frontend.protocol != "ws":
+        if mode == "passthrough":
+            report.error(
+                path, f'backend {backend.name} has ws_backend = "{mode}": needs protocol = "ws"'
+            )
+    elif default is not None and mode != default.ws_backend:
+        text = (
+            f'backend {backend.name} has ws_backend = "{mode}" but the frontend\'s backend '
+            f'{default.name} has "{default.ws_backend}": a WebSocket frontend answers the upgrade '
+            "(bridging it or passing it through) before rules read the CONNECT, so every backend "
+            "it routes to must share its ws_backend"
+        )
+        report.error(path, text)
 
 
 _CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (

@@ -512,6 +512,74 @@ def test_unknown_backend_reference() -> None:
     ]
 
 
+WS_ROUTES = """
+[frontend.web]
+bind = "0.0.0.0:8083"
+protocol = "{protocol}"
+backend = "{default}"
+
+[[frontend.web.rule]]
+action = "route"
+client_id = "tenant-*"
+backend = "{routed}"
+
+[backend.bridged]
+[[backend.bridged.server]]
+name = "b1"
+address = "192.168.0.2:1883"
+
+[backend.passed]
+ws_backend = "passthrough"
+[[backend.passed.server]]
+name = "p1"
+address = "192.168.0.3:8083"
+"""
+_MIXED_WS = (
+    'backend {routed} has ws_backend = "{mode}" but the frontend\'s backend {default} has '
+    '"{other}": a WebSocket frontend answers the upgrade (bridging it or passing it through) '
+    "before rules read the CONNECT, so every backend it routes to must share its ws_backend"
+)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "default", "routed", "error"),
+    [
+        (
+            "ws",
+            "bridged",
+            "passed",
+            _MIXED_WS.format(
+                routed="passed", mode="passthrough", default="bridged", other="bridge"
+            ),
+        ),
+        (
+            "ws",
+            "passed",
+            "bridged",
+            _MIXED_WS.format(
+                routed="bridged", mode="bridge", default="passed", other="passthrough"
+            ),
+        ),
+        (
+            "mqtt",
+            "bridged",
+            "passed",
+            'backend passed has ws_backend = "passthrough": needs protocol = "ws"',
+        ),
+        ("ws", "passed", "passed", None),
+        ("ws", "bridged", "bridged", None),
+    ],
+)
+def test_route_rules_keep_the_websocket_mode_of_the_frontend(
+    protocol: str, default: str, routed: str, error: str | None
+) -> None:
+    text = WS_ROUTES.format(protocol=protocol, default=default, routed=routed)
+    if error is None:
+        load_config_text(text, "lb.toml")
+    else:
+        assert errors_of(text) == [f"lb.toml: frontend.web.rule[0].backend: {error}"]
+
+
 def test_duplicate_server_names() -> None:
     text = minimal(
         extra="""
