@@ -845,6 +845,7 @@ RATE_LIMIT_KEYS = {
     "per_client_id": _Key(_rate),
     "max_delay": _Key(_duration(allow_zero=True)),
     "tracked": _Key(_integer(1, MAX_CONNECTIONS)),
+    "ipv6_prefix": _Key(_integer(1, 128)),
 }
 RULE_KEYS = {
     "action": _Key(_choice(*ACTIONS), required=True),

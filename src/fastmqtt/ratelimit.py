@@ -1,14 +1,20 @@
-"""Admission limits of one frontend: connections per source address (rate and concurrency),
-a global CONNECT rate, and a per-client-id reconnect rate that delays instead of refusing.
+"""Admission limits of one frontend: connections per source (rate and concurrency), a global
+CONNECT rate, and a per-client-id reconnect rate that delays instead of refusing.
+
+A source is an IPv4 address, or an IPv6 prefix (``ipv6_prefix`` bits, a /64 by default: one
+subscriber's LAN holds 2^64 addresses, so per-address limits would not limit it).
 
 Memory stays bounded whatever the clients do: per-key buckets live in an LRU of at most
 ``RateLimitConfig.tracked`` keys (an evicted key starts again with a full bucket, which only
-ever errs towards letting a client in), and concurrency counts exist only while a source
-has live connections.
+ever errs towards letting a client in), each key of a fixed size (a client id is kept as its
+128-bit digest, however long the id), and concurrency counts exist only while a source has
+live connections.
 """
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,7 +43,17 @@ class RateLimitConfig:
     connect_rate: Rate | None = None  # CONNECTs admitted per second, whole frontend
     per_client_id: Rate | None = None  # reconnects per client id, beyond the burst delayed
     max_delay: float = 5.0  # longest a reconnecting client is held before being refused
-    tracked: int = 100_000  # source addresses and client ids remembered (LRU)
+    tracked: int = 100_000  # sources and client ids remembered (LRU)
+    ipv6_prefix: int = 64  # IPv6 sources sharing this many leading bits count as one
+
+
+# Memory one remembered key (source or client id) may take, measured with tracemalloc in
+# tests/unit/test_access.py (a bucket, its fixed-size key and the LRU entry: about 300 bytes);
+# docs/config.md states it, so that ``tracked`` is a memory bound an operator can size.
+BYTES_PER_TRACKED_KEY = 400
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+Key = str | int | bytes
 
 
 class TokenBucket:
@@ -85,12 +101,12 @@ class _BucketLRU:
         self._rate = rate
         self._size = size
         self._clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: OrderedDict[Key, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def get(self, key: str) -> TokenBucket:
+    def get(self, key: Key) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self._rate, self._clock)
@@ -108,7 +124,7 @@ class RateLimiter:
         self, config: RateLimitConfig, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.config = config
-        self._live: dict[str, int] = {}  # source -> live connections (only while > 0)
+        self._live: dict[Key, int] = {}  # source -> live connections (only while > 0)
         self._per_source = _bucket_lru(config.per_source, config.tracked, clock)
         self._per_client = _bucket_lru(config.per_client_id, config.tracked, clock)
         self._global = (
@@ -120,8 +136,9 @@ class RateLimiter:
         sizes = (len(lru) for lru in (self._per_source, self._per_client) if lru is not None)
         return sum(sizes) + len(self._live)
 
-    def open_source(self, source: str) -> str | None:
-        """A new connection from ``source``: counted as live unless refused."""
+    def open_source(self, address: str) -> str | None:
+        """A new connection from ``address``: counted as live unless refused."""
+        source = source_key(address, self.config.ipv6_prefix)
         limit = self.config.max_per_source
         if limit is not None and self._live.get(source, 0) >= limit:
             return "max-per-source"
@@ -130,8 +147,9 @@ class RateLimiter:
         self._live[source] = self._live.get(source, 0) + 1
         return None
 
-    def close_source(self, source: str) -> None:
+    def close_source(self, address: str) -> None:
         """A connection that ``open_source`` let in has ended."""
+        source = source_key(address, self.config.ipv6_prefix)
         left = self._live.get(source, 0) - 1
         if left > 0:
             self._live[source] = left
@@ -149,7 +167,23 @@ class RateLimiter:
         or None: the client reconnects so fast that it should be refused."""
         if self._per_client is None or not client_id:
             return 0.0
-        return self._per_client.get(client_id).reserve(self.config.max_delay)
+        return self._per_client.get(client_key(client_id)).reserve(self.config.max_delay)
+
+
+def client_key(client_id: str) -> bytes:
+    """A fixed-size key for a client id of any length (up to 64 KiB): its 128-bit digest."""
+    return hashlib.blake2b(client_id.encode(), digest_size=16).digest()
+
+
+def source_key(address: str, ipv6_prefix: int) -> Key:
+    """What per-source limits count under: an IPv4 address itself (also when a dual-stack
+    listener shows it as ::ffff:a.b.c.d), the first ``ipv6_prefix`` bits of an IPv6 one."""
+    if ":" not in address:
+        return address
+    packed = socket.inet_pton(socket.AF_INET6, address.partition("%")[0])  # no zone id
+    if packed.startswith(_V4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return int.from_bytes(packed, "big") >> (128 - ipv6_prefix)
 
 
 def _bucket_lru(rate: Rate | None, size: int, clock: Callable[[], float]) -> _BucketLRU | None:

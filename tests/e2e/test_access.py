@@ -4,16 +4,18 @@ empty client ids with a CONNACK, and slow a reconnect loop down instead of refus
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from fastmqtt import packets
 from fastmqtt.brokers import Mosquitto, free_port, start_brokers
-from tests.support.hostile import read_until_closed
+from fastmqtt.proxy_protocol import encode_v2
+from tests.support.hostile import read_until_closed, rss_kib
 from tests.support.lb import FastMQTT, landed, raw_connect, recipe, servers_toml, wait_until
 
 RULES = """reject_with_connack = true
@@ -142,3 +144,86 @@ def test_reconnect_too_fast_is_refused_with_rate_exceeded(setup: Setup) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def _mqtt_answer(port: int, connect: bytes, header: bytes = b"") -> bytes:
+    """CONNECT (after an optional PROXY header) and what came back until the first byte of a
+    CONNACK or the close: b"" when refused without a word."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(header + connect)
+        try:
+            return sock.recv(4)
+        except ConnectionResetError:
+            return b""
+
+
+def test_a_flood_of_long_client_ids_holds_no_more_than_fixed_size_keys(brokers, fastmqtt):
+    """per_client_id remembers every id before any broker answers: 1,000 ids of 65,000 bytes
+    (62 MiB as strings) must cost the process about tracked x a few hundred bytes."""
+    nodes = brokers(1)
+    port = free_port()
+    limits = 'rate_limit = { per_client_id = "1/m" }\n'
+    lb = fastmqtt(recipe(nodes, port, frontend=limits), port=port)
+    tail = "x" * 65_000
+
+    def flood(prefix: str, count: int) -> list[bytes]:
+        connects = (packets.connect(f"{prefix}-{i:05d}-{tail}") for i in range(count))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda c: _mqtt_answer(port, c), connects))
+
+    assert flood("warm", 100) == [packets.connack(0, 4)] * 100  # allocator arenas warmed
+    rss_before = rss_kib(lb.proc.pid)  # type: ignore[union-attr]
+    assert flood("flood", 1000) == [packets.connack(0, 4)] * 1000
+    growth = rss_kib(lb.proc.pid) - rss_before  # type: ignore[union-attr]
+    print(f"1,000 ids of 65,000 bytes: RSS {growth:+d} KiB")
+    assert growth < 8 * 1024
+
+
+def _proxied(source: str, dest: str = "2001:db8::fe") -> bytes:
+    return encode_v2((source, 40000), (dest, 1883))
+
+
+@pytest.fixture
+def behind_a_balancer(brokers, fastmqtt) -> Callable[[str], int]:
+    """fastmqtt behind a trusted balancer that reports the clients' addresses, with
+    ``rate_limit`` keys given by the test: returns the frontend's port."""
+
+    def start(limits: str) -> int:
+        port = free_port()
+        trust = 'accept_proxy = true\ntrusted_proxies = ["127.0.0.1/32"]\n'
+        frontend = f"{trust}rate_limit = {{ {limits} }}\n"
+        fastmqtt(recipe(brokers(1), port, frontend=frontend), port=port)
+        return port
+
+    return start
+
+
+def test_ipv6_sources_in_one_64_share_max_per_source(behind_a_balancer) -> None:
+    port = behind_a_balancer("max_per_source = 2")
+    held = []
+    try:
+        for source in ("2001:db8:1:2::a", "2001:db8:1:2:ffff:ffff:ffff:fffe"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(_proxied(source) + packets.connect(f"dev-{source}"))
+            assert sock.recv(4) == packets.connack(0, 4)
+            held.append(sock)
+        third = packets.connect("dev-third")
+        assert _mqtt_answer(port, third, _proxied("2001:db8:1:2::c")) == b""  # the same /64
+        assert _mqtt_answer(port, third, _proxied("2001:db8:1:3::c")) == packets.connack(0, 4)
+        for ipv4 in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):  # IPv4: per address, as before
+            header = encode_v2((ipv4, 40000), ("10.0.0.254", 1883))
+            assert _mqtt_answer(port, packets.connect(f"v4-{ipv4}"), header)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_ipv6_prefix_sets_the_size_of_one_source(behind_a_balancer) -> None:
+    port = behind_a_balancer('per_source = "2/m", ipv6_prefix = 56')
+    answers = [
+        _mqtt_answer(port, packets.connect(f"dev-{i}"), _proxied(source))
+        for i, source in enumerate(("2001:db8:1:200::1", "2001:db8:1:2ff::1", "2001:db8:1:2aa::1"))
+    ]
+    assert answers == [packets.connack(0, 4), packets.connack(0, 4), b""]  # one /56
+    other = _mqtt_answer(port, packets.connect("dev-other"), _proxied("2001:db8:1:300::1"))
+    assert other == packets.connack(0, 4)

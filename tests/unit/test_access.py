@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import tracemalloc
 
 import pytest
 
@@ -12,7 +13,13 @@ from fastmqtt.access import Rule, client_ip, decide, malformed_connack
 from fastmqtt.config import load_config_text
 from fastmqtt.errors import ConfigError, MalformedPacket
 from fastmqtt.parse import inspect_connect
-from fastmqtt.ratelimit import Rate, RateLimitConfig, RateLimiter, TokenBucket
+from fastmqtt.ratelimit import (
+    BYTES_PER_TRACKED_KEY,
+    Rate,
+    RateLimitConfig,
+    RateLimiter,
+    TokenBucket,
+)
 
 
 class Clock:
@@ -67,6 +74,61 @@ def test_reconnect_delay_per_client_id() -> None:
     assert limiter.reconnect_delay("dev") is None  # 4 s away: refused
     assert limiter.reconnect_delay("other") == 0.0
     assert limiter.reconnect_delay("") == 0.0  # broker-assigned ids are not one device
+
+
+def test_client_ids_are_tracked_in_a_fixed_size_whatever_their_length() -> None:
+    """``tracked`` keys cost at most BYTES_PER_TRACKED_KEY each (docs/hardening.md), also
+    when every id is as long as MQTT allows."""
+    tracked = 500
+    limiter = RateLimiter(RateLimitConfig(per_client_id=Rate(1, 60.0, 1), tracked=tracked))
+    tail = "x" * 65_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(tracked * 2):
+            assert limiter.reconnect_delay(f"{i:06d}{tail}") == 0.0
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert limiter.tracked_keys() == tracked
+    assert held <= tracked * BYTES_PER_TRACKED_KEY, held / tracked
+    assert limiter.reconnect_delay(f"{tracked * 2 - 1:06d}{tail}") is None  # still paced
+
+
+@pytest.mark.parametrize(
+    ("prefix", "same", "other"),
+    [
+        (64, ("2001:db8:1:2::a", "2001:db8:1:2:ffff::1"), "2001:db8:1:3::a"),
+        (56, ("2001:db8:1:200::1", "2001:db8:1:2ff::1"), "2001:db8:1:300::1"),
+        (128, ("2001:db8::1", "2001:db8::1"), "2001:db8::2"),
+    ],
+)
+def test_ipv6_sources_are_grouped_by_prefix(prefix: int, same: tuple, other: str) -> None:
+    limiter = RateLimiter(RateLimitConfig(max_per_source=1, ipv6_prefix=prefix))
+    assert limiter.open_source(same[0]) is None
+    assert limiter.open_source(same[1]) == "max-per-source"  # one LAN, one budget
+    assert limiter.open_source(other) is None
+    limiter.close_source(same[0])
+    assert limiter.open_source(same[1]) is None
+
+
+def test_ipv4_sources_stay_per_address() -> None:
+    limiter = RateLimiter(RateLimitConfig(per_source=Rate(1, 60.0, 1)))
+    assert limiter.open_source("10.0.0.1") is None
+    assert limiter.open_source("10.0.0.1") == "rate-per-source"
+    assert limiter.open_source("10.0.0.2") is None  # its /24 neighbour has its own bucket
+    assert limiter.open_source("::ffff:10.0.0.3") is None  # dual-stack listeners map IPv4
+    assert limiter.open_source("10.0.0.3") == "rate-per-source"
+
+
+def test_an_ipv6_flood_from_one_prefix_holds_one_key() -> None:
+    limiter = RateLimiter(RateLimitConfig(per_source=Rate(5, 1.0, 5), tracked=100))
+    admitted = 0
+    for i in range(10_000):  # one address per connection, all in 2001:db8:1:2::/64
+        source = f"2001:db8:1:2:{i >> 16:x}:{i & 0xFFFF:x}::1"
+        admitted += limiter.open_source(source) is None
+    assert admitted == 5
+    assert limiter.tracked_keys() == 2  # the bucket and the live count of one /64
 
 
 RULES = (
@@ -158,6 +220,7 @@ backend = "b"
     assert frontend.rate_limit is not None
     assert frontend.rate_limit.per_source == Rate(50, 1.0, 50)
     assert frontend.rate_limit.connect_rate == Rate(3, 10.0, 3)
+    assert frontend.rate_limit.ipv6_prefix == 64  # a subscriber's LAN is one source
     assert frontend.rules[0].backend == "b" and len(frontend.rules[0].sources) == 2
 
 
@@ -166,6 +229,7 @@ backend = "b"
     [
         ('rate_limit = { per_source = "fast" }', 'expected a rate like "50/s"'),
         ("rate_limit = { max_per_source = 0 }", "max_per_source: expected an integer"),
+        ("rate_limit = { ipv6_prefix = 129 }", "ipv6_prefix: expected an integer 1..128"),
         ('[[frontend.m.rule]]\naction = "route"', 'is required by action = "route"'),
         ('[[frontend.m.rule]]\naction = "deny"\nbackend = "b"', 'only goes with action = "route"'),
         ('[[frontend.m.rule]]\naction = "route"\nbackend = "c"', "no [backend.c] section"),
