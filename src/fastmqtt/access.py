@@ -262,8 +262,10 @@ def malformed_connack(data: bytes, reason: str, offset: int) -> bytes | None:
     level, client_id_at = peek
     version = level & 0x7F
     if reason == BAD_PROTOCOL_VERSION:  # [MQTT-3.1.2-2]; 5.0 3.1.2.2 allows 0x84
-        if version >= 5:
+        if version == 5:  # a bridge's 0x85 where bridges are not allowed
             return packets.connack(V5_UNSUPPORTED_VERSION, 5)
+        # any other level: the 3.1.1 form, the one a client of an unknown level can read
+        # (Mosquitto answers the same)
         return packets.connack(V3_UNACCEPTABLE_VERSION, 4)
     if version not in (3, 4, 5):
         return None

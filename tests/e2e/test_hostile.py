@@ -141,6 +141,18 @@ def test_65535_byte_client_id_is_valid_and_reaches_the_broker(
     assert harness.broker.tcp_connection_count() == before + 1
 
 
+@pytest.mark.parametrize("level", [2, 6, 7, 0x7F, 0x86])
+def test_unknown_protocol_level_gets_the_connack_mosquitto_sends(
+    harness: Harness, level: int
+) -> None:
+    """[MQTT-3.1.2-2]: a client of an unknown level gets the 3.1.1 CONNACK `20 02 00 01`, the
+    only one it can be expected to read; the 5.0 format belongs to level 5 alone."""
+    case = Case("level", raw_connect_packet(2, utf8("c"), level=level), "bad-protocol-version")
+    mosquitto = send_and_read(harness.broker.port, case)
+    assert mosquitto == b"\x20\x02\x00\x01"
+    assert send_and_read(harness.ports["connack"], case) == mosquitto
+
+
 def test_refused_in_bulk_without_leaking(harness: Harness) -> None:
     """Thirty rounds of the whole catalogue at once, 16 clients at a time: no fd, no broker
     connection, and memory back to a plateau (RSS growth is allocator noise, not per-case)."""

@@ -12,6 +12,7 @@ from fastmqtt import packets
 from fastmqtt.access import Rule, client_ip, decide, malformed_connack
 from fastmqtt.config import load_config_text
 from fastmqtt.errors import ConfigError, MalformedPacket
+from fastmqtt.mqtt_spec import BAD_PROTOCOL_VERSION
 from fastmqtt.parse import inspect_connect
 from fastmqtt.ratelimit import (
     BYTES_PER_TRACKED_KEY,
@@ -179,9 +180,13 @@ def _connack_for(data: bytes) -> bytes | None:
 def test_connack_codes_for_invalid_connects() -> None:
     v4 = packets.connect("ok", version=4)
     v5 = packets.connect("ok", version=5)
-    # an unknown level: 3.1.1's return code 1 below 5, 5.0's 0x84 from 5 up
-    assert _connack_for(v4.replace(b"\x04\x02", b"\x02\x02", 1)) == b"\x20\x02\x00\x01"
-    assert _connack_for(v4.replace(b"\x04\x02", b"\x06\x02", 1)) == b"\x20\x03\x00\x84\x00"
+    # an unknown level: 3.1.1's return code 1, the only CONNACK every client can read; 5.0's
+    # 0x84 only for level 5 (a bridge's 0x85 when allow_bridge is off), as Mosquitto answers
+    for level in (b"\x02", b"\x06", b"\x07", b"\x86", b"\xff"):
+        assert _connack_for(v4.replace(b"\x04\x02", level + b"\x02", 1)) == b"\x20\x02\x00\x01"
+    assert malformed_connack(v5.replace(b"\x05\x02", b"\x85\x02", 1), BAD_PROTOCOL_VERSION, 8) == (
+        b"\x20\x03\x00\x84\x00"
+    )
     assert _connack_for(packets.connect("a\x00b", version=4)) == b"\x20\x02\x00\x02"
     assert _connack_for(packets.connect("a\x00b", version=5)) == b"\x20\x03\x00\x85\x00"
     # bad UTF-8 in the username, not the client id: 3.1.1 has no code for it, 5.0 says malformed
