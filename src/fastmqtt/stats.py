@@ -7,7 +7,8 @@ the runtime admin API.
 - ``/metrics``: Prometheus text format, ``fastmqtt_*`` names;
 - ``/healthz``: 200 while the process serves (never needs auth: it is for liveness probes);
 - ``GET /api/servers[/{backend}/{server}]`` and ``POST /api/servers/{backend}/{server}`` with
-  ``{"state": "drain"|"maint"|"ready"}`` and/or ``{"weight": N}``.
+  ``{"state": "drain"|"maint"|"ready"}`` and/or ``{"weight": N}``; ``POST /api/reload``. Every
+  POST must say ``Content-Type: application/json`` (no cross-site form can).
 
 With ``auth`` configured every path but ``/healthz`` needs HTTP basic auth (the password is
 read from the environment variable ``password_env`` at start), ``/metrics`` too unless
@@ -105,12 +106,28 @@ async def read_request(reader: asyncio.StreamReader, peer: str) -> Request:
         if not sep:
             raise HTTPError(400, "bad header line")
         headers[name.strip().lower()] = value.strip()
-    length = headers.get("content-length", "0")
-    if not length.isdigit() or int(length) > MAX_BODY:
+    length = _content_length(headers.get("content-length", "0"))
+    if length > MAX_BODY:
         raise HTTPError(413, f"body must be at most {MAX_BODY} bytes")
-    body = await reader.readexactly(int(length))
+    body = await reader.readexactly(length)
     path, _, query = parts[1].partition("?")
     return Request(parts[0], path, query, headers, body, peer)
+
+
+def _content_length(value: str) -> int:
+    """RFC 9110 8.6: 1*DIGIT, ASCII only (str.isdigit also takes "²", which int() refuses)."""
+    if not (value.isascii() and value.isdigit()):
+        raise HTTPError(400, "Content-Length must be a decimal number")
+    return int(value)
+
+
+def _require_json(request: Request) -> None:
+    """State-changing requests carry JSON, as `fastmqtt ctl` sends: a cross-site HTML form
+    riding an operator's cached basic-auth login cannot set this Content-Type (browsers
+    would first ask with a CORS preflight, which this listener never grants)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPError(415, "Content-Type must be application/json")
 
 
 class Source(Protocol):
@@ -344,6 +361,7 @@ class StatsServer:
             return refused
         if request.method != "POST":
             return Response(405, "use POST\n", headers=(("Allow", "POST"),))
+        _require_json(request)
         errors = self.source.reload()
         return _json(400 if errors else 200, {"reloaded": not errors, "errors": errors})
 
@@ -368,9 +386,7 @@ class StatsServer:
 
     async def _change(self, request: Request, backend: str, server: str) -> None:
         """Apply ``{"state": ...}`` and/or ``{"weight": N}``; HTTPError when invalid."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":  # a browser form of another site cannot send it
-            raise HTTPError(415, "Content-Type must be application/json")
+        _require_json(request)
         try:
             change = json.loads(request.body)
         except ValueError:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from fastmqtt.brokers import free_port
+from tests.support.hostile import read_until_closed
 from tests.support.lb import Client, landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
 
@@ -166,3 +170,52 @@ def test_ctl_reload_applies_a_new_config_and_refuses_a_broken_one(cluster):
     assert "frontend.broken.bind" in refused.stderr
     raw_connect(port, "after-refusal").close()  # the old config still runs
     raw_connect(extra, "extra-after-refusal").close()
+
+
+def _post(stats_port: int, path: str, content_type: str | None, body: bytes) -> int:
+    """An authenticated POST with the given Content-Type (None: without the header), as a
+    browser sends an HTML form riding the operator's cached basic-auth login."""
+    headers = dict(Stats(stats_port, "ops", PASSWORD).headers)
+    headers.pop("Content-Type")
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stats_port}{path}", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain", None]
+)
+def test_reload_refuses_what_a_cross_site_form_can_post(cluster, content_type):
+    _nodes, _port, stats_port, lb = cluster
+    extra = lb_port()
+    with open(os.path.join(lb.workdir, "lb.toml"), "a") as f:
+        f.write(f'\n[frontend.extra]\nbind = "127.0.0.1:{extra}"\nbackend = "cluster"\n')
+    assert _post(stats_port, "/api/reload", content_type, b"x=1") == 415
+    assert _post(stats_port, "/api/servers/cluster/node1", content_type, b"x=1") == 415
+    time.sleep(0.3)
+    assert " reloaded " not in lb.logs()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", extra), timeout=2)
+    done = ctl(stats_port, "reload")  # what ctl sends is still accepted
+    assert done.returncode == 0, done.stderr
+    raw_connect(extra, "via-extra").close()
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9", b"1\xb3", b"-1", b"+5", b" ", b"0x10"])
+def test_a_content_length_that_is_not_ascii_digits_is_a_400(cluster, length):
+    """`Content-Length: ²` (a digit to str.isdigit, not to int) was a 500 and a traceback."""
+    _nodes, _port, stats_port, lb = cluster
+    with socket.create_connection(("127.0.0.1", stats_port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/reload HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n"
+        )
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert "Traceback" not in lb.logs() and "error answering" not in lb.logs()
