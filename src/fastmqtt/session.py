@@ -8,6 +8,8 @@ import json
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from fastmqtt.logs import one_line
+
 if TYPE_CHECKING:
     from fastmqtt.backends import Server
     from fastmqtt.metrics import FrontendCounters
@@ -92,7 +94,7 @@ class Session:
 def format_text(f: dict[str, object]) -> str:
     """HAProxy tcplog-like: client [time] frontend backend/server id Tw/Tc/Tt in/out end."""
     cid = "-" if f["client_id"] is None else json.dumps(f["client_id"], ensure_ascii=False)
-    return (
+    return one_line(
         f"{f['client']} [{f['time']}] {f['frontend']} {f['backend']}/{f['server']} "
         f"cid={cid} v={f['mqtt_version'] or '-'} connack={_dash(f['connack'])} "
         f"{f['wait_ms']}/{f['connect_ms']}/{f['total_ms']} "
@@ -105,7 +107,7 @@ def _dash(value: object) -> object:
 
 
 def format_json(f: dict[str, object]) -> str:
-    return json.dumps(f, ensure_ascii=False, separators=(",", ":"))
+    return one_line(json.dumps(f, ensure_ascii=False, separators=(",", ":")))
 
 
 class ConnectionLog:
