@@ -249,9 +249,7 @@ class Frontend:
             backend.counters.learned_ids += stick_key is not None
         if session.connack_code in (None, 0):
             backend.learn(stick_key, server)
-        self.counters.bytes_in += len(data)
-        session.bytes_in = len(data)
-        session.bytes_out = len(to_client)
+        session.routed_in = len(data)  # to_client: counted by the relay that sends it
         self.proxy.session_established(session, server, stick_key)
         self.proxy.hub.start(
             session,

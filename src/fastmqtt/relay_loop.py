@@ -214,6 +214,9 @@ class LoopRelay:
                     side.transport.close()  # the side wired after finish() is still open
             return
         assert self.client.transport and self.server.transport
+        # bytes handed over count as relayed, as in the C engine (Session.traffic)
+        self.client.received += len(to_server)
+        self.server.received += len(to_client)
         for side, first in ((self.server, to_server), (self.client, to_client)):
             early, side.outbox = side.outbox, []
             side.send(first + b"".join(early))

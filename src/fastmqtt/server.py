@@ -213,16 +213,9 @@ class Proxy:
             stick.connected(stick_key)
 
     def _relay_finished(self, session: Session, c2s: int, s2c: int, reason: str) -> None:
-        session.bytes_in += c2s
-        session.bytes_out += s2c
-        session.end_reason = reason
-        server = session.server
-        if server is not None:
-            server.counters.current -= 1
-            server.counters.bytes_in += session.bytes_in
-            server.counters.bytes_out += session.bytes_out
-        session.frontend_counters.bytes_in += c2s
-        session.frontend_counters.bytes_out += session.bytes_out
+        session.ended(c2s, s2c, reason)
+        if session.server is not None:
+            session.server.counters.current -= 1
         backend = self.backends.get(session.backend)  # gone if a reload removed it
         stick = backend.stick if backend is not None else None
         if stick is not None and session.stick_key:

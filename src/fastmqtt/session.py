@@ -12,7 +12,7 @@ from fastmqtt.logs import one_line
 
 if TYPE_CHECKING:
     from fastmqtt.backends import Server
-    from fastmqtt.metrics import FrontendCounters
+    from fastmqtt.metrics import FrontendCounters, ServerCounters
 
 _ids = itertools.count(1)
 
@@ -37,6 +37,7 @@ class Session:
         "inspected_at",
         "keepalive",
         "protocol_version",
+        "routed_in",
         "server",
         "stick_key",
         "username",
@@ -63,9 +64,28 @@ class Session:
         self.keepalive = 0
         self.stick_key: str | None = None
         self.connack_code: int | None = None
-        self.bytes_in = 0  # client -> server
-        self.bytes_out = 0  # server -> client
+        self.routed_in = 0  # client bytes routing wrote to the server itself (the CONNECT)
+        self.bytes_in = 0  # client -> server, once ended
+        self.bytes_out = 0  # server -> client, once ended
         self.end_reason = ""
+
+    def traffic(self, c2s: int, s2c: int) -> tuple[int, int]:
+        """(bytes from the client, bytes to the client), given the relay's counts so far.
+        The relay counts what it moved, the bytes it was handed to send first (the CONNACK)
+        included; routing adds what it wrote itself. The one byte formula: the log, the stats
+        page and the metrics all come from here."""
+        return self.routed_in + c2s, s2c
+
+    def ended(self, c2s: int, s2c: int, reason: str) -> None:
+        """The relay is done: final byte counts, credited to the frontend and the server."""
+        self.bytes_in, self.bytes_out = self.traffic(c2s, s2c)
+        self.end_reason = reason
+        counted: list[FrontendCounters | ServerCounters] = [self.frontend_counters]
+        if self.server is not None:
+            counted.append(self.server.counters)
+        for counters in counted:
+            counters.bytes_in += self.bytes_in
+            counters.bytes_out += self.bytes_out
 
     def _ms_since_accept(self, t: float | None) -> int:
         return -1 if t is None else int((t - self.accepted_at) * 1000)

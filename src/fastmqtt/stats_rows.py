@@ -74,14 +74,13 @@ def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]
     frontends: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     servers: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for session in proxy.hub.sessions.values():
-        c2s, s2c = proxy.hub.counters(session)
-        fe = frontends[session.frontend]
-        fe[0] += c2s  # the CONNECT itself is already counted by the listener
-        fe[1] += session.bytes_out + s2c
+        traffic = session.traffic(*proxy.hub.counters(session))
+        rows = [frontends[session.frontend]]
         if session.server is not None:
-            sv = servers[id(session.server)]
-            sv[0] += session.bytes_in + c2s
-            sv[1] += session.bytes_out + s2c
+            rows.append(servers[id(session.server)])
+        for row in rows:
+            row[0] += traffic[0]
+            row[1] += traffic[1]
     return frontends, servers
 
 
