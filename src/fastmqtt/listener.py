@@ -185,6 +185,11 @@ class Frontend:
                     return
                 continue  # ECONNABORTED and friends: that client is gone, keep accepting
             conn.setblocking(False)
+            try:  # a broker's small packets must not wait behind an unacknowledged one (Nagle)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # already reset: nothing to serve
+                conn.close()
+                continue
             self._spawn(conn, addr)
 
     def _back_off(self, exc: OSError) -> None:

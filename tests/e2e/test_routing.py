@@ -11,6 +11,7 @@ import pytest
 
 from fastmqtt import packets
 from fastmqtt.proxy_protocol import parse as parse_proxy_header
+from tests.support.hostile import process_socket
 from tests.support.lb import (
     Client,
     closed_by_peer,
@@ -235,3 +236,34 @@ def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastm
         closer.close()
     assert sum(cid.startswith("retried-") for cid in landed([node])) == 10
     assert not any("retried-" in line and "closer" in line for line in lb.connection_log())
+
+
+@pytest.mark.parametrize("implementation", ["cython", "python"])
+def test_accepted_client_sockets_have_nodelay(brokers, fastmqtt, implementation):
+    """Nagle on the client side holds a broker's small PUBLISH behind an unacknowledged one
+    (milliseconds of latency at tens of thousands of messages a second): every accepted
+    socket gets TCP_NODELAY, read here from the very socket fastmqtt holds."""
+    nodes = brokers(1)
+    port = lb_port()
+    env = {"FASTMQTT_NO_EXTENSIONS": "1" if implementation == "python" else "0"}
+    lb = fastmqtt(recipe(nodes, port), port=port, env=env)
+    assert f"({implementation}) listening" in lb.logs()
+    inspecting = socket.create_connection(("127.0.0.1", port), timeout=5)  # no CONNECT yet
+    relayed = raw_connect(port, "nodelay")  # handed over to the relay
+    try:
+        for client in (inspecting, relayed):
+            assert wait_until(lambda c=client: _held(lb, c))
+            held = process_socket(lb.proc.pid, port, client.getsockname()[1])
+            with held:
+                assert held.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        inspecting.close()
+        relayed.close()
+
+
+def _held(lb, client: socket.socket) -> bool:
+    try:
+        process_socket(lb.proc.pid, lb.port, client.getsockname()[1]).close()
+    except LookupError:
+        return False
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import selectors
@@ -333,3 +334,40 @@ class MisbehavingBroker:
         self.listener.close()
         for conn in self.accepted:
             conn.close()
+
+
+_SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 (generic table) alike; Linux 5.6+
+
+
+def process_socket(pid: int, local_port: int, remote_port: int) -> socket.socket:
+    """A duplicate of the TCP socket that process ``pid`` holds for the connection
+    127.0.0.1:``local_port`` <-> 127.0.0.1:``remote_port`` (pidfd_getfd(2): the same open
+    socket, so its options can be read as the process set them)."""
+    inode = _tcp_inode(local_port, remote_port)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return _steal(pid, int(fd))
+    raise LookupError(f"pid {pid} holds no socket {local_port}<->{remote_port}")
+
+
+def _tcp_inode(local_port: int, remote_port: int) -> str:
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return fields[9]
+    raise LookupError(f"no TCP socket {local_port}<->{remote_port}")
+
+
+def _steal(pid: int, fd: int) -> socket.socket:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ours = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if ours < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=ours)
