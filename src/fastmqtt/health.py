@@ -232,7 +232,7 @@ class ServerHealth:
         self.admin = Admin.READY
         self.up = True
         self.health = check.rise if check is not None else 0
-        self.password = os.environ.get(check.password_env) if check and check.password_env else None
+        self.password = _password(check)
         self.last: CheckResult | None = None
         self.last_check_at: float | None = None
         self.checks_failed = 0
@@ -243,6 +243,19 @@ class ServerHealth:
         self.observed_errors = 0  # consecutive failed connects of real clients
         self.seen = (server.counters.connect_errors, server.counters.total)
         self.ramp_start: float | None = None  # slow start in progress since
+
+    def retune(self, check: CheckConfig | None) -> None:
+        """A reload kept the server at the same address: up or down and the history stay, the
+        counter is brought within the new rise/fall, admin states end (as HAProxy's do)."""
+        self.check = check
+        self.password = _password(check)
+        self.admin = Admin.READY
+        if check is None:  # never probed again: "no check" servers are up
+            self.up, self.health = True, 0
+        elif self.up:
+            self.health = min(max(self.health, check.rise), check.rise + check.fall - 1)
+        else:
+            self.health = min(self.health, check.rise - 1)
 
     def state(self) -> ServerState:
         if self.admin is Admin.MAINT:
@@ -312,28 +325,57 @@ class ServerHealth:
             self.down_since = None
 
 
+def _target(server: Server, check: CheckConfig | None) -> tuple[str, int | None]:
+    """What a server's health is the health of: its configured address and check port."""
+    return server.address, None if check is None else check.port
+
+
+def _password(check: CheckConfig | None) -> str | None:
+    return os.environ.get(check.password_env) if check and check.password_env else None
+
+
+def _carried(
+    server: Server, check: CheckConfig | None, previous: HealthChecker | None, now: float
+) -> ServerHealth:
+    """A reloaded server's health: what was known of it if it stays at the same address
+    (docs/running.md: a server that stays keeps its live state), else a fresh start."""
+    if previous is None or server.name not in previous.servers:
+        return ServerHealth(server, check, now)
+    if previous.targets[server.name] != _target(server, check):
+        return ServerHealth(server, check, now)  # another broker under the same name
+    kept = previous.servers[server.name]
+    kept.retune(check)
+    return kept
+
+
 # -- one backend's checker ----------------------------------------------------------------
 
 
 class HealthChecker:
-    """Probes the servers of one backend and applies health, admin and weight changes."""
+    """Probes the servers of one backend and applies health, admin and weight changes.
+    ``previous``: the checker this one replaces in a reload, whose knowledge carries over."""
 
-    def __init__(self, backend: Backend, proxy: Proxy) -> None:
+    def __init__(
+        self, backend: Backend, proxy: Proxy, previous: HealthChecker | None = None
+    ) -> None:
         self.backend = backend
         self.proxy = proxy
         self.loop = proxy.loop
         now = self.loop.time()
-        self.servers = {
-            s.name: ServerHealth(s, check_for(backend.config, s.config), now)
-            for s in backend.servers
-        }
+        checks = {s.name: check_for(backend.config, s.config) for s in backend.servers}
+        self.targets = {s.name: _target(s, checks[s.name]) for s in backend.servers}
+        self.servers = {s.name: _carried(s, checks[s.name], previous, now) for s in backend.servers}
         for health in self.servers.values():
-            health.server.state = health.state()  # a reload starts afresh: admin states reset
+            health.set_up(health.up, now)
+            health.server.state = health.state()
         self._tasks: list[asyncio.Task] = []
         self._ramp: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        """Start probing, spread over one interval so servers are not all probed at once."""
+        """Start probing, spread over one interval so servers are not all probed at once;
+        a slow start that a reload interrupted goes on."""
+        if any(h.ramp_start is not None for h in self.servers.values()):
+            self._apply_weights()
         checked = [h for h in self.servers.values() if h.check is not None]
         for i, health in enumerate(checked):
             assert health.check is not None

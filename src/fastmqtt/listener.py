@@ -109,28 +109,29 @@ class Frontend:
         self.guard = Guard(config, proxy)  # access rules and rate limits (access.py)
         self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls") if config.tls else None
 
-    def reconfigure(self, config: FrontendConfig, backend: Backend) -> None:
-        """A reload kept this frontend's bind: the listening socket stays, the rest is new."""
+    def reloaded_tls(self, config: FrontendConfig) -> ServerTLS | None:
+        """The TLS contexts of ``config``, built aside for a reload (certificates read again:
+        new handshakes use them, established connections keep theirs). Unusable material keeps
+        the current ones, logged, and the rest of the reload applies; TLSMaterialError only
+        when there are none to keep (the frontend was plain: refusing beats serving plain)."""
+        if config.tls is None:
+            return None
         try:
-            self.reload_tls(config)
-        except TLSMaterialError as exc:  # the rest of the reload applies; TLS stays as it was
+            return ServerTLS(config.tls, f"frontend.{config.name}.tls")
+        except TLSMaterialError as exc:
+            if self.tls is None:
+                raise
             log.error("frontend %s: keeping the previous certificates: %s", config.name, exc)
+            return self.tls
+
+    def reconfigure(self, config: FrontendConfig, backend: Backend, tls: ServerTLS | None) -> None:
+        """A reload kept this frontend's bind: the listening socket stays, the rest is new
+        (``tls`` from reloaded_tls)."""
         self.config = config
         self.name = config.name
         self.backend = backend
+        self.tls = tls
         self.guard.reconfigure(config)
-
-    def reload_tls(self, config: FrontendConfig | None = None) -> None:
-        """Load the certificates again (reload, SIGHUP): new handshakes use them, established
-        connections keep theirs. Raises TLSMaterialError, keeping the old ones, if any is bad."""
-        config = config or self.config
-        client_context.cache_clear()
-        if config.tls is None:
-            self.tls = None
-        elif self.tls is None:
-            self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls")
-        else:
-            self.tls.reload(config.tls)
 
     # -- accepting ---------------------------------------------------------------------
 

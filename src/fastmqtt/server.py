@@ -23,6 +23,7 @@ from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
 from fastmqtt.stats import LocalSource, StatsServer
+from fastmqtt.tls import TLSMaterialError, client_context
 
 log = logging.getLogger("fastmqtt")
 
@@ -97,44 +98,44 @@ class Proxy:
 
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping a connection: binds that stay keep their
-        sockets, servers that keep their name keep state, counters and sticky clients.
-        Raises OSError (and changes nothing) if a server does not resolve or a new bind fails."""
-        addresses = {name: resolve_servers(bc) for name, bc in config.backends.items()}
-        kept = {(fe.config.bind_host, fe.config.bind_port): fe for fe in self.frontends}
-        opened = [Frontend(fc, None, self) for fc in config.frontends if _bind(fc) not in kept]  # type: ignore[arg-type]
-        try:
-            for fe in opened:
-                fe.open(self.reuse_port)
-        except OSError:
-            for fe in opened:
-                fe.close()
-            raise
+        sockets, servers that keep their name keep state (health and its history included),
+        counters and sticky clients. Everything new is built and bound first: if a server does
+        not resolve, a new bind fails or new TLS material is unusable, it raises and nothing
+        changed (health checks never stopped, no new listener left open)."""
+        plan = _Reload(self, config)
         for checker in self.health.values():
             checker.stop()
-        backends = {}
-        for name, bc in config.backends.items():
-            backend = self.backends.get(name)
-            if backend is None:
-                backend = Backend(bc, addresses[name])
-            else:
-                backend.reconfigure(bc, addresses[name])
-            backends[name] = backend
-        new_by_bind = {_bind(fe.config): fe for fe in opened}
+        try:
+            self._apply(plan)
+        finally:  # whatever happened, the live objects probe and accept again
+            for fe in plan.opened:
+                if fe not in self.frontends:
+                    fe.close()
+            for checker in self.health.values():
+                checker.start()
+            for fe in self.frontends:
+                fe.resume()
+        log.info("reloaded %s: %s", config.path, self._summary(), extra={"path": config.path})
+
+    def _apply(self, plan: _Reload) -> None:
+        """Swap the prepared objects in; builds nothing that can fail on bad input."""
+        config = plan.config
+        for name, backend in plan.backends.items():
+            if self.backends.get(name) is backend:
+                backend.reconfigure(config.backends[name], plan.addresses[name])
+        client_context.cache_clear()  # backend TLS files are read again
         frontends = []
         for fc in config.frontends:
-            fe = kept.pop(_bind(fc), None) or new_by_bind[_bind(fc)]
-            fe.reconfigure(fc, backends[fc.backend])
+            fe = plan.kept.pop(_bind(fc), None) or plan.new_by_bind[_bind(fc)]
+            fe.reconfigure(fc, plan.backends[fc.backend], plan.tls.get(_bind(fc), fe.tls))
             frontends.append(fe)
-        for fe in kept.values():
+        for fe in plan.kept.values():
             fe.close()  # its established connections stay until they end
-        self.config, self.backends, self.frontends = config, backends, frontends
+        self.config, self.backends, self.frontends = config, plan.backends, frontends
         self.hub.drain_v5 = config.global_.drain_disconnect
-        self.health = {name: HealthChecker(b, self) for name, b in backends.items()}
-        for checker in self.health.values():
-            checker.start()
-        for fe in frontends:
-            fe.resume()
-        log.info("reloaded %s: %s", config.path, self._summary(), extra={"path": config.path})
+        self.health = {
+            name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
+        }
 
     def reload_file(self) -> list[str]:
         """SIGHUP and the admin API: re-read the config file; if it has errors keep running on
@@ -145,8 +146,13 @@ class Proxy:
             self.reload(config)
         except ConfigError as exc:
             errors = exc.errors
+        except TLSMaterialError as exc:
+            errors = [f"{self.config.path}: {problem}" for problem in exc.problems]
         except OSError as exc:
             errors = [str(exc.strerror or exc)]
+        except Exception as exc:  # a bug of ours must not leave the signal handler
+            log.exception("reload failed")
+            errors = [f"internal error: {exc!r}"]
         else:
             errors = []
             for warning in config.warnings:
@@ -243,6 +249,39 @@ class Proxy:
 
 def _bind(config: FrontendConfig) -> tuple[str, int]:
     return config.bind_host, config.bind_port
+
+
+class _Reload:
+    """Everything a reload needs that can fail, done before the live state is touched:
+    server addresses resolved, new backends and frontends built (TLS loaded), new binds open.
+    Raises (OSError, TLSMaterialError) having closed whatever it opened."""
+
+    def __init__(self, proxy: Proxy, config: Config) -> None:
+        self.config = config
+        self.addresses = {name: resolve_servers(bc) for name, bc in config.backends.items()}
+        self.backends = {
+            name: proxy.backends.get(name) or Backend(bc, self.addresses[name])
+            for name, bc in config.backends.items()
+        }
+        self.kept = {_bind(fe.config): fe for fe in proxy.frontends}
+        self.tls = {
+            _bind(fc): self.kept[_bind(fc)].reloaded_tls(fc)
+            for fc in config.frontends
+            if _bind(fc) in self.kept
+        }
+        self.opened = [
+            Frontend(fc, self.backends[fc.backend], proxy)
+            for fc in config.frontends
+            if _bind(fc) not in self.kept
+        ]
+        try:
+            for fe in self.opened:
+                fe.open(proxy.reuse_port)
+        except OSError:
+            for fe in self.opened:
+                fe.close()
+            raise
+        self.new_by_bind = {_bind(fe.config): fe for fe in self.opened}
 
 
 # -- the `serve` command -----------------------------------------------------------------

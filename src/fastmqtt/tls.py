@@ -10,6 +10,7 @@ frontend half-configured; connections already established keep the context they 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import ssl
 import time
@@ -28,13 +29,18 @@ from fastmqtt.proxy_protocol import (
 )
 from fastmqtt.proxy_protocol import _encode_tlvs as encode_tlvs
 
+MAX_ALPN_NAME = 255  # a protocol name is one length byte and that many bytes
 VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _SNI_ATTR = "fastmqtt_sni"  # where the SNI callback leaves the name the client asked for
 
 
 class TLSMaterialError(OSError):
-    """A certificate, key or CA that cannot be used; the text names the config key."""
+    """Certificates, keys, CAs or settings that cannot be used; each problem names its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +105,19 @@ def server_context(config: FrontendTLSConfig, cert: str, key: str | None) -> ssl
 
 
 class ServerTLS:
-    """The contexts of one frontend: a default, and one per SNI name."""
+    """The contexts of one frontend: a default, and one per SNI name. Built whole or not at
+    all: TLSMaterialError lists every problem (what `fastmqtt check` reports), and a reload
+    that meets one keeps the frontend's previous ServerTLS."""
 
     def __init__(self, config: FrontendTLSConfig, where: str) -> None:
-        self.config = config
-        self.where = where  # "frontend.NAME.tls", for error messages
-        self.context: ssl.SSLContext
-        self._by_name: dict[str, ssl.SSLContext] = {}
-        self.reload()
-
-    def reload(self, config: FrontendTLSConfig | None = None) -> None:
-        """Load the certificates again (SIGHUP); raises TLSMaterialError and keeps the old
-        contexts when any file is unusable."""
-        config = config or self.config
-        problems = list(_frontend_problems(config, self.where))
+        problems = list(_frontend_problems(config, where))  # where: "frontend.NAME.tls"
         if problems:
-            raise TLSMaterialError("; ".join(problems))
-        default = server_context(config, config.cert, config.key)
-        by_name = {e.name: server_context(config, e.cert, e.key) for e in config.sni}
+            raise TLSMaterialError(problems)
+        try:
+            default = server_context(config, config.cert, config.key)
+            by_name = {e.name: server_context(config, e.cert, e.key) for e in config.sni}
+        except (ssl.SSLError, ValueError) as exc:  # a file changed since it was checked
+            raise TLSMaterialError([f"{where}: {exc}"]) from None
         default.sni_callback = self._on_sni
         self.config, self.context, self._by_name = config, default, by_name
 
@@ -161,7 +162,10 @@ def check_material(config: Config) -> list[str]:
     problems: list[str] = []
     for fe in config.frontends:
         if fe.tls is not None:
-            problems += _frontend_problems(fe.tls, f"frontend.{fe.name}.tls")
+            try:
+                ServerTLS(fe.tls, f"frontend.{fe.name}.tls")  # exactly what serve loads
+            except TLSMaterialError as exc:
+                problems += exc.problems
     for be in config.backends.values():
         if be.tls is not None:
             problems += _backend_problems(be.tls, f"backend.{be.name}.tls")
@@ -181,6 +185,11 @@ def _frontend_problems(tls: FrontendTLSConfig, where: str) -> Iterator[str]:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(tls.ciphers)
         except ssl.SSLError:
             yield f"{where}.ciphers: no cipher matches {tls.ciphers!r}"
+    for i, name in enumerate(tls.alpn):
+        if not (name.isascii() and 1 <= len(name) <= MAX_ALPN_NAME):
+            shown = json.dumps(name if len(name) <= 40 else name[:40] + "...", ensure_ascii=False)
+            what = f"1 to {MAX_ALPN_NAME} ASCII characters (RFC 7301)"
+            yield f"{where}.alpn[{i}]: expected {what}, got {shown} ({len(name)} characters)"
 
 
 def _backend_problems(tls: BackendTLSConfig, where: str) -> Iterator[str]:

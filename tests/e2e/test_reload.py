@@ -8,8 +8,11 @@ import socket
 import pytest
 
 from fastmqtt import packets
+from fastmqtt.brokers import free_port
 from fastmqtt.parse import inspect_connack
+from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import landed, lb_port, raw_connect, servers_toml, wait_until
+from tests.support.stats import Stats, checked_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -113,3 +116,94 @@ def test_reloads_keep_every_client_connected(brokers, fastmqtt):
         loop.run_until_complete(_close_all(stay + leave))
         loop.close()
     assert lb.proc is not None and lb.proc.poll() is None
+
+
+# -- what a reload keeps: health state; what a refused one leaves: everything ---------------
+
+CHECK = 'type = "tcp", interval = "300ms", timeout = "250ms", rise = 2, fall = 1'
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def _tls_frontend(name: str, port: int, certs: Certs, alpn: list[str]) -> str:
+    tls = tls_line(cert=certs.server, alpn=alpn)
+    return f'\n[frontend.{name}]\nbind = "127.0.0.1:{port}"\nbackend = "cluster"\n{tls}'
+
+
+def _alpn(port: int, certs: Certs, offer: list[str]) -> str | None:
+    """The ALPN protocol the frontend on ``port`` selects for a client offering ``offer``."""
+    context = certs.client_context()
+    context.set_alpn_protocols(offer)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        return tls.selected_alpn_protocol()
+
+
+def _goes_down(stats: Stats, broker) -> bool:
+    """Health checks still run: a killed broker is marked DOWN."""
+    broker.stop()
+    return wait_until(lambda: stats.state(broker.name) == "DOWN", timeout=5)
+
+
+def test_a_refused_reload_keeps_health_checks_and_opens_no_listener(brokers, fastmqtt, certs):
+    """A new frontend whose ALPN name cannot be offered (longer than 255 bytes) refuses the
+    reload before anything changed: no listener bound, health checks still running."""
+    node1, node2 = brokers(2)
+    port, stats_port, extra = lb_port(), free_port(), lb_port()
+    config = checked_recipe([node1, node2], port, stats_port, CHECK)
+    lb = fastmqtt(config, port=port)
+    answer = lb.reload(config + _tls_frontend("extra", extra, certs, ["x" * 256]))
+    assert "reload refused" in answer and "frontend.extra.tls.alpn[0]" in answer, answer
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", extra), timeout=2)
+    assert _goes_down(Stats(stats_port), node2)
+    for i in range(4):  # node2 is out of rotation: every client lands on node1
+        raw_connect(port, f"after-refusal-{i}").close()
+
+
+def test_unusable_tls_of_a_kept_frontend_keeps_its_certificates_and_the_reload_applies(
+    brokers, fastmqtt, certs
+):
+    """A kept TLS frontend given a non-ASCII ALPN name keeps its contexts (logged); the rest of
+    the reload applies, health checks included."""
+    node1, node2 = brokers(2)
+    port, stats_port, tls_port = lb_port(), free_port(), lb_port()
+    config = checked_recipe([node1, node2], port, stats_port, CHECK)
+    lb = fastmqtt(config + _tls_frontend("secure", tls_port, certs, ["mqtt"]), port=port)
+    assert _alpn(tls_port, certs, ["mqtt"]) == "mqtt"
+    renamed = config.replace("[frontend.mqtt]", "[frontend.renamed]")
+    answer = lb.reload(renamed + _tls_frontend("secure", tls_port, certs, ["mqtté"]))
+    assert " reloaded " in answer, answer
+    assert "frontend secure: keeping the previous certificates" in lb.logs()
+    assert "frontend.secure.tls.alpn[0]" in lb.logs()
+    assert _alpn(tls_port, certs, ["mqtt"]) == "mqtt"
+    assert "renamed" in Stats(stats_port).get("/stats;csv")  # the rest applied
+    assert _goes_down(Stats(stats_port), node2)
+
+
+def test_a_reload_keeps_a_dead_server_down_with_its_history(brokers, fastmqtt):
+    """docs/running.md: a server that stays keeps its live state. An unchanged SIGHUP while a
+    broker is dead must not put it back in rotation: with retries = 0 every client it got
+    would be closed."""
+    node1, node2 = brokers(2)
+    port, stats_port = lb_port(), free_port()
+    check = 'type = "tcp", interval = "2s", timeout = "1s", rise = 2, fall = 1'
+    config = checked_recipe([node1, node2], port, stats_port, check, backend="retries = 0\n")
+    lb = fastmqtt(config, port=port)
+    stats = Stats(stats_port)
+    node2.stop()
+    assert wait_until(lambda: stats.state("node2") == "DOWN", timeout=6)
+    before = stats.servers()["node2"]
+    assert " reloaded " in lb.reload(config)
+    after = stats.servers()["node2"]
+    assert (after["state"], after["status"]) == ("DOWN", "DOWN")
+    assert (after["chkdown"], after["check_status"]) == (1, "L4CON")
+    assert after["chkfail"] >= before["chkfail"] >= 1
+    assert after["downtime"] >= before["downtime"]
+    for i in range(10):  # right after the reload, before any new probe
+        raw_connect(port, f"after-reload-{i}").close()
+    assert wait_until(lambda: stats.servers()["node2"]["chkfail"] > before["chkfail"])
+    assert stats.state("node2") == "DOWN"

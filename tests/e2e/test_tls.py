@@ -189,3 +189,26 @@ def test_check_reports_unusable_material(certs, tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "frontend.f.tls.key: " in err and "does not match the certificate" in err
     assert "frontend.f.tls.ca: " in err and "no such file" in err
+
+
+def test_check_reports_alpn_names_the_handshake_cannot_offer(certs, tmp_path: Path, capsys):
+    """What `serve` would fail to load (a ValueError or an SSLError from OpenSSL), `check`
+    reports with the key path."""
+    from fastmqtt.cli import main
+
+    config = tmp_path / "lb.toml"
+    config.write_text(
+        '[frontend.f]\nbind = "127.0.0.1:8883"\nbackend = "b"\n'
+        + tls_line(cert=certs.server, alpn=["mqtt", "x" * 256, "mqtté", "mqtt\u00a0v5"])
+        + '[backend.b]\n[[backend.b.server]]\nname = "s"\naddress = "127.0.0.1:1883"\n'
+    )
+    assert main(["check", str(config)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "frontend.f.tls.alpn[1]",
+        "frontend.f.tls.alpn[2]",
+        "frontend.f.tls.alpn[3]",
+    ]
+    assert lines[1].endswith(
+        'expected 1 to 255 ASCII characters (RFC 7301), got "mqtté" (5 characters)'
+    )

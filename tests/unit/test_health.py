@@ -110,3 +110,23 @@ def test_histogram_buckets_are_upper_inclusive():
         h.observe(value)
     assert (h.counts[0], h.counts[1], h.counts[-2], h.counts[-1]) == (1, 1, 1, 1)
     assert h.count == 4 and h.total == pytest.approx(21.0011)
+
+
+def test_a_reload_keeps_up_or_down_within_the_new_rise_and_fall():
+    down = _health()
+    down.failed()
+    down.admin = Admin.MAINT
+    down.retune(CheckConfig(rise=3, fall=1))
+    assert (down.state(), down.status_text()) == (ServerState.DOWN, "DOWN")  # admin: READY
+    down.passed()
+    down.passed()
+    assert down.status_text() == "DOWN 2/3"  # rise 3 now
+    down.passed()
+    assert down.state() is ServerState.UP
+    up = _health()
+    up.passed()  # fully up: health = rise + fall - 1 = 4
+    up.retune(CheckConfig(rise=2, fall=1))
+    assert (up.state(), up.health, up.status_text()) == (ServerState.UP, 2, "UP")
+    down.failed()
+    down.retune(None)  # checks switched off: never probed again, so up
+    assert (down.state(), down.status_text()) == (ServerState.UP, "no check")
