@@ -110,10 +110,10 @@ class RelayHub:
         elif self.engine is not None and session_id in self.sessions:
             self.engine.close(session_id)
 
-    async def say_goodbye(self, packet: bytes, rate: int) -> None:
+    async def say_goodbye(self, packet: bytes, rate: float) -> None:
         """Send ``packet`` to every session that can take one, ``rate`` sessions a second."""
         goodbyes = list(self._goodbyes.items())
-        batch = max(1, rate // 10)
+        batch = max(1, int(rate // 10))
         for start in range(0, len(goodbyes), batch):
             for session_id, say in goodbyes[start : start + batch]:
                 if session_id in self._goodbyes:  # not ended meanwhile

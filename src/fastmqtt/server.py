@@ -185,11 +185,12 @@ class Proxy:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         goodbye = None
-        if self.config.global_.drain_disconnect:
+        settings = self.config.global_
+        if settings.drain_disconnect:
             packet = packets.disconnect_v5(packets.SERVER_SHUTTING_DOWN)
-            goodbye = self.loop.create_task(
-                self.hub.say_goodbye(packet, self.config.global_.drain_rate)
-            )
+            # drain_rate is the whole process's: every worker drains at once, each its share
+            rate = settings.drain_rate / (settings.workers if self.worker is not None else 1)
+            goodbye = self.loop.create_task(self.hub.say_goodbye(packet, rate))
         await self.hub.shutdown(grace)
         if goodbye is not None:
             goodbye.cancel()

@@ -58,3 +58,32 @@ def test_sigterm_says_goodbye_to_v5_clients_at_a_packet_boundary(brokers, fastmq
         c.mqtt.loop_stop()
     assert lb.proc.wait(timeout=10) == 0
     assert time.monotonic() - signalled < 10
+
+
+def test_drain_rate_is_for_the_whole_process_with_two_workers(brokers, fastmqtt):
+    """drain_rate = 5 with workers = 2: the 0x8B DISCONNECTs arrive at 5 a second in all, not
+    5 per worker (each worker takes its share of the rate)."""
+    [node] = brokers(1)
+    port = lb_port()
+    config = recipe([node], port).replace(
+        'grace = "2s"', 'grace = "20s"\nworkers = 2\ndrain_disconnect = true\ndrain_rate = 5'
+    )
+    lb = fastmqtt(config, port=port)
+    assert wait_until(lambda: "2 workers serving" in lb.logs())  # both bound, signals handled
+    clients = [Client(f"v5-{i}", port, version=5) for i in range(24)]  # spread by the kernel
+    lb.signal(signal.SIGTERM)
+    try:
+        assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), timeout=15)
+    finally:
+        for c in clients:
+            c.mqtt.loop_stop()
+    assert [c.disconnect_reason for c in clients] == [0x8B] * 24
+    times = sorted(c.disconnected_at for c in clients)
+    busiest = max(sum(t <= s < t + 2.0 for s in times) for t in times)
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    print(
+        f"\n24 goodbyes over {times[-1] - times[0]:.1f} s ({rate:.1f}/s), at most {busiest} in 2 s"
+    )
+    assert busiest <= 10 + 2  # 5/s over 2 s, plus a tick of scheduling jitter per worker
+    assert rate <= 5 * 1.2
+    assert lb.proc.wait(timeout=20) == 0
