@@ -488,11 +488,11 @@ class HealthChecker:
         )
         check = health.check
         if (
-            new is ServerState.DOWN
+            new in (ServerState.DOWN, ServerState.MAINT)
             and check is not None
             and check.on_marked_down == "shutdown-sessions"
-        ):
-            self._shutdown_sessions(server)
+        ):  # HAProxy 2.6 closes them on entering maintenance too
+            self._shutdown_sessions(server, f"server-{new.value.lower()}")
         if (
             new is ServerState.UP
             and old in (ServerState.DOWN, ServerState.MAINT)
@@ -507,12 +507,12 @@ class HealthChecker:
         backups = sum(s.backup for s in usable)
         return f"{len(usable) - backups} active and {backups} backup servers usable"
 
-    def _shutdown_sessions(self, server: Server) -> None:
+    def _shutdown_sessions(self, server: Server, reason: str) -> None:
         """on_marked_down = "shutdown-sessions": clients reconnect elsewhere at once."""
         hub = self.proxy.hub
         doomed = [sid for sid, s in hub.sessions.items() if s.server is server]
         for sid in doomed:
-            hub.close(sid, "server-down")
+            hub.close(sid, reason)
         log.warning("server %s/%s: closed %d sessions", self.backend.name, server.name, len(doomed))
 
     # -- weights and slow start --------------------------------------------------------

@@ -41,6 +41,7 @@ class RelayHub:
         self._loop_relays: dict[int, LoopRelay] = {}
         # session id -> how to say goodbye to it, for the sessions that follow packets
         self._goodbyes: dict[int, Callable[[bytes], None]] = {}
+        self._close_reasons: dict[int, str] = {}  # why we asked the engine (it says "killed")
         self._tasks: set[asyncio.Task] = set()
         if engine is not None:
             loop.add_reader(engine.completions_fd(), self._drain_engine)
@@ -108,6 +109,7 @@ class RelayHub:
         if relay is not None:
             relay.close(reason)
         elif self.engine is not None and session_id in self.sessions:
+            self._close_reasons[session_id] = reason
             self.engine.close(session_id)
 
     async def say_goodbye(self, packet: bytes, rate: float) -> None:
@@ -134,7 +136,8 @@ class RelayHub:
 
     def _drain_engine(self) -> None:
         for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
-            self._finished(conn_id, c2s, s2c, reason)
+            asked = self._close_reasons.pop(conn_id, None)
+            self._finished(conn_id, c2s, s2c, asked if reason == "killed" and asked else reason)
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
         self._loop_relays.pop(session_id, None)

@@ -5,6 +5,7 @@ closing the sessions of a server marked down."""
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 
@@ -12,7 +13,16 @@ import pytest
 
 from fastmqtt.brokers import free_port
 from fastmqtt.proxy_protocol import encode_v2_local
-from tests.support.lb import Client, landed, lb_port, raw_connect, recipe, wait_until
+from tests.support.haproxy import HAProxy
+from tests.support.lb import (
+    Client,
+    closed_by_peer,
+    landed,
+    lb_port,
+    raw_connect,
+    recipe,
+    wait_until,
+)
 from tests.support.stats import HealthEndpoint, SilentServer, Stats, checked_recipe, stats_toml
 
 pytestmark = pytest.mark.e2e
@@ -191,3 +201,48 @@ def test_http_check_marks_down_and_shuts_its_sessions(brokers, fastmqtt):
         assert endpoint.requests[0] == (path, expected)
     finally:
         endpoint.close()
+
+
+def _haproxy_maint_closes_sessions(broker, on_marked_down: str) -> bool:
+    """HAProxy 2.6 itself: a relayed client, then `set server be/s1 state maint` on the stats
+    socket. True when HAProxy closed the client within 3 s."""
+    port = free_port()
+    sock_path = f"/tmp/fastmqtt-haproxy-{port}.sock"
+    config = (
+        f"global\n  stats socket {sock_path} level admin\n"
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n"
+        f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend be\n"
+        f"backend be\n  server s1 {broker.address} check inter 500ms {on_marked_down}\n"
+    )
+    with HAProxy(config, wait_port=port):
+        client = raw_connect(port, "haproxy-maint")
+        with socket.socket(socket.AF_UNIX) as admin:
+            admin.connect(sock_path)
+            admin.sendall(b"set server be/s1 state maint\n")
+            assert admin.recv(256) in (b"", b"\n")  # empty answer: done
+        closed = closed_by_peer(client, timeout=3)
+        client.close()
+    return closed
+
+
+@pytest.mark.parametrize("on_marked_down", ["none", "shutdown-sessions"])
+def test_maint_closes_sessions_as_haproxy_does(brokers, fastmqtt, on_marked_down):
+    """HAProxy closes a server's sessions when it enters maintenance with `on-marked-down
+    shutdown-sessions`, and keeps them without it; fastmqtt's admin `maint` does the same."""
+    [node] = brokers(1)
+    keyword = "on-marked-down shutdown-sessions" if on_marked_down != "none" else ""
+    haproxy_closed = _haproxy_maint_closes_sessions(node, keyword)
+    assert haproxy_closed is (on_marked_down != "none")  # checked on Debian's HAProxy 2.6
+
+    port, stats_port = lb_port(), free_port()
+    check = f'type = "tcp", interval = "500ms", on_marked_down = "{on_marked_down}"'
+    config = checked_recipe([node], port, stats_port, check, user="ops")
+    lb = fastmqtt(config, port=port, env={"STATS_PW": "pw"})
+    client = raw_connect(port, "fastmqtt-maint")
+    admin = Stats(stats_port, "ops", "pw")
+    assert admin.request("/api/servers/cluster/node1", {"state": "maint"})[0] == 200
+    assert closed_by_peer(client, timeout=3) is haproxy_closed
+    client.close()
+    if haproxy_closed:
+        ends = lambda: [line.rsplit(" ", 1)[1] for line in lb.connection_log() if "-maint" in line]  # noqa: E731
+        assert wait_until(lambda: ends() == ["server-maint"])
