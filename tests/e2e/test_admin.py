@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from fastmqtt.brokers import free_port
+from fastmqtt.brokers import free_port, wait_for_port
 from tests.support.hostile import read_until_closed
 from tests.support.lb import Client, landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
@@ -56,6 +56,7 @@ def cluster(brokers, fastmqtt):
     port, stats_port = lb_port(), free_port()
     config = checked_recipe(nodes, port, stats_port, CHECK, user="ops")
     lb = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)  # bound just after the frontends
     return nodes, port, stats_port, lb
 
 

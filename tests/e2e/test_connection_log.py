@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmqtt import packets
-from fastmqtt.brokers import free_port
+from fastmqtt.brokers import free_port, wait_for_port
 from tests.support.hostile import read_until_closed
 from tests.support.lb import lb_port, recipe, wait_until
 from tests.support.stats import Stats, stats_toml
@@ -95,7 +95,8 @@ def test_log_stats_and_metrics_count_the_same_bytes(brokers, fastmqtt, implement
         port=port,
         env={"FASTMQTT_NO_EXTENSIONS": IMPLEMENTATIONS[implementation]},
     )
-    assert f"({implementation}) listening" in lb.logs()
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
+    assert wait_until(lambda: f"({implementation}) listening" in lb.logs())
     stats = Stats(stats_port)
     connect = packets.connect("counted", keepalive=0)
     publish = packets.publish("t/counted", b"p" * 300)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fastmqtt.brokers import free_port
+from fastmqtt.brokers import free_port, wait_for_port
 from fastmqtt.proxy_protocol import encode_v2_local
 from tests.support.haproxy import HAProxy
 from tests.support.lb import (
@@ -238,6 +238,7 @@ def test_maint_closes_sessions_as_haproxy_does(brokers, fastmqtt, on_marked_down
     check = f'type = "tcp", interval = "500ms", on_marked_down = "{on_marked_down}"'
     config = checked_recipe([node], port, stats_port, check, user="ops")
     lb = fastmqtt(config, port=port, env={"STATS_PW": "pw"})
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
     client = raw_connect(port, "fastmqtt-maint")
     admin = Stats(stats_port, "ops", "pw")
     assert admin.request("/api/servers/cluster/node1", {"state": "maint"})[0] == 200

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import free_port
+from fastmqtt.brokers import free_port, wait_for_port
 from fastmqtt.parse import inspect_connack
 from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import landed, lb_port, raw_connect, servers_toml, wait_until
@@ -155,6 +155,7 @@ def test_a_refused_reload_keeps_health_checks_and_opens_no_listener(brokers, fas
     port, stats_port, extra = lb_port(), free_port(), lb_port()
     config = checked_recipe([node1, node2], port, stats_port, CHECK)
     lb = fastmqtt(config, port=port)
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
     answer = lb.reload(config + _tls_frontend("extra", extra, certs, ["x" * 256]))
     assert "reload refused" in answer and "frontend.extra.tls.alpn[0]" in answer, answer
     with pytest.raises(ConnectionRefusedError):
@@ -173,6 +174,7 @@ def test_unusable_tls_of_a_kept_frontend_keeps_its_certificates_and_the_reload_a
     port, stats_port, tls_port = lb_port(), free_port(), lb_port()
     config = checked_recipe([node1, node2], port, stats_port, CHECK)
     lb = fastmqtt(config + _tls_frontend("secure", tls_port, certs, ["mqtt"]), port=port)
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
     assert _alpn(tls_port, certs, ["mqtt"]) == "mqtt"
     renamed = config.replace("[frontend.mqtt]", "[frontend.renamed]")
     answer = lb.reload(renamed + _tls_frontend("secure", tls_port, certs, ["mqtté"]))
@@ -193,6 +195,7 @@ def test_a_reload_keeps_a_dead_server_down_with_its_history(brokers, fastmqtt):
     check = 'type = "tcp", interval = "2s", timeout = "1s", rise = 2, fall = 1'
     config = checked_recipe([node1, node2], port, stats_port, check, backend="retries = 0\n")
     lb = fastmqtt(config, port=port)
+    wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
     stats = Stats(stats_port)
     node2.stop()
     assert wait_until(lambda: stats.state("node2") == "DOWN", timeout=6)

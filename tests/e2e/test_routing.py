@@ -247,7 +247,7 @@ def test_accepted_client_sockets_have_nodelay(brokers, fastmqtt, implementation)
     port = lb_port()
     env = {"FASTMQTT_NO_EXTENSIONS": "1" if implementation == "python" else "0"}
     lb = fastmqtt(recipe(nodes, port), port=port, env=env)
-    assert f"({implementation}) listening" in lb.logs()
+    assert wait_until(lambda: f"({implementation}) listening" in lb.logs())
     inspecting = socket.create_connection(("127.0.0.1", port), timeout=5)  # no CONNECT yet
     relayed = raw_connect(port, "nodelay")  # handed over to the relay
     try:
