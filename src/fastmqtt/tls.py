@@ -162,16 +162,22 @@ def check_material(config: Config) -> list[str]:
     problems: list[str] = []
     for fe in config.frontends:
         if fe.tls is not None:
-            try:
-                ServerTLS(fe.tls, f"frontend.{fe.name}.tls")  # exactly what serve loads
-            except TLSMaterialError as exc:
-                problems += exc.problems
+            problems += _server_problems(fe.tls, f"frontend.{fe.name}.tls")
     for be in config.backends.values():
         if be.tls is not None:
             problems += _backend_problems(be.tls, f"backend.{be.name}.tls")
     if config.stats is not None and config.stats.tls is not None:
-        problems += _frontend_problems(config.stats.tls, "stats.tls")
+        problems += _server_problems(config.stats.tls, "stats.tls")
     return problems
+
+
+def _server_problems(tls: FrontendTLSConfig, where: str) -> list[str]:
+    """Exactly what serve loads: ServerTLS built, its problems listed."""
+    try:
+        ServerTLS(tls, where)
+    except TLSMaterialError as exc:
+        return exc.problems
+    return []
 
 
 def _frontend_problems(tls: FrontendTLSConfig, where: str) -> Iterator[str]:
