@@ -8,21 +8,20 @@ the ratio directly. Setup is outside the timed call.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import pytest
+from tests.support.twins import Implementation
 
-from fastmqtt import _balance_py
 from fastmqtt.balance import make_balancer
 
 CLIENT_ID = b"factory-7/line-3/plc-000123-4f9a"  # a realistic 32-byte MQTT client id
 NAMES = [f"emqx-{i}".encode() for i in range(3)]
 
 
-@pytest.fixture(params=[importlib.import_module("fastmqtt._balance"), _balance_py], ids=["c", "py"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+@pytest.fixture
+def impl(implementation: Implementation) -> ModuleType:
+    return implementation.balance
 
 
 @pytest.mark.benchmark(group="hash64 (32-byte client id)")

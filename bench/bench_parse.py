@@ -9,9 +9,8 @@ reading the client id is timed separately since the proxy does that too.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import pytest
+from tests.support.twins import Implementation
 from tests.vectors import MINIMAL_311, V5_PROPS_WILL, connect_with_will_payload
 
 # Many calls per timed round: one ~100 ns call alone is below the timer's resolution.
@@ -25,17 +24,17 @@ PACKETS = {
 
 
 @pytest.mark.parametrize("group", list(PACKETS))
-def test_inspect_connect(benchmark, impl: ModuleType, group: str) -> None:
+def test_inspect_connect(benchmark, implementation: Implementation, group: str) -> None:
     benchmark.group = f"inspect_connect: {group}"
     data = PACKETS[group]
-    inspect = impl.inspect_connect
+    inspect = implementation.parse.inspect_connect
     assert benchmark(inspect, data).packet_length == len(data)
 
 
-def test_inspect_connect_and_client_id(benchmark, impl: ModuleType) -> None:
+def test_inspect_connect_and_client_id(benchmark, implementation: Implementation) -> None:
     benchmark.group = "inspect_connect + client_id: minimal 3.1.1"
     data = PACKETS["minimal 3.1.1 CONNECT (18 B)"]
-    inspect = impl.inspect_connect
+    inspect = implementation.parse.inspect_connect
 
     def route_key() -> str:
         return inspect(data).client_id
@@ -43,8 +42,8 @@ def test_inspect_connect_and_client_id(benchmark, impl: ModuleType) -> None:
     assert benchmark(route_key) == "test"
 
 
-def test_inspect_connect_incomplete(benchmark, impl: ModuleType) -> None:
+def test_inspect_connect_incomplete(benchmark, implementation: Implementation) -> None:
     benchmark.group = "inspect_connect: half a 5.0 CONNECT (None)"
     data = bytes.fromhex(V5_PROPS_WILL)[:80]
-    inspect = impl.inspect_connect
+    inspect = implementation.parse.inspect_connect
     assert benchmark(inspect, data) is None

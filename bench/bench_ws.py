@@ -8,27 +8,23 @@ reads one header per frame and unmasks every payload byte a client sends.
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 
 import pytest
+from tests.support.twins import Implementation
 
 from fastmqtt import packets
-from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.websocket import FrameDecoder, encode_frame
 
 pytestmark = pytest.mark.benchmark(min_time=0.0005, warmup=True)
 
-WS_IMPLS = [("py", importlib.import_module("fastmqtt._ws_py"))]
-if not NO_EXTENSIONS:
-    WS_IMPLS.insert(0, ("c", importlib.import_module("fastmqtt._ws")))
 MASK = b"\x37\xfa\x21\x3d"
 
 
-@pytest.fixture(params=[m for _, m in WS_IMPLS], ids=[name for name, _ in WS_IMPLS])
-def ws_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+@pytest.fixture
+def ws_impl(implementation: Implementation) -> ModuleType:
+    return implementation.ws
 
 
 @pytest.mark.parametrize("size", [20, 126, 70000], ids=["7-bit", "16-bit", "64-bit"])

@@ -9,10 +9,18 @@ from hypothesis import settings
 
 from fastmqtt.brokers import Mosquitto, start_brokers
 from tests.support.lb import FastMQTT
+from tests.support.twins import IMPLEMENTATIONS, Implementation
 
 # Wall-clock deadlines fail examples when the 2-core CI box is busy: judge results, not speed.
 settings.register_profile("fastmqtt", deadline=None)
 settings.load_profile("fastmqtt")
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> Implementation:
+    """Runs the test once per implementation of the hot paths ("c" and "py"; only "py" under
+    FASTMQTT_NO_EXTENSIONS=1): ``implementation.parse``, ``.balance``, ``.ws`` are modules."""
+    return Implementation(request.param)
 
 
 @pytest.fixture

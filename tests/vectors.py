@@ -8,12 +8,9 @@ Shared by tests/unit/test_parse.py and bench/bench_parse.py.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
-from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.packets import varint
 
 VALID = "valid"
@@ -33,14 +30,6 @@ class Vector:
     @property
     def data(self) -> bytes:
         return bytes.fromhex(self.hex)
-
-
-def parse_implementations() -> list[tuple[str, ModuleType]]:
-    """The inspectors under test: the twin always, the compiled module unless disabled."""
-    impls = [("py", importlib.import_module("fastmqtt._parse_py"))]
-    if not NO_EXTENSIONS:
-        impls.insert(0, ("c", importlib.import_module("fastmqtt._parse")))
-    return impls
 
 
 def mqtt_string(value: str | bytes) -> bytes:

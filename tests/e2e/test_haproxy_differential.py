@@ -33,11 +33,12 @@ from pathlib import Path
 
 import pytest
 
-from fastmqtt import _parse, _parse_py, parse
+from fastmqtt import parse
 from fastmqtt.brokers import free_port
 from fastmqtt.errors import MalformedPacket
 from tests.support.corpus import INCOMPLETE, LONG_CLIENT_ID, VALID, Vector, by_name, corpus
 from tests.support.haproxy import HAProxy
+from tests.support.twins import Implementation
 
 pytestmark = pytest.mark.e2e
 
@@ -300,12 +301,9 @@ def documented() -> dict[str, str]:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize(
-    "impl", [_parse.inspect_connect, _parse_py.inspect_connect], ids=["c", "py"]
-)
 @pytest.mark.parametrize("vector", corpus(), ids=lambda v: v.name)
-def test_inspector_gives_the_corpus_verdict(vector: Vector, impl: Inspector) -> None:
-    result = inspect_vector(vector, impl)
+def test_inspector_gives_the_corpus_verdict(vector: Vector, implementation: Implementation) -> None:
+    result = inspect_vector(vector, implementation.parse.inspect_connect)
     assert result.reason == vector.verdict
     if vector.verdict == VALID:
         assert result.client_id == vector.client_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -13,30 +12,18 @@ from types import ModuleType
 
 import pytest
 import xxhash
+from tests.support.twins import Implementation
 
-from fastmqtt import _accel, _balance_py, balance
+from fastmqtt import _accel, balance
 from fastmqtt.balance import Balancer, make_balancer
-
-
-def compiled() -> ModuleType | None:
-    """The C module; None only in a deliberately pure run (FASTMQTT_NO_EXTENSIONS=1)."""
-    try:
-        return importlib.import_module("fastmqtt._balance")
-    except ImportError:
-        if not _accel.NO_EXTENSIONS:
-            raise  # a broken build must not pass as pure
-        return None
-
 
 EQUAL3 = ["node1", "node2", "node3"]
 IDS = [f"device-{i:05d}".encode() for i in range(1500)]
 
 
-@pytest.fixture(params=[compiled(), _balance_py], ids=["c", "py"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param is None:
-        pytest.skip("FASTMQTT_NO_EXTENSIONS=1 and no compiled module")
-    return request.param
+@pytest.fixture
+def impl(implementation: Implementation) -> ModuleType:
+    return implementation.balance
 
 
 def picks(b: Balancer, n: int, eligible: Sequence[bool] | None = None) -> list[int | None]:

@@ -12,12 +12,12 @@ import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.test_balance import compiled
+from tests.support.twins import compiled, twin
 
-from fastmqtt import _balance_py as py
 from fastmqtt.balance import Consistent
 
-c = compiled()
+c = compiled("balance")
+py = twin("balance")
 pytestmark = pytest.mark.skipif(c is None, reason="FASTMQTT_NO_EXTENSIONS=1, no compiled module")
 
 PRIMES = [2, 3, 5, 7, 13, 31, 101, 257, 1009, 4099]

@@ -8,6 +8,7 @@ import sys
 from types import ModuleType
 
 import pytest
+from tests.support.twins import Implementation
 from tests.vectors import (
     CONNACK_VECTORS,
     CONNECT_VECTORS,
@@ -17,7 +18,6 @@ from tests.vectors import (
     VALID,
     Vector,
     connect_with_will_payload,
-    parse_implementations,
     varint,
 )
 
@@ -26,12 +26,10 @@ from fastmqtt import mqtt_spec as spec
 from fastmqtt import parse
 from fastmqtt.errors import MalformedPacket
 
-IMPLS = parse_implementations()
 
-
-@pytest.fixture(params=[m for _, m in IMPLS], ids=[name for name, _ in IMPLS])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+@pytest.fixture
+def impl(implementation: Implementation) -> ModuleType:
+    return implementation.parse
 
 
 def verdict(inspect, v: Vector) -> tuple[str, int]:

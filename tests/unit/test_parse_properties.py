@@ -14,18 +14,18 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.corpus import corpus
+from tests.support.twins import implementations
 from tests.vectors import (
     CONNACK_VECTORS,
     CONNECT_VECTORS,
     mqtt_string,
-    parse_implementations,
     varint,
 )
 
 from fastmqtt import mqtt_spec as spec
 from fastmqtt.errors import MalformedPacket
 
-IMPLS = [module for _, module in parse_implementations()]
+IMPLS = [implementation.parse for implementation in implementations()]
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONNECT_FIELDS = [
     "packet_length",

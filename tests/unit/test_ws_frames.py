@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.twins import Implementation, implementations
 
 from fastmqtt import ws_spec as spec
-from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.errors import MalformedPacket
 from fastmqtt.websocket import (
     BridgeCodec,
@@ -27,16 +26,13 @@ from fastmqtt.websocket import (
     parse_request,
 )
 
-IMPLS = [importlib.import_module("fastmqtt._ws_py")]
-if not NO_EXTENSIONS:
-    IMPLS.insert(0, importlib.import_module("fastmqtt._ws"))
-IDS = ["c", "py"][-len(IMPLS) :]
+IMPLS = [implementation.ws for implementation in implementations()]
 MASK = b"\x37\xfa\x21\x3d"
 
 
-@pytest.fixture(params=IMPLS, ids=IDS)
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+@pytest.fixture
+def impl(implementation: Implementation) -> ModuleType:
+    return implementation.ws
 
 
 def outcome(impl: ModuleType, data: bytes, pos: int = 0, masked: bool = True) -> object:
