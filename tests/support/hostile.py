@@ -161,25 +161,34 @@ def fd_count(pid: int) -> int:
 
 
 PIPE_POOL_FDS = 2 * 64  # the relay engine keeps up to 64 empty pipes for reuse (pipe_pool)
+# libuv opens /dev/null once per event loop, with the first stream it wraps (the event-loop
+# relay's first pair), and keeps it as its reserve for accepting past EMFILE: one, never more.
+LOOP_RESERVE_FDS = 1
 
 
 def fd_kinds(pid: int) -> Counter[str]:
-    """Open files of ``pid`` by kind: "socket", "pipe" or "other"."""
+    """Open files of ``pid`` by kind: "socket", "pipe", "reserve" (/dev/null past stdio) or
+    "other"."""
     kinds: Counter[str] = Counter()
     for target in fd_targets(pid):
-        kind = target.split("->", 1)[1].split(":", 1)[0]
-        kinds[kind if kind in ("socket", "pipe") else "other"] += 1
+        fd, path = target.split("->", 1)
+        kind = path.split(":", 1)[0]
+        if path == "/dev/null" and int(fd) > 2:
+            kind = "reserve"
+        kinds[kind if kind in ("socket", "pipe", "reserve") else "other"] += 1
     return kinds
 
 
 def fds_back_to(pid: int, baseline: Counter[str], timeout: float = 5.0) -> bool:
-    """Within ``timeout``: no socket or other file beyond ``baseline``, and pipes only
-    within the relay engine's bounded pool (an empty pipe is kept, not leaked)."""
+    """Within ``timeout``: no socket or other file beyond ``baseline``, pipes only within the
+    relay engine's bounded pool (an empty pipe is kept, not leaked), and at most the event
+    loop's one reserve."""
 
     def settled() -> bool:
         now = fd_kinds(pid)
         pipes_ok = now["pipe"] <= baseline["pipe"] + PIPE_POOL_FDS
-        return pipes_ok and all(now[k] <= baseline[k] for k in ("socket", "other"))
+        reserve_ok = now["reserve"] <= max(baseline["reserve"], LOOP_RESERVE_FDS)
+        return pipes_ok and reserve_ok and all(now[k] <= baseline[k] for k in ("socket", "other"))
 
     deadline = time.monotonic() + timeout
     while not settled():
