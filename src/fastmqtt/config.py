@@ -5,7 +5,7 @@ which collects every problem instead of stopping at the first: an operator fixin
 wants the whole list at once. A new section is one more key table plus a small builder.
 
 Messages name the file, the dotted key path (array items 0-based: ``server[2]``) and what
-was expected, e.g. ``lb.toml: backend.emqx.server[2].weight: expected an integer 1..256,
+was expected, e.g. ``lb.toml: backend.emqx.server[2].weight: expected an integer 0..256,
 got "high"``. Values under ``[defaults]`` fill frontends and backends that do not set them.
 """
 
@@ -58,6 +58,7 @@ FD_MARGIN = 100  # listeners, health checks, logs, pipes, the event loop itself
 MAX_CONNECTIONS = 10_000_000
 MAX_DURATION = 7 * 86400.0  # keeps millisecond timers of the C relay within 32 bits
 MQTT_MAX_PACKET = 256 * 1024 * 1024
+MAX_WEIGHT = 256  # as HAProxy: 0..256, and 0 takes no new connections (admin API alike)
 
 
 # --- the objects the rest of fastmqtt reads ---------------------------------------------------
@@ -375,14 +376,22 @@ def _choice(*options: str) -> Convert:
 
 
 def _seconds(value: object) -> float | None:
-    """Seconds from ``"250ms"``/``"10s"``/``"2m"``/``"1h"``/``"1d"`` or a number; else None."""
-    if _is_number(value):
-        seconds = float(value)  # type: ignore[arg-type]
+    """Seconds from ``"250ms"``/``"10s"``/``"2m"``/``"1h"``/``"1d"`` (or a bare 0); else None."""
+    if _is_number(value) and value == 0:
+        seconds = 0.0  # the one number that means the same in every unit
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
     else:
         return None
     return seconds if 0.0 <= seconds <= MAX_DURATION else None  # the test also drops NaN
+
+
+def _unit_hint(value: object) -> str:
+    """For a bare number: HAProxy users write milliseconds (``timeout connect 5000``)."""
+    if not _is_number(value) or not 0 < value < float("inf"):  # type: ignore[operator]
+        return ""
+    number = f"{value:g}" if isinstance(value, float) else str(value)
+    return f' (did you mean {number} ms, "{number}ms"? a bare number has no unit here)'
 
 
 def _duration(allow_zero: bool = False) -> Convert:
@@ -392,16 +401,16 @@ def _duration(allow_zero: bool = False) -> Convert:
     def convert(value: object) -> float:
         seconds = _seconds(value)
         if seconds is None or (seconds == 0.0 and not allow_zero):
-            raise _expected(what, value)
+            raise _expected(what, value, _unit_hint(value))
         return seconds
 
     return convert
 
 
-def parse_duration(text_or_number: object, key: str) -> float:
-    """Seconds from ``"10s"``, ``"250ms"``, ``"2m"``, ``"30m"``, ``"1h"``, ``"1d"`` or a number."""
+def parse_duration(text: object, key: str) -> float:
+    """Seconds from ``"10s"``, ``"250ms"``, ``"2m"``, ``"30m"``, ``"1h"``, ``"1d"`` (or 0)."""
     try:
-        return _duration(allow_zero=True)(text_or_number)  # type: ignore[return-value]
+        return _duration(allow_zero=True)(text)  # type: ignore[return-value]
     except _Bad as bad:
         raise ConfigError([f"{key}: {bad}"]) from None
 
@@ -886,7 +895,7 @@ STICK_KEYS = {
 SERVER_KEYS = {
     "name": _Key(_name, required=True),
     "address": _Key(_address, required=True),
-    "weight": _Key(_integer(1, 256)),
+    "weight": _Key(_integer(0, MAX_WEIGHT)),
     "backup": _Key(_boolean),
     "maxconn": _Key(_integer(0, MAX_CONNECTIONS)),
     "check": _Key(_server_check, nested=True),
@@ -1063,6 +1072,8 @@ def _build_backend(
         _warn_no_effect(values, _CONSISTENT_ONLY_KEYS, 'balance = "consistent"', path, report)
     if servers and all(server.backup for server in servers):
         report.warn(_join(path, "server"), "every server is a backup: there is no primary")
+    if servers and all(server.weight == 0 for server in servers):
+        report.warn(_join(path, "server"), "every server has weight 0: no new client gets in")
     return backend
 
 
@@ -1161,12 +1172,15 @@ def _format_bind(host: str, port: int) -> str:
 
 
 def _check_binds(config: Config, report: _Report) -> None:
+    """Two listeners on overlapping addresses: `serve` could not bind the second (with workers,
+    SO_REUSEPORT would even split one port's clients between two frontends)."""
     binds = _binds(config)
     for i, (path, host, port) in enumerate(binds):
         for other_path, other_host, other_port in binds[:i]:
             if port == other_port and _overlap(host, other_host):
                 other = f"{other_path} ({_format_bind(other_host, other_port)})"
-                report.warn(path, f"{_format_bind(host, port)} overlaps {other}")
+                text = f"{_format_bind(host, port)} overlaps {other}: only one can listen there"
+                report.error(path, text)
 
 
 def _mqtt_fields_needed(backend: BackendConfig) -> str | None:
@@ -1226,6 +1240,31 @@ def _check_open_files(config: Config, report: _Report) -> None:
         report.warn("global.maxconn", text)
 
 
+def stick_shared_across_workers(config: Config) -> bool:
+    """Whether every worker process reads and writes the same stick table. Not yet: each worker
+    keeps its own (the shared-memory table, issue 13, flips this)."""
+    return False
+
+
+def _check_workers_stick(config: Config, report: _Report) -> None:
+    """With several workers and per-worker tables, a reconnect can reach another worker, which
+    has never seen the client: stickiness holds only within one worker."""
+    workers = config.global_.workers
+    if workers == 1 or stick_shared_across_workers(config):
+        return
+    for backend in config.backends.values():
+        same_hash = backend.balance == "consistent" and backend.stick is not None
+        if same_hash and backend.hash_key == backend.stick.on:  # type: ignore[union-attr]
+            continue  # every worker hashes the key to the same server anyway
+        if backend.stick is not None:
+            text = (
+                f"each of the {workers} workers keeps its own stick table: a client that "
+                "reconnects to another worker may land on another server (balance = "
+                '"consistent" routes the same way in every worker)'
+            )
+            report.warn(f"backend.{backend.name}.stick", text)
+
+
 def _check_ws_backends(config: Config, report: _Report) -> None:
     """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one. The
     frontend answers it before rules read the CONNECT, so the mode comes from its own backend,
@@ -1271,6 +1310,7 @@ _CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (
     _check_tcp_frontends,
     _check_rule_backends,
     _check_open_files,
+    _check_workers_stick,
 )
 
 
@@ -1285,6 +1325,9 @@ def _parse_toml(text: str, report: _Report) -> dict | None:
         return None
 
 
+_HAPROXY_SECTION = re.compile(r"^\s*(global|defaults|(frontend|backend|listen)\s+\S+)\s*$", re.M)
+
+
 def _syntax_error(label: str, message: str, text: str) -> str:
     match = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message)
     if match:
@@ -1292,6 +1335,8 @@ def _syntax_error(label: str, message: str, text: str) -> str:
     else:  # "(at end of document)": point at the end, so editors can jump there
         message = message.removesuffix(" (at end of document)")
         line, column = text.count("\n") + 1, len(text.rsplit("\n", 1)[-1]) + 1
+    if label.endswith(".cfg") or _HAPROXY_SECTION.search(text):
+        message += f" (an HAProxy config? translate it: fastmqtt convert {label} > lb.toml)"
     return f"{label}:{line}:{column}: TOML syntax error: {message}"
 
 
@@ -1363,7 +1408,7 @@ def load_config_text(text: str, path: str = "<string>") -> Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="the TOML config file to validate")
+    parser.add_argument("paths", nargs="+", metavar="path", help="TOML config file(s) to validate")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="print errors only (no summary, no warnings)"
     )
@@ -1387,7 +1432,13 @@ def _summary(config: Config) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, errors, _ = validate(args.path)
+    """Each file is checked on its own; exit 1 if any has errors."""
+    results = [_check_file(path, args.quiet) for path in args.paths]
+    return max(results)
+
+
+def _check_file(path: str, quiet: bool) -> int:
+    config, errors, _ = validate(path)
     if config is not None:
         from fastmqtt.tls import check_material  # ssl is only needed once the schema passed
 
@@ -1397,7 +1448,7 @@ def run(args: argparse.Namespace) -> int:
         # Only errors: a warning computed around a value that failed could be noise.
         print("\n".join(errors), file=sys.stderr)
         return 1
-    if not args.quiet:
+    if not quiet:
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(_summary(config))

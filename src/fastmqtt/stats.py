@@ -40,7 +40,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from fastmqtt.config import StatsConfig
+from fastmqtt.config import MAX_WEIGHT, StatsConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.health import Admin
 from fastmqtt.listener import open_listener
@@ -59,7 +59,6 @@ MAX_HEAD = 16 * 1024  # request line + headers
 MAX_BODY = 4096  # admin requests are tiny JSON objects
 REQUEST_DEADLINE = 10.0  # seconds to read a request and write the answer
 RATE_TICK = 1.0  # seconds between session-rate samples
-MAX_WEIGHT = 256
 API = "/api/servers"
 RELOAD = "/api/reload"
 

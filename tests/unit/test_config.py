@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastmqtt import stats
 from fastmqtt.config import (
     BACKEND_KEYS,
     DEFAULTS_KEYS,
     FRONTEND_KEYS,
     GLOBAL_KEYS,
+    MAX_WEIGHT,
     BackendConfig,
     ClientTimeout,
     Config,
@@ -30,6 +32,7 @@ from fastmqtt.config import (
     validate,
 )
 from fastmqtt.errors import ConfigError
+from fastmqtt.listener import open_listener
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lb.toml"
 
@@ -72,7 +75,7 @@ tls = { cert = "server.pem", alpn = ["mqtt"] }
 balance = "consistent"
 hash_key = "username"
 hash_balance_factor = 1.25
-stick = { on = "client_id", size = 5000, expire = "1h" }
+stick = { on = "username", size = 5000, expire = "1h" }
 send_proxy = "v2"
 retries = 5
 redispatch = false
@@ -96,6 +99,8 @@ uri = "/haproxy"
 refresh = "5s"
 auth = { user = "admin", password_env = "PATH" }
 """
+
+SECOND_SERVER = '\n[[backend.emqx.server]]\nname = "emqx2"\naddress = "192.168.0.3:1883"\n'
 
 # The smallest valid config; tests add or change one thing in it.
 MINIMAL = """
@@ -166,7 +171,7 @@ def test_good_config_every_section() -> None:
         balance="consistent",
         hash_key="username",
         hash_balance_factor=1.25,
-        stick=StickConfig("client_id", 5000, 3600.0),
+        stick=StickConfig("username", 5000, 3600.0),
         send_proxy="v2",
         retries=5,
         redispatch=False,
@@ -291,9 +296,7 @@ def test_good_binds(bind: str, host: str, port: int) -> None:
         ("1d", 86400.0),
         ("1.5s", 1.5),
         (" 10 s ", 10.0),
-        (7, 7.0),
-        (0.5, 0.5),
-        (0, 0.0),
+        (0, 0.0),  # the same in every unit
     ],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
@@ -308,6 +311,19 @@ def test_parse_duration_rejects(value: object) -> None:
         parse_duration(value, "defaults.timeout_connect")
     (line,) = caught.value.errors
     assert line.startswith("defaults.timeout_connect: expected a duration like")
+    assert "did you mean" not in line
+
+
+@pytest.mark.parametrize(("value", "shown"), [(5000, "5000"), (7, "7"), (0.5, "0.5")])
+def test_bare_number_duration_suggests_milliseconds(value: object, shown: str) -> None:
+    """HAProxy users write `timeout connect 5000` (ms); a bare 5000 was taken as 83 minutes."""
+    with pytest.raises(ConfigError) as caught:
+        parse_duration(value, "defaults.timeout_connect")
+    assert caught.value.errors == [
+        'defaults.timeout_connect: expected a duration like "250ms", "10s", "30m" or "1h" '
+        f'(at most "7d"), got {shown} (did you mean {shown} ms, "{shown}ms"? a bare number has '
+        "no unit here)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -340,7 +356,7 @@ def test_exact_message_from_the_issue() -> None:
         """
     )
     assert errors_of(text) == [
-        'lb.toml: backend.emqx.server[2].weight: expected an integer 1..256, got "high"'
+        'lb.toml: backend.emqx.server[2].weight: expected an integer 0..256, got "high"'
     ]
 
 
@@ -352,11 +368,11 @@ def test_exact_message_from_the_issue() -> None:
             "",
             "backend.emqx.retries: expected an integer 0..100, got 1.5",
         ),
-        ("", "weight = 300", "backend.emqx.server[0].weight: expected an integer 1..256, got 300"),
+        ("", "weight = 300", "backend.emqx.server[0].weight: expected an integer 0..256, got 300"),
         (
             "",
             "weight = true",
-            "backend.emqx.server[0].weight: expected an integer 1..256, got true",
+            "backend.emqx.server[0].weight: expected an integer 0..256, got true",
         ),
         (
             "",
@@ -618,7 +634,7 @@ def test_toml_error_at_end_of_document_points_at_the_end() -> None:
 
 
 def test_every_error_is_collected() -> None:
-    text = minimal(backend='balance = "fast"', server="weight = 0").replace(
+    text = minimal(backend='balance = "fast"', server="weight = 257").replace(
         "maxconn = 1000", 'maxconn = -1\nlog_level = "loud"'
     )
     text += '\n[stats]\nbind = "nowhere"\nrefresh = "never"\n'
@@ -693,20 +709,66 @@ def test_mqtt_only_keys_on_a_tcp_frontend_warn() -> None:
         ("[::1]:1883", "0.0.0.0:1883", False),
     ],
 )
-def test_duplicate_binds_warn(first: str, second: str, overlap: bool) -> None:
+def test_overlapping_binds_are_errors(first: str, second: str, overlap: bool) -> None:
+    """`serve` cannot bind both (checked in test_overlapping_binds_cannot_both_listen)."""
     text = minimal().replace('"0.0.0.0:1883"', f'"{first}"')
     text += f'\n[frontend.other]\nbind = "{second}"\nbackend = "emqx"\n'
-    warnings = warnings_of(text)
-    assert bool(warnings) == overlap
-    if overlap:
-        assert warnings[0].startswith("lb.toml: frontend.other.bind: ")
-        assert "overlaps frontend.mqtt.bind" in warnings[0]
+    if not overlap:
+        assert warnings_of(text) == ()
+        return
+    (error,) = errors_of(text)
+    assert error.startswith("lb.toml: frontend.other.bind: ")
+    assert "overlaps frontend.mqtt.bind" in error and error.endswith(": only one can listen there")
 
 
-def test_stats_bind_clashing_with_a_frontend_warns() -> None:
+def test_overlapping_binds_cannot_both_listen() -> None:
+    """What the check above prevents: the second listener of each pair fails to bind."""
+    for first, second in [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("::", "::1")]:
+        with open_listener(first, 0, False, 8) as one:
+            port = one.getsockname()[1]
+            with pytest.raises(OSError, match="in use"):
+                open_listener(second, port, False, 8).close()
+
+
+def test_stats_bind_clashing_with_a_frontend_is_an_error() -> None:
     text = minimal(extra='[stats]\nbind = "0.0.0.0:1883"\n')
-    assert warnings_of(text) == (
-        "lb.toml: stats.bind: 0.0.0.0:1883 overlaps frontend.mqtt.bind (0.0.0.0:1883)",
+    assert errors_of(text) == [
+        "lb.toml: stats.bind: 0.0.0.0:1883 overlaps frontend.mqtt.bind (0.0.0.0:1883): only one "
+        "can listen there",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("workers", "backend", "warned"),
+    [
+        (2, 'stick = { on = "client_id" }', True),
+        (2, 'stick = { on = "source" }', True),
+        (1, 'stick = { on = "client_id" }', False),
+        (2, "", False),
+        (2, 'balance = "consistent"\nstick = { on = "client_id" }', False),  # same hash anywhere
+        (2, 'balance = "consistent"\nhash_key = "username"\nstick = { on = "client_id" }', True),
+    ],
+)
+def test_workers_with_per_worker_stick_tables_warn(
+    workers: int, backend: str, warned: bool
+) -> None:
+    text = minimal(backend=backend).replace("1000", f"1000\nworkers = {workers}", 1)
+    expected = (
+        f"lb.toml: backend.emqx.stick: each of the {workers} workers keeps its own stick table: "
+        "a client that reconnects to another worker may land on another server (balance = "
+        '"consistent" routes the same way in every worker)'
+    )
+    assert warnings_of(text) == ((expected,) if warned else ())
+
+
+def test_weight_zero_takes_no_new_clients_as_in_the_admin_api() -> None:
+    """One rule with POST /api/servers (HAProxy's too): 0..256, 0 = no new connections."""
+    config = load_config_text(minimal(server="weight = 0") + SECOND_SERVER)
+    assert [s.weight for s in config.backends["emqx"].servers] == [0, 1]
+    assert config.warnings == ()
+    assert stats.MAX_WEIGHT == MAX_WEIGHT == 256
+    assert warnings_of(minimal(server="weight = 0")) == (
+        "lb.toml: backend.emqx.server: every server has weight 0: no new client gets in",
     )
 
 
@@ -750,10 +812,10 @@ def test_load_config_from_a_file(tmp_path: Path) -> None:
 
 def test_validate_returns_errors_instead_of_raising(tmp_path: Path) -> None:
     path = tmp_path / "lb.toml"
-    path.write_text(minimal(server="weight = 0"))
+    path.write_text(minimal(server="weight = -1"))
     config, errors, warnings = validate(path)
     assert config is None
-    assert errors == [f"{path}: backend.emqx.server[0].weight: expected an integer 1..256, got 0"]
+    assert errors == [f"{path}: backend.emqx.server[0].weight: expected an integer 0..256, got -1"]
     assert warnings == []
 
 
@@ -769,7 +831,7 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
 
 def test_example_is_the_recipe() -> None:
     config = load_config(EXAMPLE)
-    assert config.global_.maxconn == 10240
+    assert config.global_.maxconn == 1900  # fits 4096 open files (test_example_passes_cleanly)
     d = config.defaults
     assert (d.timeout_connect, d.timeout_client, d.timeout_server) == (
         10.0,
