@@ -24,6 +24,7 @@ import socket
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -77,28 +78,47 @@ def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str]:
+    """JSON, and basic auth with --user; ValueError when the password variable is not set."""
     headers = {"Content-Type": "application/json"}
     if args.user:
-        password = os.environ.get(args.password_env, "")
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise ValueError(
+                f"--user {args.user}: the password variable {args.password_env} is not set "
+                "(export it, or name another with --password-env)"
+            )
         token = base64.b64encode(f"{args.user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     return headers
 
 
+def _base_url(url: str) -> str:
+    """The stats listener's URL; ValueError for anything but http(s)://HOST[:PORT]."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url {url}: expected http://HOST:PORT, the [stats] listener")
+    return url.rstrip("/")
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         method, path, body = request(args)
+        base = "http://localhost" if args.socket else _base_url(args.url)
+        req = urllib.request.Request(
+            base + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers=_headers(args),
+            method=method,
+        )
     except ValueError as exc:
         print(f"fastmqtt ctl: {exc}", file=sys.stderr)
         return 2
-    data = None if body is None else json.dumps(body).encode()
-    base = "http://localhost" if args.socket else args.url.rstrip("/")
-    req = urllib.request.Request(base + path, data=data, headers=_headers(args), method=method)
     try:
         with _open(args, req) as response:
             print(response.read().decode(), end="")
     except urllib.error.HTTPError as exc:
-        print(f"fastmqtt ctl: {exc.code} {exc.read().decode().strip()}", file=sys.stderr)
+        hint = " (the admin API wants --user)" if exc.code == 401 and not args.user else ""
+        print(f"fastmqtt ctl: {exc.code} {exc.read().decode().strip()}{hint}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as exc:
         where = args.socket or args.url

@@ -101,8 +101,10 @@ def test_admin_api_refuses_without_auth_and_rejects_bad_requests(cluster):
     path = "/api/servers/cluster/node1"
     assert Stats(stats_port).request(path, {"state": "drain"})[0] == 401
     assert Stats(stats_port, "ops", "guess").request(path, {"state": "drain"})[0] == 401
-    refused = ctl(stats_port, "maint", "cluster/node1", password=None)
+    refused = ctl(stats_port, "maint", "cluster/node1", password="")
     assert refused.returncode == 1 and "401" in refused.stderr
+    unset = ctl(stats_port, "maint", "cluster/node1", password=None)  # told before any request
+    assert unset.returncode == 2 and "CTL_PW is not set" in unset.stderr
     admin = Stats(stats_port, "ops", PASSWORD)
     assert admin.state("node1") == "UP"  # none of the above changed anything
 
