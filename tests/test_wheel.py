@@ -111,7 +111,16 @@ def test_installed_wheel_runs_compiled(venv, tmp_path):
 
 def test_installed_wheel_runs_the_demo(venv, tmp_path):
     port = free_port()
-    demo = [venv / "fastmqtt", "demo", "--port", port, "--duration", "1"]
+    demo = [
+        venv / "fastmqtt",
+        "demo",
+        "--port",
+        port,
+        "--stats-port",
+        free_port(),
+        "--duration",
+        "1",
+    ]
     out = _run(demo, tmp_path, timeout=60).stdout
     assert "4 clients" in out and out.count("3 clients") == 2
     assert f"127.0.0.1:{port}" in out

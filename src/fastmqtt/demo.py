@@ -19,7 +19,7 @@ from fastmqtt.server import Proxy
 PING_EVERY = 30.0
 
 
-def demo_config(port: int, brokers: list[Mosquitto]) -> str:
+def demo_config(port: int, brokers: list[Mosquitto], stats_port: int) -> str:
     servers = "".join(
         f'[[backend.cluster.server]]\nname = "{b.name}"\naddress = "{b.address}"\n\n'
         for b in brokers
@@ -35,12 +35,17 @@ def demo_config(port: int, brokers: list[Mosquitto]) -> str:
         'backend = "cluster"\n\n'
         "[backend.cluster]\n"
         'balance = "roundrobin"\n'
-        'stick = { on = "client_id", size = 100000, expire = "30m" }\n\n' + servers
+        'stick = { on = "client_id", size = 100000, expire = "30m" }\n\n'
+        + servers
+        + f'[stats]\nbind = "127.0.0.1:{stats_port}"\n'
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=1883, help="balancer port (default 1883)")
+    parser.add_argument(
+        "--stats-port", type=int, default=8888, help="stats page and /metrics (default 8888)"
+    )
     parser.add_argument("--clients", type=int, default=10, help="demo clients to connect")
     parser.add_argument("--brokers", type=int, default=3, help="local brokers to start")
     parser.add_argument(
@@ -68,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
             broker.stop()
 
 
-def _pick_port(wanted: int) -> int:
+def _pick_port(wanted: int, avoid: int = 0) -> int:
     """``wanted`` if it is free, else (or for 0) a port the kernel picks."""
-    if wanted == 0:
+    if wanted in (0, avoid):
         return free_port()
     with socket.socket() as s:
         try:
@@ -83,11 +88,12 @@ def _pick_port(wanted: int) -> int:
 async def _demo(args: argparse.Namespace, brokers: list[Mosquitto]) -> int:
     loop = asyncio.get_running_loop()
     port = _pick_port(args.port)
-    proxy = Proxy(load_config_text(demo_config(port, brokers), "<demo>"), loop)
+    stats_port = _pick_port(args.stats_port, avoid=port)
+    proxy = Proxy(load_config_text(demo_config(port, brokers, stats_port), "<demo>"), loop)
     proxy.start()
     clients = [await _connect_client(port, f"demo-{i + 1}") for i in range(args.clients)]
     await asyncio.sleep(0.3)  # brokers write their log lines
-    _print_landing(brokers, port)
+    _print_landing(brokers, port, stats_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -125,14 +131,17 @@ async def _keep_alive(clients: list[tuple[asyncio.StreamReader, asyncio.StreamWr
             await reader.read(2)
 
 
-def _print_landing(brokers: list[Mosquitto], port: int) -> None:
+def _print_landing(brokers: list[Mosquitto], port: int, stats_port: int) -> None:
     print(f"fastmqtt demo: {len(brokers)} Mosquitto brokers, round robin, sticky on client id\n")
     for broker in brokers:
         ids = broker.connected_client_ids()
         print(f"  {broker.name} ({broker.address}): {len(ids)} clients  {' '.join(ids)}")
     print(
         f"\nPoint MQTT clients at 127.0.0.1:{port}, e.g.\n"
-        f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'demo/#' -v\n"
+        f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'demo/#' -v"
+        "   (Debian: apt-get install mosquitto-clients)\n"
+        f"Stats page: http://127.0.0.1:{stats_port}/stats\n"
+        f"Prometheus: http://127.0.0.1:{stats_port}/metrics\n"
         "Ctrl+C stops the balancer and the brokers.",
         flush=True,
     )

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -133,20 +134,33 @@ def test_bind_conflict_is_a_clear_error(brokers, tmp_path):
     assert "frontend mqtt: cannot bind 127.0.0.1:" in result.stderr
 
 
-def test_demo_shows_ten_clients_over_three_brokers():
-    port = lb_port()
-    result = subprocess.run(
-        [sys.executable, "-m", "fastmqtt", "demo", "--port", str(port), "--duration", "1"],
-        capture_output=True,
+def test_demo_shows_ten_clients_over_three_brokers_and_its_stats():
+    port, stats_port = lb_port(), lb_port()
+    demo = [sys.executable, "-m", "fastmqtt", "demo", "--port", str(port)]
+    with subprocess.Popen(
+        [*demo, "--stats-port", str(stats_port), "--duration", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    counts = [
-        int(n) for n in re.findall(r"node\d \(127\.0\.0\.1:\d+\): (\d+) clients", result.stdout)
-    ]
+    ) as proc:
+        try:
+            lines = []
+            while not lines or not lines[-1].startswith("Ctrl+C"):  # bounded by --duration
+                lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+                assert lines[-1], proc.stderr.read()  # type: ignore[union-attr]
+            out = "".join(lines)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/metrics", timeout=10)
+            page = urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats", timeout=10)
+            assert b"fastmqtt_frontend_current_sessions" in metrics.read()
+            assert b"<html" in page.read().lower()
+        finally:
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    counts = [int(n) for n in re.findall(r"node\d \(127\.0\.0\.1:\d+\): (\d+) clients", out)]
     assert counts == [4, 3, 3]
-    assert f"127.0.0.1:{port}" in result.stdout
+    assert f"mosquitto_sub -h 127.0.0.1 -p {port} " in out and "mosquitto-clients" in out
+    assert f"Stats page: http://127.0.0.1:{stats_port}/stats\n" in out
+    assert f"Prometheus: http://127.0.0.1:{stats_port}/metrics\n" in out
 
 
 def test_json_connection_log_has_one_object_per_connection(brokers, fastmqtt):
