@@ -32,6 +32,7 @@ directory first and the checked-in corpus second, unless you mean to grow the co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -44,13 +45,16 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import atheris
+try:
+    import atheris
+except ImportError:  # the harness, --seed and --replay work without it (extra "fuzz")
+    atheris = None
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ASAN_BUILD = pathlib.Path(os.environ.get("FASTMQTT_ASAN_BUILD", "/tmp/fastmqtt-asan"))
 EXT_DIR_ENV = "FASTMQTT_FUZZ_EXT_DIR"  # set in the re-executed, sanitized child
 
-with atheris.instrument_imports(include=["fastmqtt"]):
+with atheris.instrument_imports(include=["fastmqtt"]) if atheris else contextlib.nullcontext():
     from fastmqtt import _parse_py, _ws_py, packets, proxy_protocol
     from fastmqtt.errors import MalformedPacket
 
@@ -276,6 +280,9 @@ def main() -> int:
     print(f"fuzzing {parse.__file__} and {ws.__file__}", file=sys.stderr)
     if args.replay:
         return replay_and_mutate(Harness(parse, ws), rest, args.mutations, args.random_seed)
+    if atheris is None:
+        print("fuzzing needs atheris: pip install -e '.[fuzz]'", file=sys.stderr)
+        return 2
     atheris.Setup([sys.argv[0], *rest], Harness(parse, ws))
     atheris.Fuzz()
     return 0

@@ -759,7 +759,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i", "--interval", type=float, default=10.0, help="ms between connection starts"
     )
-    parser.add_argument("-V", "--mqtt-version", type=int, choices=(3, 4, 5), default=4)
+    parser.add_argument(
+        "-V",
+        "--mqtt-version",
+        type=mqtt_version,
+        default=4,
+        metavar="{3.1,3.1.1,5}",
+        help="MQTT version, as mqttx writes it (default 3.1.1; 3, 4, 5 are protocol levels)",
+    )
     parser.add_argument("--prefix", default="bench", help="client id prefix")
     parser.add_argument("-k", "--keepalive", type=int, default=60)
     parser.add_argument("-P", "--processes", type=int, default=2)
@@ -775,7 +782,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
+# mqttx's -V values, and the protocol levels they stand for (3.1 = 3, 3.1.1 = 4, 5.0 = 5)
+MQTT_VERSIONS = {"3.1": 3, "3": 3, "3.1.1": 4, "4": 4, "5": 5, "5.0": 5}
+
+
+def mqtt_version(text: str) -> int:
+    """The protocol level for ``-V``: mqttx's ``3.1``, ``3.1.1``, ``5``, or a level 3..5."""
+    if text not in MQTT_VERSIONS:
+        raise argparse.ArgumentTypeError(f"expected 3.1, 3.1.1 or 5, got {text!r}")
+    return MQTT_VERSIONS[text]
+
+
+SHORT_HELP = False  # -h is the host, as in mqttx: --help is the only help flag
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--help", action="help", help="show this help and exit")
     modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
     conn = modes.add_parser(
         "conn", add_help=False, help="connect clients and hold them, or churn them"

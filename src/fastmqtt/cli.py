@@ -11,7 +11,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fastmqtt import IMPLEMENTATION, __version__
+
+class _Version(argparse.Action):
+    """``--version``: computed when asked for (it imports uvloop and ssl, and may ask git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show version and build, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from fastmqtt.build_info import version_text
+
+        print(version_text(), end="")
+        parser.exit()
+
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("fastmqtt.server", "run the load balancer from a TOML config"),
@@ -23,17 +35,34 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The top-level parser; ``full`` adds every command's own arguments (imports every command
+    module: for shell completion and the man page, not for running)."""
     parser = argparse.ArgumentParser(
         prog="fastmqtt", description="MQTT-aware load balancer for broker clusters."
     )
-    parser.add_argument(
-        "--version", action="version", version=f"fastmqtt {__version__} ({IMPLEMENTATION})"
-    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if full:
+            module = importlib.import_module(module_name)
+            command = sub.add_parser(name, help=help_text, **_command_options(name, module))
+            module.add_arguments(command)
+        else:
+            sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
+
+
+def _command_options(name: str, module: object) -> dict:
+    return {"description": COMMANDS[name][1], "add_help": getattr(module, "SHORT_HELP", True)}
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """One command's parser, and the module that runs it."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"fastmqtt {name}", **_command_options(name, module))
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser, module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +73,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-    name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"fastmqtt {name}", description=COMMANDS[name][1])
-    module.add_arguments(sub)
-    return int(module.run(sub.parse_args(argv[1:])) or 0)
+    sub, module = command_parser(argv[0])
+    return int(module.run(sub.parse_args(argv[1:])) or 0)  # type: ignore[attr-defined]
