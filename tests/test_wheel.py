@@ -19,6 +19,7 @@ import zipfile
 
 import pytest
 
+from fastmqtt import cli_docs
 from fastmqtt.brokers import free_port
 
 # 50-200 s measured here (2 cores shared with other builds): compiling is CPU-bound.
@@ -94,11 +95,16 @@ def test_wheel_ships_compiled_modules_and_stubs(dist):
         assert [n for n in names if n.startswith(f"fastmqtt/{stem}.cpython-") and n.endswith(".so")]
         assert f"fastmqtt/{stem}.pyi" in names
     assert "fastmqtt/py.typed" in names
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {n.rsplit("/", 1)[1]: archive.read(n).decode() for n in names if "/share/" in n}
+    assert shipped == cli_docs.generate()  # completion and man page match the parser
 
 
 def test_installed_wheel_runs_compiled(venv, tmp_path):
     """From a directory outside the tree, so nothing can come from the sources."""
-    assert "(cython)" in _run([venv / "fastmqtt", "--version"], tmp_path, timeout=30).stdout
+    version = _run([venv / "fastmqtt", "--version"], tmp_path, timeout=30).stdout
+    assert version.startswith("fastmqtt 0.") and "(cython): the MQTT-aware load balancer" in version
+    assert "build: compiled Cython modules (Cython 3." in version and "OpenSSL" in version
     where = _run(
         [venv / "python", "-c", "import fastmqtt._parse as m; print(m.__file__)"],
         tmp_path,

@@ -112,3 +112,25 @@ def test_client_frames_packets_cut_at_every_offset(version: int) -> None:
             assert got == (0, 0, 3), cut
 
     asyncio.run(every_cut())
+
+
+@pytest.mark.parametrize(("given", "level"), [("3.1", 3), ("3.1.1", 4), ("5", 5), ("4", 4)])
+def test_mqttx_style_versions(given: str, level: int) -> None:
+    from fastmqtt.cli import command_parser
+
+    parser, _ = command_parser("bench")
+    assert parser.parse_args(["conn", "-V", given]).mqtt_version == level
+
+
+def test_help_is_the_only_help_flag() -> None:
+    """-h is the host, as in mqttx: no usage line offers it as help."""
+    for argv in (["bench", "--help"], ["bench", "conn", "--help"], ["bench", "pub", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "fastmqtt", *argv], capture_output=True, text=True, timeout=30
+        ).stdout
+        assert "[--help]" in out and "[-h]" not in out and "-h, --help" not in out, argv
+    bad = subprocess.run(
+        [sys.executable, "-m", "fastmqtt", "bench", "conn", "-V", "3.2"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "expected 3.1, 3.1.1 or 5, got '3.2'" in bad.stderr
