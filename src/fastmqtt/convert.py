@@ -20,10 +20,9 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 # --- reading HAProxy's file: sections of word lists --------------------------------------------
@@ -33,13 +32,16 @@ OTHER_SECTIONS = (
     "resolvers", "peers", "userlist", "cache", "program", "http-errors", "ring", "mailers",
     "log-forward", "fcgi-app",
 )  # fmt: skip
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{?[A-Za-z0-9_.]")  # what HAProxy would take for a variable
+ENV_DIRECTIVES = ("setenv", "presetenv", "unsetenv", "resetenv")
+_ESCAPES = {"r": "\r", "n": "\n", "t": "\t"}
 
 
 @dataclass
 class Line:
     number: int
     words: list[str]
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # as this line saw it
 
     @property
     def text(self) -> str:
@@ -79,37 +81,155 @@ class Report:
         return [f"{self.label}:{n}: note: {text}" for n, text in sorted(self.noted)]
 
 
-def _words(text: str) -> list[str]:
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split = True
-    lexer.commenters = "#"
-    return list(lexer)
+class _Reader:
+    """One line into words, as HAProxy 2.6's parse_line() makes them: blanks separate words,
+    ``#`` starts a comment, ``\\`` escapes outside single quotes, and ``$NAME``, ``${NAME}``,
+    ``${NAME-default}`` and ``${NAME[*]}`` (one word per item) are expanded only inside double
+    quotes; elsewhere they stay literal (addresses expand them later, as str2sa_range does).
+    A word that ends up empty ends the line for HAProxy: the words after it are dropped too."""
+
+    def __init__(self, env: Mapping[str, str], number: int, label: str, section: str) -> None:
+        self.env, self.number, self.label, self.section = env, number, label, section
+        self.words: list[str] = []
+        self.word: list[str] | None = None
+        self.unset: list[str] = []
+
+    def _char(self, char: str) -> None:
+        if self.word is None:
+            self.word = []
+        self.word.append(char)
+
+    def _end_word(self) -> None:
+        if self.word is not None:
+            self.words.append("".join(self.word))
+            self.word = None
+
+    def read(self, text: str) -> list[str]:
+        i, quote = 0, ""
+        while i < len(text):
+            char = text[i]
+            if quote != "'" and char == "\\" and i + 1 < len(text):
+                i = self._escape(text, i + 1)
+                continue
+            if char in "\"'" and quote in ("", char):
+                quote = "" if quote else char
+                self._char("")  # "" is a word too (an empty one)
+            elif quote == '"' and char == "$" and (end := self._variable(text, i)) > i:
+                i = end
+                continue
+            elif not quote and char in " \t":
+                self._end_word()
+            elif not quote and char == "#":
+                break
+            else:
+                self._char(char)
+            i += 1
+        if quote:
+            raise ValueError(f"unmatched {quote}")
+        self._end_word()
+        return self.words
+
+    def _escape(self, text: str, i: int) -> int:
+        char = text[i]
+        if char == "x" and re.fullmatch(r"[0-9A-Fa-f]{2}", text[i + 1 : i + 3]):
+            self._char(chr(int(text[i + 1 : i + 3], 16)))
+            return i + 3
+        if char not in _ESCAPES and char not in " \\#$'\"":
+            self._char("\\")  # not an escape: both characters stay
+        self._char(_ESCAPES.get(char, char))
+        return i + 1
+
+    def _variable(self, text: str, i: int) -> int:
+        """Expands the variable at text[i] ("$"); returns where reading goes on (i: none)."""
+        match = re.compile(r"\$(?:\{(\.?\w+)(\[\*\])?(?:-([^}]*))?\}|(\.?\w+))").match(text, i)
+        if match is None:
+            return i
+        name, words, default = match[1] or match[4], match[2], match[3]
+        value = self._value(name)
+        if value is None:
+            value = default
+        if value is None:
+            self.unset.append(name)
+            value = ""
+        if not words:
+            for char in value:
+                self._char(char)
+            return match.end()
+        for n, item in enumerate(value.split()):  # ${NAME[*]}: one word per item
+            if n:
+                self._end_word()
+            for char in item:
+                self._char(char)
+        return match.end()
+
+    def _value(self, name: str) -> str | None:
+        pseudo = {".LINE": str(self.number), ".FILE": self.label, ".SECTION": self.section}
+        return pseudo.get(name) if name.startswith(".") else self.env.get(name)
 
 
-def _expand(word: str, number: int, report: Report) -> str:
-    """HAProxy substitutes ``${NAME}`` while parsing; an unset variable becomes empty."""
-    for unset in sorted({m[1] for m in _ENV.finditer(word) if m[1] not in os.environ}):
-        report.skip(Line(number, [f"${{{unset}}}"]), why="environment variable not set")
-    return _ENV.sub(lambda m: os.environ.get(m[1], ""), word)
+def env_expand(word: str, env: Mapping[str, str]) -> str:
+    """HAProxy's env_expand() for addresses: ``$NAME`` and ``${NAME}`` anywhere, quoted or not;
+    an unset name is empty."""
+    return re.sub(r"\$(?:\{(\w*)\}?|(\w*))", lambda m: env.get(m[1] or m[2] or "", ""), word)
 
 
-def read_sections(text: str, report: Report) -> list[Section]:
-    """The sections in file order; lines outside any section and unset variables are reported."""
+def apply_env_directive(words: list[str], env: dict[str, str]) -> str:
+    """setenv/presetenv/unsetenv/resetenv, as HAProxy applies them while reading ``global``;
+    returns the note for the line."""
+    directive, args = words[0], words[1:]
+    if directive in ("setenv", "presetenv"):
+        if len(args) != 2:
+            raise Unconvertible(f"{directive} NAME VALUE")
+        if directive == "setenv" or args[0] not in env:
+            env[args[0]] = args[1]
+    elif directive == "unsetenv":
+        for name in args:
+            env.pop(name, None)
+    else:  # resetenv: only the names given survive
+        for name in [name for name in env if name not in args]:
+            del env[name]
+    return (
+        f"{directive}: applied while converting, as HAProxy applies it while reading (lb.toml "
+        "holds the resulting values; run convert where HAProxy's environment is)"
+    )
+
+
+def read_sections(text: str, report: Report, env: Mapping[str, str] | None = None) -> list[Section]:
+    """The sections in file order; lines outside any section, unset variables and empty
+    arguments are reported. ``env`` (default os.environ) is changed only in a copy."""
+    current = dict(os.environ if env is None else env)
     sections: list[Section] = []
     for number, raw in enumerate(text.splitlines(), start=1):
+        kind = sections[-1].kind if sections else ""
+        reader = _Reader(current, number, report.label, kind)
         try:
-            words = _words(raw)
+            words = reader.read(raw)
         except ValueError as exc:  # unbalanced quotes
             report.skip(Line(number, [raw.strip()]), why=str(exc))
             continue
-        words = [expanded for word in words if (expanded := _expand(word, number, report))]
+        for name in dict.fromkeys(reader.unset):
+            report.skip(Line(number, [f"${{{name}}}"]), why="environment variable not set")
+        if "" in words:
+            empty = words.index("")
+            if empty:
+                after = len(words) - empty - 1
+                dropped = f" and the {after} after it" if after else ""
+                text_ = f"argument {empty} is empty: HAProxy ignores it{dropped}"
+                report.note(Line(number, words[:empty]), text_)
+            words = words[:empty]
         if not words:
             continue
-        line = Line(number, words)
+        line = Line(number, words, current)
         if words[0] in ("global", *PROXY_SECTIONS, *OTHER_SECTIONS):
             sections.append(Section(words[0], words[1] if len(words) > 1 else "", line))
         elif sections:
             sections[-1].lines.append(line)
+            if kind == "global" and words[0] in ENV_DIRECTIVES:
+                current = dict(current)  # earlier lines keep the environment they saw
+                try:
+                    report.note(line, apply_env_directive(words, current))
+                except Unconvertible as exc:
+                    report.skip(line, why=str(exc))
         else:
             report.skip(line, why="outside any section")
     return sections
@@ -386,7 +506,8 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
         raise Unconvertible("crt/ca-file/verify without ssl")
     if tls:
         keys["tls"] = tls
-    proxy.binds.extend((address(part, bind=True), keys) for part in _arg(line, 1).split(","))
+    where = env_expand(_arg(line, 1), line.env)  # addresses expand variables, quoted or not
+    proxy.binds.extend((address(part, bind=True), keys) for part in where.split(","))
 
 
 def _use_backend(conv: Converter, proxy: Proxy, line: Line) -> None:
@@ -464,7 +585,8 @@ def _stick(conv: Converter, proxy: Proxy, line: Line) -> None:
 
 def _server(conv: Converter, proxy: Proxy, line: Line) -> None:
     """``server NAME ADDRESS [options]``, after the ``default-server`` lines that apply."""
-    server = Server(line, {"name": name(_arg(line, 1)), "address": address(_arg(line, 2), False)})
+    where = address(env_expand(_arg(line, 2), line.env), False)
+    server = Server(line, {"name": name(_arg(line, 1)), "address": where})
     quiet = Report(conv.report.label)  # default-server problems are reported on their own line
     for default in proxy.default_servers:
         apply_server_options(server, default.words[1:], quiet)
@@ -583,10 +705,16 @@ class Converter:
             try:
                 handle(line)
             except Unconvertible as exc:
-                self.report.skip(line, why=str(exc))
+                why = str(exc)
+                if _ENV_REF.search(line.text):
+                    literal = 'HAProxy expands variables only inside double quotes ("${NAME}")'
+                    why = f"{why}; {literal}" if why else literal
+                self.report.skip(line, why=why)
 
     def global_line(self, line: Line) -> None:
         key = line.words[0]
+        if key in ENV_DIRECTIVES:
+            return  # applied (and noted) while reading
         if key == "maxconn":
             self.global_["maxconn"] = integer(_arg(line, 1))
         elif key == "nbthread":
@@ -663,7 +791,7 @@ class Converter:
         if key == "bind" and "bind" not in stats:
             if len(line.words) > 2:
                 self.report.skip(line, f"bind options {' '.join(line.words[2:])}")
-            stats["bind"] = address(_arg(line, 1), bind=True)
+            stats["bind"] = address(env_expand(_arg(line, 1), line.env), bind=True)
         elif key == "stats uri":
             stats["uri"] = _arg(line, 2)
         elif key == "stats refresh":

@@ -5,16 +5,20 @@ config loader to assert what it means."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import trustme
 from tests.support.haproxy import find_haproxy
 
 from fastmqtt import convert as cv
+from fastmqtt.brokers import free_port, stop_process
 from fastmqtt.config import Config, load_config_text
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -264,12 +268,110 @@ def test_bench_recipe(monkeypatch, tmp_path):
 
 def test_unset_variable_is_reported_but_not_in_comments(monkeypatch):
     monkeypatch.delenv("FASTMQTT_TEST_UNSET", raising=False)
-    text = "# ${FASTMQTT_TEST_UNSET} in a comment\nglobal\n    maxconn ${FASTMQTT_TEST_UNSET}\n"
+    text = '# ${FASTMQTT_TEST_UNSET} in a comment\nglobal\n    maxconn "${FASTMQTT_TEST_UNSET}"\n'
     _, report = cv.convert(text)
     assert report.unsupported == [
         "haproxy.cfg:3: unsupported: ${FASTMQTT_TEST_UNSET} (environment variable not set)",
         "haproxy.cfg:3: unsupported: maxconn (missing argument)",
     ]
+
+
+def test_unquoted_variable_is_literal_as_in_haproxy(monkeypatch):
+    """HAProxy 2.6 reads `maxconn ${N}` as maxconn 0 (atol of "${N}"): said, not converted."""
+    monkeypatch.setenv("N", "777")
+    toml, report = cv.convert("global\n    maxconn ${N}\n")
+    assert "maxconn" not in toml.split("# Not converted")[0]
+    assert report.unsupported == [
+        "haproxy.cfg:2: unsupported: maxconn ${N} (not a number: ${N}; HAProxy expands "
+        'variables only inside double quotes ("${NAME}"))'
+    ]
+
+
+# The environment as HAProxy reads it, line by line: `global` may change it for what follows.
+ENV_CFG = """global
+    presetenv KEEP from-preset
+    presetenv NEW preset-new
+    setenv SET1 "set one"
+    setenv OVER overwritten
+    unsetenv GONE
+{description}
+    stats socket {socket} mode 600
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1s
+    timeout server 1s
+frontend f
+    bind 127.0.0.1:${PORT}
+    default_backend b
+backend b
+    server s1 ${HOST}:1
+""".replace(
+    "{description}",
+    "    description \"q-${SET1}-${KEEP}-${NEW}-${OVER}-${GONE}-$SET1-'x'\" '${SET1}'"
+    ' u${SET1} "${DEF-dflt}" "${MULTI[*]}" "${KEEP-unused}" "\\${SET1}" "a\\"b" c#d',
+)
+ENV = {"KEEP": "orig", "OVER": "orig", "GONE": "bye", "MULTI": "a  b", "HOST": "127.0.0.9"}
+
+
+def _haproxy_view(text: str, env: dict[str, str], tmp_path: pathlib.Path) -> tuple[str, dict]:
+    """(the description HAProxy read, its environment after `global`), from a running HAProxy."""
+    cfg, sock = tmp_path / "env.cfg", tmp_path / "admin.sock"
+    cfg.write_text(text.replace("{socket}", str(sock)))
+    proc = subprocess.Popen(
+        [find_haproxy(), "-db", "-f", str(cfg)],
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+
+        def ask(command: str) -> str:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.sendall(command.encode() + b"\n")
+                return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+        info = dict(line.split(": ", 1) for line in ask("show info").splitlines() if ": " in line)
+        shown = dict(line.split("=", 1) for line in ask("show env").splitlines() if "=" in line)
+    finally:
+        stop_process(proc)
+    return info["description"], shown
+
+
+def test_environment_is_read_as_haproxy_reads_it(tmp_path):
+    port = str(free_port())
+    env = {**ENV, "PORT": port}
+    description, haproxy_env = _haproxy_view(ENV_CFG, env, tmp_path)
+    sections = cv.read_sections(ENV_CFG, cv.Report("haproxy.cfg"), env)
+    (global_,) = [s for s in sections if s.kind == "global"]
+    line = next(line for line in global_.lines if line.words[0] == "description")
+    ours = " ".join(line.words[1:])
+    if '"' in ours:  # `show info` writes such a value as a CSV field
+        ours = '"' + ours.replace('"', '""') + '"'
+    assert ours == description
+    assert {k: v for k, v in line.env.items() if k in haproxy_env} == {
+        k: v for k, v in haproxy_env.items() if k in (*ENV, "SET1", "NEW", "PORT")
+    }
+    assert "GONE" not in line.env and "GONE" not in haproxy_env
+    frontend = next(s for s in sections if s.kind == "frontend")
+    assert cv.env_expand(frontend.lines[0].words[1], frontend.lines[0].env) == f"127.0.0.1:{port}"
+
+
+def test_resetenv_keeps_only_the_names_given(tmp_path):
+    rest = ENV_CFG[ENV_CFG.index("    stats socket") :]
+    text = f'global\n    resetenv KEEP PORT\n    description "${{KEEP}}-${{GONE}}"\n{rest}'
+    env = {**ENV, "PORT": str(free_port())}
+    description, haproxy_env = _haproxy_view(text, env, tmp_path)
+    sections = cv.read_sections(text, cv.Report("haproxy.cfg"), env)
+    line = sections[0].lines[1]
+    assert (" ".join(line.words[1:]), description) == ("orig-", "orig-")
+    own = {name for name in haproxy_env if name.startswith("HAPROXY_")}  # set after reading
+    assert set(line.env) == {"KEEP", "PORT"} == set(haproxy_env) - own
 
 
 # --- every supported directive, and the report of what is not --------------------------------
@@ -317,7 +419,7 @@ def test_coverage_frontends(coverage, certs):
     assert list(frontends) == ["mqtt", "mqtt_2", "mqtt_tls", "mqtt_tls_2", "legacy"]
     # Two binds in one HAProxy frontend, and an address list: one lb.toml frontend per address.
     assert [(f.bind_host, f.bind_port) for f in frontends.values()] == [
-        ("0.0.0.0", 1883), ("::", 1883), ("127.0.0.1", 8883), ("127.0.0.2", 8883),
+        ("0.0.0.0", 1883), ("::1", 1883), ("127.0.0.1", 8883), ("127.0.0.2", 8883),
         ("127.0.0.1", 11883),
     ]  # fmt: skip
     mqtt, tls = frontends["mqtt"], frontends["mqtt_tls"]
