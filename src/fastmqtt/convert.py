@@ -315,6 +315,7 @@ class Server:
     checked: bool = False
     send_proxy: str | None = None
     check_send_proxy: bool = False
+    tlvs: tuple[str, ...] = ()  # lb.toml proxy_tlvs, from send-proxy-v2-ssl[-cn]
 
 
 def _weight(server: Server, word: str) -> None:
@@ -339,6 +340,25 @@ def _check_key(key: str, convert: Callable[[str], object]) -> Callable[[Server, 
     return lambda server, word: server.check.__setitem__(key, convert(word))
 
 
+def _add_tlvs(server: Server, *tlvs: str) -> None:
+    server.tlvs = tuple(sorted({*server.tlvs, *tlvs}))
+
+
+# proxy-v2-options: what fastmqtt's TLVs carry ("ssl" holds version, CN and cipher alike)
+PROXY_V2_OPTIONS = {
+    "ssl": "ssl", "cert-cn": "ssl", "ssl-cipher": "ssl", "cert-sig": "ssl", "cert-key": "ssl",
+    "authority": "authority",
+}  # fmt: skip
+
+
+def _proxy_v2_options(server: Server, word: str) -> None:
+    options = word.split(",")
+    unknown = [option for option in options if option not in PROXY_V2_OPTIONS]
+    if unknown:
+        raise Unconvertible(f"fastmqtt sends no {', '.join(unknown)} TLV")
+    _add_tlvs(server, *(PROXY_V2_OPTIONS[option] for option in options))
+
+
 SERVER_FLAGS: dict[str, Callable[[Server], None]] = {
     "check": lambda s: setattr(s, "checked", True),
     "no-check": lambda s: setattr(s, "checked", False),
@@ -348,6 +368,11 @@ SERVER_FLAGS: dict[str, Callable[[Server], None]] = {
     "send-proxy-v2": lambda s: setattr(s, "send_proxy", "v2"),
     "no-send-proxy": lambda s: setattr(s, "send_proxy", None),
     "no-send-proxy-v2": lambda s: setattr(s, "send_proxy", None),
+    # PP2_TYPE_SSL (with the client certificate's CN for -cn); both imply send-proxy-v2
+    "send-proxy-v2-ssl": lambda s: (setattr(s, "send_proxy", "v2"), _add_tlvs(s, "ssl")),
+    "send-proxy-v2-ssl-cn": lambda s: (setattr(s, "send_proxy", "v2"), _add_tlvs(s, "ssl")),
+    "no-send-proxy-v2-ssl": lambda s: setattr(s, "tlvs", ()),
+    "no-send-proxy-v2-ssl-cn": lambda s: setattr(s, "tlvs", ()),
     "check-send-proxy": lambda s: setattr(s, "check_send_proxy", True),
     "no-check-send-proxy": lambda s: setattr(s, "check_send_proxy", False),
 }
@@ -364,6 +389,7 @@ SERVER_ARGS: dict[str, Callable[[Server, str], None]] = {
     "error-limit": _check_key("error_limit", integer),
     "observe": _only("layer4", "observe", True),
     "on-marked-down": _only("shutdown-sessions", "on_marked_down", "shutdown-sessions"),
+    "proxy-v2-options": _proxy_v2_options,
 }
 # Options with one argument and no equivalent: reported together with their argument.
 SERVER_ARGS_UNSUPPORTED = frozenset(
@@ -372,7 +398,7 @@ SERVER_ARGS_UNSUPPORTED = frozenset(
         "check-alpn", "check-proto", "check-sni", "ciphers", "cookie", "crt", "id", "init-addr",
         "init-state", "log-proto", "max-reuse", "maxqueue", "minconn", "namespace", "on-error",
         "on-marked-up", "pool-low-conn", "pool-max-conn", "pool-purge-delay", "proto",
-        "proxy-v2-options", "redir", "resolve-net", "resolve-opts", "resolve-prefer", "resolvers",
+        "redir", "resolve-net", "resolve-opts", "resolve-prefer", "resolvers",
         "shard", "sni", "socks4", "source", "ssl-max-ver", "ssl-min-ver", "track", "usesrc",
         "verify", "verifyhost", "ws",
     }
@@ -403,7 +429,7 @@ DEFAULTS_KEYS = ("timeout_connect", "timeout_client", "timeout_server", "maxconn
 HAPROXY_CHECK = {"type": "tcp", "interval": "2s", "rise": 2, "fall": 3}  # `check` alone
 MQTT_STICK_KEYS = ("client_id", "username")  # stick keys read from the CONNECT
 BACKEND_ORDER = (
-    "balance", "stick", "send_proxy", "retries", "redispatch", "all_backups",
+    "balance", "stick", "send_proxy", "proxy_tlvs", "retries", "redispatch", "all_backups",
     "timeout_connect", "timeout_server", "check", "server",
 )  # fmt: skip
 
@@ -827,7 +853,10 @@ def backend_table(proxy: Proxy, report: Report) -> dict[str, object]:
     send_proxy = _common(proxy.servers, "send_proxy", report)
     if send_proxy:
         table["send_proxy"] = send_proxy
-    check = _checks(proxy)
+        tlvs = _common(proxy.servers, "tlvs", report)
+        if tlvs:
+            table["proxy_tlvs"] = list(tlvs)  # type: ignore[call-overload]
+    check = _checks(proxy, send_proxy is not None, report)
     if check:
         table["check"] = check
     table["server"] = [server.values for server in proxy.servers]
@@ -846,16 +875,30 @@ def _common(servers: list[Server], attribute: str, report: Report) -> object:
     return common
 
 
-def _checks(proxy: Proxy) -> dict[str, object] | None:
+def _checks(proxy: Proxy, traffic_proxy: bool, report: Report) -> dict[str, object] | None:
     """The backend's check from its first checked server; servers that differ get overrides
-    (``check = false`` for servers HAProxy does not check)."""
+    (``check = false`` for servers HAProxy does not check).
+
+    HAProxy's checks send a PROXY header with check-send-proxy, or when the server's traffic
+    does and the check goes to the same port (no ``port``). On that port the converted check
+    always does what the converted traffic does: a check with a header the clients do not send
+    would show a server UP that refuses every client (or DOWN the other way round)."""
     checked = [server for server in proxy.servers if server.checked]
     if not checked:
         return None
+    disagreed: list[Line] = []  # reported once per server line
 
     def full(server: Server) -> dict[str, object]:
-        send_proxy = server.check_send_proxy
-        return {**HAPROXY_CHECK, **proxy.check, **server.check, "send_proxy": send_proxy}
+        keys = {**HAPROXY_CHECK, **proxy.check, **server.check}
+        haproxy = server.check_send_proxy or (server.send_proxy is not None and "port" not in keys)
+        send_proxy = haproxy if "port" in keys else traffic_proxy
+        if send_proxy != haproxy and server.checked and server.line not in disagreed:
+            disagreed.append(server.line)
+            what = f"server {server.values['name']}: PROXY header on checks but not on traffic"
+            if not haproxy:
+                what = f"server {server.values['name']}: PROXY header on traffic but not on checks"
+            report.skip(server.line, what, "converted so that both agree (same port)")
+        return {**keys, "send_proxy": send_proxy}
 
     backend = full(checked[0])
     for server in proxy.servers:

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -581,3 +582,98 @@ def test_command_exit_codes_and_stderr(tmp_path):
     )
 
     assert _command(str(tmp_path / "missing.cfg")).returncode == 1
+
+
+# --- PROXY protocol on traffic and checks ----------------------------------------------------
+
+PP2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def _first_bytes_of_haproxy_checks(server_options: str) -> bytes:
+    """What HAProxy's health check sends first to a server line ending in ``server_options``
+    (a listener records it; the check connects every 100 ms)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(5)
+        port = listener.getsockname()[1]
+        options = server_options.replace("{port}", str(port))
+        config = (
+            "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
+            "    timeout server 1s\n    timeout check 1s\n"
+            f"listen l\n    bind 127.0.0.1:{free_port()}\n"
+            f"    server s 127.0.0.1:{port} check inter 100ms {options}\n"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = pathlib.Path(tmp) / "haproxy.cfg"
+            cfg.write_text(config)
+            proc = subprocess.Popen(
+                [find_haproxy(), "-db", "-f", str(cfg)], stderr=subprocess.DEVNULL
+            )
+            try:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(1)
+                    return conn.recv(16)
+            except (TimeoutError, ConnectionResetError):
+                return b""  # a plain TCP check sends nothing (and may reset before accept)
+            finally:
+                stop_process(proc)
+
+
+@pytest.mark.parametrize(
+    ("options", "haproxy_sends"),
+    [
+        ("send-proxy-v2", True),  # checks follow the traffic's PROXY setting...
+        ("send-proxy-v2-ssl-cn", True),
+        ("send-proxy-v2 port {port}", False),  # ...unless they go to a port of their own
+        ("send-proxy-v2 check-send-proxy port {port}", True),
+        ("", False),
+    ],
+)
+def test_checks_send_the_proxy_header_when_haproxy_does(options, haproxy_sends, tmp_path):
+    assert _first_bytes_of_haproxy_checks(options).startswith(PP2_SIGNATURE) == haproxy_sends
+    text = f"backend b\n    server s 127.0.0.1:1884 check {options.replace('{port}', '1885')}\n"
+    text = "frontend f\n    bind :1883\n    default_backend b\n" + text
+    config, report = convert_and_check(text, tmp_path)
+    assert report.skipped == []
+    assert config.backends["b"].check.send_proxy is haproxy_sends
+
+
+def test_send_proxy_v2_ssl_keeps_the_header_on_traffic_and_checks(tmp_path):
+    """The issue's case: -ssl-cn was dropped while check-send-proxy stayed, so the converted
+    config checked with a PROXY header and sent none to clients' brokers."""
+    text = (
+        "frontend f\n    bind :1883\n    default_backend b\nbackend b\n"
+        "    server s1 127.0.0.1:1884 check send-proxy-v2-ssl-cn check-send-proxy\n"
+        "    server s2 127.0.0.1:1885 check send-proxy-v2-ssl check-send-proxy\n"
+        "    server s3 127.0.0.1:1886 check send-proxy-v2 proxy-v2-options ssl,cert-cn,authority"
+        " check-send-proxy\n"
+    )
+    timeouts = "defaults\n    mode tcp\n" + "".join(
+        f"    timeout {kind} 5s\n" for kind in ("connect", "client", "server")
+    )
+    assert_haproxy_accepts(timeouts + text, tmp_path)
+    config, report = convert_and_check(text, tmp_path)
+    backend = config.backends["b"]
+    assert (backend.send_proxy, backend.proxy_tlvs, backend.check.send_proxy) == (
+        "v2",
+        ("ssl",),
+        True,
+    )
+    assert _skipped(report) == [
+        "server s3: tlvs (lb.toml sets it for the whole backend)"  # authority on s3 only
+    ]
+
+
+def test_checks_never_disagree_with_traffic_on_the_same_port(tmp_path):
+    text = (
+        "frontend f\n    bind :1883\n    default_backend b\nbackend b\n"
+        "    server s1 127.0.0.1:1884 check check-send-proxy\n"
+    )
+    config, report = convert_and_check(text, tmp_path)
+    assert (config.backends["b"].send_proxy, config.backends["b"].check.send_proxy) == (None, False)
+    assert _skipped(report) == [
+        "server s1: PROXY header on checks but not on traffic (converted so that both agree "
+        "(same port))"
+    ]
