@@ -320,8 +320,8 @@ class Server:
 
 def _weight(server: Server, word: str) -> None:
     weight = integer(word)
-    if not 1 <= weight <= 256:
-        raise Unconvertible("fastmqtt weights are 1..256")
+    if not 0 <= weight <= 256:  # 0: no new connections, in both
+        raise Unconvertible("fastmqtt weights are 0..256")
     server.values["weight"] = weight
 
 
@@ -530,6 +530,8 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
         raise Unconvertible("ssl without crt")
     if "ssl" not in words and tls:
         raise Unconvertible("crt/ca-file/verify without ssl")
+    if tls and conv.min_version:
+        tls.setdefault("min_version", conv.min_version)
     if tls:
         keys["tls"] = tls
     where = env_expand(_arg(line, 1), line.env)  # addresses expand variables, quoted or not
@@ -658,6 +660,13 @@ def _accepted(conv: Converter, proxy: Proxy, line: Line) -> None:
     """Already fastmqtt's behaviour: nothing to write."""
 
 
+def _note_dontlognull(conv: Converter, proxy: Proxy, line: Line) -> None:
+    text = (
+        "fastmqtt logs every connection, the empty ones with why they ended (client-closed-early)"
+    )
+    conv.report.note(line, f"option dontlognull: nothing to translate; {text}")
+
+
 def _hash_type(conv: Converter, proxy: Proxy, line: Line) -> None:
     conv.report.note(line, "fastmqtt's source balancing is always a consistent hash")
 
@@ -692,6 +701,7 @@ DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
         ("http-check expect", _http_check, {B, D}),
         ("option tcp-check", _accepted, {B, D}),  # without tcp-check rules: a connect check
         ("option tcplog", _accepted, {F, B, D}),  # fastmqtt logs one line per connection
+        ("option dontlognull", _note_dontlognull, {F, D}),
         ("mode", _mode, {F, B, D}),
         ("log", _log, {F, B, D}),
     ]
@@ -714,6 +724,7 @@ class Converter:
     proxies: list[Proxy] = field(default_factory=list)
     stats: dict[str, object] | None = None
     bases: dict[str, str] = field(default_factory=dict)  # crt-base / ca-base
+    min_version: str | None = None  # ssl-default-bind-options ssl-min-ver TLSv1.3
 
     def run(self, sections: list[Section]) -> None:
         for section in sections:
@@ -745,16 +756,41 @@ class Converter:
             self.global_["maxconn"] = integer(_arg(line, 1))
         elif key == "nbthread":
             self.global_["workers"] = integer(_arg(line, 1))
-            self.report.note(line, "nbthread -> workers: processes sharing the listeners")
+            text = (
+                "nbthread -> workers: processes sharing the listeners, each with its own stick "
+                "table for now (`fastmqtt check` warns where that matters)"
+            )
+            self.report.note(line, text)
         elif key in ("crt-base", "ca-base"):
             self.bases[key] = _arg(line, 1)
+        elif key == "log" and _arg(line, 1) in ("stdout", "stderr", "/dev/log"):
+            text = "fastmqtt logs each connection to stdout (the journal under systemd)"
+            self.report.note(line, f"log {line.words[1]}: {text}")
         elif key == "log":
             raise Unconvertible("fastmqtt logs to stdout; under systemd that is the journal")
+        elif key == "ssl-default-bind-options":
+            self.default_bind_options(line)
         elif key in GLOBAL_BY_SERVICE_MANAGER:
             text = f"{key}: the service manager does this for fastmqtt (contrib/fastmqtt.service)"
             self.report.note(line, text)
         else:
             raise Unconvertible("")
+
+    def default_bind_options(self, line: Line) -> None:
+        """What fastmqtt does anyway (TLS 1.2 and later) is a note; TLS 1.3 only is applied to
+        every TLS frontend; the rest is reported."""
+        words, i = line.words[1:], 0
+        while i < len(words):
+            option = words[i]
+            value = words[i + 1] if option == "ssl-min-ver" and i + 1 < len(words) else ""
+            shown = f"{option} {value}".strip()
+            if value == "TLSv1.3":
+                self.min_version = value
+            elif value == "TLSv1.2" or option in BIND_FLAGS[1:]:
+                self.report.note(line, f"{shown}: fastmqtt's default (TLS 1.2 and later)")
+            else:
+                self.report.skip(line, f"ssl-default-bind-options {shown}")
+            i += 2 if value else 1
 
     def proxy_section(self, section: Section) -> None:
         proxy = Proxy(section)
@@ -787,7 +823,9 @@ class Converter:
             tls["verify"] = value
         elif option == "alpn":
             tls["alpn"] = value.split(",")
-        elif option == "ssl-min-ver" and value in ("TLSv1.2", "TLSv1.3"):
+        elif option == "ssl-min-ver" and value == "TLSv1.2":
+            self.report.note(line, "ssl-min-ver TLSv1.2: fastmqtt's default")
+        elif option == "ssl-min-ver" and value == "TLSv1.3":
             tls["min_version"] = value
         elif option == "ciphers":
             tls["ciphers"] = value
@@ -1035,7 +1073,9 @@ def convert(text: str, label: str = "haproxy.cfg") -> tuple[str, Report]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="the HAProxy config, e.g. /etc/haproxy/haproxy.cfg")
+    parser.add_argument(
+        "path", help="the HAProxy config, e.g. /etc/haproxy/haproxy.cfg; - reads standard input"
+    )
     parser.add_argument("-o", "--output", help="write lb.toml here instead of stdout")
     parser.epilog = (
         "Exit status: 0 everything converted, 2 some directives were left out (listed on "
@@ -1044,13 +1084,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    label = "<stdin>" if args.path == "-" else args.path
     try:
-        with open(args.path, encoding="utf-8") as f:
-            text = f.read()
+        if args.path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.path, encoding="utf-8") as f:
+                text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"{args.path}: cannot read: {exc}", file=sys.stderr)
+        print(f"{label}: cannot read: {exc}", file=sys.stderr)
         return 1
-    toml, report = convert(text, args.path)
+    toml, report = convert(text, label)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(toml)

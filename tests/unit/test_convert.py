@@ -391,19 +391,17 @@ def test_coverage_reports_exactly_what_it_left_out(coverage):
     _, report = coverage
     assert report.unsupported == [
         "haproxy.cfg:10: unsupported: stats socket /run/haproxy-coverage.sock mode 660",
-        "haproxy.cfg:11: unsupported: log stdout format raw local0"
-        " (fastmqtt logs to stdout; under systemd that is the journal)",
-        "haproxy.cfg:24: unsupported: option dontlognull",
         "haproxy.cfg:39: unsupported: option clitcpka",
         "haproxy.cfg:40: unsupported: use_backend cluster if { src 10.0.0.0/8 }"
         " (conditional routing: one backend per frontend)",
         "haproxy.cfg:52: unsupported: server option id 7",
-        "haproxy.cfg:68: unsupported: server option weight 0 (fastmqtt weights are 1..256)",
         "haproxy.cfg:69: unsupported: server h: send-proxy (lb.toml sets it for the whole backend)",
         "haproxy.cfg:79: unsupported: stats admin if TRUE",
         "haproxy.cfg:81: unsupported: resolvers dns (the whole section)",
     ]
-    assert [n for n, _ in report.noted] == [6, 7, 28, 45, 46, 77, 78]
+    # nbthread, user, log stdout, dontlognull (need no translation), accept-proxy, hash-type,
+    # len, the stats password, the prometheus exporter
+    assert [n for n, _ in report.noted] == [6, 7, 11, 24, 28, 45, 46, 77, 78]
 
 
 def test_coverage_global_and_defaults(coverage):
@@ -476,7 +474,7 @@ def test_coverage_listen_and_stats(coverage):
     config, _ = coverage
     legacy = config.backends["legacy"]
     assert legacy.balance == "random"
-    assert [(s.name, s.weight) for s in legacy.servers] == [("g", 1), ("h", 1)]
+    assert [(s.name, s.weight) for s in legacy.servers] == [("g", 0), ("h", 1)]  # 0 as HAProxy
     stats = config.stats
     assert (stats.bind_host, stats.bind_port, stats.uri, stats.refresh) == (
         "127.0.0.1",
@@ -677,3 +675,33 @@ def test_checks_never_disagree_with_traffic_on_the_same_port(tmp_path):
         "server s1: PROXY header on checks but not on traffic (converted so that both agree "
         "(same port))"
     ]
+
+
+def test_directives_that_need_no_translation_are_notes(tmp_path):
+    text = (
+        "global\n    log stdout format raw local0\n"
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tlsv11 no-tls-tickets\n"
+        "defaults\n    mode tcp\n    option dontlognull\n"
+        "frontend f\n    bind :1883\n    default_backend b\nbackend b\n    server s 10.0.0.1:1883\n"
+    )
+    _, report = convert_and_check(text, tmp_path)
+    assert [text.split(":")[0] for _, text in report.noted] == [
+        "log stdout", "ssl-min-ver TLSv1.2", "no-tlsv11", "option dontlognull",
+    ]  # fmt: skip
+    assert _skipped(report) == ["ssl-default-bind-options no-tls-tickets"]
+
+
+def test_stdin_is_read_with_a_dash(tmp_path):
+    text = (
+        "frontend f\n    bind :1883\n    default_backend b\nbackend b\n    server s 10.0.0.1:1883\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "fastmqtt", "convert", "-"],
+        input=text + "    option httplog\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert '[frontend.f]\nbind = "0.0.0.0:1883"' in done.stdout
+    assert done.stderr == "<stdin>:6: unsupported: option httplog\n"
