@@ -1153,7 +1153,7 @@ def _binds(config: Config) -> list[tuple[str, str, int]]:
     return binds
 
 
-def _overlap(a: str, b: str) -> bool:
+def addresses_overlap(a: str, b: str) -> bool:
     """Same address, or a wildcard covering the other: 0.0.0.0 covers IPv4, and [::] covers
     both families (listeners are dual-stack, as Linux makes them by default: bindv6only=0)."""
     if a == b:
@@ -1177,7 +1177,7 @@ def _check_binds(config: Config, report: _Report) -> None:
     binds = _binds(config)
     for i, (path, host, port) in enumerate(binds):
         for other_path, other_host, other_port in binds[:i]:
-            if port == other_port and _overlap(host, other_host):
+            if port == other_port and addresses_overlap(host, other_host):
                 other = f"{other_path} ({_format_bind(other_host, other_port)})"
                 text = f"{_format_bind(host, port)} overlaps {other}: only one can listen there"
                 report.error(path, text)

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from fastmqtt.config import addresses_overlap
+
 # --- reading HAProxy's file: sections of word lists --------------------------------------------
 
 PROXY_SECTIONS = ("defaults", "frontend", "backend", "listen")
@@ -960,10 +962,37 @@ def frontend_tables(proxy: Proxy, backends: dict, report: Report) -> dict[str, d
         return {}
     protocol = _protocol(proxy, backends[backend], report)  # may drop front keys first
     tables = {}
-    for i, (bind, keys) in enumerate(proxy.binds):
+    for i, (bind, keys) in enumerate(_uncovered(proxy.binds, header, report)):
         table = {"bind": bind, **protocol, **proxy.front, "backend": backend, **keys}
         tables[proxy.name if i == 0 else f"{proxy.name}_{i + 1}"] = table
     return tables
+
+
+def _split(bind: str) -> tuple[str, str]:
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), port
+
+
+def _uncovered(binds: list[tuple[str, dict]], header: Line, report: Report) -> list:
+    """HAProxy may bind ``:1883`` next to ``:::1883`` (SO_REUSEPORT; [::] is dual-stack) or an
+    address twice: fastmqtt could not bind both and needs only the widest, when both lines set
+    the same keys (otherwise both stay, and `fastmqtt check` says why they cannot)."""
+    widest_first = sorted(
+        binds, key=lambda item: -{"::": 2, "0.0.0.0": 1}.get(_split(item[0])[0], 0)
+    )
+    kept: list[tuple[str, dict]] = []
+    for bind, keys in widest_first:
+        host, port = _split(bind)
+        wider = [
+            other for other, other_keys in kept
+            if other_keys == keys and _split(other)[1] == port
+            and addresses_overlap(_split(other)[0], host)
+        ]  # fmt: skip
+        if wider:
+            report.note(header, f"bind {bind}: already covered by {wider[0]}")
+        else:
+            kept.append((bind, keys))
+    return [item for item in binds if item in kept]
 
 
 def _protocol(proxy: Proxy, backend: dict, report: Report) -> dict[str, object]:

@@ -705,3 +705,21 @@ def test_stdin_is_read_with_a_dash(tmp_path):
     assert done.returncode == 2
     assert '[frontend.f]\nbind = "0.0.0.0:1883"' in done.stdout
     assert done.stderr == "<stdin>:6: unsupported: option httplog\n"
+
+
+def test_binds_haproxy_shares_become_the_widest_one(tmp_path):
+    """HAProxy binds :1883 and :::1883 side by side (SO_REUSEPORT, [::] is dual-stack); fastmqtt
+    could not bind both (a `check` error): the dual-stack one covers the others."""
+    text = (
+        "frontend f\n    bind :1883\n    bind :::1883\n    bind 127.0.0.1:1883\n"
+        "    bind 127.0.0.1:8883\n    default_backend b\nbackend b\n    server s 10.0.0.1:1883\n"
+    )
+    config, report = convert_and_check(text, tmp_path)
+    assert [(f.bind_host, f.bind_port) for f in config.frontends] == [
+        ("::", 1883),
+        ("127.0.0.1", 8883),
+    ]
+    assert [text for _, text in report.noted] == [
+        "bind 0.0.0.0:1883: already covered by [::]:1883",
+        "bind 127.0.0.1:1883: already covered by [::]:1883",
+    ]
