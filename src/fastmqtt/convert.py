@@ -450,6 +450,7 @@ class Proxy:
     backend: str | None = None
     validates_mqtt: bool = False
     mqtt_acls: set[str] = field(default_factory=set)  # ACL names that test mqtt_is_valid
+    mode: tuple[str, Line] | None = None  # `mode` and where it was set (here or in defaults)
 
     @property
     def name(self) -> str:
@@ -462,6 +463,7 @@ class Proxy:
         self.back = {k: v for k, v in defaults.back.items() if k not in DEFAULTS_KEYS}
         self.check = dict(defaults.check)
         self.default_servers = list(defaults.default_servers)
+        self.mode = defaults.mode
 
 
 Handler = Callable[["Converter", Proxy, Line], None]
@@ -534,6 +536,8 @@ def _bind(conv: Converter, proxy: Proxy, line: Line) -> None:
         raise Unconvertible("crt/ca-file/verify without ssl")
     if tls and conv.min_version:
         tls.setdefault("min_version", conv.min_version)
+    if tls and conv.ciphers:
+        tls.setdefault("ciphers", conv.ciphers)
     if tls:
         keys["tls"] = tls
     where = env_expand(_arg(line, 1), line.env)  # addresses expand variables, quoted or not
@@ -649,8 +653,14 @@ def _http_check(conv: Converter, proxy: Proxy, line: Line) -> None:
 
 
 def _mode(conv: Converter, proxy: Proxy, line: Line) -> None:
-    if _arg(line, 1) != "tcp":
-        raise Unconvertible("fastmqtt proxies TCP (mode tcp)")
+    """Judged per proxy: defaults' `mode http` is fine when every proxy sets `mode tcp`."""
+    proxy.mode = (_arg(line, 1), line)
+
+
+def _http_only(conv: Converter, proxy: Proxy, line: Line) -> None:
+    """HTTP-mode settings: HAProxy ignores them in a tcp proxy (httplog falls back to tcplog)."""
+    where = "tcp proxies" if proxy.section.kind == "defaults" else "a tcp proxy"
+    conv.report.note(line, f"{_key(line.words)}: HTTP only, nothing to do in {where}")
 
 
 def _log(conv: Converter, proxy: Proxy, line: Line) -> None:
@@ -660,6 +670,15 @@ def _log(conv: Converter, proxy: Proxy, line: Line) -> None:
 
 def _accepted(conv: Converter, proxy: Proxy, line: Line) -> None:
     """Already fastmqtt's behaviour: nothing to write."""
+
+
+def _tls13_default(suites: str) -> bool:
+    """Whether ``suites`` are exactly the TLS 1.3 suites OpenSSL offers by default (the set;
+    Python's ssl cannot choose TLS 1.3 suites, so no other list can be honoured)."""
+    import ssl
+
+    offered = {c["name"] for c in ssl.create_default_context().get_ciphers()}
+    return set(suites.split(":")) == {name for name in offered if name.startswith("TLS_")}
 
 
 def _note_dontlognull(conv: Converter, proxy: Proxy, line: Line) -> None:
@@ -704,6 +723,8 @@ DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
         ("option tcp-check", _accepted, {B, D}),  # without tcp-check rules: a connect check
         ("option tcplog", _accepted, {F, B, D}),  # fastmqtt logs one line per connection
         ("option dontlognull", _note_dontlognull, {F, D}),
+        ("option httplog", _http_only, {F, D}),
+        ("errorfile", _http_only, {F, B, D}),
         ("mode", _mode, {F, B, D}),
         ("log", _log, {F, B, D}),
     ]
@@ -727,6 +748,7 @@ class Converter:
     stats: dict[str, object] | None = None
     bases: dict[str, str] = field(default_factory=dict)  # crt-base / ca-base
     min_version: str | None = None  # ssl-default-bind-options ssl-min-ver TLSv1.3
+    ciphers: str | None = None  # ssl-default-bind-ciphers
 
     def run(self, sections: list[Section]) -> None:
         for section in sections:
@@ -772,6 +794,12 @@ class Converter:
             raise Unconvertible("fastmqtt logs to stdout; under systemd that is the journal")
         elif key == "ssl-default-bind-options":
             self.default_bind_options(line)
+        elif key == "ssl-default-bind-ciphers":
+            self.ciphers = _arg(line, 1)  # for TLS binds without their own `ciphers`
+        elif key == "ssl-default-bind-ciphersuites" and _tls13_default(_arg(line, 1)):
+            self.report.note(line, f"{key}: OpenSSL's default TLS 1.3 suites, which fastmqtt uses")
+        elif key == "stats" and _arg(line, 1) == "timeout":
+            self.report.note(line, "stats timeout: for the stats socket (see fastmqtt ctl)")
         elif key in GLOBAL_BY_SERVICE_MANAGER:
             text = f"{key}: the service manager does this for fastmqtt (contrib/fastmqtt.service)"
             self.report.note(line, text)
@@ -805,8 +833,13 @@ class Converter:
             proxy.inherit(self.defaults)
         kinds = {"listen": {F, B}}.get(section.kind, {section.kind})
         self.each_line(section, lambda line: self.directive(proxy, line, kinds))
-        if section.kind != "defaults":
-            self.proxies.append(proxy)
+        if section.kind == "defaults":
+            return
+        if proxy.mode is not None and proxy.mode[0] != "tcp":
+            mode, line = proxy.mode
+            inherited = "" if line.number > section.header.number else " (from defaults)"
+            self.report.skip(section.header, f"mode {mode}{inherited}", "fastmqtt proxies TCP")
+        self.proxies.append(proxy)
 
     def directive(self, proxy: Proxy, line: Line, kinds: set[str]) -> None:
         handler, allowed = DIRECTIVES.get(_key(line.words), (None, frozenset()))

@@ -25,8 +25,11 @@ from fastmqtt.config import Config, load_config_text
 ROOT = pathlib.Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data" / "haproxy"
 EMQX = sorted(path.name for path in DATA.glob("emqx_*.cfg") if path.name != "emqx_lb_listen.cfg")
-# Where the guides keep their certificates -> the test's own files.
-CERT_PATHS = {"/etc/haproxy/certs/": "{}/", "/etc/ssl/emqx/emq.pem": "{}/server.pem"}
+# Where the guides (and Debian's crt-base) keep their certificates -> the test's own files.
+CERT_PATHS = {
+    "/etc/haproxy/certs/": "{}/", "/etc/ssl/emqx/emq.pem": "{}/server.pem",
+    "crt-base /etc/ssl/private": "crt-base {}", "emqx.pem": "server.pem",
+}  # fmt: skip
 SYSLOG = "log 127.0.0.1 local3 info (fastmqtt logs to stdout; under systemd that is the journal)"
 
 
@@ -722,4 +725,44 @@ def test_binds_haproxy_shares_become_the_widest_one(tmp_path):
     assert [text for _, text in report.noted] == [
         "bind 0.0.0.0:1883: already covered by [::]:1883",
         "bind 127.0.0.1:1883: already covered by [::]:1883",
+    ]
+
+
+def test_debian_stock_config_with_the_recipe_appended(certs, tmp_path):
+    """Debian's shipped haproxy.cfg (syslog, chroot, Mozilla TLS defaults, `mode http` and
+    errorfiles in defaults) plus the recipe in `mode tcp`: what needs no translation is noted,
+    and only three things are left out."""
+    text = _read("debian_stock_emqx.cfg", certs)
+    assert_haproxy_accepts(text, tmp_path)
+    config, report = convert_and_check(text, tmp_path)
+    assert _skipped(report) == [
+        "stats socket /run/haproxy/admin.sock mode 660 level admin",
+        "ssl-default-bind-options no-tls-tickets",
+    ]
+    noted = [text.split(":")[0] for _, text in report.noted]
+    assert noted == [
+        "log /dev/log", "log /dev/log", "chroot", "stats timeout", "user", "group", "daemon",
+        "ssl-default-bind-ciphersuites", "ssl-min-ver TLSv1.2", "option httplog",
+        "option dontlognull", *["errorfile"] * 7, "len 32",
+    ]  # fmt: skip
+    mqtt, tls = config.frontends
+    assert (mqtt.protocol, mqtt.reject_invalid, tls.bind_port) == ("mqtt", True, 8883)
+    assert tls.tls.ciphers.startswith("ECDHE-ECDSA-AES128-GCM-SHA256:")  # the global default
+    backend = config.backend_for(mqtt)
+    assert (backend.send_proxy, backend.proxy_tlvs, backend.check.send_proxy) == (
+        "v2", ("ssl",), True,
+    )  # fmt: skip
+    assert config.defaults.timeout_connect == 5.0  # `timeout connect 5000`: milliseconds
+
+
+def test_mode_http_from_defaults_is_reported_where_it_applies():
+    text = (
+        "defaults\n    mode http\n"
+        "frontend web\n    bind :80\n    default_backend b\n"
+        "frontend mqtt\n    mode tcp\n    bind :1883\n    default_backend b\n"
+        "backend b\n    mode tcp\n    server s 10.0.0.1:1883\n"
+    )
+    _, report = cv.convert(text)
+    assert report.unsupported == [
+        "haproxy.cfg:3: unsupported: mode http (from defaults) (fastmqtt proxies TCP)"
     ]
