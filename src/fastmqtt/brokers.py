@@ -6,6 +6,7 @@ Every broker is a child process we started; it is stopped by its PID only.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,9 +33,35 @@ def find_mosquitto() -> str:
     )
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+LISTEN_PORTS = 12000  # how many ports below the ephemeral range free_port draws from
+
+
+def _listen_ports() -> range | None:
+    """Ports below the kernel's ephemeral range (where it takes the local port of every
+    outgoing connection): a port found free there cannot be taken by some test's client
+    before the broker or balancer binds it. None when there is no such room."""
+    try:
+        with open(EPHEMERAL_RANGE) as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(low - LISTEN_PORTS, low) if low - LISTEN_PORTS >= 10000 else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the kernel picks it)."""
+    """A port that was free a moment ago: a random one below the ephemeral range (many test
+    processes run at once: see _listen_ports), else one the kernel picks."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = _listen_ports()
+    for _ in range(100 if ports else 0):
+        port = random.choice(ports)  # type: ignore[arg-type]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
