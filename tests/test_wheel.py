@@ -1,16 +1,18 @@
-"""The package as a user gets it: an sdist and a wheel built from a clean copy of the tree
-(`python -m build`), the wheel installed in a fresh venv and run from outside the tree.
+"""The package as a user gets it: an sdist built from a clean copy of the tree and a wheel built
+from that sdist (`python -m build`), the wheel installed in a fresh venv and run from outside
+the tree, and the suite's quick subset run from the unpacked sdist against the wheel's modules.
 
-This proves MANIFEST.in carries everything the build needs, that the compiled modules ship in
-the wheel and are the ones imported, and that the installed command works (the demo against
-real Mosquitto brokers). It needs PyPI for uvloop, the only runtime dependency. The manylinux
-step (auditwheel repair) and the cibuildwheel matrix are described in the README.
+This proves MANIFEST.in carries everything the build and the tests need, that the compiled
+modules ship in the wheel and are the ones imported, and that the installed command works (the
+demo against real Mosquitto brokers). It needs PyPI for uvloop, the only runtime dependency.
+The manylinux step (auditwheel repair) and the cibuildwheel matrix are described in the README.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import pytest
 
 from fastmqtt import cli_docs
 from fastmqtt.brokers import free_port
+from tests.test_sdist import quick_subset
 
 # 50-200 s measured here (2 cores shared with other builds): compiling is CPU-bound.
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(600)]
@@ -53,12 +56,13 @@ def _run(
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> pathlib.Path:
-    """sdist and wheel, from a copy (the build writes egg-info and C files into its tree)."""
+    """The sdist of a copy (the build writes egg-info into its tree), and the wheel built from
+    that sdist (what `python -m build` does without --sdist/--wheel)."""
     tmp = tmp_path_factory.mktemp("build")
     shutil.copytree(ROOT, tmp / "tree", ignore=NOT_SOURCES)
     # Compile the extensions two at a time (setuptools reads this extra config from the env).
     (tmp / "parallel.cfg").write_text("[build_ext]\nparallel = 2\n")
-    build = [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel"]
+    build = [sys.executable, "-m", "build", "--no-isolation"]
     parallel = {"DIST_EXTRA_CONFIG": str(tmp / "parallel.cfg")}
     _run([*build, "--outdir", tmp / "dist", tmp / "tree"], tmp, timeout=480, extra=parallel)
     return tmp / "dist"
@@ -130,3 +134,16 @@ def test_installed_wheel_runs_the_demo(venv, tmp_path):
     out = _run(demo, tmp_path, timeout=60).stdout
     assert "4 clients" in out and out.count("3 clients") == 2
     assert f"127.0.0.1:{port}" in out
+
+
+def test_quick_subset_passes_from_the_sdist_against_its_wheel(dist, tmp_path):
+    """The tests cibuildwheel runs in each wheel, taken from the sdist, on the wheel's modules."""
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp_path / "sdist", filter="data")
+    (tree,) = (tmp_path / "sdist").iterdir()
+    (wheel,) = dist.glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *quick_subset()]
+    out = _run(command, tree, timeout=480, extra={"PYTHONPATH": str(tmp_path / "site")}).stdout
+    assert re.search(r"\d+ passed", out) and "failed" not in out, out[-2000:]
