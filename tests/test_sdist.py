@@ -52,7 +52,7 @@ def unpacked(tmp_path_factory) -> pathlib.Path:
 
 
 def test_sdist_carries_what_the_tests_use(unpacked):
-    used = ["LICENSE", "tools/fuzz_parse.py", "bench/haproxy.cfg", "bench/e2e/run.py"]
+    used = ["LICENSE", "tools/fuzz_parse.py", "tools/test", "bench/haproxy.cfg", "bench/e2e/run.py"]
     used += ["tests/data/haproxy/coverage.cfg", "tests/support/twins.py", *quick_subset()]
     for path in used:
         assert (unpacked / path).is_file(), path
