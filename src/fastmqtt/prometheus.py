@@ -283,8 +283,8 @@ def _server_metrics(out: _Exposition, rows: list) -> None:
     out.family(
         f"{p}_check_duration_seconds",
         "gauge",
-        "Duration of the last health check",
-        [(lb, r["check_duration"] / 1000) for lb, r in rows if "check_duration" in r],
+        "Duration of the last health check (0 until the first one ends)",
+        [(lb, r.get("check_duration", 0) / 1000) for lb, r in rows if "check_type" in r],
     )
     out.family(
         f"{p}_connack_total",
