@@ -48,8 +48,12 @@ def test_process_metrics_are_what_prometheus_client_reads_for_the_process(broker
     stats = Stats(stats_port)
     before = stats.get("/metrics")
     held = [raw_connect(port, f"held-{i}") for i in range(HELD)]
-    during = stats.get("/metrics")
-    reference = oracle(lb.proc.pid)
+    try:
+        during = stats.get("/metrics")
+        reference = oracle(lb.proc.pid)
+    finally:  # a failure below must not leave sockets for the garbage collector to warn about
+        for sock in held:
+            sock.close()
 
     for name in ("process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes"):
         assert value(during, name) == pytest.approx(reference[name], rel=0.05), name
@@ -59,13 +63,12 @@ def test_process_metrics_are_what_prometheus_client_reads_for_the_process(broker
     assert 10 << 20 < rss < 500 << 20
     cpu = value(during, "process_cpu_seconds_total")
     assert 0 < value(before, "process_cpu_seconds_total") <= cpu
-    assert cpu <= reference["process_cpu_seconds_total"]
+    # the same clock ticks: (utime + stime) / hz here, utime / hz + stime / hz there (floats)
+    assert cpu <= reference["process_cpu_seconds_total"] + 1e-9
     # Each held client costs a client socket and a broker socket in fastmqtt.
     grown = value(during, "process_open_fds") - value(before, "process_open_fds")
     assert 2 * HELD <= grown <= 2 * HELD + 10, grown
     assert abs(value(during, "process_open_fds") - reference["process_open_fds"]) <= 10
-    for sock in held:
-        sock.close()
 
 
 def test_connections_by_path_and_connack_latency(brokers, fastmqtt):
