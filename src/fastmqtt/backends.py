@@ -8,7 +8,8 @@ import enum
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from fastmqtt.balance import Balancer, make_balancer
 from fastmqtt.config import BackendConfig, ServerConfig, StickConfig
@@ -28,71 +29,125 @@ class NoServerAvailable(Exception):
     """Every server that could take the client is down, full, or failed to connect."""
 
 
-def resolve(host: str, port: int) -> tuple[int, tuple]:
-    """(address family, sockaddr) of the first TCP address for host:port."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"no address for {host}:{port}")
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
+class Endpoint(NamedTuple):
+    """Where new connections to a server go: an address, and the name it was found under."""
+
+    family: int
+    sockaddr: tuple
+    hostname: str  # the server's host, or the SRV target that gave this address
 
 
-def resolve_servers(config: BackendConfig) -> list[tuple[int, tuple]]:
-    """Every server's address, resolved before anything changes (OSError if one fails)."""
-    return [resolve(sc.host, sc.port) for sc in config.servers]
+def endpoint(ip: str, port: int, hostname: str) -> Endpoint:
+    """The endpoint of an IP address: numeric only, never a lookup (socket.gaierror if
+    ``ip`` is not an IP)."""
+    info = socket.getaddrinfo(ip, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    family, _, _, _, sockaddr = info[0]
+    return Endpoint(family, sockaddr, hostname)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def first_endpoint(config: ServerConfig) -> Endpoint | None:
+    """What a server can use before any lookup: its IP, or its init_addr (discovery.py
+    resolves names, without blocking, and places what it finds)."""
+    for ip in (config.host, config.init_addr):
+        if ip is not None:
+            try:
+                return endpoint(ip, config.port, config.host)
+            except socket.gaierror:
+                continue
+    return None
+
+
+def _lookup(config: ServerConfig) -> tuple:
+    """What decides the address of a server given by name: a reload that keeps it keeps the
+    address found."""
+    return config.host, config.port, config.resolvers, config.resolve_prefer, config.template
 
 
 class Server:
-    """One broker node of a backend."""
+    """One broker node of a backend (or one slot of a server template)."""
 
-    def __init__(self, config: ServerConfig, index: int, address: tuple[int, tuple]) -> None:
+    def __init__(self, config: ServerConfig, index: int) -> None:
         self.state = ServerState.UP
         self.counters = ServerCounters()
-        self.reconfigure(config, index, address)
-
-    def reconfigure(self, config: ServerConfig, index: int, address: tuple[int, tuple]) -> None:
-        """Take a (re)loaded config and its resolved address; state and counters stay."""
-        self.family, self.sockaddr = address
+        self.resolution: str | None = None  # why a server given by name has no address
         self.config = config
+        self._aim(first_endpoint(config))
+        self.reconfigure(config, index)
+
+    def reconfigure(self, config: ServerConfig, index: int) -> None:
+        """Take a (re)loaded config; state, counters and an address found for the same name
+        stay."""
+        if _lookup(config) != _lookup(self.config):
+            self._aim(first_endpoint(config))
+        self.config = config
+        self.named = config.template is not None or not is_ip(config.host)  # looked up
         self.name = config.name
         self.index = index
         self.backup = config.backup
         self.maxconn = config.maxconn
         self.weight = config.weight
 
+    def place(self, found: Endpoint | None) -> bool:
+        """Send new connections to ``found`` (None: nowhere); True if that is a change.
+        Established connections keep their sockets."""
+        if found == self.endpoint:
+            return False
+        self._aim(found)
+        return True
+
+    def _aim(self, found: Endpoint | None) -> None:
+        self.endpoint = found
+        self.family = found.family if found is not None else socket.AF_INET
+        self.sockaddr: tuple | None = found.sockaddr if found is not None else None
+
+    @property
+    def hostname(self) -> str:
+        """The name TLS expects of this server: its host, or the SRV target it came from."""
+        return self.endpoint.hostname if self.endpoint is not None else self.config.host
+
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.config.port}"
 
     def accepts_new(self) -> bool:
-        return self.state is ServerState.UP and (
-            self.maxconn == 0 or self.counters.current < self.maxconn
+        return (
+            self.state is ServerState.UP
+            and self.sockaddr is not None
+            and (self.maxconn == 0 or self.counters.current < self.maxconn)
         )
 
 
 class Backend:
     """A pool of servers behind one balancing policy and an optional stick table."""
 
-    def __init__(
-        self, config: BackendConfig, addresses: list[tuple[int, tuple]] | None = None
-    ) -> None:
+    def __init__(self, config: BackendConfig) -> None:
         self.servers: list[Server] = []
         self.by_name: dict[str, Server] = {}
         self.stick: StickTable | None = None
         self.counters = BackendCounters()
-        self.reconfigure(config, resolve_servers(config) if addresses is None else addresses)
+        self._listeners: dict[Callable[[Backend, Sequence[Server]], None], None] = {}
+        self.reconfigure(config)
 
-    def reconfigure(self, config: BackendConfig, addresses: list[tuple[int, tuple]]) -> None:
-        """Apply a (re)loaded config whose server ``addresses`` are resolved already: servers
-        that keep their name keep their state, counters and stick-table entries; removed
-        servers' entries are forgotten. Established connections are not touched."""
+    def reconfigure(self, config: BackendConfig) -> None:
+        """Apply a (re)loaded config without a lookup: servers that keep their name keep their
+        state, counters, stick-table entries and, if they look the same name up the same way,
+        the address found for it; removed servers' entries are forgotten. Established
+        connections are not touched."""
         servers = []
-        for i, (sc, address) in enumerate(zip(config.servers, addresses, strict=True)):
+        for i, sc in enumerate(config.servers):
             server = self.by_name.get(sc.name)
             if server is None:
-                server = Server(sc, i, address)
+                server = Server(sc, i)
             else:
-                server.reconfigure(sc, i, address)
+                server.reconfigure(sc, i)
             servers.append(server)
         self.balancer: Balancer = make_balancer(
             config.balance,
@@ -108,6 +163,18 @@ class Backend:
         self.name = config.name
         self.servers = servers
         self.by_name = {s.name: s for s in servers}
+
+    # -- servers found by name (discovery.py) -------------------------------------------
+
+    def subscribe(self, listener: Callable[[Backend, Sequence[Server]], None]) -> None:
+        """Call ``listener(backend, servers)`` whenever servers got a new address or lost it
+        while running (health checks, the C engine's copy of the servers)."""
+        self._listeners[listener] = None
+
+    def servers_changed(self, servers: Sequence[Server]) -> None:
+        """``servers`` were placed elsewhere (Server.place): tell every subscriber."""
+        for listener in self._listeners:
+            listener(self, servers)
 
     # -- choosing a server ------------------------------------------------------------
 

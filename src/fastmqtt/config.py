@@ -48,6 +48,9 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 WS_BACKENDS = ("bridge", "passthrough")
 WS_SUBPROTOCOLS = ("mqtt", "mqttv3.1", "mqttv5")
 PROXY_TLVS = ("ssl", "authority", "client_id")
+RECORD_TYPES = ("any", "a", "aaaa", "srv")  # what a server template expands
+FAMILIES = ("ipv4", "ipv6")
+MAX_TEMPLATE_SERVERS = 1024
 PP2_TYPE_MIN_CUSTOM, PP2_TYPE_MAX_CUSTOM = 0xE0, 0xEF  # proxy-protocol.txt 2.2.8
 DEFAULT_PROTOCOL = "mqtt"
 
@@ -185,6 +188,10 @@ class ServerConfig:
     backup: bool = False
     maxconn: int = 0  # 0 = unlimited
     check: bool | Mapping[str, object] | None = None  # on/off, or keys overriding the backend's
+    resolvers: str | None = None  # a [resolvers.NAME] for a host given by name; None: the libc's
+    resolve_prefer: str | None = None  # "ipv4" / "ipv6" when a name has both
+    init_addr: str | None = None  # an IP used until the name first resolves
+    template: str | None = None  # the server_template prefix this slot comes from
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +227,71 @@ class StickConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTemplateConfig:
+    """``[[backend.NAME.server_template]]``: ``count`` servers named ``prefix`` + number, one
+    per address (A/AAAA) or SRV record of ``host`` (discovery.py keeps each in its slot)."""
+
+    prefix: str
+    count: int
+    host: str
+    port: int  # 0: from the SRV records
+    type: str = "any"
+    first: int = 1  # the number of the first server: prefix1, prefix2, ...
+    resolvers: str | None = None
+    weight: int = 1  # the keys below apply to every server of the template
+    backup: bool = False
+    maxconn: int = 0
+    check: bool | Mapping[str, object] | None = None
+
+    def servers(self) -> tuple[ServerConfig, ...]:
+        """Its servers, each in its slot; which address a slot holds changes while running."""
+        return tuple(
+            ServerConfig(
+                name=f"{self.prefix}{number}",
+                host=self.host,
+                port=self.port,
+                weight=self.weight,
+                backup=self.backup,
+                maxconn=self.maxconn,
+                check=self.check,
+                resolvers=self.resolvers,
+                template=self.prefix,
+            )
+            for number in range(self.first, self.first + self.count)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolversConfig:
+    """``[resolvers.NAME]``: how names are resolved while running (discovery.py). Without
+    nameservers (and without parse_resolv_conf) names go to the libc (getaddrinfo)."""
+
+    name: str
+    nameservers: tuple[tuple[str, int], ...] = ()
+    parse_resolv_conf: bool = False
+    interval: float = 10.0  # between two resolutions of a name while its answers are valid
+    follow_ttl: bool = False  # the answer's TTL instead of interval, within ttl_min..ttl_max
+    ttl_min: float = 1.0
+    ttl_max: float = 300.0
+    timeout: float = 1.0  # one query
+    attempts: int = 3  # queries before a resolution fails
+    retry: float = 1.0  # after a failed resolution, the next one
+    hold_nx: float = 30.0  # a failed name keeps its last addresses this long after the last
+    hold_refused: float = 30.0  # valid answer, by failure (as HAProxy's hold nx/refused/...)
+    hold_timeout: float = 30.0
+    hold_other: float = 30.0
+    hold_obsolete: float = 0.0  # an address gone from the answer keeps its template slot
+
+    @property
+    def uses_dns(self) -> bool:
+        """True: queries nameservers (TTLs, SRV records); False: the libc's getaddrinfo."""
+        return bool(self.nameservers) or self.parse_resolv_conf
+
+
+SYSTEM_RESOLVERS = ResolversConfig(name="")  # servers that name no [resolvers.NAME]
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
     balance: str = "roundrobin"
@@ -232,7 +304,8 @@ class BackendConfig:
     all_backups: bool = False
     timeout_connect: float = 10.0
     timeout_server: float = 240.0
-    servers: tuple[ServerConfig, ...] = ()
+    servers: tuple[ServerConfig, ...] = ()  # templates' servers included, after the others
+    server_templates: tuple[ServerTemplateConfig, ...] = ()
     check: CheckConfig | None = None
     tls: BackendTLSConfig | None = None
     ws_backend: str = "bridge"
@@ -273,6 +346,10 @@ class Config:
     backends: Mapping[str, BackendConfig]
     stats: StatsConfig | None
     warnings: tuple[str, ...] = ()
+    resolvers: Mapping[str, ResolversConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+    def resolvers_for(self, name: str | None) -> ResolversConfig:
+        return SYSTEM_RESOLVERS if name is None else self.resolvers[name]
 
     def backend_for(self, frontend: FrontendConfig) -> BackendConfig:
         return self.backends[frontend.backend]
@@ -561,6 +638,112 @@ def _address(value: object) -> tuple[str, int]:
         raise _expected('"host:port" or "[ipv6]:port" (port 1..65535)', value) from None
 
 
+# --- DNS: [resolvers.NAME], and servers found by name (discovery.py) ---------------------------
+
+_NAME_ONLY_SERVER_KEYS = ("resolvers", "resolve_prefer", "init_addr")
+
+
+def _ip(value: object) -> str:
+    try:
+        return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
+    except ValueError:
+        raise _expected('an IP address like "10.0.0.5" or "fd00::5"', value) from None
+
+
+def _nameservers(value: object) -> tuple[tuple[str, int], ...]:
+    """``["10.0.0.2", "127.0.0.1:5353", "[fd00::53]:53"]``: IPs, port 53 unless given."""
+    what = 'a list of nameserver IPs like ["10.96.0.10", "127.0.0.1:5353", "[fd00::53]:53"]'
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _expected(what, value)
+    out = []
+    for item in value:
+        try:
+            host, port = _host_port(item, wildcard=False)
+        except ValueError:
+            host, port = item, 53
+        try:
+            out.append((str(ipaddress.ip_address(host)), port))
+        except ValueError:
+            raise _expected(what + " (an IP: a nameserver's name would need one)", item) from None
+    return tuple(out)
+
+
+def _dns_name(value: object) -> str:
+    text = value.rstrip(".") if isinstance(value, str) else ""
+    if not _HOSTNAME.fullmatch(text) or re.fullmatch(r"[\d.]+", text) or ":" in text:
+        raise _expected('a DNS name like "emqx-headless.mqtt.svc.cluster.local"', value)
+    return text
+
+
+def _template_address(value: object) -> tuple[str, int]:
+    """``"name:port"`` (A/AAAA records), or an SRV name ``"_mqtt._tcp.name"`` (ports from
+    the records); 0 stands for "no port"."""
+    what = '"name:port" (A/AAAA records) or an SRV name like "_mqtt._tcp.emqx.svc"'
+    try:
+        host, port = _host_port(value, wildcard=False)
+    except ValueError:
+        try:
+            return _dns_name(value), 0
+        except _Bad:
+            raise _expected(what, value) from None
+    if _is_ip(host):
+        raise _expected(what + " (a name: an IP needs no template)", value)
+    return _dns_name(host), port
+
+
+def _warn_name_keys(values: dict, path: str, report: _Report) -> None:
+    host = values.get("address", ("", 0))[0]
+    if _is_ip(host):
+        _warn_no_effect(values, _NAME_ONLY_SERVER_KEYS, "the address is a name", path, report)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _server_templates(
+    value: object, path: str, report: _Report
+) -> tuple[ServerTemplateConfig, ...]:
+    if not isinstance(value, list) or not value:
+        report.error(path, str(_expected("one or more [[...server_template]] tables", value)))
+        return ()
+    templates = (_server_template(item, f"{path}[{i}]", report) for i, item in enumerate(value))
+    return tuple(template for template in templates if template is not None)
+
+
+def _server_template(raw: object, path: str, report: _Report) -> ServerTemplateConfig | None:
+    values = _walk(raw, TEMPLATE_KEYS, path, report)
+    if not _complete(values, TEMPLATE_KEYS):
+        return None
+    host, port = values.pop("address")
+    kind = values.pop("type", "srv" if host.startswith("_") else "any")
+    if kind == "srv" and port:
+        text = f"SRV records carry the port: write {_show(host)} without :{port}"
+        report.error(_join(path, "address"), text)
+    elif kind != "srv" and not port:
+        text = f'type = "{kind}" needs a port: "{host}:1883"'
+        report.error(_join(path, "address"), text)
+    return ServerTemplateConfig(host=host, port=port, type=kind, **values)
+
+
+def _build_resolvers(name: str, raw: object, path: str, report: _Report) -> ResolversConfig:
+    resolvers = ResolversConfig(name=name, **_walk(raw, RESOLVERS_KEYS, path, report))
+    given = raw if isinstance(raw, dict) else {}
+    if resolvers.follow_ttl and not resolvers.uses_dns and "nameservers" not in given:
+        text = "needs nameservers or parse_resolv_conf = true (the libc's resolver tells no TTL)"
+        report.error(_join(path, "follow_ttl"), text)
+    if not resolvers.follow_ttl:
+        _warn_no_effect(given, ("ttl_min", "ttl_max"), "follow_ttl = true", path, report)
+    if resolvers.ttl_min > resolvers.ttl_max:
+        text = f"is above ttl_max ({_seconds_text(resolvers.ttl_max)})"
+        report.error(_join(path, "ttl_min"), text)
+    return resolvers
+
+
 # --- the schema: one table of keys per section ------------------------------------------------
 
 Nested = Callable[[object, str, _Report], object]
@@ -654,6 +837,8 @@ def _servers(value: object, path: str, report: _Report) -> tuple[ServerConfig, .
         return ()
     items = [_walk(item, SERVER_KEYS, f"{path}[{i}]", report) for i, item in enumerate(value)]
     _check_unique_servers(items, path, report)
+    for i, values in enumerate(items):
+        _warn_name_keys(values, f"{path}[{i}]", report)
     return tuple(_server(values) for values in items if _complete(values, SERVER_KEYS))
 
 
@@ -899,6 +1084,35 @@ SERVER_KEYS = {
     "backup": _Key(_boolean),
     "maxconn": _Key(_integer(0, MAX_CONNECTIONS)),
     "check": _Key(_server_check, nested=True),
+    "resolvers": _Key(_name),
+    "resolve_prefer": _Key(_choice(*FAMILIES)),
+    "init_addr": _Key(_ip),
+}
+TEMPLATE_KEYS = {
+    "prefix": _Key(_name, required=True),
+    "count": _Key(_integer(1, MAX_TEMPLATE_SERVERS), required=True),
+    "first": _Key(_integer(0, 1_000_000)),
+    "address": _Key(_template_address, required=True),
+    "type": _Key(_choice(*RECORD_TYPES)),
+    "resolvers": _Key(_name),
+    **{key: SERVER_KEYS[key] for key in ("weight", "backup", "maxconn", "check")},
+}
+_HOLD = _Key(_duration(allow_zero=True))
+RESOLVERS_KEYS = {
+    "nameservers": _Key(_nameservers),
+    "parse_resolv_conf": _Key(_boolean),
+    "interval": _Key(_duration()),
+    "follow_ttl": _Key(_boolean),
+    "ttl_min": _Key(_duration()),
+    "ttl_max": _Key(_duration()),
+    "timeout": _Key(_duration()),
+    "attempts": _Key(_integer(1, 100)),
+    "retry": _Key(_duration()),
+    "hold_nx": _HOLD,
+    "hold_refused": _HOLD,
+    "hold_timeout": _HOLD,
+    "hold_other": _HOLD,
+    "hold_obsolete": _HOLD,
 }
 CHECK_KEYS = {
     "type": _Key(_choice(*CHECK_TYPES)),
@@ -932,7 +1146,8 @@ BACKEND_KEYS = {
     "all_backups": _Key(_boolean),
     "timeout_connect": DEFAULTS_KEYS["timeout_connect"],
     "timeout_server": DEFAULTS_KEYS["timeout_server"],
-    "server": _Key(_servers, required=True, nested=True),
+    "server": _Key(_servers, nested=True),  # this or server_template is required
+    "server_template": _Key(_server_templates, nested=True),
     "check": _Key(_check, nested=True),
     "tls": _Key(_backend_tls, nested=True),
     "ws_backend": _Key(_choice(*WS_BACKENDS)),
@@ -958,7 +1173,7 @@ STATS_SOCKET_KEYS = {
     "user": _Key(_owner),
     "group": _Key(_owner),
 }
-TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats")
+TOP_KEYS = ("global", "defaults", "frontend", "backend", "stats", "resolvers")
 
 # Keys that only matter with one setting: set without it, they earn a "has no effect" warning.
 _MQTT_ONLY_FRONTEND_KEYS = (
@@ -1066,8 +1281,14 @@ def _build_backend(
         "timeout_connect": defaults.timeout_connect,
         "timeout_server": defaults.timeout_server,
     }
-    servers = values.pop("server", ())
-    backend = BackendConfig(name=name, servers=servers, **{**inherited, **values})
+    templates = values.pop("server_template", ())
+    servers = values.pop("server", ()) + tuple(s for t in templates for s in t.servers())
+    if isinstance(raw, dict) and "server" not in raw and "server_template" not in raw:
+        report.error(_join(path, "server"), "missing required key")
+    _check_template_names(raw, path, report)
+    backend = BackendConfig(
+        name=name, servers=servers, server_templates=templates, **{**inherited, **values}
+    )
     if backend.balance != "consistent":
         _warn_no_effect(values, _CONSISTENT_ONLY_KEYS, 'balance = "consistent"', path, report)
     if servers and all(server.backup for server in servers):
@@ -1075,6 +1296,31 @@ def _build_backend(
     if servers and all(server.weight == 0 for server in servers):
         report.warn(_join(path, "server"), "every server has weight 0: no new client gets in")
     return backend
+
+
+def _check_template_names(raw: object, path: str, report: _Report) -> None:
+    """A template's server names are taken by no other server or template of the backend."""
+    table = raw if isinstance(raw, dict) else {}
+    taken: dict[str, str] = {}
+    for i, server in enumerate(_items(table.get("server"))):
+        if isinstance(server.get("name"), str):
+            taken.setdefault(server["name"], f"server[{i}]")
+    for i, item in enumerate(_items(table.get("server_template"))):
+        prefix, count, first = item.get("prefix"), item.get("count"), item.get("first", 1)
+        if not (isinstance(prefix, str) and isinstance(count, int) and isinstance(first, int)):
+            continue  # reported by the template's own keys
+        where = f"server_template[{i}]"
+        for number in range(first, first + min(count, MAX_TEMPLATE_SERVERS)):
+            name = f"{prefix}{number}"
+            if name in taken:
+                text = f"makes a server named {_show(name)}, as {taken[name]} does"
+                report.error(f"{path}.{where}.prefix", text)
+                break
+            taken[name] = where
+
+
+def _items(raw: object) -> list[dict]:
+    return [item for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
 
 
 def _build_stats(raw: object, report: _Report) -> StatsConfig | None:
@@ -1138,6 +1384,34 @@ def _check_backend_names(raw: dict, report: _Report) -> None:
             report.error(
                 f"{_join('frontend', name)}.backend", f"no [backend.{backend}] section{hint}"
             )
+
+
+def _check_resolvers_names(raw: dict, config: Config, report: _Report) -> None:
+    """Each ``resolvers = "NAME"`` names a [resolvers.NAME]; SRV records need one that asks
+    nameservers (the libc's resolver cannot read them)."""
+    for name, backend in _tables(raw.get("backend")).items():
+        path = _join("backend", name)
+        for kind in ("server", "server_template"):
+            for i, item in enumerate(_items(backend.get(kind))):
+                at = f"{path}.{kind}[{i}]"
+                wanted = item.get("resolvers")
+                if isinstance(wanted, str) and wanted not in config.resolvers:
+                    hint = _did_you_mean(wanted, config.resolvers)
+                    report.error(f"{at}.resolvers", f"no [resolvers.{wanted}] section{hint}")
+                elif kind == "server_template" and _srv_without_dns(item, config):
+                    text = (
+                        "SRV records need resolvers = NAME, a [resolvers.NAME] with nameservers "
+                        "or parse_resolv_conf = true (the libc's resolver cannot read them)"
+                    )
+                    report.error(f"{at}.type", text)
+
+
+def _srv_without_dns(item: dict, config: Config) -> bool:
+    address = item.get("address")
+    srv = item.get("type", "srv" if isinstance(address, str) and address[:1] == "_" else "any")
+    wanted = item.get("resolvers")
+    resolvers = config.resolvers.get(wanted) if isinstance(wanted, str) else None
+    return srv == "srv" and (resolvers is None or not resolvers.uses_dns)
 
 
 def _tables(raw: object) -> dict[str, dict]:
@@ -1350,6 +1624,11 @@ def _build(raw: dict, report: _Report) -> Config:
     build_backend = partial(_build_backend, defaults=defaults)
     frontends = _build_named(raw.get("frontend"), "frontend", report, build_frontend)
     backends = _build_named(raw.get("backend"), "backend", report, build_backend)
+    resolvers = (
+        _build_named(raw["resolvers"], "resolvers", report, _build_resolvers)
+        if "resolvers" in raw
+        else {}
+    )
     config = Config(
         path=report.label,
         global_=global_,
@@ -1357,8 +1636,10 @@ def _build(raw: dict, report: _Report) -> Config:
         frontends=tuple(frontends.values()),  # type: ignore[arg-type]
         backends=MappingProxyType(backends),  # type: ignore[arg-type]
         stats=None if "stats" not in raw else _build_stats(raw["stats"], report),
+        resolvers=MappingProxyType(resolvers),  # type: ignore[arg-type]
     )
     _check_backend_names(raw, report)
+    _check_resolvers_names(raw, config, report)
     for check in _CROSS_CHECKS:
         check(config, report)
     return config
@@ -1444,6 +1725,10 @@ def _check_file(path: str, quiet: bool) -> int:
 
         errors = [f"{config.path}: {problem}" for problem in check_material(config)]
         config = None if errors else config
+    if config is not None:
+        from fastmqtt.discovery import check_names  # names are looked up once the rest passed
+
+        config = replace(config, warnings=(*config.warnings, *check_names(config)))
     if config is None:
         # Only errors: a warning computed around a value that failed could be noise.
         print("\n".join(errors), file=sys.stderr)

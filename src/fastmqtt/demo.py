@@ -90,6 +90,7 @@ async def _demo(args: argparse.Namespace, brokers: list[Mosquitto]) -> int:
     port = _pick_port(args.port)
     stats_port = _pick_port(args.stats_port, avoid=port)
     proxy = Proxy(load_config_text(demo_config(port, brokers, stats_port), "<demo>"), loop)
+    await proxy.find_servers()
     proxy.start()
     clients = [await _connect_client(port, f"demo-{i + 1}") for i in range(args.clients)]
     await asyncio.sleep(0.3)  # brokers write their log lines

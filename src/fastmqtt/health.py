@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -174,7 +174,7 @@ async def _probe_http(
         token = base64.b64encode(f"{check.username}:{password or ''}".encode()).decode()
         auth = f"Authorization: Basic {token}\r\n"
     request = (
-        f"GET {check.path} HTTP/1.1\r\nHost: {server.config.host}\r\n"
+        f"GET {check.path} HTTP/1.1\r\nHost: {server.hostname}\r\n"
         f"User-Agent: fastmqtt-check\r\nConnection: close\r\n{auth}\r\n"
     )
     await loop.sock_sendall(sock, request.encode())
@@ -260,6 +260,8 @@ class ServerHealth:
     def state(self) -> ServerState:
         if self.admin is Admin.MAINT:
             return ServerState.MAINT
+        if self.server.sockaddr is None:  # a name that did not resolve, an empty template slot
+            return ServerState.MAINT if self.server.config.template else ServerState.DOWN
         if not self.up:
             return ServerState.DOWN
         return ServerState.DRAIN if self.admin is Admin.DRAIN else ServerState.UP
@@ -291,11 +293,20 @@ class ServerHealth:
             return check.fastinter or check.interval
         return check.interval
 
+    def restart(self) -> None:
+        """Another address: health starts over, up until the first failed probe (as HAProxy
+        2.6 starts a server that leaves its resolution maintenance: "UP 1/3")."""
+        self.up = True
+        self.health = self.check.rise if self.check is not None else 0
+        self.last = self.last_check_at = None
+        self.observed_errors = 0
+        self.seen = (self.server.counters.connect_errors, self.server.counters.total)
+
     def status_text(self) -> str:
         """HAProxy's status column: "UP", "UP 1/3" (going down), "DOWN 1/2" (coming up)..."""
         state = self.state()
         check = self.check
-        if state in (ServerState.MAINT, ServerState.DRAIN):
+        if state in (ServerState.MAINT, ServerState.DRAIN) or self.server.sockaddr is None:
             return state.value
         if check is None:
             return "no check"  # HAProxy's words for a server that is never probed
@@ -348,6 +359,15 @@ def _carried(
     return kept
 
 
+def _placement(server: Server) -> str:
+    """Why a server moved, for the state-change log line."""
+    if server.sockaddr is None:
+        return server.resolution or "no address"
+    host, port = server.sockaddr[0], server.sockaddr[1]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{server.hostname} is at {where}"
+
+
 # -- one backend's checker ----------------------------------------------------------------
 
 
@@ -366,31 +386,58 @@ class HealthChecker:
         self.targets = {s.name: _target(s, checks[s.name]) for s in backend.servers}
         self.servers = {s.name: _carried(s, checks[s.name], previous, now) for s in backend.servers}
         for health in self.servers.values():
-            health.set_up(health.up, now)
+            health.set_up(health.state() is not ServerState.DOWN, now)
             health.server.state = health.state()
         self._tasks: list[asyncio.Task] = []
+        self._probes: dict[str, asyncio.Task] = {}  # by server name
         self._ramp: asyncio.TimerHandle | None = None
+        self.running = False
 
     def start(self) -> None:
         """Start probing, spread over one interval so servers are not all probed at once;
         a slow start that a reload interrupted goes on."""
         if any(h.ramp_start is not None for h in self.servers.values()):
             self._apply_weights()
+        self.running = True
         checked = [h for h in self.servers.values() if h.check is not None]
         for i, health in enumerate(checked):
             assert health.check is not None
-            offset = health.check.interval * i / len(checked)
-            self._tasks.append(self.loop.create_task(self._run(health, offset)))
+            self._probe(health, health.check.interval * i / len(checked))
         if any(h.check.observe for h in checked if h.check is not None):
             self._tasks.append(self.loop.create_task(self._observe()))
 
     def stop(self) -> None:
-        for task in self._tasks:
+        self.running = False
+        for task in [*self._tasks, *self._probes.values()]:
             task.cancel()
         self._tasks.clear()
+        self._probes.clear()
         if self._ramp is not None:
             self._ramp.cancel()
             self._ramp = None
+
+    def _probe(self, health: ServerHealth, offset: float) -> None:
+        """(Re)start probing one server, if it is checked and has an address to probe."""
+        task = self._probes.pop(health.server.name, None)
+        if task is not None:
+            task.cancel()
+        if health.check is not None and health.server.sockaddr is not None:
+            self._probes[health.server.name] = self.loop.create_task(self._run(health, offset))
+
+    def readdressed(self, servers: Sequence[Server]) -> None:
+        """Servers got another address or lost theirs (discovery.py): one that got one starts
+        afresh and is probed now; admin states, counters and history stay with the name."""
+        for server in servers:
+            health = self.servers.get(server.name)
+            if health is None:  # the name left in a reload that raced the lookup
+                continue
+            if server.sockaddr is not None:
+                health.restart()
+            if not self.running:  # before start: the state is all there is to set
+                server.state = health.state()
+                continue
+            self._probe(health, 0.0)
+            self._update(health, _placement(server))
 
     async def _run(self, health: ServerHealth, offset: float) -> None:
         assert health.check is not None
@@ -462,7 +509,7 @@ class HealthChecker:
     def _update(self, health: ServerHealth, reason: str) -> None:
         server = health.server
         now = self.loop.time()
-        health.set_up(health.up, now)
+        health.set_up(health.state() is not ServerState.DOWN, now)
         old, new = server.state, health.state()
         if old is new:
             return

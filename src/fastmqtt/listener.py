@@ -398,7 +398,7 @@ class Frontend:
                     self.proxy.loop,
                     sock,
                     client_context(tls),
-                    tls.sni or server.config.host,
+                    tls.sni or server.hostname,
                     backend.config.timeout_connect,
                 )
             except (OSError, ssl.SSLError) as exc:

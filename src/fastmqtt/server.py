@@ -10,12 +10,13 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
 from fastmqtt import IMPLEMENTATION, __version__, logs, notify, packets, workers
-from fastmqtt.backends import Backend, Server, resolve_servers
+from fastmqtt.backends import Backend, Server
 from fastmqtt.config import Config, FrontendConfig, load_config
+from fastmqtt.discovery import Discovery
 from fastmqtt.errors import ConfigError
 from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
@@ -45,6 +46,9 @@ class Proxy:
         self.worker = worker
         self.reuse_port = worker is not None  # workers share the listeners
         self.backends = {name: Backend(bc) for name, bc in config.backends.items()}
+        for backend in self.backends.values():
+            backend.subscribe(self._servers_changed)
+        self.discovery = Discovery()
         self.frontends = [Frontend(fc, self.backends[fc.backend], self) for fc in config.frontends]
         self.engine = make_engine(config.global_.relay_threads)
         self.hub = RelayHub(loop, self._relay_finished, self.engine)
@@ -61,6 +65,18 @@ class Proxy:
         self.stats: StatsServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    async def find_servers(self) -> None:
+        """Look up the servers given by name before listening (bounded: a name that does not
+        answer in time leaves its server DOWN, and is tried again)."""
+        self.discovery.watch(self.config, self.backends)
+        await self.discovery.settled()
+
+    def _servers_changed(self, backend: Backend, servers: Sequence[Server]) -> None:
+        """Discovery moved servers (Backend.servers_changed): their health starts over."""
+        checker = self.health.get(backend.name)
+        if checker is not None and checker.backend is backend:
+            checker.readdressed(servers)
 
     def start(self) -> None:
         """Bind every listener (all or nothing), then start accepting."""
@@ -99,9 +115,10 @@ class Proxy:
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping a connection: binds that stay keep their
         sockets, servers that keep their name keep state (health and its history included),
-        counters and sticky clients. Everything new is built and bound first: if a server does
-        not resolve, a new bind fails or new TLS material is unusable, it raises and nothing
-        changed (health checks never stopped, no new listener left open)."""
+        counters and sticky clients; servers given by name keep the address found for them and
+        are looked up again at once. Everything new is built and bound first: if a new bind
+        fails or new TLS material is unusable, it raises and nothing changed (health checks
+        never stopped, no new listener left open)."""
         plan = _Reload(self, config)
         for checker in self.health.values():
             checker.stop()
@@ -113,6 +130,7 @@ class Proxy:
                     fe.close()
             for checker in self.health.values():
                 checker.start()
+            self.discovery.watch(self.config, self.backends)
             for fe in self.frontends:
                 fe.resume()
         log.info("reloaded %s: %s", config.path, self._summary(), extra={"path": config.path})
@@ -121,8 +139,9 @@ class Proxy:
         """Swap the prepared objects in; builds nothing that can fail on bad input."""
         config = plan.config
         for name, backend in plan.backends.items():
+            backend.subscribe(self._servers_changed)
             if self.backends.get(name) is backend:
-                backend.reconfigure(config.backends[name], plan.addresses[name])
+                backend.reconfigure(config.backends[name])
         client_context.cache_clear()  # backend TLS files are read again
         frontends = []
         for fc in config.frontends:
@@ -178,6 +197,7 @@ class Proxy:
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let established connections finish for ``grace`` seconds, close."""
         self.stop_accepting()
+        self.discovery.stop()
         for checker in self.health.values():
             checker.stop()
         for task in list(self._tasks):
@@ -254,15 +274,14 @@ def _bind(config: FrontendConfig) -> tuple[str, int]:
 
 class _Reload:
     """Everything a reload needs that can fail, done before the live state is touched:
-    server addresses resolved, new backends and frontends built (TLS loaded), new binds open.
+    new backends and frontends built (TLS loaded), new binds open (names are looked up later,
+    without blocking: a name that does not resolve fails nothing).
     Raises (OSError, TLSMaterialError) having closed whatever it opened."""
 
     def __init__(self, proxy: Proxy, config: Config) -> None:
         self.config = config
-        self.addresses = {name: resolve_servers(bc) for name, bc in config.backends.items()}
         self.backends = {
-            name: proxy.backends.get(name) or Backend(bc, self.addresses[name])
-            for name, bc in config.backends.items()
+            name: proxy.backends.get(name) or Backend(bc) for name, bc in config.backends.items()
         }
         self.kept = {_bind(fe.config): fe for fe in proxy.frontends}
         self.tls = {
@@ -336,10 +355,12 @@ def serve(config: Config, worker: int | None = None) -> int:
 
 
 async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | None) -> int:
+    proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
+    await proxy.find_servers()
     try:
-        proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
         proxy.start()
     except OSError as exc:
+        proxy.discovery.stop()
         log.error("%s", exc.strerror or exc)
         return 1
     if worker is None:

@@ -153,7 +153,7 @@ def _server_row(
         "svname": server.name,
         "type": TYPES["server"],
         "sid": server.index + 1,
-        "addr": server.address,
+        **_address_fields(server),
         "mode": "tcp",
         "status": health.status_text(),
         "state": server.state.value,
@@ -177,8 +177,30 @@ def _server_row(
         "lastchg": round(now - health.last_change),
         "downtime": round(health.downtime_total(now)),
         **_check_fields(health, now),
+        **_resolution_fields(server),
         **rates.fields(("server", backend.name, server.name)),
     }
+
+
+def _address_fields(server: Server) -> dict[str, Any]:
+    """``addr``: where new clients go now ("" for nowhere); ``fqdn``: the name looked up."""
+    if server.sockaddr is None:
+        addr = ""
+    else:
+        host, port = server.sockaddr[0], server.sockaddr[1]
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {"addr": addr, "fqdn": server.hostname} if server.named else {"addr": addr}
+
+
+def _resolution_fields(server: Server) -> dict[str, Any]:
+    """Why a server given by name has no address (or keeps an old one): also the check
+    column's text when no probe result says more."""
+    if server.resolution is None:
+        return {}
+    fields = {"resolution": server.resolution}
+    if server.sockaddr is None:
+        fields["last_chk"] = server.resolution
+    return fields
 
 
 def _histogram(h: Histogram) -> dict[str, Any]:

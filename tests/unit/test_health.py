@@ -3,21 +3,19 @@ how admin states combine with health, per-server check settings, latency buckets
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from fastmqtt.backends import ServerState
+from fastmqtt.backends import Server, ServerState
 from fastmqtt.config import BackendConfig, CheckConfig, ServerConfig
 from fastmqtt.health import Admin, ServerHealth, check_for
-from fastmqtt.metrics import Histogram, ServerCounters
+from fastmqtt.metrics import Histogram
 
 CHECK = CheckConfig(interval=2.0, fastinter=0.5, downinter=5.0, rise=2, fall=3)
 
 
 def _health(check: CheckConfig | None = CHECK) -> ServerHealth:
-    server = SimpleNamespace(counters=ServerCounters())  # only its counters are read
-    return ServerHealth(server, check, now=0.0)  # type: ignore[arg-type]
+    server = Server(ServerConfig("s1", "127.0.0.1", 1883), 0)
+    return ServerHealth(server, check, now=0.0)
 
 
 def test_starts_up_but_falls_at_the_first_failure_like_haproxy():
