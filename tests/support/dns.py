@@ -29,6 +29,7 @@ class Zone(BaseResolver):
         self.records: dict[tuple[str, str], list[RR]] = {}
         self.rcodes: dict[str, str] = {}
         self.silent: set[str] = set()  # names whose queries get no answer at all
+        self.glue = True  # SRV answers carry their targets' addresses
         self.queries: list[tuple[str, str]] = []
 
     def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
@@ -45,7 +46,7 @@ class Zone(BaseResolver):
             known = any(n == name for n, _ in self.records)
             for rr in self.records.get((name, qtype), ()):
                 reply.add_answer(rr)
-            if qtype == "SRV":  # glue, as real servers send it: the targets' addresses
+            if qtype == "SRV" and self.glue:  # the targets' addresses, as real servers add
                 for rr in self.records.get((name, qtype), ()):
                     target = str(rr.rdata.target).rstrip(".").lower()
                     for kind in ("A", "AAAA"):
@@ -79,8 +80,9 @@ class DnsServer:
             except OSError:
                 continue
             self.servers = [udp, tcp]
-            for server in self.servers:
-                server.start_thread()
+            for server in self.servers:  # a short poll: stop() returns at once
+                loop = server.server.serve_forever
+                threading.Thread(target=loop, kwargs={"poll_interval": 0.05}, daemon=True).start()
             return self
         raise RuntimeError("no free port for the DNS server")
 
