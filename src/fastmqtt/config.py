@@ -238,6 +238,7 @@ class ServerTemplateConfig:
     type: str = "any"
     first: int = 1  # the number of the first server: prefix1, prefix2, ...
     resolvers: str | None = None
+    resolve_prefer: str | None = None  # with more addresses than servers, this family first
     weight: int = 1  # the keys below apply to every server of the template
     backup: bool = False
     maxconn: int = 0
@@ -255,6 +256,7 @@ class ServerTemplateConfig:
                 maxconn=self.maxconn,
                 check=self.check,
                 resolvers=self.resolvers,
+                resolve_prefer=self.resolve_prefer,
                 template=self.prefix,
             )
             for number in range(self.first, self.first + self.count)
@@ -1094,8 +1096,10 @@ TEMPLATE_KEYS = {
     "first": _Key(_integer(0, 1_000_000)),
     "address": _Key(_template_address, required=True),
     "type": _Key(_choice(*RECORD_TYPES)),
-    "resolvers": _Key(_name),
-    **{key: SERVER_KEYS[key] for key in ("weight", "backup", "maxconn", "check")},
+    **{
+        key: SERVER_KEYS[key]
+        for key in ("resolvers", "resolve_prefer", "weight", "backup", "maxconn", "check")
+    },
 }
 _HOLD = _Key(_duration(allow_zero=True))
 RESOLVERS_KEYS = {

@@ -16,6 +16,7 @@ carries its own to-do list. Exit status: 0 when everything was converted (notes 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -31,8 +32,8 @@ from fastmqtt.config import addresses_overlap
 
 PROXY_SECTIONS = ("defaults", "frontend", "backend", "listen")
 OTHER_SECTIONS = (
-    "resolvers", "peers", "userlist", "cache", "program", "http-errors", "ring", "mailers",
-    "log-forward", "fcgi-app",
+    "peers", "userlist", "cache", "program", "http-errors", "ring", "mailers", "log-forward",
+    "fcgi-app",
 )  # fmt: skip
 _ENV_REF = re.compile(r"\$\{?[A-Za-z0-9_.]")  # what HAProxy would take for a variable
 ENV_DIRECTIVES = ("setenv", "presetenv", "unsetenv", "resetenv")
@@ -222,7 +223,7 @@ def read_sections(text: str, report: Report, env: Mapping[str, str] | None = Non
         if not words:
             continue
         line = Line(number, words, current)
-        if words[0] in ("global", *PROXY_SECTIONS, *OTHER_SECTIONS):
+        if words[0] in ("global", "resolvers", *PROXY_SECTIONS, *OTHER_SECTIONS):
             sections.append(Section(words[0], words[1] if len(words) > 1 else "", line))
         elif sections:
             sections[-1].lines.append(line)
@@ -318,6 +319,11 @@ class Server:
     send_proxy: str | None = None
     check_send_proxy: bool = False
     tlvs: tuple[str, ...] = ()  # lb.toml proxy_tlvs, from send-proxy-v2-ssl[-cn]
+    template: bool = False  # a server-template line: values are [[...server_template]] keys
+
+    @property
+    def label(self) -> str:
+        return f"template {self.values['prefix']}" if self.template else str(self.values["name"])
 
 
 def _weight(server: Server, word: str) -> None:
@@ -392,17 +398,19 @@ SERVER_ARGS: dict[str, Callable[[Server, str], None]] = {
     "observe": _only("layer4", "observe", True),
     "on-marked-down": _only("shutdown-sessions", "on_marked_down", "shutdown-sessions"),
     "proxy-v2-options": _proxy_v2_options,
+    "resolvers": lambda s, w: _by_name(s, "resolvers", name(w)),
+    "resolve-prefer": lambda s, w: _by_name(s, "resolve_prefer", _resolve_prefer(w)),
+    "init-addr": lambda s, w: _init_addr(s, w),
 }
 # Options with one argument and no equivalent: reported together with their argument.
 SERVER_ARGS_UNSUPPORTED = frozenset(
     {
         "addr", "agent-addr", "agent-inter", "agent-port", "agent-send", "alpn", "ca-file",
-        "check-alpn", "check-proto", "check-sni", "ciphers", "cookie", "crt", "id", "init-addr",
+        "check-alpn", "check-proto", "check-sni", "ciphers", "cookie", "crt", "id",
         "init-state", "log-proto", "max-reuse", "maxqueue", "minconn", "namespace", "on-error",
         "on-marked-up", "pool-low-conn", "pool-max-conn", "pool-purge-delay", "proto",
-        "redir", "resolve-net", "resolve-opts", "resolve-prefer", "resolvers",
-        "shard", "sni", "socks4", "source", "ssl-max-ver", "ssl-min-ver", "track", "usesrc",
-        "verify", "verifyhost", "ws",
+        "redir", "resolve-net", "resolve-opts", "shard", "sni", "socks4", "source", "ssl-max-ver",
+        "ssl-min-ver", "track", "usesrc", "verify", "verifyhost", "ws",
     }
 )  # fmt: skip
 
@@ -432,7 +440,7 @@ HAPROXY_CHECK = {"type": "tcp", "interval": "2s", "rise": 2, "fall": 3}  # `chec
 MQTT_STICK_KEYS = ("client_id", "username")  # stick keys read from the CONNECT
 BACKEND_ORDER = (
     "balance", "stick", "send_proxy", "proxy_tlvs", "retries", "redispatch", "all_backups",
-    "timeout_connect", "timeout_server", "check", "server",
+    "timeout_connect", "timeout_server", "check", "server", "server_template",
 )  # fmt: skip
 
 
@@ -692,6 +700,139 @@ def _hash_type(conv: Converter, proxy: Proxy, line: Line) -> None:
     conv.report.note(line, "fastmqtt's source balancing is always a consistent hash")
 
 
+# --- DNS: resolvers sections, server-template, init-addr (docs/convert.md) ----------------------
+
+RESOLVERS_HOLDS = ("nx", "refused", "timeout", "other", "obsolete")
+HAPROXY_RESOLVE = "1s"  # HAProxy 2.6's `timeout resolve` and `timeout retry` when not set
+
+
+def resolvers_table(section: Section, report: Report) -> dict[str, object]:
+    """``resolvers NAME`` -> ``[resolvers.NAME]``. HAProxy looks every name up again each
+    `timeout resolve` whatever the last answer: that is fastmqtt's interval and retry both."""
+    table: dict[str, object] = {"interval": HAPROXY_RESOLVE, "retry": HAPROXY_RESOLVE}
+    nameservers: list[str] = []
+    for line in section.lines:
+        try:
+            _resolvers_line(table, nameservers, line, report)
+        except Unconvertible as exc:
+            report.skip(line, why=str(exc))
+    if nameservers:
+        table = {"nameservers": nameservers, **table}
+    if not nameservers and not table.get("parse_resolv_conf"):
+        report.skip(section.header, why="no nameserver: names would go to the libc's resolver")
+    return table
+
+
+def _resolvers_line(
+    table: dict[str, object], nameservers: list[str], line: Line, report: Report
+) -> None:
+    key = _key(line.words)
+    if key == "nameserver":
+        nameservers.append(_nameserver(env_expand(_arg(line, 2), line.env), line, report))
+    elif key == "parse-resolv-conf":
+        table["parse_resolv_conf"] = True
+    elif key == "resolve_retries":
+        table["attempts"] = integer(_arg(line, 1))
+    elif key == "timeout resolve":
+        table["interval"] = table["retry"] = duration(_arg(line, 2))
+    elif key == "timeout retry":
+        table["timeout"] = duration(_arg(line, 2))
+    elif key == "hold" and _arg(line, 1) in RESOLVERS_HOLDS:
+        table[f"hold_{line.words[1]}"] = duration(_arg(line, 2))
+    elif key == "hold" and _arg(line, 1) == "valid":
+        text = "hold valid: HAProxy 2.6 applies it to do-resolve actions only, not to servers"
+        report.note(line, text)
+    elif key == "accepted_payload_size":
+        report.note(line, "accepted_payload_size: fastmqtt asks again over TCP when truncated")
+    else:
+        raise Unconvertible("")
+
+
+def _nameserver(word: str, line: Line, report: Report) -> str:
+    """``udp@10.0.0.2:53`` -> ``"10.0.0.2:53"``: an IP, asked over UDP (and over TCP when an
+    answer is truncated)."""
+    protocol, _, rest = word.rpartition("@")
+    if protocol in ("tcp", "tcp4", "tcp6"):
+        report.note(line, f"{word}: asked over UDP (TCP when an answer is truncated)")
+    elif protocol not in ("", "udp", "udp4", "udp6", "ipv4", "ipv6"):
+        raise Unconvertible(f"{protocol}@ nameservers")
+    host_port = address(rest, False)
+    if not _is_ip(host_port.rpartition(":")[0].strip("[]")):
+        raise Unconvertible("a nameserver given by name: fastmqtt needs its IP")
+    return host_port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _by_name(server: Server, key: str, value: object) -> None:
+    """A setting for servers given by name: on a server given by IP it means nothing."""
+    host = str(server.values.get("address", "")).rpartition(":")[0].strip("[]")
+    if server.template or not _is_ip(host):
+        server.values[key] = value
+
+
+def _resolve_prefer(word: str) -> str:
+    if word not in ("ipv4", "ipv6"):
+        raise Unconvertible("ipv4 or ipv6")
+    return word
+
+
+def _init_addr(server: Server, word: str) -> None:
+    """``init-addr last,libc,none,IP``: an IP becomes init_addr. fastmqtt looks every name up
+    at start and never fails on one (as with `none`); it keeps no state file (`last`)."""
+    methods = word.split(",")
+    unknown = [m for m in methods if m not in ("last", "libc", "none") and not _is_ip(m)]
+    if unknown:
+        raise Unconvertible(f"not a method or an IP: {', '.join(unknown)}")
+    ips = [m for m in methods if _is_ip(m)]
+    if ips and server.template:
+        raise Unconvertible("one address for every server of a template")
+    if ips:
+        _by_name(server, "init_addr", ips[0])
+
+
+def _server_template(conv: Converter, proxy: Proxy, line: Line) -> None:
+    """``server-template PREFIX NUM|LOW-HIGH FQDN[:PORT] [options]`` -> a
+    [[backend.NAME.server_template]]; a name starting with "_" is an SRV name (the records
+    carry the ports)."""
+    numbers = re.fullmatch(r"(\d+)(?:-(\d+))?", _arg(line, 2))
+    if numbers is None:
+        raise Unconvertible("NUM or LOW-HIGH servers")
+    first, last = (int(numbers[1]), int(numbers[2])) if numbers[2] else (1, int(numbers[1]))
+    if not first <= last:
+        raise Unconvertible("an empty range")
+    fqdn = env_expand(_arg(line, 3), line.env)  # an address: variables expand, as for server
+    where = re.sub(r":\d+$", "", fqdn) if fqdn.startswith("_") else address(fqdn, False)
+    values: dict[str, object] = {"prefix": name(_arg(line, 1)), "count": last - first + 1}
+    if first != 1:
+        values["first"] = first
+    server = Server(line, {**values, "address": where}, template=True)
+    quiet = Report(conv.report.label)  # default-server problems are reported on their own line
+    for default in proxy.default_servers:
+        apply_server_options(server, default.words[1:], quiet)
+    apply_server_options(server, line.words[4:], conv.report)
+    if "resolvers" not in server.values:
+        text = f"{fqdn}: HAProxy resolves it once with the libc; fastmqtt asks the libc again"
+        conv.report.note(line, f"{text} every 10s, one server per address")
+    proxy.servers.append(server)
+
+
+def _servers_and_templates(servers: list[Server]) -> dict[str, list[Server]]:
+    """lb.toml keeps templates apart from servers: ``server`` and ``server_template`` lists,
+    each only when it has entries."""
+    out = {
+        "server": [s for s in servers if not s.template],
+        "server_template": [s for s in servers if s.template],
+    }
+    return {key: items for key, items in out.items() if items}
+
+
 F, B, D = "frontend", "backend", "defaults"
 DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
     key: (handler, frozenset(kinds))
@@ -712,6 +853,7 @@ DIRECTIVES: dict[str, tuple[Handler, frozenset[str]]] = {
         ("stick-table", _stick_table, {B}),
         ("stick on", _stick, {B}),
         ("server", _server, {B}),
+        ("server-template", _server_template, {B}),
         ("default-server", _default_server, {B, D}),
         ("retries", _back("retries", integer), {B, D}),
         ("option redispatch", _back_flag("redispatch", True), {B, D}),
@@ -749,6 +891,7 @@ class Converter:
     bases: dict[str, str] = field(default_factory=dict)  # crt-base / ca-base
     min_version: str | None = None  # ssl-default-bind-options ssl-min-ver TLSv1.3
     ciphers: str | None = None  # ssl-default-bind-ciphers
+    resolvers: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def run(self, sections: list[Section]) -> None:
         for section in sections:
@@ -756,6 +899,8 @@ class Converter:
                 self.each_line(section, self.global_line)
             elif section.kind in OTHER_SECTIONS:
                 self.report.skip(section.header, why="the whole section")
+            elif section.kind == "resolvers":
+                self.resolvers[name(section.name)] = resolvers_table(section, self.report)
             elif _is_stats(section):
                 self.stats_section(section)
             else:
@@ -932,7 +1077,8 @@ def backend_table(proxy: Proxy, report: Report) -> dict[str, object]:
     check = _checks(proxy, send_proxy is not None, report)
     if check:
         table["check"] = check
-    table["server"] = [server.values for server in proxy.servers]
+    for key, servers in _servers_and_templates(proxy.servers).items():
+        table[key] = [server.values for server in servers]
     return dict(sorted(table.items(), key=lambda item: BACKEND_ORDER.index(item[0])))
 
 
@@ -943,7 +1089,7 @@ def _common(servers: list[Server], attribute: str, report: Report) -> object:
     common = values.most_common(1)[0][0]
     for server in servers:
         if getattr(server, attribute) != common:
-            what = f"server {server.values['name']}: {attribute.replace('_', '-')}"
+            what = f"server {server.label}: {attribute.replace('_', '-')}"
             report.skip(server.line, what, "lb.toml sets it for the whole backend")
     return common
 
@@ -967,9 +1113,9 @@ def _checks(proxy: Proxy, traffic_proxy: bool, report: Report) -> dict[str, obje
         send_proxy = haproxy if "port" in keys else traffic_proxy
         if send_proxy != haproxy and server.checked and server.line not in disagreed:
             disagreed.append(server.line)
-            what = f"server {server.values['name']}: PROXY header on checks but not on traffic"
+            what = f"server {server.label}: PROXY header on checks but not on traffic"
             if not haproxy:
-                what = f"server {server.values['name']}: PROXY header on traffic but not on checks"
+                what = f"server {server.label}: PROXY header on traffic but not on checks"
             report.skip(server.line, what, "converted so that both agree (same port)")
         return {**keys, "send_proxy": send_proxy}
 
@@ -1065,6 +1211,8 @@ def build(converter: Converter) -> dict[str, object]:
     toml["backend"] = backends
     if converter.stats is not None:
         toml["stats"] = converter.stats
+    if converter.resolvers:
+        toml["resolvers"] = converter.resolvers
     return toml
 
 
@@ -1112,7 +1260,7 @@ def _table(path: str, table: dict[str, object], header: str = "[{}]") -> list[st
 def to_toml(toml: dict[str, object], source: str, report: Report) -> str:
     lines = [f"# Converted by `fastmqtt convert` from {source}; then run `fastmqtt check` on it."]
     for section, value in toml.items():
-        named = section in ("frontend", "backend")
+        named = section in ("frontend", "backend", "resolvers")
         tables = value.items() if named else [(None, value)]  # type: ignore[union-attr]
         for table_name, table in tables:
             path = f"{section}.{_toml_key(table_name)}" if named else section

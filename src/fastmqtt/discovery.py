@@ -56,8 +56,9 @@ class Resolver(Protocol):
     async def lookup(
         self, host: str, port: int, kind: str, first: Collection[str], limit: int
     ) -> Answer:
-        """Addresses of ``host`` for records of ``kind`` (any, a, aaaa, srv); SRV records
-        give at most ``limit`` endpoints, those whose slot key is in ``first`` first."""
+        """Addresses of ``host`` for records of ``kind`` (any, a, aaaa, srv); at most ``limit``
+        SRV records are followed, those whose slot key is in ``first`` first (each gives
+        every address of its target)."""
         ...
 
 
@@ -209,7 +210,7 @@ class Nameservers:
                 continue
             if isinstance(result, BaseException):
                 raise result
-            found.append(result[0][0])
+            found += result[0]  # every address of the target: the Watch picks one
             ttl = ttl if result[1] is None else min(ttl, result[1])
         return Answer(found, ttl)
 
@@ -218,7 +219,7 @@ class Nameservers:
     ) -> tuple[list[Endpoint], float | None]:
         if target in glue:
             ips = glue[target]
-            return [endpoint(ips[0][0], port, target)], min(ttl for _, ttl in ips)
+            return [endpoint(ip, port, target) for ip, _ in ips], min(ttl for _, ttl in ips)
         answer = await self._addresses(target, port, ("AAAA", "A"))
         return answer.found, answer.ttl
 
@@ -344,7 +345,9 @@ class Watch:
             self._apply([self._choose(found)])
             return
         now = self.loop.time()
-        by_key = {slot_key(self.kind, e): e for e in found}
+        by_key: dict[str, Endpoint] = {}
+        for candidate in self._preferred(found):  # an SRV target's first address wins
+            by_key.setdefault(slot_key(self.kind, candidate), candidate)
         for key in by_key:
             self.seen[key] = now
         keys = list(by_key)
@@ -370,8 +373,12 @@ class Watch:
         for candidate in found:
             if current is not None and candidate.sockaddr[0] == current.sockaddr[0]:
                 return candidate
+        return self._preferred(found)[0]
+
+    def _preferred(self, found: list[Endpoint]) -> list[Endpoint]:
+        """``resolve_prefer``'s family first, the resolver's order otherwise kept."""
         family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(self.prefer or "")
-        return next((e for e in found if e.family == family), found[0])
+        return sorted(found, key=lambda e: e.family != family) if family else found
 
     def _apply(self, endpoints: Sequence[Endpoint | None], records: int = 0) -> None:
         """Place each server; log and tell the backend what moved."""

@@ -400,7 +400,6 @@ def test_coverage_reports_exactly_what_it_left_out(coverage):
         "haproxy.cfg:52: unsupported: server option id 7",
         "haproxy.cfg:69: unsupported: server h: send-proxy (lb.toml sets it for the whole backend)",
         "haproxy.cfg:79: unsupported: stats admin if TRUE",
-        "haproxy.cfg:81: unsupported: resolvers dns (the whole section)",
     ]
     # nbthread, user, log stdout, dontlognull (need no translation), accept-proxy, hash-type,
     # len, the stats password, the prometheus exporter

@@ -372,3 +372,21 @@ def test_check_warns_about_names_that_do_not_resolve(dns):
         "<string>: backend.b.server_template[0].address: _mqtt._tcp.emqx.test: no such name "
         "(NXDOMAIN) (resolvers dns): serve starts its servers empty and keeps trying",
     ]
+
+
+@pytest.mark.parametrize(("prefer", "expected"), [("ipv4", "10.0.0.1"), ("ipv6", "fd00::1")])
+def test_a_template_takes_the_preferred_family_of_an_srv_target(dns, prefer, expected):
+    dns.srv("_mqtt._tcp.emqx.test", [("b1.test", 1884)])
+    dns.a("b1.test", ["10.0.0.1"])
+    dns.aaaa("b1.test", ["fd00::1"])
+    template = (
+        '[[backend.b.server_template]]\nprefix = "emqx"\ncount = 1\n'
+        f'address = "_mqtt._tcp.emqx.test"\nresolvers = "dns"\nresolve_prefer = "{prefer}"\n'
+    )
+
+    async def main() -> None:
+        backend, watch, _ = _watch(_config(dns, template))
+        await watch.refresh()
+        assert _where(backend.servers) == [expected]
+
+    _run(main())
