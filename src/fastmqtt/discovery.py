@@ -350,7 +350,9 @@ class Watch:
             by_key.setdefault(slot_key(self.kind, candidate), candidate)
         for key in by_key:
             self.seen[key] = now
-        keys = list(by_key)
+        # new addresses fill free servers in a fixed order (the preferred family, then by
+        # address), not the answer's, which DNS servers rotate: workers number them alike
+        keys = sorted(by_key, key=lambda key: (by_key[key].family != self._family(), key))
         for server in self.servers:  # gone from this answer, but not for hold_obsolete yet
             key = slot_key(self.kind, server.endpoint) if server.endpoint else None
             if (
@@ -377,8 +379,11 @@ class Watch:
 
     def _preferred(self, found: list[Endpoint]) -> list[Endpoint]:
         """``resolve_prefer``'s family first, the resolver's order otherwise kept."""
-        family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(self.prefer or "")
+        family = self._family()
         return sorted(found, key=lambda e: e.family != family) if family else found
+
+    def _family(self) -> int | None:
+        return {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(self.prefer or "")
 
     def _apply(self, endpoints: Sequence[Endpoint | None], records: int = 0) -> None:
         """Place each server; log and tell the backend what moved."""
