@@ -25,13 +25,10 @@ import asyncio
 import logging
 import socket
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fastmqtt.backends import Backend, Endpoint, Server, endpoint, is_ip
 from fastmqtt.config import Config, ResolversConfig
-
-if TYPE_CHECKING:
-    from fastmqtt.config import ServerConfig
 
 log = logging.getLogger("fastmqtt.discovery")
 
@@ -254,28 +251,53 @@ def make_resolver(config: ResolversConfig) -> Resolver:
 # -- watching one name -----------------------------------------------------------------------
 
 
+class Name(NamedTuple):
+    """One name of a config to look up, and the servers it places."""
+
+    backend: str
+    path: str  # where the config gives it, e.g. backend.emqx.server_template[0].address
+    host: str
+    port: int  # 0 for SRV
+    kind: str  # any, a, aaaa, srv
+    resolvers: str | None  # the [resolvers.NAME]; None: the libc
+    prefer: str | None  # resolve_prefer
+    template: str | None  # the template's prefix; None: one server given by name
+    servers: tuple[str, ...]
+
+
+def names(config: Config) -> list[Name]:
+    """Every name of ``config``: each server given by name, then each template."""
+    out = []
+    for backend, bc in config.backends.items():
+        plain = [sc for sc in bc.servers if sc.template is None]
+        for i, sc in enumerate(plain):
+            if not is_ip(sc.host):
+                path = f"backend.{backend}.server[{i}].address"
+                args = (sc.host, sc.port, "any", sc.resolvers, sc.resolve_prefer, None)
+                out.append(Name(backend, path, *args, (sc.name,)))
+        for i, t in enumerate(bc.server_templates):
+            path = f"backend.{backend}.server_template[{i}].address"
+            args = (t.host, t.port, t.type, t.resolvers, t.resolve_prefer, t.prefix)
+            out.append(Name(backend, path, *args, tuple(sc.name for sc in t.servers())))
+    return out
+
+
 class Watch:
     """One name looked up on a schedule and the servers it places: one server given by name,
     or every server of one template."""
 
     def __init__(
-        self,
-        backend: Backend,
-        servers: list[Server],
-        kind: str,
-        settings: ResolversConfig,
-        resolver: Resolver,
+        self, backend: Backend, name: Name, settings: ResolversConfig, resolver: Resolver
     ) -> None:
-        config: ServerConfig = servers[0].config
-        self.backend, self.servers, self.kind = backend, servers, kind
-        self.host, self.port = config.host, config.port
-        self.prefer = config.resolve_prefer
-        self.template = config.template
+        self.backend, self.kind = backend, name.kind
+        self.servers = [backend.by_name[server] for server in name.servers]
+        self.host, self.port = name.host, name.port
+        self.prefer, self.template = name.prefer, name.template
         self.settings, self.resolver = settings, resolver
         self.loop = asyncio.get_running_loop()
         self.last_valid: float | None = None
         now = self.loop.time()  # slot key -> when an answer last had it (hold_obsolete)
-        self.seen = {slot_key(kind, s.endpoint): now for s in servers if s.endpoint is not None}
+        self.seen = {slot_key(self.kind, s.endpoint): now for s in self.servers if s.endpoint}
         self.failure: str | None = None  # the failure last logged, so retries stay quiet
         self.answered = asyncio.Event()  # the first lookup is over, whatever it gave
 
@@ -444,13 +466,12 @@ class Discovery:
         """(Re)start watching every name of ``config`` (start and reload): each is looked up
         at once, then on its schedule. Servers keep their addresses meanwhile."""
         self.stop()
-        resolvers = {}
-        for backend in backends.values():
-            for watch_args in _watched(config, backend):
-                settings = watch_args[-1]
-                resolver = self._resolvers.get(settings) or make_resolver(settings)
-                resolvers[settings] = resolver
-                self._watches.append(Watch(*watch_args, resolver))  # type: ignore[call-arg]
+        resolvers: dict[ResolversConfig, Resolver] = {}
+        for name in names(config):
+            settings = config.resolvers_for(name.resolvers)
+            resolver = resolvers.get(settings) or self._resolvers.get(settings)
+            resolvers[settings] = resolver = resolver or make_resolver(settings)
+            self._watches.append(Watch(backends[name.backend], name, settings, resolver))
         self._resolvers = resolvers  # sections gone from the config are dropped
         self._tasks = [asyncio.get_running_loop().create_task(w.run()) for w in self._watches]
 
@@ -477,22 +498,6 @@ def _longest(settings: ResolversConfig, kind: str) -> float:
     return settings.timeout * settings.attempts * (2 if kind == "srv" else 1)
 
 
-def _watched(config: Config, backend: Backend) -> list[tuple]:
-    """(backend, servers, kind, settings) for each name of one backend: its servers given by
-    name, one by one, then its templates."""
-    out: list[tuple] = []
-    bc = config.backends[backend.name]
-    for server in backend.servers:
-        sc = server.config
-        if sc.template is None and not is_ip(sc.host):
-            settings = config.resolvers_for(sc.resolvers)
-            out.append((backend, [server], "any", settings))
-    for template in bc.server_templates:
-        servers = [backend.by_name[sc.name] for sc in template.servers()]
-        out.append((backend, servers, template.type, config.resolvers_for(template.resolvers)))
-    return out
-
-
 # -- `fastmqtt check` ------------------------------------------------------------------------
 
 
@@ -503,27 +508,18 @@ def check_names(config: Config) -> list[str]:
 
 
 async def _check_names(config: Config) -> list[str]:
-    lookups = []
-    for name, bc in config.backends.items():
-        plain = [sc for sc in bc.servers if sc.template is None]
-        for i, sc in enumerate(plain):
-            if not is_ip(sc.host):
-                where = f"backend.{name}.server[{i}].address"
-                lookups.append((where, "any", sc.port, sc.host, sc.resolvers, "this server DOWN"))
-        for i, t in enumerate(bc.server_templates):
-            where = f"backend.{name}.server_template[{i}].address"
-            lookups.append((where, t.type, t.port, t.host, t.resolvers, "its servers empty"))
     resolvers: dict[ResolversConfig, Resolver] = {}
 
-    async def one(where: str, kind: str, port: int, host: str, section: str | None, then: str):
-        settings = config.resolvers_for(section)
+    async def one(name: Name) -> str | None:
+        settings = config.resolvers_for(name.resolvers)
         resolver = resolvers.setdefault(settings, make_resolver(settings))
         try:
-            await resolver.lookup(host, port, kind, (), 1)
+            await resolver.lookup(name.host, name.port, name.kind, (), 1)
         except ResolutionFailed as exc:
-            via = f" (resolvers {section})" if section else ""
-            return f"{config.path}: {where}: {exc}{via}: serve starts {then} and keeps trying"
+            via = f" (resolvers {name.resolvers})" if name.resolvers else ""
+            then = "this server DOWN" if name.template is None else "its servers empty"
+            return f"{config.path}: {name.path}: {exc}{via}: serve starts {then} and keeps trying"
         return None
 
-    texts = await asyncio.gather(*(one(*lookup) for lookup in lookups))
+    texts = await asyncio.gather(*(one(name) for name in names(config)))
     return [text for text in texts if text is not None]

@@ -23,6 +23,7 @@ from fastmqtt.discovery import (
     assign_slots,
     check_names,
     make_resolver,
+    names,
 )
 
 # -- template slots ---------------------------------------------------------------------------
@@ -183,16 +184,15 @@ def _config(dns: DnsServer, servers: str, resolvers: str = "") -> Config:
     )
 
 
-def _watch(config: Config, index: int = 0) -> tuple[Backend, Watch, list[list[str]]]:
-    """The backend, the Watch of its ``index``-th name, and the names of the servers each
+def _watch(config: Config) -> tuple[Backend, Watch, list[list[str]]]:
+    """The backend, the Watch of its first name, and the names of the servers each
     servers_changed call carried."""
-    from fastmqtt.discovery import _watched
-
     backend = Backend(config.backends["b"])
     moved: list[list[str]] = []
     backend.subscribe(lambda _, servers: moved.append([s.name for s in servers]))
-    args = _watched(config, backend)[index]
-    return backend, Watch(*args, make_resolver(args[-1])), moved
+    name = names(config)[0]
+    settings = config.resolvers_for(name.resolvers)
+    return backend, Watch(backend, name, settings, make_resolver(settings)), moved
 
 
 def _where(servers: list[Server]) -> list[str | None]:
