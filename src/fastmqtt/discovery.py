@@ -162,7 +162,7 @@ class Nameservers:
         except dns.resolver.NoNameservers as exc:
             errors = exc.kwargs.get("errors") or []
             refused = any(str(error[3]) == "REFUSED" for error in errors)
-            said = "; ".join(f"{error[0]}:{error[2]} said {error[3]}" for error in errors)
+            said = "; ".join(dict.fromkeys(f"{e[0]}:{e[2]} said {e[3]}" for e in errors))
             raise ResolutionFailed("refused" if refused else "other", host, said) from None
         except dns.exception.DNSException as exc:
             raise ResolutionFailed("other", host, str(exc)) from None
