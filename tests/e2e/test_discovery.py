@@ -195,6 +195,28 @@ def test_a_template_grows_and_shrinks_and_a_removed_server_drains(dns, nodes, fa
         sock.close()
 
 
+def test_an_added_server_is_checked_at_once_and_a_dead_one_taken_out(dns, nodes, fastmqtt):
+    """As HAProxy 2.6 starts a template server that got an address: up, checked at once (not
+    after `interval`), down at the first failed check; no client fails meanwhile."""
+    node1 = nodes[0]
+    dns.a("emqx.test", [node1.host])
+    check = 'check = { interval = "30s", timeout = "1s" }\n'
+    port, stats, lb = start(fastmqtt, dns, check + template(node1.port, count=2))
+    assert wait_until(lambda: stats.servers()["emqx1"].get("check_status") == "L4OK", 5)
+    churn = Churn(port)
+    try:
+        dns.a("emqx.test", [node1.host, "127.0.0.5"])  # an address where no broker listens
+        assert wait_until(lambda: rows(stats)["emqx2"] == ("DOWN", "127.0.0.5:" + str(node1.port)))
+        row = stats.servers()["emqx2"]
+        assert (row["check_status"], row["last_chk"]) == ("L4CON", "Connection refused")
+        done = len(churn.done)
+        assert wait_until(lambda: len(churn.done) >= done + 5)
+    finally:
+        churn.finish()
+    assert churn.failed == []  # a connect refused by emqx2 went to emqx1 (redispatch)
+    assert "server cluster/emqx2 is DOWN (was UP): Layer4 connection problem" in lb.logs()
+
+
 def test_a_name_that_does_not_resolve_at_start_is_down_then_comes_up(dns, nodes, fastmqtt):
     node1 = nodes[0]
     backend = (
