@@ -1729,7 +1729,7 @@ def _check_file(path: str, quiet: bool) -> int:
 
         errors = [f"{config.path}: {problem}" for problem in check_material(config)]
         config = None if errors else config
-    if config is not None and not args.quiet:  # --quiet prints no warning: no lookups
+    if config is not None and not quiet:  # --quiet prints no warning: no lookups
         from fastmqtt.discovery import check_names  # names are looked up once the rest passed
 
         config = replace(config, warnings=(*config.warnings, *check_names(config)))
