@@ -4,49 +4,96 @@ A client that reconnects within ``expire`` goes back to its server (where its
 persistent session lives) while that server is usable; when it is not, the
 balancer picks another and ``put`` moves the entry there, so the entry follows the
 client. Keys are the FULL client id (HAProxy's recipe truncates to 32 characters,
-which sticks unrelated long ids together).
+which sticks unrelated long ids together), reduced to a 128-bit keyed digest, so an
+entry takes the same few bytes whatever the id (docs/stick-table.md).
+
+One table per sticky backend, in shared memory: every worker process and the relay
+engine's threads use it (``_stick.pyx``), so a client sticks whichever worker the
+kernel hands it to. ``StickStore`` says where each process finds its tables.
 
 Lifetime, and how it differs from HAProxy:
 
 - An entry never expires while its client is connected (``connected`` /
-  ``disconnected`` keep a count of live connections per key). ``expire`` counts
-  from the last disconnect, or from ``put`` when no connection is live. HAProxy's
-  ``expire`` counts from the last connect, so a device connected for longer than
-  ``expire`` loses its entry while still online and may reconnect elsewhere.
+  ``disconnected`` keep a count of live connections per key and worker). ``expire``
+  counts from the last disconnect, or from ``put`` when no connection is live.
+  HAProxy's ``expire`` counts from the last connect, so a device connected for longer
+  than ``expire`` loses its entry while still online and may reconnect elsewhere.
 - ``get`` neither refreshes the expiry nor the recency: an entry is "used" by
   ``put``, ``connected`` and ``disconnected``, which the proxy calls on every
-  routed connection anyway. That keeps idle entries in expiry order, so both the
-  size bound and ``purge`` work from the oldest end in O(1) per entry.
-- ``size`` bounds the table; the least recently used entry without live connections
-  goes first, and one with live connections only when every entry has some.
+  routed connection anyway.
+- ``size`` bounds the table; when a key's two buckets (8 entries each) are full, the
+  least recently used entry without live connections goes, and if every one of them
+  has live connections the new key is not kept.
 - Empty client ids (3.1.1 clean sessions, v5 ids assigned by the broker) must not be
   stuck together on one server: ``put("")`` raises ``ValueError`` (callers skip
   them); ``get("")`` is always ``None``.
 
-Expiry is lazy on ``get`` plus ``purge``, which the proxy calls every few seconds.
+Expired entries are free space at once; ``purge`` (a slice of the table every few
+seconds) empties them so that the entry count is right.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastmqtt import stick_file
+from fastmqtt.balance import hash64
+
+if TYPE_CHECKING:
+    from fastmqtt.config import Config, StickConfig
+
+log = logging.getLogger("fastmqtt.stick")
+
+STICK_DIR_ENV = "FASTMQTT_STICK_DIR"  # the supervisor's table directory, for its workers
+PRIVATE_PREFIX = "fastmqtt-stick-"
+PURGE_SLICES = 12  # purge_step covers the table in this many calls (a minute at 5 s)
+_ID_SPACE = 0xFFFFFFFF
 
 
-class _Entry:
-    __slots__ = ("live", "server", "since")
+def server_id(name: str) -> int:
+    """A server's id in table entries: the same in every process and after restarts."""
+    return hash64(name.encode()) % _ID_SPACE + 1
 
-    def __init__(self, server: str, since: float) -> None:
-        self.server = server
-        self.live = 0  # connections currently open for this key
-        self.since = since  # when the entry last became idle (no live connection)
+
+def id_collisions(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of server names (of one backend) that would share an id."""
+    seen: dict[int, str] = {}
+    pairs = []
+    for name in names:
+        other = seen.setdefault(server_id(name), name)
+        if other != name:
+            pairs.append((other, name))
+    return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class StickEntry:
+    """What the table holds for one key (``ctl client``)."""
+
+    server: str | None  # None: a server this process does not know (yet)
+    live: int  # connections open now, in every worker
+    expires_in: float | None  # seconds; None while connected
 
 
 class StickTable:
-    """Client id -> server name, bounded by ``size``, idle entries expire after ``expire`` s."""
+    """Client id -> server name, bounded by ``size``, idle entries expire after ``expire`` s.
+
+    Without ``file``, a private table (a memfd) of this process alone."""
 
     def __init__(
-        self, size: int, expire: float, clock: Callable[[], float] = time.monotonic
+        self,
+        size: int,
+        expire: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        file: stick_file.TableFile | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"stick table size must be >= 1, got {size}")
@@ -55,88 +102,307 @@ class StickTable:
         self.size = size
         self.expire = expire
         self._clock = clock
-        # Two LRU orders: idle entries (expire, evicted first) and entries with live
-        # connections (never expire, evicted only when no idle entry is left).
-        self._idle: OrderedDict[str, _Entry] = OrderedDict()
-        self._busy: OrderedDict[str, _Entry] = OrderedDict()
+        self.file = file or stick_file.create(None, size, _ms(expire), workers=1, worker=0)
+        self._table = self.file.table
+        self._names: dict[int, str] = {}
+        self._purged = 0  # next bucket for purge_step
+
+    @property
+    def bytes(self) -> int:
+        """Memory the table takes: fixed at creation, whatever the keys."""
+        return self.file.length
 
     def __len__(self) -> int:
-        return len(self._idle) + len(self._busy)
+        return self._table.count(self._now_ms())
+
+    def register(self, names: Iterable[str]) -> None:
+        """Server names the entries may point at (learned from ``put`` too)."""
+        for name in names:
+            self._names[server_id(name)] = name
 
     def get(self, key: str) -> str | None:
         """Server stuck to ``key``, or None when unknown or expired."""
-        entry = self._busy.get(key) or self._live_idle(key)
-        return entry.server if entry is not None else None
+        if not key:
+            return None
+        return self._names.get(self._table.get(self._digest(key), self._now_ms()))
 
     def put(self, key: str, server: str) -> None:
         """Stick ``key`` to ``server`` (new entry, or the client moved)."""
         if not key:
             raise ValueError("empty client ids are never stuck")
-        entry = self._busy.get(key)
-        if entry is not None:
-            entry.server = server
-            self._busy.move_to_end(key)
-            return
-        self._idle.pop(key, None)
-        self._idle[key] = _Entry(server, self._clock())
-        self._evict()
+        ident = server_id(server)
+        self._names[ident] = server
+        self._table.put(self._digest(key), ident, self._now_ms())
 
     def connected(self, key: str) -> None:
         """A connection for ``key`` is live: its entry stops expiring (no-op if unknown)."""
-        entry = self._busy.get(key)
-        if entry is None:
-            entry = self._live_idle(key)
-            if entry is None:
-                return
-            del self._idle[key]
-            self._busy[key] = entry
-        else:
-            self._busy.move_to_end(key)
-        entry.live += 1
+        if key:
+            self._table.connected(self._digest(key), self._now_ms())
 
     def disconnected(self, key: str) -> None:
         """A connection for ``key`` ended; the last one starts the expiry clock."""
-        entry = self._busy.get(key)
-        if entry is None:
-            return
-        entry.live -= 1
-        if entry.live == 0:
-            del self._busy[key]
-            entry.since = self._clock()
-            self._idle[key] = entry
+        if key:
+            self._table.disconnected(self._digest(key), self._now_ms())
+
+    def entry(self, key: str) -> StickEntry | None:
+        """The entry of ``key`` as it is now, or None."""
+        now = self._now_ms()
+        found = self._table.peek(self._digest(key), now) if key else None
+        if found is None:
+            return None
+        ident, live, stamp = found
+        expires_in = None if live else max(0.0, (stamp + _ms(self.expire) - now) / 1000)
+        return StickEntry(self._names.get(ident), live, expires_in)
+
+    def remove(self, key: str) -> bool:
+        """Forget ``key`` (``ctl unstick``); False when it had no entry."""
+        return bool(key) and self._table.remove(self._digest(key))
 
     def forget_server(self, server: str) -> int:
         """Drop every entry pointing at ``server`` (removed on reload); returns how many."""
-        dropped = 0
-        for table in (self._idle, self._busy):
-            gone = [key for key, entry in table.items() if entry.server == server]
-            for key in gone:
-                del table[key]
-            dropped += len(gone)
-        return dropped
+        return self._table.forget_server(server_id(server), self._now_ms())
 
     def purge(self, now: float | None = None) -> int:
-        """Drop expired entries (oldest first, stops at the first live one); returns how many."""
-        now = self._clock() if now is None else now
-        dropped = 0
-        while self._idle:
-            key, entry = next(iter(self._idle.items()))
-            if not self._expired(entry, now):
-                break
-            del self._idle[key]
-            dropped += 1
+        """Drop expired entries; returns how many."""
+        return self._table.purge(self._now_ms() if now is None else _ms(now))
+
+    def purge_step(self) -> int:
+        """Purge the next 1/PURGE_SLICES of the buckets (the proxy calls this every few
+        seconds: each call stays short, and the whole table is swept every few dozen)."""
+        nbuckets = self._table.nbuckets
+        count = -(-nbuckets // PURGE_SLICES)
+        dropped = self._table.purge(self._now_ms(), self._purged, count)
+        self._purged = (self._purged + count) % nbuckets
         return dropped
 
-    def _live_idle(self, key: str) -> _Entry | None:
-        entry = self._idle.get(key)
-        if entry is not None and self._expired(entry, self._clock()):
-            del self._idle[key]
+    def close(self) -> None:
+        self._table = None
+        self.file.close()
+
+    def _digest(self, key: str) -> bytes:
+        return self._table.digest(key.encode())
+
+    def _now_ms(self) -> int:
+        return _now_ms(self._clock)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _now_ms(clock: Callable[[], float]) -> int:
+    if clock is time.monotonic:  # the engine's clock (CLOCK_MONOTONIC), to the millisecond
+        return time.monotonic_ns() // 1_000_000
+    return _ms(clock())
+
+
+def _copy_entries(old: stick_file.TableFile, new: stick_file.TableFile, now: int) -> int:
+    """Every entry of ``old`` into ``new`` (same digest key), least recently used first, so
+    that where the new table is too small the newest stay. Returns how many were kept."""
+    entries = sorted(old.table.entries(now), key=lambda e: e[2])
+    for digest, server, stamp, live in entries:
+        new.table.load(digest, server, stamp, live, now)
+    return new.table.count(now)
+
+
+def _remove_stale_private_dirs() -> None:
+    """Private table directories of supervisors that died without cleaning up (SIGKILL): no
+    process of theirs is left, and no process maps their files."""
+    base = "/dev/shm"
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(PRIVATE_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        pid = name[len(PRIVATE_PREFIX) :].split("-", 1)[0]
+        try:
+            if os.stat(path).st_uid != os.geteuid() or not pid.isdigit() or _alive(int(pid)):
+                continue
+            files = [os.path.join(path, f) for f in os.listdir(path)]
+        except OSError:
+            continue
+        if all(stick_file.unused(f) for f in files):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StickStore:
+    """The stick tables of one process: one per sticky backend, found by backend name.
+
+    - A single process (``workers = 1``) owns its tables: memfds, or with ``stick_dir``
+      files ``<stick_dir>/<backend>.stick`` that it takes over at start (a restart keeps
+      the entries).
+    - A supervisor owns the tables of its workers: files in ``stick_dir`` or in a private
+      directory under /dev/shm (removed when it stops). It creates them at start and on
+      reload (``sync``), and clears a dead worker's live counts (``recover_worker``).
+    - A worker attaches to its supervisor's files (``STICK_DIR_ENV``).
+
+    A changed ``size`` (or worker count) makes a new table with the same digest key: the
+    entries are copied over, least recently used first, so the newest fit.
+    """
+
+    def __init__(
+        self,
+        directory: str | None,
+        workers: int,
+        worker: int,
+        owner: bool,
+        private: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = directory
+        self.workers = workers
+        self.worker = worker
+        self.owner = owner
+        self.private = private  # a directory of ours alone, removed by close()
+        self.clock = clock
+        self._files: dict[str, stick_file.TableFile] = {}  # the owner's tables, by backend
+
+    @classmethod
+    def for_process(cls, config: Config, worker: int | None) -> StickStore:
+        """The store of a `fastmqtt serve` process (``worker`` set under a supervisor)."""
+        if worker is None:
+            return cls(config.global_.stick_dir, 1, 0, owner=True)
+        directory = os.environ.get(STICK_DIR_ENV)
+        if directory is None:
+            log.warning("worker %d: no shared stick tables; using private ones", worker)
+        return cls(directory, config.global_.workers, worker, owner=directory is None)
+
+    @classmethod
+    def for_supervisor(cls, config: Config) -> StickStore:
+        """The supervisor's store: ``stick_dir``, or a private directory in /dev/shm."""
+        directory = config.global_.stick_dir
+        if directory is not None:
+            return cls(directory, config.global_.workers, 0, owner=True)
+        _remove_stale_private_dirs()
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        directory = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=base)
+        return cls(directory, config.global_.workers, 0, owner=True, private=True)
+
+    # -- tables for backends -------------------------------------------------------------
+
+    def table(self, backend: str, config: StickConfig, current: StickTable | None) -> StickTable:
+        """The table of a sticky backend: ``current`` when it still is, else the new one."""
+        if self.owner:
+            file = self._own(backend, config)
+        else:
+            file = self._attach(backend, config, current)
+            if file is None:
+                return current  # type: ignore[return-value]  # unchanged since the last look
+        if current is not None and current.file is file:
+            current.expire = config.expire
+            return current
+        return StickTable(config.size, config.expire, self.clock, file=file)
+
+    def sync(self, config: Config) -> None:
+        """The supervisor, at start and on reload: a table for every sticky backend, before
+        the workers look; the files of the others go."""
+        sticky = {name: bc.stick for name, bc in config.backends.items() if bc.stick}
+        for name, stick in sticky.items():
+            self._own(name, stick)
+        self.retain(sticky)
+
+    def retain(self, backends: Iterable[str]) -> None:
+        """Drop the owned tables (and files) of backends no longer sticky."""
+        keep = set(backends)
+        for name in [name for name in self._files if name not in keep]:
+            file = self._files.pop(name)
+            if file.path is not None:
+                os.unlink(file.path)
+            file.close()
+
+    def recover_worker(self, worker: int, pid: int) -> None:
+        """The supervisor saw worker ``worker`` (process ``pid``) die: its live counts go, and
+        the bucket locks it held are freed."""
+        now = _now_ms(self.clock)
+        for name, file in self._files.items():
+            dropped = file.table.recover_worker(worker, pid, now)
+            if dropped:
+                log.info(
+                    "stick table %s: worker %d's %d live connections dropped", name, worker, dropped
+                )
+
+    def close(self) -> None:
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+        if self.private and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- owner and worker halves ---------------------------------------------------------
+
+    def _path(self, backend: str) -> str | None:
+        return None if self.directory is None else os.path.join(self.directory, f"{backend}.stick")
+
+    def _own(self, backend: str, config: StickConfig) -> stick_file.TableFile:
+        path = self._path(backend)
+        old = self._files.get(backend)
+        if old is None and path is not None:
+            old = self._take_over(path)
+        if old is not None and (old.header.size, old.header.workers) == (config.size, self.workers):
+            old.set_expire(_ms(config.expire))
+            self._files[backend] = old
+            return old
+        new = stick_file.create(
+            path,
+            config.size,
+            _ms(config.expire),
+            self.workers,
+            self.worker,
+            key=None if old is None else old.header.key,
+        )
+        if old is not None:
+            kept = _copy_entries(old, new, _now_ms(self.clock))
+            log.info(
+                "stick table %s: size %d -> %d, kept %d entries",
+                backend,
+                old.header.size,
+                config.size,
+                kept,
+            )
+            old.close()
+        self._files[backend] = new
+        return new
+
+    def _take_over(self, path: str) -> stick_file.TableFile | None:
+        """The table a previous run left at ``path`` (None: there is none, or it is unusable
+        and gets replaced). InUse propagates: two fastmqtt must not share a stick_dir."""
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        try:
+            file = stick_file.take_over(path, self.worker)
+        except stick_file.InUse:
+            raise
+        except stick_file.StickFileError as exc:
+            log.warning("%s; starting an empty stick table there", exc)
             return None
-        return entry
+        if file is not None:
+            file.table.restart(_now_ms(self.clock), file.header.boot_id != stick_file.boot_id())
+            file.mark_boot()
+            kept = file.table.count(_now_ms(self.clock))
+            log.info("stick table %s: %d entries kept from the last run", path, kept)
+        return file
 
-    def _expired(self, entry: _Entry, now: float) -> bool:
-        return now - entry.since >= self.expire
-
-    def _evict(self) -> None:
-        while len(self) > self.size:
-            (self._idle or self._busy).popitem(last=False)
+    def _attach(
+        self, backend: str, config: StickConfig, current: StickTable | None
+    ) -> stick_file.TableFile | None:
+        """A worker: the supervisor's file for ``backend`` (None: ``current`` still is it)."""
+        path = self._path(backend)
+        assert path is not None
+        try:
+            inode = os.stat(path).st_ino
+            if current is not None and current.file.path == path and current.file.inode == inode:
+                return None
+            return stick_file.attach(path, self.worker)
+        except (OSError, stick_file.StickFileError) as exc:
+            log.warning("stick table %s not shared (%s): this worker keeps its own", backend, exc)
+            return stick_file.create(None, config.size, _ms(config.expire), 1, 0)

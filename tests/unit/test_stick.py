@@ -1,9 +1,15 @@
-"""Stick table semantics, driven by a hand-advanced clock."""
+"""Stick table semantics, driven by a hand-advanced clock, over the compiled table and its
+plain-Python twin."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from types import ModuleType
 
+import pytest
+from tests.unit.test_stick_properties import IMPLS
+
+from fastmqtt import stick_file
 from fastmqtt.stick import StickTable
 
 
@@ -20,8 +26,27 @@ def clock() -> Clock:
     return Clock()
 
 
-def test_put_get_and_follow_the_client(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+@pytest.fixture(params=[m for _, m in IMPLS], ids=[name for name, _ in IMPLS])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    return request.param
+
+
+Make = Callable[..., StickTable]
+
+
+@pytest.fixture
+def make(impl: ModuleType) -> Make:
+    """``make(size, expire, clock)``: a private table of the implementation under test."""
+
+    def new(size: int, expire: float, clock: Clock) -> StickTable:
+        file = stick_file.create(None, size, round(expire * 1000), 1, 0, impl=impl)
+        return StickTable(size, expire, clock, file=file)
+
+    return new
+
+
+def test_put_get_and_follow_the_client(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     assert t.get("dev") is None
     t.put("dev", "node1")
     assert t.get("dev") == "node1"
@@ -30,8 +55,8 @@ def test_put_get_and_follow_the_client(clock: Clock) -> None:
     assert len(t) == 1
 
 
-def test_full_client_id_is_the_key(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_full_client_id_is_the_key(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     prefix = "x" * 32
     t.put(prefix + "-sensor-a", "node1")
     t.put(prefix + "-sensor-b", "node2")
@@ -40,8 +65,8 @@ def test_full_client_id_is_the_key(clock: Clock) -> None:
     assert t.get(prefix) is None
 
 
-def test_empty_client_id_is_never_stuck(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_empty_client_id_is_never_stuck(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     with pytest.raises(ValueError):
         t.put("", "node1")
     assert t.get("") is None
@@ -50,8 +75,8 @@ def test_empty_client_id_is_never_stuck(clock: Clock) -> None:
     assert len(t) == 0
 
 
-def test_idle_entry_expires_after_expire(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_idle_entry_expires_after_expire(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     t.put("dev", "node1")
     clock.now += 59.9
     assert t.get("dev") == "node1"  # get does not refresh the expiry...
@@ -60,8 +85,8 @@ def test_idle_entry_expires_after_expire(clock: Clock) -> None:
     assert len(t) == 0
 
 
-def test_never_expires_while_connected_and_counts_from_disconnect(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_never_expires_while_connected_and_counts_from_disconnect(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     t.put("dev", "node1")
     t.connected("dev")
     clock.now += 10 * 3600  # HAProxy would have expired a 30 s..30 min entry long ago
@@ -74,8 +99,8 @@ def test_never_expires_while_connected_and_counts_from_disconnect(clock: Clock) 
     assert t.get("dev") is None
 
 
-def test_live_connections_are_counted(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_live_connections_are_counted(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     t.put("dev", "node1")
     t.connected("dev")
     t.connected("dev")  # a takeover: the new connection arrives before the old one closes
@@ -87,8 +112,8 @@ def test_live_connections_are_counted(clock: Clock) -> None:
     assert t.get("dev") is None
 
 
-def test_unknown_keys_are_ignored(clock: Clock) -> None:
-    t = StickTable(10, 60, clock)
+def test_unknown_keys_are_ignored(make: Make, clock: Clock) -> None:
+    t = make(10, 60, clock)
     t.connected("ghost")
     t.disconnected("ghost")
     t.put("dev", "node1")
@@ -96,8 +121,8 @@ def test_unknown_keys_are_ignored(clock: Clock) -> None:
     assert len(t) == 1
 
 
-def test_size_evicts_least_recently_used(clock: Clock) -> None:
-    t = StickTable(3, 60, clock)
+def test_size_evicts_least_recently_used(make: Make, clock: Clock) -> None:
+    t = make(3, 60, clock)
     for key in ("a", "b", "c"):
         t.put(key, "node1")
         clock.now += 1
@@ -108,8 +133,8 @@ def test_size_evicts_least_recently_used(clock: Clock) -> None:
     assert len(t) == 3
 
 
-def test_size_spares_entries_with_live_connections(clock: Clock) -> None:
-    t = StickTable(2, 60, clock)
+def test_size_spares_entries_with_live_connections(make: Make, clock: Clock) -> None:
+    t = make(2, 60, clock)
     t.put("old", "node1")
     t.connected("old")
     t.put("mid", "node1")
@@ -123,8 +148,8 @@ def test_size_spares_entries_with_live_connections(clock: Clock) -> None:
     assert len(t) == 2
 
 
-def test_purge_drops_only_expired(clock: Clock) -> None:
-    t = StickTable(100, 60, clock)
+def test_purge_drops_only_expired(make: Make, clock: Clock) -> None:
+    t = make(100, 60, clock)
     for i in range(10):
         t.put(f"k{i}", "node1")
         if i == 0:
@@ -136,8 +161,8 @@ def test_purge_drops_only_expired(clock: Clock) -> None:
     assert [t.get(f"k{i}") for i in range(10)].count("node1") == 1
 
 
-def test_forget_server(clock: Clock) -> None:
-    t = StickTable(100, 60, clock)
+def test_forget_server(make: Make, clock: Clock) -> None:
+    t = make(100, 60, clock)
     t.put("a", "node1")
     t.put("b", "node2")
     t.put("c", "node1")
