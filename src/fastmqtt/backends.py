@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from fastmqtt.balance import Balancer, make_balancer
-from fastmqtt.config import BackendConfig, ServerConfig, StickConfig
+from fastmqtt.config import BackendConfig, ServerConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.metrics import BackendCounters, ServerCounters
-from fastmqtt.stick import StickTable
+from fastmqtt.stick import StickStore, StickTable
 
 
 class ServerState(enum.Enum):
@@ -128,9 +128,10 @@ class Server:
 class Backend:
     """A pool of servers behind one balancing policy and an optional stick table."""
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, sticks: StickStore | None = None) -> None:
         self.servers: list[Server] = []
         self.by_name: dict[str, Server] = {}
+        self.sticks = sticks or StickStore(None, 1, 0, owner=True)  # where its table lives
         self.stick: StickTable | None = None
         self.counters = BackendCounters()
         self._listeners: dict[Callable[[Backend, Sequence[Server]], None], None] = {}
@@ -141,6 +142,7 @@ class Backend:
         state, counters, stick-table entries and, if they look the same name up the same way,
         the address found for it; removed servers' entries are forgotten. Established
         connections are not touched."""
+        stick = _stick_table(self.sticks, config, self.stick)  # may fail: before any change
         servers = []
         for i, sc in enumerate(config.servers):
             server = self.by_name.get(sc.name)
@@ -155,8 +157,9 @@ class Backend:
             [s.weight for s in servers],
             config.hash_balance_factor,
         )
-        self.stick = _stick_table(self.stick, config.stick)
+        self.stick = stick
         if self.stick is not None:
+            self.stick.register(s.name for s in servers)
             for gone in self.by_name.keys() - {s.name for s in servers}:
                 self.stick.forget_server(gone)
         self.config = config
@@ -256,13 +259,13 @@ async def connect_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket, a
         raise OSError(err, os.strerror(err))
 
 
-def _stick_table(current: StickTable | None, config: StickConfig | None) -> StickTable | None:
-    """Keep the learned entries unless stickiness was switched off or resized."""
-    if config is None:
+def _stick_table(
+    store: StickStore, config: BackendConfig, current: StickTable | None
+) -> StickTable | None:
+    """Keep the learned entries unless stickiness was switched off (a resize copies them)."""
+    if config.stick is None:
         return None
-    if current is not None and (current.size, current.expire) == (config.size, config.expire):
-        return current
-    return StickTable(config.size, config.expire)
+    return store.table(config.name, config.stick, current)
 
 
 def _first_only(eligible: list[bool]) -> list[bool]:

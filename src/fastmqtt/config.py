@@ -106,6 +106,7 @@ class GlobalConfig:
     grace: float = 30.0
     drain_disconnect: bool = False  # MQTT 5 clients get DISCONNECT 0x8B on SIGTERM
     drain_rate: int = 500  # such DISCONNECTs per second, so reconnects arrive spread out
+    stick_dir: str | None = None  # stick table files that outlive a restart (stick.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +555,14 @@ def _owner(value: object) -> str | int:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", value):
         raise _expected("a user or group name, or a numeric id", value)
     return value
+
+
+def _directory(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise _expected('an absolute directory path like "/dev/shm/fastmqtt"', value)
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise _Bad(f"{_show(value)} exists and is not a directory")
+    return os.path.normpath(value)
 
 
 def _workers(value: object) -> int:
@@ -1005,6 +1014,7 @@ GLOBAL_KEYS = {
     "grace": _Key(_duration(allow_zero=True)),
     "drain_disconnect": _Key(_boolean),
     "drain_rate": _Key(_integer(1, MAX_CONNECTIONS)),
+    "stick_dir": _Key(_directory),
 }
 DEFAULTS_KEYS = {
     "timeout_connect": _Key(_duration()),
@@ -1492,6 +1502,18 @@ def _check_rule_backends(config: Config, report: _Report) -> None:
                 report.warn(path, 'never matches: protocol = "tcp" reads no client id or username')
 
 
+def _check_stick_ids(config: Config, report: _Report) -> None:
+    """Stick entries name servers by a 32-bit hash of the name: two in one backend must differ."""
+    from fastmqtt.stick import id_collisions  # the hash the tables use
+
+    for backend in config.backends.values():
+        if backend.stick is None:
+            continue
+        for first, second in id_collisions(s.name for s in backend.servers):
+            text = f"servers {first} and {second} hash to the same stick table id: rename one"
+            report.error(f"backend.{backend.name}.server", text)
+
+
 def _max_connections(config: Config) -> int:
     """What one process may hold: the global limit, or less if the frontends' limits sum lower."""
     per_frontend = sum(frontend.maxconn for frontend in config.frontends)
@@ -1589,6 +1611,7 @@ _CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (
     _check_rule_backends,
     _check_open_files,
     _check_workers_stick,
+    _check_stick_ids,
 )
 
 

@@ -85,6 +85,12 @@ _BACKEND_ONLY = (
     ),
     ("learned_client_ids_total", "counter", "Broker-assigned client ids learned", "learned_ids"),
 )
+# The backend's stick table (rows of sticky backends only); one table for every worker.
+_STICK_TABLE = (
+    ("entries", "gauge", "Entries in the stick table (expired ones not counted)", "stick_entries"),
+    ("size", "gauge", "Entries the stick table holds at most (its size)", "stick_size"),
+    ("bytes", "gauge", "Shared memory the stick table takes, fixed when made", "stick_bytes"),
+)
 
 
 def _simple(
@@ -234,6 +240,7 @@ def _frontend_metrics(out: _Exposition, rows: list) -> None:
 def _backend_metrics(out: _Exposition, rows: list) -> None:
     p = "fastmqtt_backend"
     _simple(out, p, _COMMON + _UPSTREAM + _BACKEND_ONLY, rows)
+    _simple(out, "fastmqtt_stick_table", _STICK_TABLE, rows)
     out.family(
         f"{p}_status",
         "gauge",

@@ -24,6 +24,7 @@ from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
 from fastmqtt.stats import LocalSource, StatsServer
+from fastmqtt.stick import StickStore
 from fastmqtt.tls import TLSMaterialError, client_context
 
 log = logging.getLogger("fastmqtt")
@@ -45,7 +46,8 @@ class Proxy:
         self.loop = loop
         self.worker = worker
         self.reuse_port = worker is not None  # workers share the listeners
-        self.backends = {name: Backend(bc) for name, bc in config.backends.items()}
+        self.sticks = StickStore.for_process(config, worker)  # the tables every worker shares
+        self.backends = {name: Backend(bc, self.sticks) for name, bc in config.backends.items()}
         for backend in self.backends.values():
             backend.subscribe(self._servers_changed)
         self.discovery = Discovery()
@@ -150,6 +152,10 @@ class Proxy:
             frontends.append(fe)
         for fe in plan.kept.values():
             fe.close()  # its established connections stay until they end
+        for name in self.backends.keys() - plan.backends.keys():
+            if self.backends[name].stick is not None:
+                self.backends[name].stick.close()  # removed: its mapping and file go
+        self.sticks.retain(name for name, bc in config.backends.items() if bc.stick)
         self.config, self.backends, self.frontends = config, plan.backends, frontends
         self.hub.drain_v5 = config.global_.drain_disconnect
         self.health = {
@@ -264,7 +270,7 @@ class Proxy:
     def _purge_sticks(self) -> None:
         for backend in self.backends.values():
             if backend.stick is not None:
-                backend.stick.purge()
+                backend.stick.purge_step()
         self._purger = self.loop.call_later(STICK_PURGE_INTERVAL, self._purge_sticks)
 
 
@@ -281,7 +287,8 @@ class _Reload:
     def __init__(self, proxy: Proxy, config: Config) -> None:
         self.config = config
         self.backends = {
-            name: proxy.backends.get(name) or Backend(bc) for name, bc in config.backends.items()
+            name: proxy.backends.get(name) or Backend(bc, proxy.sticks)
+            for name, bc in config.backends.items()
         }
         self.kept = {_bind(fe.config): fe for fe in proxy.frontends}
         self.tls = {

@@ -78,7 +78,21 @@ def _backend_html(be: dict[str, Any]) -> str:
     ]  # fmt: skip
     rows = "".join(_server_html(sv) for sv in be["servers"]) + _tr(total, "class=backend")
     name = html.escape(be["pxname"])
-    return f"<h2>backend {name}</h2>" + _table(_SERVER_HEADINGS, rows, f'data-backend="{name}"')
+    table = _table(_SERVER_HEADINGS, rows, f'data-backend="{name}"')
+    return f"<h2>backend {name}</h2>{_stick_html(be)}{table}"
+
+
+def _stick_html(be: dict[str, Any]) -> str:
+    """One line on the backend's stick table: how full, how big, how often it routed."""
+    if "stick_entries" not in be:
+        return ""
+    lookups = be["sticky_hits"] + be["sticky_misses"]
+    rate = f"{100 * be['sticky_hits'] / lookups:.1f}%" if lookups else "-"
+    return (
+        f"<p class=stick>stick table: {be['stick_entries']} of {be['stick_size']} entries, "
+        f"{be['stick_bytes'] / 2**20:.1f} MiB shared; hits {be['sticky_hits']}, "
+        f"misses {be['sticky_misses']} (hit rate {rate})</p>"
+    )
 
 
 def _frontend_html(fe: dict[str, Any]) -> str:

@@ -232,11 +232,21 @@ def _backend_row(backend: Backend, servers: list[dict[str, Any]], rates: Rates) 
         "sticky_hits": c.sticky_hits,
         "sticky_misses": c.sticky_misses,
         "learned_ids": c.learned_ids,
+        **_stick_fields(backend),
         "connect_latency": _histogram(c.connect_latency),
         "connack_latency": _histogram(c.connack_latency),
         "servers": servers,
         **rates.fields(("backend", backend.name)),
     }
+
+
+def _stick_fields(backend: Backend) -> dict[str, Any]:
+    """The backend's stick table, if it has one: shared by every worker, so the workers'
+    snapshots agree on it and merging takes one, not the sum."""
+    if backend.stick is None:
+        return {}
+    table = backend.stick
+    return {"stick_entries": len(table), "stick_size": table.size, "stick_bytes": table.bytes}
 
 
 def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:

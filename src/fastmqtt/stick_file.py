@@ -29,7 +29,7 @@ else:
 L = _impl.LAYOUT  # the twin's is the same (tests/unit/test_stick_properties.py)
 
 
-class StickFileError(Exception):
+class StickFileError(OSError):
     """A table file that cannot be created, sized or mapped; the text names it."""
 
 

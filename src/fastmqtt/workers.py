@@ -2,10 +2,11 @@
 them, restarts one that dies, and passes signals on.
 
 Each worker is a full `fastmqtt serve` of the same config with `--worker N`: its own event loop,
-relay engine, health checks and stick tables. Client-id routing agrees across workers when the
-backend uses `balance = "consistent"` (the mapping is a deterministic hash); stick tables are
-per worker (the kernel spreads connections by address and port, so a reconnect may land on
-another worker, whose table has not seen that client).
+relay engine and health checks. The stick tables are shared: the supervisor creates them (files
+in `stick_dir`, or in a private directory under /dev/shm) before it starts the workers and on
+reload, every worker maps them, and when a worker dies the supervisor takes back its live
+counts before starting the next (stick.py, docs/stick-table.md). So a client sticks whichever
+worker the kernel hands its reconnect to.
 
 The supervisor serves ``[stats]`` itself (the workers bind no stats port). Each worker answers
 on its own socketpair (JSON lines, one answer per request id): ``snapshot`` returns its
@@ -36,6 +37,7 @@ from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
 from fastmqtt.stats import HTTPError, LocalSource, StatsServer
 from fastmqtt.stats_rows import merge_snapshots, process_row
+from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -191,7 +193,9 @@ class Channel:
 class Worker:
     """One child process and the pipe on which it says it is ready."""
 
-    def __init__(self, index: int, path: str, admin: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, index: int, path: str, admin: list[dict[str, Any]], stick_dir: str | None
+    ) -> None:
         self.index = index
         read_fd, write_fd = os.pipe()
         ours, theirs = socket.socketpair()
@@ -200,6 +204,7 @@ class Worker:
             READY_FD_ENV: str(write_fd),
             CHANNEL_FD_ENV: str(theirs.fileno()),
             ADMIN_ENV: json.dumps(admin),
+            **({STICK_DIR_ENV: stick_dir} if stick_dir else {}),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastmqtt", "serve", path, "--worker", str(index)],
@@ -289,6 +294,7 @@ class Supervisor:
         self.admin: dict[tuple[str, str], dict[str, Any]] = {}  # since the last reload
         self.stats: StatsServer | None = None
         self.reloads = ReloadCounters(time.time())  # the files it validated for the workers
+        self.sticks: StickStore | None = None
 
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.proc.poll() is None]
@@ -300,7 +306,8 @@ class Supervisor:
         self.admin[key] = {k: old.get(k) if v is None else v for k, v in command.items()}
 
     def _spawn(self, index: int) -> Worker:
-        return Worker(index, self.path, list(self.admin.values()))
+        stick_dir = self.sticks.directory if self.sticks is not None else None
+        return Worker(index, self.path, list(self.admin.values()), stick_dir)
 
     def run(self) -> int:
         import uvloop
@@ -310,12 +317,15 @@ class Supervisor:
     async def _run(self) -> int:
         count = self.config.global_.workers
         loop = asyncio.get_running_loop()
-        if self.config.stats is not None:
-            try:
+        try:
+            self.sticks = StickStore.for_supervisor(self.config)
+            self.sticks.sync(self.config)
+            if self.config.stats is not None:
                 self.stats = StatsServer(WorkerStats(self), self.config.stats, loop)
-            except OSError as exc:
-                log.error("%s", exc.strerror or exc)
-                return 1
+        except OSError as exc:
+            log.error("%s", exc.strerror or exc)
+            self._close_stats()
+            return 1
         self.workers = [self._spawn(i) for i in range(count)]
         if not await self._wait_ready(self.workers):
             log.error("workers failed to start; stopping")
@@ -358,13 +368,18 @@ class Supervisor:
                 continue  # crashed at once: wait a little instead of a restart storm
             log.warning("worker %d (pid %d) exited with %s; restarting", i, worker.proc.pid, code)
             worker.close()
+            if self.sticks is not None:
+                self.sticks.recover_worker(i, worker.proc.pid)
             self.workers[i] = self._spawn(i)
             self.restarts += 1
 
     def reload(self) -> list[str]:
         """Validate first, so a broken file never reaches the workers; returns the errors."""
         try:
-            self.config = load_config(self.path)
+            config = load_config(self.path)
+            if self.sticks is not None:
+                self.sticks.sync(config)  # the tables exist before the workers look
+            self.config = config
         except (ConfigError, OSError) as exc:
             lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
             self.reloads.record(False, time.time())
@@ -400,5 +415,9 @@ class Supervisor:
         self._close_stats()
 
     def _close_stats(self) -> None:
+        """Also the stick tables: the last thing a supervisor closes."""
         if self.stats is not None:
             self.stats.close()
+        if self.sticks is not None:
+            self.sticks.close()
+            self.sticks = None

@@ -234,6 +234,9 @@ class Client:
     def close(self) -> None:
         self.mqtt.disconnect()
         self.mqtt.loop_stop()
+        # paho closes its wake-up socket pair only in __del__, which the callbacks' reference
+        # cycle delays to some later garbage collection (a ResourceWarning in another test)
+        self.mqtt._reset_sockets(sockpair_only=True)
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
