@@ -47,6 +47,7 @@ from fastmqtt import stick_file
 from fastmqtt.balance import hash64
 
 if TYPE_CHECKING:
+    from fastmqtt._stick import Table
     from fastmqtt.config import Config, StickConfig
 
 log = logging.getLogger("fastmqtt.stick")
@@ -103,9 +104,12 @@ class StickTable:
         self.expire = expire
         self._clock = clock
         self.file = file or stick_file.create(None, size, _ms(expire), workers=1, worker=0)
-        self._table = self.file.table
         self._names: dict[int, str] = {}
         self._purged = 0  # next bucket for purge_step
+
+    @property
+    def _table(self) -> Table:
+        return self.file.table  # no reference of its own: closing the file unmaps it
 
     @property
     def bytes(self) -> int:
@@ -119,6 +123,10 @@ class StickTable:
         """Server names the entries may point at (learned from ``put`` too)."""
         for name in names:
             self._names[server_id(name)] = name
+
+    def names(self) -> list[str]:
+        """The server names this table knows."""
+        return list(self._names.values())
 
     def get(self, key: str) -> str | None:
         """Server stuck to ``key``, or None when unknown or expired."""
@@ -176,7 +184,6 @@ class StickTable:
         return dropped
 
     def close(self) -> None:
-        self._table = None
         self.file.close()
 
     def _digest(self, key: str) -> bytes:
@@ -302,7 +309,11 @@ class StickStore:
         if current is not None and current.file is file:
             current.expire = config.expire
             return current
-        return StickTable(config.size, config.expire, self.clock, file=file)
+        table = StickTable(config.size, config.expire, self.clock, file=file)
+        if current is not None:  # replaced: its names carry over, its mapping goes
+            table.register(current.names())
+            current.close()
+        return table
 
     def sync(self, config: Config) -> None:
         """The supervisor, at start and on reload: a table for every sticky backend, before

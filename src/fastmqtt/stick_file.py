@@ -169,6 +169,8 @@ class TableFile:
             with contextlib.suppress(BufferError):  # still exported: closed when collected
                 mapping.close()
         if self.fd >= 0:
+            if self.path is not None:  # a mapping still exported would keep it locked
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = -1
 

@@ -150,6 +150,11 @@ def test_a_flood_of_65000_byte_client_ids_grows_nothing_but_the_fixed_table(brok
         raw_connect(port, f"{i:04d}{flood}").close()
     growth = rss_kib(lb.proc.pid) - before
     assert growth < 6 * 1024, f"grew {growth} KiB for 1000 ids of 65 kB"
-    be = Stats(stats_port).json()["backends"][0]
+    stats = Stats(stats_port)
+    be = stats.json()["backends"][0]
     assert be["stick_entries"] == 1050  # every id is in the table...
     assert be["stick_bytes"] <= 100_000 * 48  # ...whose size was fixed at start
+    metrics = stats.get("/metrics")
+    assert 'fastmqtt_stick_table_entries{backend="cluster"} 1050' in metrics
+    assert f'fastmqtt_stick_table_bytes{{backend="cluster"}} {be["stick_bytes"]}' in metrics
+    assert "stick table: 1050 of 100000 entries" in stats.get("/stats")

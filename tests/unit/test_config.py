@@ -936,3 +936,35 @@ def test_any_document_gives_a_config_or_config_errors(sections: list) -> None:
         assert all(line.startswith("lb.toml") for line in error.errors)
     else:
         assert config.frontends and config.backends
+
+
+# --- the shared stick table's keys ------------------------------------------------------------
+
+
+def test_stick_dir_is_an_absolute_directory(tmp_path: Path) -> None:
+    text = minimal().replace("maxconn = 1000", f'maxconn = 1000\nstick_dir = "{tmp_path}/x/"')
+    assert load_config_text(text).global_.stick_dir == f"{tmp_path}/x"
+    assert load_config_text(minimal()).global_.stick_dir is None
+    assert errors_of(minimal().replace("maxconn = 1000", 'stick_dir = "sticks"')) == [
+        'lb.toml: global.stick_dir: expected an absolute directory path like "/dev/shm/fastmqtt",'
+        ' got "sticks"'
+    ]
+    (tmp_path / "file").write_text("")
+    text = minimal().replace("maxconn = 1000", f'stick_dir = "{tmp_path}/file"')
+    assert errors_of(text) == [
+        f'lb.toml: global.stick_dir: "{tmp_path}/file" exists and is not a directory'
+    ]
+
+
+def test_two_servers_whose_stick_ids_collide_are_refused() -> None:
+    from fastmqtt.stick import server_id
+
+    assert server_id("node342") == server_id("node32734")  # found by search, 32-bit ids
+    text = minimal(backend="stick = true").replace('name = "emqx1"', 'name = "node342"') + (
+        '[[backend.emqx.server]]\nname = "node32734"\naddress = "192.168.0.3:1883"\n'
+    )
+    assert errors_of(text) == [
+        "lb.toml: backend.emqx.server: servers node342 and node32734 hash to the same stick "
+        "table id: rename one"
+    ]
+    assert load_config_text(text.replace("stick = true", "stick = false"))  # no table, no issue

@@ -111,3 +111,21 @@ def test_one_worker_merges_to_itself_and_every_renderer_takes_the_result():
     assert 'fastmqtt_server_current_sessions{backend="cluster",server="node2"} 4' in (
         render_metrics(merged)
     )
+
+
+def test_the_shared_stick_table_is_shown_once_not_summed():
+    one = _snap(11, [_server("node1", 3)], {})
+    two = _snap(12, [_server("node1", 5)], {})
+    for snap, entries in ((one, 70), (two, 71)):  # one table, read a moment apart
+        snap["backends"][0].update(stick_entries=entries, stick_size=1000, stick_bytes=49152)
+    merged = merge_snapshots([one, two])
+    be = merged["backends"][0]
+    assert (be["stick_entries"], be["stick_size"], be["stick_bytes"]) == (70, 1000, 49152)
+    assert be["sticky_hits"] == 4  # lookups are counted per worker, and add up
+    text = render_metrics(merged)
+    assert 'fastmqtt_stick_table_entries{backend="cluster"} 70' in text
+    assert 'fastmqtt_stick_table_size{backend="cluster"} 1000' in text
+    assert 'fastmqtt_stick_table_bytes{backend="cluster"} 49152' in text
+    bare = render_metrics(merge_snapshots([_snap(13, [_server("node1", 1)], {})]))
+    assert "# TYPE fastmqtt_stick_table_entries gauge" in bare  # declared even with no table
+    assert "fastmqtt_stick_table_entries{" not in bare
