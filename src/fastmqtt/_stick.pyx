@@ -23,7 +23,7 @@ the same bytes in the table after the same operations (tests/unit/test_stick_pro
 
 cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport ESRCH, errno
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
@@ -178,12 +178,16 @@ cdef inline uint64_t _rotr(uint64_t x, int r) noexcept nogil:
 
 
 cdef inline uint64_t _le64(const uint8_t *p) noexcept nogil:
-    # p[0:8] is in bounds: every caller passes a full 128-byte block
-    cdef uint64_t v = 0
+    # p[0:8] is in bounds: every caller passes a full 128-byte block or a 16-byte digest
+    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16)
+            | (<uint64_t>p[3] << 24) | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40)
+            | (<uint64_t>p[6] << 48) | (<uint64_t>p[7] << 56))
+
+
+cdef inline void _put_le64(uint8_t *p, uint64_t v) noexcept nogil:
     cdef int i
     for i in range(8):
-        v |= (<uint64_t>p[i]) << (8 * i)
-    return v
+        p[i] = <uint8_t>(v >> (8 * i))
 
 
 cdef inline void _g(uint64_t *v, int a, int b, int c, int d, uint64_t x,
@@ -648,7 +652,10 @@ cdef int _digest_arg(bytes digest, StickDigest *d) except -1:
 
 
 cdef bytes _digest_bytes(uint64_t lo, uint64_t hi):
-    return lo.to_bytes(8, "little") + hi.to_bytes(8, "little")
+    cdef uint8_t out[DIGEST_SIZE]
+    _put_le64(out, lo)
+    _put_le64(out + 8, hi)
+    return PyBytes_FromStringAndSize(<char *>out, DIGEST_SIZE)
 
 
 cdef uint64_t _header_u64(const uint8_t *base, int offset) noexcept nogil:
