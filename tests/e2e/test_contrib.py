@@ -29,9 +29,6 @@ pytestmark = pytest.mark.e2e
 
 CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
 STICKY = "stick = true\n"
-# Metrics the dashboard reads that another branch adds (issue 13, the shared stick table):
-# asserted absent here, so this test fails (and this entry must go) the day they appear.
-PENDING_ELSEWHERE = {"fastmqtt_stick_table_entries", "fastmqtt_stick_table_bytes"}
 # Families labelled by what happened (a reason, a CONNACK code): no sample until it happens.
 BY_EVENT = {"fastmqtt_frontend_denied_connections_total"}
 
@@ -119,11 +116,9 @@ def test_every_metric_the_dashboard_and_alerts_read_is_exported_from_the_start(b
     used = set().union(*map(metric_names, contrib_queries()))
     assert len(used) > 30
 
-    missing = {name for name in used - PENDING_ELSEWHERE if _family(name, declared) is None}
+    missing = {name for name in used if _family(name, declared) is None}
     assert not missing, f"read by contrib/ but not exported: {sorted(missing)}"
-    arrived = {name for name in PENDING_ELSEWHERE if _family(name, declared)}
-    assert not arrived, f"{sorted(arrived)} are exported now: take them out of PENDING_ELSEWHERE"
-    silent = {name for name in used - PENDING_ELSEWHERE - BY_EVENT if name not in samples}
+    silent = {name for name in used - BY_EVENT if name not in samples}
     assert not silent, f"exported without a sample at start: {sorted(silent)}"
 
 
@@ -141,7 +136,7 @@ def test_a_real_prometheus_scrapes_fastmqtt_and_runs_every_dashboard_query(broke
         for expr in contrib_queries():
             query = as_plain_promql(expr)
             prometheus.api("query", query=query)  # evaluates, or the assertion names it
-            assert metric_names(query) - PENDING_ELSEWHERE <= names, query
+            assert metric_names(query) <= names, query
         scraped = prometheus.api("targets")["activeTargets"]
         assert [t["health"] for t in scraped] == ["up"], scraped
         # The panels show numbers, not just "no data": a few that must have some by now.
