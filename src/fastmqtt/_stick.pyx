@@ -683,6 +683,8 @@ cdef class Table:
         cdef const uint8_t *base
         cdef uint64_t nbuckets
         cdef uint32_t ways, workers
+        if self.has_view:
+            raise TypeError("a Table is initialised once")
         PyObject_GetBuffer(mapping, &self.view, PyBUF_WRITABLE)
         self.has_view = True
         self.mapping = mapping

@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fastmqtt import stick_file
@@ -203,13 +204,12 @@ def _now_ms(clock: Callable[[], float]) -> int:
     return _ms(clock())
 
 
-def _copy_entries(old: stick_file.TableFile, new: stick_file.TableFile, now: int) -> int:
+def _copy_entries(old: stick_file.TableFile, new: stick_file.TableFile, now: int) -> None:
     """Every entry of ``old`` into ``new`` (same digest key), least recently used first, so
-    that where the new table is too small the newest stay. Returns how many were kept."""
+    that where the new table is too small the newest stay."""
     entries = sorted(old.table.entries(now), key=lambda e: e[2])
     for digest, server, stamp, live in entries:
         new.table.load(digest, server, stamp, live, now)
-    return new.table.count(now)
 
 
 def _remove_stale_private_dirs() -> None:
@@ -371,15 +371,15 @@ class StickStore:
             self.workers,
             self.worker,
             key=None if old is None else old.header.key,
+            fill=None if old is None else partial(_copy_entries, old, now=_now_ms(self.clock)),
         )
         if old is not None:
-            kept = _copy_entries(old, new, _now_ms(self.clock))
             log.info(
                 "stick table %s: size %d -> %d, kept %d entries",
                 backend,
                 old.header.size,
                 config.size,
-                kept,
+                new.table.count(_now_ms(self.clock)),
             )
             old.close()
         self._files[backend] = new

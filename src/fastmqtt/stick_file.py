@@ -16,6 +16,7 @@ import mmap
 import os
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
 
@@ -183,9 +184,11 @@ def create(
     worker: int,
     key: bytes | None = None,
     impl: ModuleType | None = None,
+    fill: Callable[[TableFile], object] | None = None,
 ) -> TableFile:
-    """A new, empty table of ``size`` entries: a memfd when ``path`` is None, else written
-    beside ``path`` and renamed over it. All its pages are allocated and mapped now."""
+    """A new table of ``size`` entries: a memfd when ``path`` is None, else written beside
+    ``path`` and renamed over it. All its pages are allocated and mapped now. ``fill`` gets
+    it before any other process can see it (a resize copies the old entries in)."""
     ways, nbuckets = _impl.geometry(size, workers)
     length = _impl.table_bytes(ways, nbuckets, workers)[1]
     header = Header(
@@ -211,14 +214,27 @@ def create(
             format_header(mem, header)
         if path is not None:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            os.rename(where, path)
-        return TableFile(fd, path, worker, impl)
     except BaseException:
         os.close(fd)
-        if path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(where)
+        _unlink_new(path, where)
         raise
+    file = TableFile(fd, path, worker, impl)  # closes fd itself if it fails
+    try:
+        if fill is not None:
+            fill(file)
+        if path is not None:
+            os.rename(where, path)
+    except BaseException:
+        file.close()
+        _unlink_new(path, where)
+        raise
+    return file
+
+
+def _unlink_new(path: str | None, where: str) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(where)
 
 
 def attach(path: str, worker: int, impl: ModuleType | None = None) -> TableFile:
