@@ -158,3 +158,20 @@ def test_a_flood_of_65000_byte_client_ids_grows_nothing_but_the_fixed_table(brok
     assert 'fastmqtt_stick_table_entries{backend="cluster"} 1050' in metrics
     assert f'fastmqtt_stick_table_bytes{{backend="cluster"}} {be["stick_bytes"]}' in metrics
     assert "stick table: 1050 of 100000 entries" in stats.get("/stats")
+
+
+def test_a_reload_that_resizes_the_table_keeps_where_clients_go(brokers, fastmqtt):
+    nodes = brokers(3)
+    port = lb_port()
+    small = 'stick = { on = "client_id", size = 1000, expire = "30m" }'
+    config = _with_global(recipe(nodes, port, backend=small), "workers = 2")
+    lb = fastmqtt(config, port=port)
+    assert wait_until(lambda: "2 workers serving" in lb.logs())
+    cid, home = _first_off_node1(nodes, port)
+    answer = lb.reload(config.replace("size = 1000", "size = 5000"))
+    assert " reloaded " in answer, answer
+    assert "stick table cluster: size 1000 -> 5000, kept" in lb.logs()
+    for _ in range(20):  # through both workers, each on the new table
+        raw_connect(port, cid).close()
+    assert wait_until(lambda: sum(_homes(nodes, [cid])[cid].values()) >= 21)
+    assert set(_homes(nodes, [cid])[cid]) == {home}
