@@ -264,6 +264,8 @@ def _stick_table(
 ) -> StickTable | None:
     """Keep the learned entries unless stickiness was switched off (a resize copies them)."""
     if config.stick is None:
+        if current is not None:
+            current.close()
         return None
     return store.table(config.name, config.stick, current)
 

@@ -36,7 +36,8 @@ def server_for(key: int, worker: int) -> int:
 
 
 def hammer(impl: str, path: str, worker: int, rounds: int, go: Event, out: Connection) -> None:
-    table = stick_file.attach(path, worker, impl=impl_by_name(impl)).table
+    file = stick_file.attach(path, worker, impl=impl_by_name(impl))
+    table = file.table
     digests = [table.digest(f"key-{k}".encode()) for k in range(KEYS)]
     rng = random.Random(worker)
     go.wait(JOIN)  # all at once
@@ -98,9 +99,9 @@ def test_processes_hammering_the_same_keys_lose_nothing(tmp_path, impl) -> None:
 
 
 def hold(impl: str, path: str, worker: int, buckets: list[int], ready: Connection) -> None:
-    table = stick_file.attach(path, worker, impl=impl_by_name(impl)).table
+    file = stick_file.attach(path, worker, impl=impl_by_name(impl))
     for bucket in buckets:
-        table.hold_for_test(bucket)
+        file.table.hold_for_test(bucket)
     ready.send(True)
     time.sleep(JOIN)  # killed long before
 
