@@ -19,7 +19,8 @@ settings.load_profile("fastmqtt")
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
 def implementation(request: pytest.FixtureRequest) -> Implementation:
     """Runs the test once per implementation of the hot paths ("c" and "py"; only "py" under
-    FASTMQTT_NO_EXTENSIONS=1): ``implementation.parse``, ``.balance``, ``.ws`` are modules."""
+    FASTMQTT_NO_EXTENSIONS=1): ``implementation.parse``, ``.balance``, ``.ws``, ``.stick`` are
+    modules."""
     return Implementation(request.param)
 
 

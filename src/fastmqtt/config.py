@@ -1540,31 +1540,6 @@ def _check_open_files(config: Config, report: _Report) -> None:
         report.warn("global.maxconn", text)
 
 
-def stick_shared_across_workers(config: Config) -> bool:
-    """Whether every worker process reads and writes the same stick table. Not yet: each worker
-    keeps its own (the shared-memory table, issue 13, flips this)."""
-    return False
-
-
-def _check_workers_stick(config: Config, report: _Report) -> None:
-    """With several workers and per-worker tables, a reconnect can reach another worker, which
-    has never seen the client: stickiness holds only within one worker."""
-    workers = config.global_.workers
-    if workers == 1 or stick_shared_across_workers(config):
-        return
-    for backend in config.backends.values():
-        same_hash = backend.balance == "consistent" and backend.stick is not None
-        if same_hash and backend.hash_key == backend.stick.on:  # type: ignore[union-attr]
-            continue  # every worker hashes the key to the same server anyway
-        if backend.stick is not None:
-            text = (
-                f"each of the {workers} workers keeps its own stick table: a client that "
-                "reconnects to another worker may land on another server (balance = "
-                '"consistent" routes the same way in every worker)'
-            )
-            report.warn(f"backend.{backend.name}.stick", text)
-
-
 def _check_ws_backends(config: Config, report: _Report) -> None:
     """Passthrough forwards the client's WebSocket upgrade: only a ws frontend has one. The
     frontend answers it before rules read the CONNECT, so the mode comes from its own backend,
@@ -1610,7 +1585,6 @@ _CROSS_CHECKS: tuple[Callable[[Config, _Report], None], ...] = (
     _check_tcp_frontends,
     _check_rule_backends,
     _check_open_files,
-    _check_workers_stick,
     _check_stick_ids,
 )
 

@@ -925,10 +925,7 @@ class Converter:
             self.global_["maxconn"] = integer(_arg(line, 1))
         elif key == "nbthread":
             self.global_["workers"] = integer(_arg(line, 1))
-            text = (
-                "nbthread -> workers: processes sharing the listeners, each with its own stick "
-                "table for now (`fastmqtt check` warns where that matters)"
-            )
+            text = "nbthread -> workers: processes sharing the listeners and the stick tables"
             self.report.note(line, text)
         elif key in ("crt-base", "ca-base"):
             self.bases[key] = _arg(line, 1)

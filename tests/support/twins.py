@@ -1,10 +1,11 @@
 """The two implementations of each hot path: the compiled module and its plain-Python twin.
 
 ``fastmqtt._parse`` / ``fastmqtt._parse_py``, ``_balance`` / ``_balance_py``, ``_ws`` /
-``_ws_py``. The ``implementation`` fixture (tests/conftest.py) runs a test once per
-implementation; differential tests that need both at once use :func:`compiled` and
-:func:`twin`. Under ``FASTMQTT_NO_EXTENSIONS=1`` the run is about the twins: the compiled
-modules are left out even when a build is present (CI runs the whole suite both ways).
+``_ws_py``, ``_stick`` / ``_stick_py``. The ``implementation`` fixture (tests/conftest.py)
+runs a test once per implementation; differential tests that need both at once use
+:func:`compiled` and :func:`twin`. Under ``FASTMQTT_NO_EXTENSIONS=1`` the run is about the
+twins: the compiled modules are left out even when a build is present (CI runs the whole
+suite both ways).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from types import ModuleType
 
 from fastmqtt._accel import NO_EXTENSIONS
 
-CONCERNS = ("parse", "balance", "ws")
+CONCERNS = ("parse", "balance", "ws", "stick")
 # The implementations this run covers, in the order tests are parametrized (ids "c", "py").
 IMPLEMENTATIONS: tuple[str, ...] = ("py",) if NO_EXTENSIONS else ("c", "py")
 
@@ -35,7 +36,8 @@ def compiled(concern: str) -> ModuleType | None:
 
 @dataclass(frozen=True)
 class Implementation:
-    """One implementation of every hot path: ``impl.parse``, ``impl.balance``, ``impl.ws``."""
+    """One implementation of every hot path: ``impl.parse``, ``impl.balance``, ``impl.ws``,
+    ``impl.stick``."""
 
     name: str  # "c" or "py"
 
@@ -55,6 +57,10 @@ class Implementation:
     @property
     def ws(self) -> ModuleType:
         return self.module("ws")
+
+    @property
+    def stick(self) -> ModuleType:
+        return self.module("stick")
 
 
 def implementations() -> list[Implementation]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 import pytest
-from tests.unit.test_stick_properties import IMPLS
+from tests.support.twins import Implementation
 
 from fastmqtt import stick_file
 from fastmqtt.stick import StickTable
@@ -26,9 +26,10 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=[m for _, m in IMPLS], ids=[name for name, _ in IMPLS])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return request.param
+@pytest.fixture(scope="module")
+def impl(implementation: Implementation) -> ModuleType:
+    """The stick table module under test (compiled, then the twin)."""
+    return implementation.stick
 
 
 Make = Callable[..., StickTable]

@@ -12,9 +12,10 @@ import signal
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
+from types import ModuleType
 
 import pytest
-from tests.unit.test_stick_properties import IMPLS
+from tests.support.twins import Implementation
 
 from fastmqtt import stick_file
 
@@ -24,6 +25,12 @@ CTX = multiprocessing.get_context("fork")  # the children attach the file themse
 KEYS = 12
 NOW = 10_000_000  # a fixed clock: nothing expires while they hammer
 JOIN = 120.0  # seconds any child may take, on a busy 2-core box
+
+
+@pytest.fixture(scope="module")
+def impl(implementation: Implementation) -> ModuleType:
+    """The stick table module under test (compiled, then the twin)."""
+    return implementation.stick
 
 
 def impl_by_name(name: str):
@@ -60,7 +67,6 @@ def hammer(impl: str, path: str, worker: int, rounds: int, go: Event, out: Conne
     out.send((worker, held, torn, lost))
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 def test_processes_hammering_the_same_keys_lose_nothing(tmp_path, impl) -> None:
     procs, rounds = 4, 200_000 if impl.__name__.endswith("_stick") else 15_000
     path = str(tmp_path / "t.stick")
@@ -125,7 +131,6 @@ def kill_holder(impl, path: str, worker: int, buckets: list[int]) -> int:
     return child.pid
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 def test_a_sigkilled_lock_holder_wedges_nobody(tmp_path, impl) -> None:
     path = str(tmp_path / "t.stick")
     file = stick_file.create(path, 800, 3_600_000, 2, 0, key=KEY, impl=impl)
@@ -154,7 +159,6 @@ def test_a_sigkilled_lock_holder_wedges_nobody(tmp_path, impl) -> None:
     file.close()
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 def test_a_dead_workers_live_counts_are_taken_back(tmp_path, impl) -> None:
     path = str(tmp_path / "t.stick")
     file = stick_file.create(path, 100, 60_000, 2, 0, key=KEY, impl=impl)

@@ -5,33 +5,26 @@ random sequence of operations the same answers and the same bytes in the table."
 from __future__ import annotations
 
 import hashlib
-import importlib
 import mmap
 from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.twins import Implementation, compiled, twin
 
-from fastmqtt import _accel, stick_file
-from fastmqtt import _stick_py as py
+from fastmqtt import stick_file
 
-
-def compiled() -> ModuleType | None:
-    """The C module; None only in a deliberately pure run (FASTMQTT_NO_EXTENSIONS=1)."""
-    try:
-        return importlib.import_module("fastmqtt._stick")
-    except ImportError:
-        if not _accel.NO_EXTENSIONS:
-            raise  # a broken build must not pass as pure
-        return None
-
-
-c = compiled()
-IMPLS: list[tuple[str, ModuleType]] = [("c", c)] if c is not None else []
-IMPLS.append(("py", py))
+c = compiled("stick")
+py = twin("stick")
 both = pytest.mark.skipif(c is None, reason="FASTMQTT_NO_EXTENSIONS=1, no compiled module")
 KEY = bytes(range(16))
+
+
+@pytest.fixture(scope="module")
+def impl(implementation: Implementation) -> ModuleType:
+    """The stick table module under test (compiled, then the twin)."""
+    return implementation.stick
 
 
 def table(impl: ModuleType, size: int, workers: int = 1, expire_ms: int = 60_000):
@@ -50,7 +43,6 @@ def test_layouts_agree() -> None:
             assert ways * nbuckets >= size > ways * (nbuckets - 1)
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 @given(st.binary(max_size=700), st.binary(min_size=16, max_size=16))
 def test_digest_is_keyed_blake2b(impl: ModuleType, key: bytes, secret: bytes) -> None:
     file = stick_file.create(None, 8, 1000, 1, 0, key=secret, impl=impl)
@@ -61,7 +53,6 @@ def test_digest_is_keyed_blake2b(impl: ModuleType, key: bytes, secret: bytes) ->
         file.close()
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 @pytest.mark.parametrize("length", [0, 127, 128, 129, 256, 65_000])
 def test_digest_block_edges(impl: ModuleType, length: int) -> None:
     file = table(impl, 8)
@@ -135,7 +126,6 @@ def test_same_history_same_answers_same_bytes(size: int, workers: int, history: 
     assert run(c, size, workers, history) == run(py, size, workers, history)
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 def test_bad_arguments(impl: ModuleType) -> None:
     file = table(impl, 8)
     t = file.table
@@ -153,7 +143,6 @@ def test_bad_arguments(impl: ModuleType) -> None:
     file.close()
 
 
-@pytest.mark.parametrize("impl", [m for _, m in IMPLS], ids=[n for n, _ in IMPLS])
 def test_a_mapping_shorter_than_its_header_says_is_refused(impl: ModuleType) -> None:
     file = table(impl, 1000)
     with mmap.mmap(-1, file.length // 2) as short:
