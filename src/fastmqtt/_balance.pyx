@@ -114,11 +114,15 @@ cdef uint64_t _xxh64(_Cursor cur) noexcept nogil:
     return h ^ (h >> 32)
 
 
-cdef inline uint64_t _hash_bytes(bytes key):
+cdef uint64_t xxh64(const uint8_t *p, Py_ssize_t n) noexcept nogil:
     cdef _Cursor cur
-    cur.p = <const uint8_t *>PyBytes_AS_STRING(key)
-    cur.n = PyBytes_GET_SIZE(key)
+    cur.p = p
+    cur.n = n
     return _xxh64(cur)
+
+
+cdef inline uint64_t _hash_bytes(bytes key):
+    return xxh64(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
 
 def hash64(bytes key not None) -> int:
@@ -206,9 +210,7 @@ cdef int64_t _check_build(list hashes, list weights, Py_ssize_t size) except -1:
 cdef class MaglevTable:
     """Maglev lookup table: slot -> server position (or -1 when no server has weight)."""
 
-    cdef int32_t *entries
-    cdef readonly Py_ssize_t size
-    cdef readonly Py_ssize_t servers
+    # attributes: see _balance.pxd
 
     def __cinit__(self):
         self.entries = NULL

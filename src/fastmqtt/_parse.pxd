@@ -241,5 +241,14 @@ cdef inline bint cur_utf8(Cursor *c, Span *s) noexcept nogil:
 cdef int connect_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
                       bint accept_bridge, ConnectScan *out) noexcept nogil
 
+# What an invalid CONNECT shows (access.malformed_connack's view): its protocol level, bridge
+# bit included, and the offset of its client id's length field; False when no level shows.
+cdef bint connect_peek(const uint8_t *p, Py_ssize_t n, uint32_t *level,
+                       Py_ssize_t *client_id_at) noexcept nogil
+
 cdef int connack_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
                       int protocol_version, ConnackScan *out) noexcept nogil
+
+# The value span of the UTF-8 or binary property <wanted> in a validated property block
+# (p is the packet the scan read); start -1 when absent.
+cdef Span property_span(const uint8_t *p, Span props, uint32_t wanted) noexcept nogil

@@ -2,6 +2,9 @@ from typing import Any
 
 Buffer = bytes | bytearray | memoryview
 
+# the reason words by the scanner's reason code (the engine reports codes); 0 is None
+REASON_WORDS: tuple[str | None, ...]
+
 class Connect:
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # raises TypeError
     @property

@@ -166,6 +166,7 @@ cdef void _load_tables() except *:
 
 
 _load_tables()
+REASON_WORDS = tuple(_reason_words)  # by Reason code (_parse.pxd); 0 (R_OK) is None
 
 
 # --- the walk (nogil) ------------------------------------------------------------------------
@@ -399,6 +400,34 @@ cdef int connect_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
     return scan_result(rc, &c, &out.reason, &out.offset)
 
 
+cdef bint connect_peek(const uint8_t *p, Py_ssize_t n, uint32_t *level,
+                       Py_ssize_t *client_id_at) noexcept nogil:
+    # The twin of access._peek_connect, for the engine: what an invalid CONNECT shows of its
+    # protocol level (with the bridge bit) and of where its client id's length field is.
+    cdef Cursor c
+    cdef uint32_t first = 0
+    cdef uint32_t remaining = 0
+    cdef uint32_t name = 0
+    cdef uint32_t props = 0
+    cur_init(&c, p, n)
+    if n < 2 or not cur_u8(&c, &first) or first != _connect_byte:
+        return False
+    if not cur_varint(&c, &remaining, R_BAD_REMAINING_LENGTH) or not cur_u16(&c, &name):
+        return False
+    if c.end - c.pos <= name:
+        return False
+    c.pos += name
+    cur_u8(&c, level)
+    c.pos += 3  # flags and keepalive, whether present or not
+    client_id_at[0] = c.pos
+    if (level[0] & ~_bridge_bit) == <uint32_t>_level_5:
+        if cur_varint(&c, &props, R_BAD_PROPERTY_LENGTH):
+            client_id_at[0] = c.pos + props
+        else:
+            client_id_at[0] = n  # unknown: never "inside" it
+    return True
+
+
 cdef bint read_connack(Cursor *c, int protocol_version, ConnackScan *out) noexcept nogil:
     # Acknowledge Flags, Return/Reason Code, and for 5.0 properties.  A 2-byte
     # CONNACK to a 5.0 client is a 3.1.1 broker refusing the level: read it as 3.1.1.
@@ -439,6 +468,36 @@ cdef int connack_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
     if rc > 0 and not read_connack(&c, protocol_version, out):
         rc = -1
     return scan_result(rc, &c, &out.reason, &out.offset)
+
+
+cdef Span property_span(const uint8_t *p, Span props, uint32_t wanted) noexcept nogil:
+    # The value of the UTF-8 or binary property <wanted> in a property block that a scan
+    # already validated (for the engine: a CONNACK's assigned client identifier).
+    cdef Cursor c
+    cdef Span none = Span(-1, 0)
+    cdef Span t = Span(-1, 0)
+    cdef uint32_t pid = 0
+    cdef uint32_t value = 0
+    cdef int wire
+    if props.start < 0:
+        return none
+    cur_init(&c, p, props.start + props.length)
+    c.pos = props.start
+    while c.pos < c.end:
+        if not cur_u8(&c, &pid):
+            break
+        wire = _prop_wire[pid]
+        if wire == W_UTF8 or wire == W_BINARY:
+            if not cur_span(&c, &t):
+                break
+            if pid == wanted:
+                return t
+        elif wire == W_UTF8_PAIR:
+            if not (cur_span(&c, &t) and cur_span(&c, &t)):
+                break
+        elif wire == W_NONE or not read_int(&c, wire, &value):
+            break
+    return none
 
 
 # --- lazy decoding (with the GIL, only for fields someone reads) ------------------------------

@@ -40,11 +40,11 @@ from libc.errno cimport (
     EAGAIN, ECONNABORTED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINTR, ENETDOWN,
     ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
 )
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
-from posix.unistd cimport close, read, write
+from posix.time cimport nanosleep, timespec
+from posix.unistd cimport close, read
 
 from fastmqtt.includes.linux cimport (
     EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET,
@@ -52,170 +52,15 @@ from fastmqtt.includes.linux cimport (
     O_NONBLOCK, SHUT_WR, SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE,
     SPLICE_F_NONBLOCK, epoll_create1, epoll_ctl, epoll_event, epoll_wait, eventfd, fcntl,
     getsockopt, ioctl, linger, pipe2, pthread_create, pthread_join, pthread_mutex_destroy,
-    pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock,
-    pthread_sigmask, pthread_t, recv, send, setsockopt, shutdown, sigfillset, sigset_t,
-    socklen_t, splice,
+    pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, pthread_sigmask, recv, send,
+    setsockopt, shutdown, sigfillset, sigset_t, socklen_t, splice,
 )
 
-
-cdef extern from *:
-    """
-    /* Byte counters are written by an engine thread and read by Python for stats. */
-    static inline uint64_t fm_load64(const uint64_t *p) {
-        return __atomic_load_n(p, __ATOMIC_RELAXED);
-    }
-    static inline void fm_add64(uint64_t *p, uint64_t v) {
-        __atomic_store_n(p, *p + v, __ATOMIC_RELAXED);
-    }
-    static inline void fm_sub64(uint64_t *p, uint64_t v) {
-        __atomic_store_n(p, *p - v, __ATOMIC_RELAXED);
-    }
-    """
-    uint64_t fm_load64(const uint64_t *p) noexcept nogil
-    void fm_add64(uint64_t *p, uint64_t v) noexcept nogil
-    void fm_sub64(uint64_t *p, uint64_t v) noexcept nogil
-
-
-cdef enum:
-    NSLOTS = 4096           # wheel slots: 409.6 s of 100 ms ticks before a slot comes round
-    TICK_NS = 100000000
-    MAX_EVENTS = 256
-    MAX_ROUNDS = 16         # reads per direction per turn before yielding to other connections
-    PIPE_CAP = 262144       # bulk chunk: fewer splice calls than a default 64 KiB pipe
-    MAX_THREADS = 64
-
-# Connection flags; per-direction bits are shifted by the direction (0 client->server).
-cdef enum:
-    F_RD = 1 << 0           # the side may have unread bytes (edge seen, not yet drained)
-    F_EOF = 1 << 2          # the side sent FIN
-    F_SHUT = 1 << 4         # FIN forwarded to the other side
-    F_BULK = 1 << 6         # direction uses splice
-    F_DONE = 1 << 8
-    F_QUEUED = 1 << 9       # in the ready list
-    F_SERVER_FIRST = 1 << 10  # the server's FIN came first
-    F_HUP = 1 << 11         # the side's FIN has arrived (EPOLLRDHUP seen): read until EOF
-    # bit 12 is F_HUP of the server side
-    F_TRACK = 1 << 13       # follow the server's packet boundaries (add(track_packets=True))
-    F_BYE = 1 << 14         # a goodbye waits for the next boundary (its Bye is in w.waiting)
-    F_FAREWELL = 1 << 15    # the goodbye packet is queued: read no more from the server
-
-# What Python asked of a connection; guarded by core.lock (one request of each kind at most).
-cdef enum:
-    ASK_TRACK = 1 << 0      # set before the hand-over: goodbye() is allowed
-    ASK_CLOSE = 1 << 1      # a close() is queued
-    ASK_BYE = 1 << 2        # a goodbye() is queued
-
-cdef enum Reason:
-    R_CLOSED = 0            # + side
-    R_RESET = 2             # + side
-    R_TIMEOUT = 4           # + side
-    R_KILLED = 6
-    R_SHUTDOWN = 7
-    R_ERROR = 8
-    R_DRAINED = 9
 
 REASONS = (
     "client-closed", "server-closed", "client-reset", "server-reset",
     "client-timeout", "server-timeout", "killed", "shutdown", "error", "drained",
 )
-
-# Outcome of one step of a pump.
-cdef enum Step:
-    STEP_MORE = 0
-    STEP_WAIT = 1
-    STEP_ENDED = 2
-
-
-cdef struct Pending:
-    uint32_t len
-    uint32_t off
-    # followed by len bytes
-
-
-cdef struct Pipe:
-    int rfd
-    int wfd
-    uint32_t used
-    Pipe *next
-
-
-cdef struct Conn:
-    Conn *next              # wheel slot list, or inbox/dead/completion queue
-    Conn **pprev            # wheel slot list (hlist): NULL when not filed
-    int64_t conn_id
-    double t                # start (monotonic seconds), then the duration once done
-    uint64_t nbytes[2]
-    Pending *pend[2]
-    Pipe *pipe[2]
-    int fd[2]               # 0 client, 1 server
-    uint32_t idle[2]        # ticks, 0 = no timeout
-    uint32_t last_rx[2]     # tick of the last progress of each side's bytes
-    uint32_t pkt_left       # tracked: body bytes left, or in a header the length so far
-    int16_t err             # errno values fit
-    uint16_t flags
-    uint8_t pkt_hdr         # tracked: fixed-header bytes seen (0 = in a body or between)
-    uint8_t reason
-    uint8_t refs            # the engine until drained, plus one per queued close()/goodbye()
-    uint8_t asked           # ASK_* bits, under core.lock
-    uint8_t worker
-
-
-cdef struct Bye:
-    Bye *next
-    Conn *conn
-    uint32_t len
-    # followed by len bytes: the packet for the client
-
-
-cdef struct Core
-
-
-cdef struct Worker:
-    Core *core
-    pthread_t tid
-    int epfd
-    int wakefd
-    char *buf
-    Conn **wheel
-    Conn *untimed
-    uint32_t tick           # last wheel tick processed
-    uint32_t now            # current tick
-    Conn *dead_head
-    Conn *dead_tail
-    uint64_t ndead
-    Conn **ready
-    size_t nready
-    size_t capready
-    Bye *waiting            # goodbyes of F_BYE connections, until their boundary
-    uint64_t live
-    uint64_t buffered       # bytes held in remainders and pipes (debug/stats)
-    # guarded by core.lock:
-    Conn *in_head
-    Conn *in_tail
-    Conn **kills
-    size_t nkills
-    size_t capkills
-    Bye *byes               # goodbye() requests not yet taken
-    bint wake_pending
-    bint stop
-    bint running            # its thread was created
-
-
-cdef struct Core:
-    pthread_mutex_t lock
-    Worker *workers
-    int nworkers
-    int donefd
-    Conn *done_head
-    Conn *done_tail
-    uint64_t finished
-    Pipe *pipes
-    int pipes_made
-    int pipes_max
-    uint32_t bufsize
-    uint32_t threshold
-    int64_t t0
-
 
 # bytes the engine keeps per live connection beyond kernel socket buffers, while it is idle
 CONN_SIZE = sizeof(Conn)
@@ -223,20 +68,10 @@ CONN_SIZE = sizeof(Conn)
 PIPE_SIZE = PIPE_CAP
 
 
-# ---------------------------------------------------------------- time
-
-cdef inline int64_t mono_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
+# ---------------------------------------------------------------- time (mono_ns, tick_of: .pxd)
 
 cdef inline double mono_s() noexcept nogil:
     return <double>mono_ns() / 1e9
-
-
-cdef inline uint32_t tick_of(Core *core) noexcept nogil:
-    return <uint32_t>((mono_ns() - core.t0) // TICK_NS)
 
 
 cdef void sleep_ms(int ms) noexcept nogil:
@@ -246,22 +81,11 @@ cdef void sleep_ms(int ms) noexcept nogil:
     nanosleep(&ts, NULL)
 
 
-# ---------------------------------------------------------------- small helpers
-
-cdef inline void signal_fd(int fd) noexcept nogil:
-    cdef uint64_t one = 1
-    write(fd, &one, 8)
-
+# ---------------------------------------------------------------- small helpers (+ .pxd)
 
 cdef inline void clear_fd(int fd) noexcept nogil:
     cdef uint64_t v
     read(fd, &v, 8)
-
-
-cdef inline void close_fd(int *fd) noexcept nogil:
-    if fd[0] >= 0:
-        close(fd[0])
-        fd[0] = -1
 
 
 cdef inline bint is_reset(int err) noexcept nogil:
@@ -468,6 +292,8 @@ cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil:
     c.reason = <uint8_t>reason
     c.err = <int16_t>err
     c.t = mono_s() - c.t
+    if c.kind == K_FAST:
+        w.core.fast.ended(w, c)
     c.next = NULL
     if w.dead_tail != NULL:
         w.dead_tail.next = c
@@ -485,10 +311,13 @@ cdef int fail_io(Worker *w, Conn *c, int side, int err) noexcept nogil:
 
 
 cdef void publish(Worker *w) noexcept nogil:
-    """Hand this turn's ended connections to the completion queue and wake the event loop."""
+    """Hand this turn's ended connections to the completion queues (handed-over pairs for
+    drain(), K_FAST ones for the fast path's drain) and wake the event loop."""
     cdef Core *core = w.core
     cdef bint was_empty
     cdef size_t i, j = 0
+    cdef Conn *c
+    cdef Conn *nxt
     if w.dead_head == NULL:
         return
     for i in range(w.nready):  # the ready list must not outlive what drain() may free
@@ -497,18 +326,30 @@ cdef void publish(Worker *w) noexcept nogil:
             j += 1
     w.nready = j
     pthread_mutex_lock(&core.lock)
-    was_empty = core.done_head == NULL
-    if core.done_tail != NULL:
-        core.done_tail.next = w.dead_head
-    else:
-        core.done_head = w.dead_head
-    core.done_tail = w.dead_tail
-    core.finished += w.ndead
+    was_empty = core.done_head == NULL and core.fast_head == NULL
+    c = w.dead_head
+    while c != NULL:
+        nxt = c.next
+        c.next = NULL
+        if c.kind == K_FAST:
+            queue_append(&core.fast_head, &core.fast_tail, c)
+        else:
+            queue_append(&core.done_head, &core.done_tail, c)
+            core.finished += 1
+        c = nxt
     pthread_mutex_unlock(&core.lock)
     w.dead_head = w.dead_tail = NULL
     w.ndead = 0
     if was_empty:
         signal_fd(core.donefd)
+
+
+cdef inline void queue_append(Conn **head, Conn **tail, Conn *c) noexcept nogil:
+    if tail[0] != NULL:
+        tail[0].next = c
+    else:
+        head[0] = c
+    tail[0] = c
 
 
 # ---------------------------------------------------------------- timing wheel
@@ -531,15 +372,24 @@ cdef uint32_t deadline(Conn *c, int *side) noexcept nogil:
 
 
 cdef void place(Worker *w, Conn *c) noexcept nogil:
-    """File the connection by its deadline, or time it out if that has passed."""
+    """File the connection by its deadline, or time it out if that has passed (a connection
+    in a setup phase: the fast path decides what its deadline means)."""
     cdef int side = 0
     cdef uint32_t dl = deadline(c, &side)
     if dl == 0:
         hlist_add(&w.untimed, c)
-    elif dl <= w.now:
-        finish(w, c, R_TIMEOUT + side, 0)
-    else:
+    elif dl > w.now:
         hlist_add(&w.wheel[dl & (NSLOTS - 1)], c)
+    elif c.phase:
+        w.core.fast.timer(w, c)
+    else:
+        finish(w, c, R_TIMEOUT + side, 0)
+
+
+cdef void refile(Worker *w, Conn *c) noexcept nogil:
+    """File again after the deadline moved earlier (the wheel assumes it only moves later)."""
+    hlist_del(c)
+    place(w, c)
 
 
 cdef void advance_wheel(Worker *w) noexcept nogil:
@@ -900,6 +750,8 @@ cdef void close_all(Worker *w) noexcept nogil:
 
 cdef void worker_exit(Worker *w) noexcept nogil:
     take_inbox(w)
+    if w.core.fast != NULL:
+        w.core.fast.exit(w)
     close_all(w)
     w.nready = 0
     publish(w)
@@ -908,7 +760,7 @@ cdef void worker_exit(Worker *w) noexcept nogil:
 cdef int poll_timeout(Worker *w) noexcept nogil:
     if w.nready:
         return 0
-    if w.live == 0:
+    if w.live == 0 and w.alarm == 0:
         return -1
     cdef int64_t ns = (<int64_t>w.now + 1) * TICK_NS - (mono_ns() - w.core.t0)
     return <int>(ns // 1000000) + 1 if ns > 0 else 0
@@ -917,8 +769,10 @@ cdef int poll_timeout(Worker *w) noexcept nogil:
 cdef void *worker_main(void *arg) noexcept nogil:
     cdef Worker *w = <Worker *>arg
     cdef epoll_event events[MAX_EVENTS]
+    cdef FastHooks *fast = w.core.fast
     cdef int i, n
     cdef uint64_t tag
+    cdef Conn *c
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, poll_timeout(w))
         w.now = tick_of(w.core)
@@ -929,11 +783,20 @@ cdef void *worker_main(void *arg) noexcept nogil:
                 return NULL
         for i in range(n):
             tag = events[i].data.u64
-            if tag != 0:  # on_event skips connections that a request ended
-                on_event(w, <Conn *><uintptr_t>(tag & ~(<uint64_t>1)), <int>(tag & 1),
-                         events[i].events)
+            if tag == 0:
+                continue
+            if tag & 2:  # a listening socket of the fast path
+                fast.listener(w, <void *><uintptr_t>(tag & ~(<uint64_t>3)), events[i].events)
+                continue
+            c = <Conn *><uintptr_t>(tag & ~(<uint64_t>1))
+            if c.phase and not (c.flags & F_DONE):
+                fast.setup_event(w, c, <int>(tag & 1), events[i].events)
+            else:  # on_event skips connections that a request ended
+                on_event(w, c, <int>(tag & 1), events[i].events)
         run_ready(w)
         advance_wheel(w)
+        if fast != NULL:
+            fast.turn(w)
         publish(w)
 
 
@@ -1058,13 +921,7 @@ cdef class Engine:
     wait for the GIL, so this cannot deadlock, and it saves a GIL release per call.
     """
 
-    cdef Core *core
-    cdef dict _conns  # conn_id -> address of its Conn, until drained
-    cdef uint64_t _added
-    cdef int _next
-    cdef bint _started
-    cdef bint _closing
-    cdef bint _stopped
+    # attributes: see _splice.pxd
 
     def __cinit__(self, int threads=1, int buffer_size=65536, int pipe_pool=64,
                   splice_threshold=None):

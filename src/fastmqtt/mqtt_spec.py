@@ -186,6 +186,7 @@ PROPERTIES: tuple[Property, ...] = (
 )
 PROPERTY_BY_ID: dict[int, Property] = {p.id: p for p in PROPERTIES}
 PROPERTY_BY_NAME: dict[str, Property] = {p.name: p for p in PROPERTIES}
+ASSIGNED_CLIENT_IDENTIFIER = 18
 AUTHENTICATION_METHOD = 21
 AUTHENTICATION_DATA = 22  # needs AUTHENTICATION_METHOD [MQTT-3.1.2.11.10]
 MAX_PROPERTY_ID = 63  # property ids fit a 64-bit "seen" mask
