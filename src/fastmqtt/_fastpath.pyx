@@ -1,0 +1,1470 @@
+# cython: language_level=3
+"""The engine's fast path: connection setup on the relay engine's threads, from accept to
+relay, without the GIL and without a Python object per connection.
+
+For a plain-TCP MQTT frontend the engine's threads accept from its listening socket, read the
+CONNECT under inspect_delay on the engine's timing wheel, inspect it with the scanner that
+``inspect_connect`` wraps (_parse.pxd), admit it (_admit.pyx), choose a server (_choose.pyx),
+connect without blocking, send the PROXY header and the CONNECT, read the CONNACK and turn the
+connection into a relayed one: the same ``Conn`` the relay engine (_splice.pyx) runs for pairs
+Python hands over. Python configures it (``FastPath``) and hears what happened from one
+completion record per connection, rejected or relayed, drained in batches.
+
+Design notes (the WHY):
+- A connection is a ``FastConn``, the relay's ``Conn`` followed by what the log line needs.
+  Its phase (``Conn.phase``) says which setup step it is in; 0 means it relays. Both fds are
+  registered once, for the relay's edge-triggered mask, so going from setup to relay needs no
+  epoll_ctl; setup only keeps the relay's "may have unread bytes" flags right.
+- Deadlines (inspect_delay, timeout_connect, timeout_server, a reconnect delay) use the
+  relay's timing wheel: a setup phase sets the client side's idle ticks to its timeout and
+  the wheel calls back here (FastHooks.timer) instead of timing the connection out.
+- Memory a stranger controls is bounded: the CONNECT buffer by max_connect_size (nothing past
+  it is read before the relay starts), pending connections by maxconn and inspect_delay; the
+  broker's first bytes by the engine's buffer size.
+- Listening: every engine thread watches each listening socket with EPOLLEXCLUSIVE (one
+  thread is woken per connection). Limits (maxconn of the frontend and of the process, which
+  counts the event-loop path's connections too) and EMFILE leave connections in the kernel's
+  backlog: the listener is paused (its bit in ``Listener.paused``), every thread drops it from
+  its epoll set at its next turn, and takes it back once a slot frees.
+- One retry loop: a connect error, a connect timeout and a server that closes before its
+  CONNACK (HAProxy's retry-on empty-response) all spend the backend's ``retries``; with
+  ``redispatch`` each retry goes to another server.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport (
+    EAGAIN, ECONNABORTED, ECONNREFUSED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINPROGRESS,
+    EINTR, EMFILE, EMSGSIZE, ENETDOWN, ENETUNREACH, ENFILE, ENOBUFS, ENOMEM, ENOTCONN, EPIPE,
+    ETIMEDOUT, errno,
+)
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from posix.unistd cimport close, dup
+
+from fastmqtt._balance cimport xxh64
+from fastmqtt._choose cimport (
+    H_CLIENT_ID, H_SOURCE, H_USERNAME, Pool, PoolRef, Server, observe_latency, pool_pick,
+    pool_ref, pool_unref, server_release, server_unref,
+)
+from fastmqtt._parse cimport (
+    R_COUNT, ConnackScan, ConnectScan, Span, connack_scan, connect_peek, connect_scan,
+    property_span,
+)
+from fastmqtt._splice cimport (
+    F_DONE, F_HUP, F_RD, F_TRACK, K_FAST, R_KILLED, TICK_NS, Conn, Core, Engine, FastHooks,
+    Pending, Worker, finish, follow, halt, mono_ns, pending_new, pump, refile, wake,
+)
+from fastmqtt.includes.atomic cimport (
+    atomic_add32, atomic_inc64, atomic_load32, atomic_load64, atomic_store32,
+)
+from fastmqtt.includes.linux cimport (
+    AF_INET, AF_INET6, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP,
+    EPOLLIN, EPOLLOUT, EPOLLRDHUP, INET6_ADDRSTRLEN, IPPROTO_TCP, MSG_NOSIGNAL, SHUT_WR,
+    SO_ERROR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, TCP_NODELAY, accept4,
+    connect, epoll_ctl, epoll_event, getsockname, getsockopt, inet_ntop, ntohs,
+    pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, recv,
+    send, setsockopt, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socket,
+    socklen_t,
+)
+
+from fastmqtt import mqtt_spec as spec
+from fastmqtt._parse import REASON_WORDS
+from fastmqtt._splice import REASONS
+
+
+cdef enum:
+    ACCEPT_BATCH = 64           # accepts per wake-up, so one busy listener cannot starve
+    CONN_MASK = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET   # the relay's, for life
+    MAX_TRIED = 101             # retries is at most 100
+
+# Conn.phase: the setup step (0: relaying)
+cdef enum:
+    PH_CONNECT = 1              # reading the CONNECT (inspect_delay)
+    PH_HOLD = 2                 # held by a per-client-id reconnect delay
+    PH_DIAL = 3                 # connecting to a server (timeout_connect)
+    PH_CONNACK = 4              # sending PROXY header + CONNECT, reading the CONNACK
+
+# Listener.paused
+cdef enum:
+    P_CLOSED = 1 << 0           # not asked to listen (yet, or any more)
+    P_FULL = 1 << 1             # the frontend's maxconn
+    P_GLOBAL = 1 << 2           # the process's maxconn
+    P_BACKOFF = 1 << 3          # out of fds or memory: wait a tick
+
+# FastConn.state
+cdef enum:
+    FC_INVALID = 1 << 0         # not a valid CONNECT, forwarded as is
+    FC_RELAYED = 1 << 1         # reached the relay (counted in the server's total)
+    FC_USERNAME = 1 << 2        # the CONNECT has a user name (maybe empty)
+
+# FastConn.why: how the fast path ended a connection (0: the relay's reason)
+cdef enum:
+    W_NONE = 0
+    W_PARSE = 1                 # + arg: the scanner's reason code (counted as denied)
+    W_INSPECT_TIMEOUT = 2
+    W_CLOSED_EARLY = 3
+    W_NO_SERVER = 4
+    W_SERVER_TIMEOUT = 5
+    W_SERVER_CLOSED = 6         # hung up before its CONNACK, no retry left (not denied)
+    W_ERRNO = 7                 # + arg: errno (not denied)
+    W_DENIED = 8                # + arg: rule index, or NO_RULE for access_default
+    W_ADMISSION = 9             # + arg: an _admit verdict word index
+
+# words of the W_* codes that have no argument, by code
+WHY_WORDS = (None, None, "inspect-timeout", "client-closed-early", "no-server",
+             "server-timeout", "server-closed", None, None, None)
+DENIED = frozenset({W_PARSE, W_INSPECT_TIMEOUT, W_CLOSED_EARLY, W_NO_SERVER, W_SERVER_TIMEOUT,
+                    W_DENIED, W_ADMISSION})
+NO_RULE = 0xFFFF
+
+
+cdef struct Fast:
+    Core *core
+    pthread_mutex_t lock        # the listener table and pause bits
+    Listener *listeners[MAX_LISTENERS]
+    uint32_t maxconn            # the process's (global.maxconn)
+    uint32_t live               # fast-path connections (accepted .. ended), atomic
+    uint32_t py_live            # the event-loop path's connections, pushed by Python
+    uint32_t epoch              # bumped when threads should re-check what they watch
+    uint32_t paused             # listeners paused by a limit: check on every end
+    uint64_t next_id
+    PerThread *threads
+
+
+cdef struct PerThread:         # Worker.fast
+    Fast *fast
+    uint32_t epoch              # the Fast.epoch this thread last reconciled
+    uint8_t watching[MAX_LISTENERS]
+
+
+cdef FastHooks HOOKS
+cdef uint32_t ASSIGNED_ID = spec.ASSIGNED_CLIENT_IDENTIFIER
+
+
+# ---------------------------------------------------------------- small helpers
+
+cdef inline Fast *fast_of(Worker *w) noexcept nogil:
+    return (<PerThread *>w.fast).fast
+
+
+cdef inline PerThread *thread_of(Worker *w) noexcept nogil:
+    return <PerThread *>w.fast
+
+
+cdef inline int64_t wall_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline uint32_t ticks(double seconds) noexcept nogil:
+    """Whole wheel ticks covering ``seconds`` (at least one)."""
+    cdef double t = seconds * 1e9 / TICK_NS
+    cdef uint32_t n = <uint32_t>t
+    if n < t:
+        n += 1
+    return n if n else 1
+
+
+cdef inline bint is_reset(int err) noexcept nogil:
+    return err in (ECONNRESET, EPIPE, ECONNABORTED, ETIMEDOUT, ENOTCONN, EHOSTUNREACH,
+                   ENETUNREACH, ENETDOWN, EHOSTDOWN)
+
+
+cdef inline void set_deadline(Worker *w, Conn *c, uint32_t after) noexcept nogil:
+    """A setup phase's deadline: ``after`` ticks from now (the relay's wheel times it)."""
+    c.idle[0] = after
+    c.idle[1] = 0
+    c.last_rx[0] = w.now
+    refile(w, c)
+
+
+cdef void listener_unref(Listener *lst) noexcept nogil:
+    cdef int i
+    if atomic_add32(&lst.refs, -1) != 0:
+        return
+    if lst.fd >= 0:
+        close(lst.fd)
+    if lst.pool != NULL:
+        pool_unref(lst.pool)
+    for i in range(MAX_ROUTES):
+        if lst.routes[i] != NULL:
+            pool_unref(lst.routes[i])
+    free(lst.refusals)
+    pthread_mutex_destroy(&lst.lock)
+    free(lst)
+
+
+# ---------------------------------------------------------------- listening
+
+cdef inline bint over_limits(Fast *f, Listener *lst) noexcept nogil:
+    return (atomic_load32(&lst.live) >= lst.maxconn
+            or atomic_load32(&f.live) + atomic_load32(&f.py_live) >= f.maxconn)
+
+
+cdef void wake_all(Fast *f) noexcept nogil:
+    """Every thread re-checks what it watches at its next turn (called without locks)."""
+    cdef int i
+    atomic_add32(&f.epoch, 1)
+    pthread_mutex_lock(&f.core.lock)
+    for i in range(f.core.nworkers):
+        wake(&f.core.workers[i])
+    pthread_mutex_unlock(&f.core.lock)
+
+
+cdef void pause(Fast *f, Listener *lst, uint32_t why) noexcept nogil:
+    pthread_mutex_lock(&f.lock)
+    lst.paused |= why
+    if why & (P_FULL | P_GLOBAL):
+        f.paused = 1
+    pthread_mutex_unlock(&f.lock)
+    wake_all(f)
+
+
+cdef void resume_freed(Fast *f) noexcept nogil:
+    """A connection ended or Python's count fell: take back listeners a limit paused."""
+    cdef int i
+    cdef Listener *lst
+    cdef bint changed = False, still = False
+    if not atomic_load32(&f.paused):
+        return
+    pthread_mutex_lock(&f.lock)
+    for i in range(MAX_LISTENERS):
+        lst = f.listeners[i]
+        if lst == NULL or not (lst.paused & (P_FULL | P_GLOBAL)):
+            continue
+        if not over_limits(f, lst):
+            lst.paused &= ~(P_FULL | P_GLOBAL)
+            changed = True
+        else:
+            still = True
+    f.paused = still
+    pthread_mutex_unlock(&f.lock)
+    if changed:
+        wake_all(f)
+
+
+cdef void watch(Worker *w, Listener *lst, int i, bint on) noexcept nogil:
+    """Add or drop listener ``i`` from this thread's epoll set."""
+    cdef PerThread *t = thread_of(w)
+    cdef epoll_event ev
+    if on == t.watching[i]:
+        return
+    if on:
+        ev.events = EPOLLIN | EPOLLEXCLUSIVE
+        ev.data.u64 = <uint64_t><uintptr_t>lst | 2
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, lst.fd, &ev) < 0:
+            return
+        atomic_add32(&lst.refs, 1)
+    else:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, lst.fd, NULL)
+        listener_unref(lst)
+    t.watching[i] = on
+
+
+cdef void reconcile(Worker *w, bint stopping) noexcept nogil:
+    """Watch exactly the listeners that are open and not paused (none when stopping)."""
+    cdef Fast *f = fast_of(w)
+    cdef PerThread *t = thread_of(w)
+    cdef Listener *lst
+    cdef int i
+    cdef bint backoff = False
+    pthread_mutex_lock(&f.lock)
+    t.epoch = atomic_load32(&f.epoch)
+    for i in range(MAX_LISTENERS):
+        lst = f.listeners[i]
+        if lst != NULL and lst.paused & P_BACKOFF and w.now >= lst.backoff_until:
+            lst.paused &= ~P_BACKOFF
+            atomic_add32(&f.epoch, 1)
+        if lst != NULL and lst.paused & P_BACKOFF:
+            backoff = True
+        if lst != NULL and not stopping and lst.paused == 0:
+            watch(w, lst, i, True)
+        elif t.watching[i]:
+            watch(w, f.listeners[i], i, False)
+    pthread_mutex_unlock(&f.lock)
+    w.alarm = w.now + 1 if backoff else 0
+
+
+cdef void on_turn(Worker *w) noexcept nogil:
+    cdef Fast *f = fast_of(w)
+    if thread_of(w).epoch != atomic_load32(&f.epoch) or (w.alarm and w.now >= w.alarm):
+        reconcile(w, False)
+
+
+cdef void on_exit(Worker *w) noexcept nogil:
+    reconcile(w, True)
+
+
+cdef void on_listener(Worker *w, void *obj, uint32_t ev) noexcept nogil:
+    cdef Listener *lst = <Listener *>obj
+    cdef Fast *f = fast_of(w)
+    cdef sockaddr_in6 peer
+    cdef socklen_t len
+    cdef int fd, _
+    for _ in range(ACCEPT_BATCH):
+        if lst.paused:
+            return
+        if over_limits(f, lst):
+            pause(f, lst, P_FULL if atomic_load32(&lst.live) >= lst.maxconn else P_GLOBAL)
+            return
+        len = sizeof(peer)
+        fd = accept4(lst.fd, <sockaddr *>&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd < 0:
+            if errno in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+                atomic_inc64(&lst.n.accept_errors, 1)
+                lst.backoff_until = w.now + 1
+                pause(f, lst, P_BACKOFF)
+            if errno not in (EINTR, ECONNABORTED):  # those: that client is gone, go on
+                return
+            continue
+        accepted(w, lst, fd, &peer)
+
+
+cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcept nogil:
+    cdef Fast *f = fast_of(w)
+    cdef FastConn *fc = <FastConn *>calloc(1, sizeof(FastConn))
+    cdef Conn *c = &fc.c
+    cdef epoll_event ev
+    cdef int one = 1
+    if fc == NULL:
+        close(fd)
+        atomic_inc64(&lst.n.accept_errors, 1)
+        return
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    atomic_add32(&lst.refs, 1)
+    atomic_add32(&lst.live, 1)
+    atomic_add32(&f.live, 1)
+    atomic_inc64(&lst.n.accepted, 1)
+    fc.listener = lst
+    fc.listener_id = lst.id
+    fc.accepted_ns = mono_ns()
+    fc.wall_ns = wall_ns()
+    fc.connack = -1
+    as_v6(peer, &fc.peer)
+    c.kind = K_FAST
+    c.refs = 1
+    c.worker = <uint8_t>(w - w.core.workers)
+    c.conn_id = <int64_t>atomic_add32(<uint32_t *>&f.next_id, 1)
+    c.t = <double>fc.accepted_ns / 1e9
+    c.fd[0] = fd
+    c.fd[1] = -1
+    c.phase = PH_CONNECT
+    w.live += 1
+    ev.events = CONN_MASK
+    ev.data.u64 = <uint64_t><uintptr_t>c
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        end(w, c, W_ERRNO, errno)
+        return
+    set_deadline(w, c, lst.inspect_ticks)
+
+
+cdef void as_v6(const sockaddr_in6 *src, sockaddr_in6 *dst) noexcept nogil:
+    """The client address as IPv6 (IPv4 as ::ffff:a.b.c.d), so records have one shape."""
+    cdef const sockaddr_in *v4 = <const sockaddr_in *>src
+    if src.sin6_family == AF_INET6:
+        dst[0] = src[0]
+        return
+    memset(dst, 0, sizeof(sockaddr_in6))
+    dst.sin6_family = AF_INET6
+    dst.sin6_port = v4.sin_port
+    dst.sin6_addr.s6_addr[10] = 0xFF
+    dst.sin6_addr.s6_addr[11] = 0xFF
+    memcpy(&dst.sin6_addr.s6_addr[12], &v4.sin_addr, 4)
+
+
+# ---------------------------------------------------------------- ending
+
+cdef int end(Worker *w, Conn *c, int why, int arg) noexcept nogil:
+    """End a connection in a setup phase; its record says why."""
+    cdef FastConn *fc = <FastConn *>c
+    fc.why = <uint16_t>why
+    fc.why_arg = <uint16_t>arg
+    return finish(w, c, R_KILLED, arg if why == W_ERRNO else 0)
+
+
+cdef void refuse(Worker *w, Conn *c, int why, int arg, const uint8_t *packet,
+                 size_t n) noexcept nogil:
+    """Tell the client why (a CONNACK), send the FIN behind it, and end (access.send_last)."""
+    if packet != NULL and n:
+        send(c.fd[0], packet, n, MSG_NOSIGNAL)
+        shutdown(c.fd[0], SHUT_WR)
+    end(w, c, why, arg)
+
+
+cdef void free_setup(FastConn *fc) noexcept nogil:
+    cdef Setup *st = fc.setup
+    cdef int i
+    if st == NULL:
+        return
+    for i in range(st.ntried):
+        server_unref(st.tried[i])
+    free(st.tried)
+    free(st.buf)
+    free(st.ack)
+    free(st)
+    fc.setup = NULL
+
+
+cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
+    """finish() is ending a fast-path connection: give back what it holds."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Fast *f = fast_of(w)
+    c.phase = 0
+    free_setup(fc)
+    if fc.server != NULL:
+        server_release(fc.server)
+        fc.server = NULL
+    if fc.pool != NULL:
+        pool_unref(fc.pool)
+        fc.pool = NULL
+    atomic_add32(&fc.listener.live, -1)
+    atomic_add32(&f.live, -1)
+    listener_unref(fc.listener)
+    fc.listener = NULL
+    resume_freed(f)
+
+
+# ---------------------------------------------------------------- reading the CONNECT
+
+cdef Setup *setup_of(FastConn *fc) noexcept nogil:
+    if fc.setup == NULL:
+        fc.setup = <Setup *>calloc(1, sizeof(Setup))
+    return fc.setup
+
+
+cdef bint keep_bytes(Setup *st, const uint8_t *data, uint32_t n, uint32_t cap) noexcept nogil:
+    """Bytes read into the thread's buffer move to the connection's own (``cap`` >= n)."""
+    st.buf = <uint8_t *>malloc(cap)
+    if st.buf == NULL:
+        return False
+    memcpy(st.buf, data, n)
+    st.have = n
+    st.cap = cap
+    return True
+
+
+cdef bint grow(Setup *st, uint32_t cap) noexcept nogil:
+    cdef uint8_t *bigger
+    if cap <= st.cap:
+        return True
+    bigger = <uint8_t *>realloc(st.buf, cap)
+    if bigger == NULL:
+        return False
+    st.buf = bigger
+    st.cap = cap
+    return True
+
+
+cdef void read_connect(Worker *w, Conn *c) noexcept nogil:
+    """The client's bytes until a whole CONNECT (or an invalid one) is there; what came with
+    it is kept and forwarded after it."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Setup *st = setup_of(fc)
+    cdef ConnectScan scan
+    cdef const uint8_t *p
+    cdef uint32_t want, total
+    cdef ssize_t n
+    cdef int rc
+    if st == NULL:
+        end(w, c, W_ERRNO, ENOMEM)
+        return
+    while c.flags & F_RD:
+        if st.buf == NULL:  # first bytes: into the thread's buffer, often the whole CONNECT
+            p = <const uint8_t *>w.buf
+            want = min(w.core.bufsize, lst.max_connect)
+            n = recv(c.fd[0], w.buf, want, 0)
+        else:
+            p = st.buf
+            want = st.cap - st.have
+            n = recv(c.fd[0], st.buf + st.have, want, 0)
+        if n == 0:
+            end(w, c, W_CLOSED_EARLY, 0)
+            return
+        if n < 0:
+            if errno == EAGAIN:
+                c.flags &= ~F_RD
+            elif errno != EINTR:
+                end(w, c, W_ERRNO, errno)
+            return
+        if <uint32_t>n < want:
+            c.flags &= ~F_RD  # drained at that instant: a later byte raises a new edge
+        total = st.have + <uint32_t>n if st.buf != NULL else <uint32_t>n
+        rc = connect_scan(p, total, lst.max_connect, lst.allow_bridge, &scan)
+        if rc != 0:
+            if st.buf == NULL and not keep_bytes(st, p, total, total):
+                end(w, c, W_ERRNO, ENOMEM)
+                return
+            st.have = total
+            connect_read(w, c, rc, &scan)
+            return
+        # incomplete: room for the whole packet when its length is known, else double
+        if st.buf == NULL:
+            if not keep_bytes(st, p, total, room_for(&scan, total, lst.max_connect)):
+                end(w, c, W_ERRNO, ENOMEM)
+                return
+        else:
+            st.have = total
+            if st.have == st.cap and not grow(st, room_for(&scan, total, lst.max_connect)):
+                end(w, c, W_ERRNO, ENOMEM)
+                return
+
+
+cdef inline uint32_t room_for(const ConnectScan *scan, uint32_t have,
+                              uint32_t limit) noexcept nogil:
+    if scan.packet_length > <Py_ssize_t>have:
+        return <uint32_t>scan.packet_length
+    return min(max(2 * have, 256), limit)
+
+
+cdef void connect_read(Worker *w, Conn *c, int rc, const ConnectScan *scan) noexcept nogil:
+    """A whole CONNECT arrived (rc 1) or the bytes are not one (rc -1)."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Setup *st = fc.setup
+    fc.inspected_ns = mono_ns()
+    if rc < 0:
+        if lst.reject_invalid:
+            refuse_malformed(w, c, scan)
+            return
+        atomic_inc64(&lst.n.invalid[scan.reason], 1)
+        fc.state |= FC_INVALID
+        st.data_len = st.have
+        choose(w, c)
+        return
+    fc.version = <uint8_t>scan.protocol_version
+    fc.keepalive = <uint16_t>scan.keepalive
+    atomic_inc64(&lst.n.by_version[scan.protocol_version & 7], 1)
+    if not keep_ids(fc, st.buf, &scan.client_id, &scan.username):
+        end(w, c, W_ERRNO, ENOMEM)
+        return
+    st.data_len = st.have
+    choose(w, c)
+
+
+cdef bint keep_ids(FastConn *fc, const uint8_t *p, const Span *cid,
+                   const Span *user) noexcept nogil:
+    """Client id and username for the record (and the keys), exactly their size."""
+    cdef size_t n = (cid.length if cid.start >= 0 else 0) + (
+        user.length if user.start >= 0 else 0)
+    cdef char *ids = <char *>malloc(n) if n else NULL
+    if n and ids == NULL:
+        return False
+    free(fc.ids)
+    fc.ids = ids
+    fc.cid_len = <uint16_t>(cid.length if cid.start >= 0 else 0)
+    fc.user_len = <uint16_t>(user.length if user.start >= 0 else 0)
+    if fc.cid_len:
+        memcpy(ids, p + cid.start, fc.cid_len)
+    if fc.user_len:
+        memcpy(ids + fc.cid_len, p + user.start, fc.user_len)
+    if user.start >= 0:
+        fc.state |= FC_USERNAME
+    return True
+
+
+cdef void refuse_malformed(Worker *w, Conn *c, const ConnectScan *scan) noexcept nogil:
+    """reject_invalid: close, after the CONNACK that says why when the frontend sends those
+    and the spec has one for this reason and level (access.malformed_connack's table)."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Setup *st = fc.setup
+    cdef uint32_t level = 0
+    cdef Py_ssize_t at = 0
+    cdef uint32_t length
+    cdef bint inside = False
+    cdef const uint8_t *packet = NULL
+    if lst.refusals != NULL and connect_peek(st.buf, st.have, &level, &at):
+        if at + 2 <= <Py_ssize_t>st.have:
+            length = (<uint32_t>st.buf[at] << 8) | st.buf[at + 1]
+            inside = at + 2 <= scan.offset < at + 2 + <Py_ssize_t>length
+        packet = refusal(lst, RF_MALFORMED + (scan.reason * 128 + (level & 0x7F)) * 2 + inside)
+    refuse(w, c, W_PARSE, scan.reason, packet + 1 if packet != NULL else NULL,
+           packet[0] if packet != NULL else 0)
+
+
+# Listener.refusals: an index (RF_* + ...) of one byte per case into packets that follow it,
+# each a length byte then the CONNACK; index 0 = none.
+cdef enum:
+    RF_DENIED = 0               # + is v5
+    RF_EMPTY_ID = 2
+    RF_RATE = 4
+    RF_MALFORMED = 6            # + (reason * 128 + level) * 2 + inside the client id
+    RF_INDEX = RF_MALFORMED + R_COUNT * 128 * 2
+
+
+cdef inline const uint8_t *refusal(Listener *lst, int i) noexcept nogil:
+    cdef const uint8_t *packets = lst.refusals + RF_INDEX
+    cdef int k = lst.refusals[i], _
+    if k == 0:
+        return NULL
+    for _ in range(k - 1):  # a handful of packets: walking is fine
+        packets += 1 + packets[0]
+    return packets
+
+
+# ---------------------------------------------------------------- choosing and connecting
+
+cdef void choose(Worker *w, Conn *c) noexcept nogil:
+    """The backend (the frontend's, or a route rule's), then a server, then dial it."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Setup *st = fc.setup
+    if fc.pool == NULL:
+        pthread_mutex_lock(&lst.lock)
+        fc.pool = lst.routes[st.route - 1] if st.route else lst.pool
+        if fc.pool != NULL:
+            pool_ref(fc.pool)
+        pthread_mutex_unlock(&lst.lock)
+        if fc.pool == NULL:
+            end(w, c, W_NO_SERVER, 0)
+            return
+        fc.pool_id = fc.pool.id
+        if not to_server(w, c):
+            return
+        hash_key(fc)
+    dial_next(w, c)
+
+
+cdef void hash_key(FastConn *fc) noexcept nogil:
+    """The balancer's key, the bytes listener.Frontend._hash_key hashes (consistent hashing
+    must agree with the event-loop path and other machines): the client's address for
+    "source", else its client id or user name, else its address and port."""
+    cdef Setup *st = fc.setup
+    cdef char text[INET6_ADDRSTRLEN + 8]
+    cdef size_t n
+    cdef uint8_t key = fc.pool.hash_key
+    if key == H_CLIENT_ID and fc.cid_len:
+        st.key_hash = xxh64(<const uint8_t *>fc.ids, fc.cid_len)
+    elif key == H_USERNAME and fc.user_len:
+        st.key_hash = xxh64(<const uint8_t *>fc.ids + fc.cid_len, fc.user_len)
+    else:
+        n = peer_text(fc, text, key != H_SOURCE)
+        st.key_hash = xxh64(<const uint8_t *>text, <Py_ssize_t>n)
+    st.has_key = True
+
+
+cdef size_t peer_text(FastConn *fc, char *out, bint with_port) noexcept nogil:
+    """The client address as Python's socket module spells it (inet_ntop), optionally
+    ":port"; IPv4-mapped addresses as plain IPv4."""
+    cdef const uint8_t *a = fc.peer.sin6_addr.s6_addr
+    cdef size_t n
+    cdef int port = ntohs(fc.peer.sin6_port)
+    if is_mapped(a):
+        inet_ntop(AF_INET, a + 12, out, INET6_ADDRSTRLEN)
+    else:
+        inet_ntop(AF_INET6, a, out, INET6_ADDRSTRLEN)
+    n = 0
+    while out[n]:
+        n += 1
+    if with_port:
+        out[n] = b':'
+        n += 1
+        n += put_uint(out + n, port)
+    return n
+
+
+cdef inline bint is_mapped(const uint8_t *a) noexcept nogil:
+    cdef int i
+    for i in range(10):
+        if a[i]:
+            return False
+    return a[10] == 0xFF and a[11] == 0xFF
+
+
+cdef size_t put_uint(char *out, uint32_t v) noexcept nogil:
+    """Decimal digits of v at out; how many."""
+    cdef char digits[10]
+    cdef size_t n = 0, i
+    while True:
+        digits[n] = <char>(48 + v % 10)  # '0'
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
+
+
+cdef void dial_next(Worker *w, Conn *c) noexcept nogil:
+    """Pick a server (not one that failed this client) and connect to it."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    fc.server = pool_pick(fc.pool, st.key_hash, st.has_key, st.tried, st.ntried, False, 0,
+                          &addr, &addrlen)
+    if fc.server == NULL:
+        end(w, c, W_NO_SERVER, 0)
+        return
+    fc.server_id = fc.server.id
+    dial(w, c, &addr, addrlen)
+
+
+cdef void dial(Worker *w, Conn *c, sockaddr_storage *addr, socklen_t addrlen) noexcept nogil:
+    cdef FastConn *fc = <FastConn *>c
+    cdef epoll_event ev
+    cdef int one = 1
+    cdef int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        end(w, c, W_ERRNO, errno)  # our own limit, not the server's fault: no retry
+        return
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    c.fd[1] = fd
+    c.phase = PH_DIAL
+    if connect(fd, <sockaddr *>addr, addrlen) < 0 and errno != EINPROGRESS:
+        connect_failed(w, c, errno)
+        return
+    ev.events = CONN_MASK
+    ev.data.u64 = <uint64_t><uintptr_t>c | 1
+    if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+        end(w, c, W_ERRNO, errno)
+        return
+    set_deadline(w, c, fc.pool.timeout_connect)
+
+
+cdef void drop_server(Worker *w, Conn *c) noexcept nogil:
+    """This attempt failed: close its socket and remember the server as tried."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
+    close(c.fd[1])  # never dup'd: closing also drops it from the epoll set
+    c.fd[1] = -1
+    c.flags &= ~((F_RD | F_HUP) << 1)
+    atomic_add32(&fc.server.live, -1)
+    if st.tried == NULL:
+        st.tried = <Server **>malloc(MAX_TRIED * sizeof(Server *))
+    if st.tried != NULL and st.ntried < MAX_TRIED:
+        st.tried[st.ntried] = fc.server  # keeps the reference the pick took
+        st.ntried += 1
+    else:
+        server_unref(fc.server)
+    fc.server = NULL
+
+
+cdef void connect_failed(Worker *w, Conn *c, int err) noexcept nogil:
+    """A connect error or timeout: retry (another server with redispatch) while the backend's
+    retries allow (backends.Backend.connect)."""
+    cdef FastConn *fc = <FastConn *>c
+    atomic_inc64(&fc.server.n.connect_errors, 1)
+    if err in (EMFILE, ENFILE):
+        end(w, c, W_ERRNO, err)
+        return
+    retry(w, c, True)
+
+
+cdef void retry(Worker *w, Conn *c, bint connect_error) noexcept nogil:
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
+    cdef Server *s = fc.server
+    cdef Pool *p = fc.pool
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    cdef bint again
+    st.failures += 1
+    again = st.failures <= p.retries and (connect_error or p.redispatch)
+    if again:
+        atomic_inc64(&s.n.retries, 1)
+        if p.redispatch:
+            atomic_inc64(&s.n.redispatches, 1)
+    if not again or p.redispatch:
+        drop_server(w, c)
+        if not again:
+            end(w, c, W_NO_SERVER if connect_error else W_SERVER_CLOSED, 0)
+            return
+        rewind(c)
+        dial_next(w, c)
+        return
+    # no redispatch: the same server again, keeping the hold the pick took
+    close(c.fd[1])
+    c.fd[1] = -1
+    c.flags &= ~((F_RD | F_HUP) << 1)
+    rewind(c)
+    memcpy(&addr, &s.addr, s.addrlen)
+    addrlen = s.addrlen
+    dial(w, c, &addr, addrlen)
+
+
+cdef inline void rewind(Conn *c) noexcept nogil:
+    """A new attempt sends the PROXY header and the client's bytes from the start."""
+    cdef FastConn *fc = <FastConn *>c
+    if c.pend[0] != NULL:
+        c.pend[0].off = 0
+    fc.setup.ack_have = 0
+
+
+# ---------------------------------------------------------------- the server's side
+
+cdef void connected(Worker *w, Conn *c, uint32_t ev) noexcept nogil:
+    """The server answered the connect (or refused it)."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef int err = 0
+    cdef socklen_t len = sizeof(err)
+    if ev & (EPOLLERR | EPOLLHUP):
+        getsockopt(c.fd[1], SOL_SOCKET, SO_ERROR, &err, &len)
+        connect_failed(w, c, err if err else ECONNREFUSED)
+        return
+    if not ev & EPOLLOUT:
+        return
+    fc.connected_ns = mono_ns()
+    observe_latency(fc.pool, fc.connected_ns - fc.inspected_ns)
+    c.phase = PH_CONNACK
+    set_deadline(w, c, fc.pool.timeout_server)
+    if c.flags & F_DONE:
+        return
+    if send_to_server(w, c) and fc.state & FC_INVALID:
+        relay(w, c, NULL, 0)  # nothing to inspect: no CONNACK is awaited
+
+
+cdef bint send_to_server(Worker *w, Conn *c) noexcept nogil:
+    """Send what is left of the PROXY header and the client's bytes; True once all is out
+    (False: wait for EPOLLOUT, or the attempt failed and was handled)."""
+    cdef Pending *p = c.pend[0]
+    cdef ssize_t n
+    while p.off < p.len:
+        n = send(c.fd[1], <char *>(p + 1) + p.off, p.len - p.off, MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return False
+            if is_reset(errno):
+                hung_up(w, c)
+            else:
+                end(w, c, W_ERRNO, errno)
+            return False
+        p.off += <uint32_t>n
+    return True
+
+
+cdef void hung_up(Worker *w, Conn *c) noexcept nogil:
+    """The server closed before a CONNACK: another server may take the client (HAProxy's
+    retry-on empty-response, listener._HungUp)."""
+    retry(w, c, False)
+
+
+cdef void read_connack(Worker *w, Conn *c) noexcept nogil:
+    """The server's first bytes until its CONNACK; they all go to the client, with it."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
+    cdef ConnackScan scan
+    cdef const uint8_t *p
+    cdef uint32_t cap = w.core.bufsize, want, total
+    cdef ssize_t n
+    cdef int rc
+    cdef bint eof = False
+    while c.flags & (F_RD << 1):
+        if st.ack_have == 0:
+            p = <const uint8_t *>w.buf
+            want = cap
+            n = recv(c.fd[1], w.buf, want, 0)
+        else:
+            p = st.ack
+            want = cap - st.ack_have
+            n = recv(c.fd[1], st.ack + st.ack_have, want, 0)
+        if n < 0:
+            if errno == EAGAIN:
+                c.flags &= ~(F_RD << 1)
+            elif is_reset(errno):
+                hung_up(w, c)
+            elif errno != EINTR:
+                end(w, c, W_ERRNO, errno)
+            return
+        if n == 0:
+            if st.ack_have == 0:
+                hung_up(w, c)
+                return
+            eof = True  # it said something, then closed: relay that, the relay sees the EOF
+            p = st.ack
+            total = st.ack_have
+            rc = -1
+        else:
+            if <uint32_t>n < want:
+                c.flags &= ~(F_RD << 1)
+            total = st.ack_have + <uint32_t>n if st.ack_have else <uint32_t>n
+            rc = connack_scan(p, total, cap, fc.version, &scan)
+            if rc == 0 and total == cap:
+                rc = -1  # a CONNACK larger than the engine's buffer: not ours to judge
+        if rc == 0:
+            if st.ack_have == 0:
+                st.ack = <uint8_t *>malloc(cap)
+                if st.ack == NULL:
+                    end(w, c, W_ERRNO, ENOMEM)
+                    return
+                memcpy(st.ack, p, total)
+            st.ack_have = total
+            continue
+        if rc > 0:
+            connack_read(w, c, p, &scan)
+        else:
+            atomic_inc64(&fc.server.n.response_errors, 1)
+        if eof:
+            c.flags |= (F_RD | F_HUP) << 1
+        relay(w, c, p, total)
+        return
+
+
+cdef void connack_read(Worker *w, Conn *c, const uint8_t *p,
+                       const ConnackScan *scan) noexcept nogil:
+    cdef FastConn *fc = <FastConn *>c
+    cdef Span assigned
+    fc.connack = <int16_t>scan.reason_code
+    atomic_inc64(&fc.server.n.connack[scan.reason_code & 0xFF], 1)
+    if fc.cid_len == 0 and scan.properties.start >= 0:
+        assigned = property_span(p, scan.properties, ASSIGNED_ID)
+        if assigned.start >= 0 and assigned.length:
+            learn_id(fc, p + assigned.start, <uint16_t>assigned.length)
+
+
+cdef void learn_id(FastConn *fc, const uint8_t *cid, uint16_t n) noexcept nogil:
+    """A v5 client without an id got one from the broker: the record shows it."""
+    cdef char *ids = <char *>malloc(n + fc.user_len)
+    if ids == NULL:
+        return
+    memcpy(ids, cid, n)
+    if fc.user_len:
+        memcpy(ids + n, fc.ids, fc.user_len)
+    free(fc.ids)
+    fc.ids = ids
+    fc.cid_len = n
+
+
+# ---------------------------------------------------------------- relaying
+
+cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexcept nogil:
+    """Setup is over: the same connection relays from here (_splice.pyx)."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Setup *st = fc.setup
+    c.pend[1] = pending_new(<const char *>to_client, n)
+    if n and c.pend[1] == NULL:
+        end(w, c, W_ERRNO, ENOMEM)
+        return
+    if c.pend[0] != NULL and c.pend[0].off == c.pend[0].len:
+        free(c.pend[0])
+        c.pend[0] = NULL
+    c.nbytes[0] = st.data_len  # the client's bytes (a PROXY header is ours)
+    c.nbytes[1] = n
+    atomic_inc64(&fc.server.n.total, 1)
+    fc.state |= FC_RELAYED
+    if lst.track_v5 and fc.version == 5:
+        c.flags |= F_TRACK
+        follow(c, to_client, n, False)
+    free_setup(fc)
+    c.phase = 0
+    c.idle[0] = client_ticks(lst, fc)
+    c.idle[1] = fc.pool.timeout_server
+    c.last_rx[0] = c.last_rx[1] = w.now
+    refile(w, c)
+    if not (c.flags & F_DONE) and not pump(w, c, 0):
+        pump(w, c, 1)
+
+
+cdef uint32_t client_ticks(Listener *lst, FastConn *fc) noexcept nogil:
+    """timeout_client (config.ClientTimeout.for_keepalive)."""
+    cdef double s
+    if not lst.client_auto:
+        return ticks(lst.client_s)
+    if fc.keepalive == 0:
+        return ticks(lst.client_max)
+    s = 1.5 * fc.keepalive
+    return ticks(min(max(s, lst.client_min), lst.client_max))
+
+
+# ---------------------------------------------------------------- PROXY header
+
+cdef const uint8_t *V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+cdef inline const uint8_t *ip_of(const sockaddr_in6 *a, bint *v4) noexcept nogil:
+    """The address bytes, IPv4-mapped ones as IPv4 (proxy_protocol._ip)."""
+    cdef const uint8_t *bytes16 = &a.sin6_addr.s6_addr[0]
+    v4[0] = is_mapped(bytes16)
+    return bytes16 + 12 if v4[0] else bytes16
+
+
+cdef size_t ipv6_text(const uint8_t *a, char *out) noexcept nogil:
+    """An IPv6 address as str(ipaddress.IPv6Address) writes it (RFC 5952: lower-case hex,
+    the first longest run of two or more zero groups as "::"), for PROXY v1."""
+    cdef int best = -1, best_len = 0, run = 0, i, g
+    cdef uint32_t v
+    cdef size_t n = 0
+    cdef const char *hexd = b"0123456789abcdef"
+    for i in range(8):
+        if a[2 * i] == 0 and a[2 * i + 1] == 0:
+            run += 1
+            if run > best_len:
+                best_len = run
+                best = i - run + 1
+        else:
+            run = 0
+    if best_len < 2:
+        best = -1
+    i = 0
+    while i < 8:
+        if i == best:
+            out[n] = b':'
+            n += 1
+            if i == 0:
+                out[n] = b':'
+                n += 1
+            i += best_len
+            continue
+        v = (<uint32_t>a[2 * i] << 8) | a[2 * i + 1]
+        for g in range(12, -4, -4):
+            if v >> g or g == 0:
+                out[n] = hexd[(v >> g) & 15]
+                n += 1
+        if i < 7:
+            out[n] = b':'
+            n += 1
+        i += 1
+    return n
+
+
+cdef size_t ip_text(const uint8_t *a, bint v4, char *out) noexcept nogil:
+    cdef size_t n = 0
+    cdef int i
+    if not v4:
+        return ipv6_text(a, out)
+    for i in range(4):
+        n += put_uint(out + n, a[i])
+        if i < 3:
+            out[n] = b'.'
+            n += 1
+    return n
+
+
+cdef Py_ssize_t proxy_v1(const sockaddr_in6 *src, const sockaddr_in6 *dst,
+                         char *out) noexcept nogil:
+    """proxy_protocol.encode_v1 (at most 107 bytes)."""
+    cdef bint sv4, dv4
+    cdef const uint8_t *s = ip_of(src, &sv4)
+    cdef const uint8_t *d = ip_of(dst, &dv4)
+    cdef size_t n
+    if sv4 != dv4:
+        memcpy(out, b"PROXY UNKNOWN\r\n", 15)
+        return 15
+    memcpy(out, b"PROXY TCP4 " if sv4 else b"PROXY TCP6 ", 11)
+    n = 11
+    n += ip_text(s, sv4, out + n)
+    out[n] = b' '
+    n += 1
+    n += ip_text(d, dv4, out + n)
+    out[n] = b' '
+    n += 1
+    n += put_uint(out + n, ntohs(src.sin6_port))
+    out[n] = b' '
+    n += 1
+    n += put_uint(out + n, ntohs(dst.sin6_port))
+    out[n] = b'\r'
+    out[n + 1] = b'\n'
+    return <Py_ssize_t>n + 2
+
+
+cdef inline void put16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+
+cdef Py_ssize_t proxy_v2(const sockaddr_in6 *src, const sockaddr_in6 *dst, int tlv,
+                         const char *cid, size_t cid_len, uint8_t *out) noexcept nogil:
+    """proxy_protocol.encode_v2 with at most the client id TLV; -1 when longer than v2
+    allows (out has room for 16 + 36 + 3 + 65535 bytes)."""
+    cdef bint sv4, dv4
+    cdef const uint8_t *s = ip_of(src, &sv4)
+    cdef const uint8_t *d = ip_of(dst, &dv4)
+    cdef size_t body, n
+    cdef bint with_tlv = tlv >= 0 and cid_len > 0
+    memcpy(out, V2_SIGNATURE, 12)
+    out[12] = 0x21  # version 2, PROXY
+    n = 16
+    if sv4 and dv4:
+        out[13] = 0x11  # TCP over IPv4
+        memcpy(out + n, s, 4)
+        memcpy(out + n + 4, d, 4)
+        n += 8
+    else:
+        out[13] = 0x21  # TCP over IPv6: an IPv4 side is mapped
+        memcpy(out + n, src.sin6_addr.s6_addr, 16)
+        memcpy(out + n + 16, dst.sin6_addr.s6_addr, 16)
+        n += 32
+    memcpy(out + n, &src.sin6_port, 2)  # both network order already
+    memcpy(out + n + 2, &dst.sin6_port, 2)
+    n += 4
+    if with_tlv:
+        if cid_len > 0xFFFF:
+            return -1
+        out[n] = <uint8_t>tlv
+        put16(out + n + 1, <uint32_t>cid_len)
+        memcpy(out + n + 3, cid, cid_len)
+        n += 3 + cid_len
+    body = n - 16
+    if body > 0xFFFF:
+        return -1
+    put16(out + 14, <uint32_t>body)
+    return <Py_ssize_t>n
+
+
+cdef bint to_server(Worker *w, Conn *c) noexcept nogil:
+    """What goes to every server tried: the backend's PROXY header, then the client's bytes.
+    False if the connection ended."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
+    cdef Pool *p = fc.pool
+    cdef sockaddr_storage local
+    cdef sockaddr_in6 dst
+    cdef socklen_t len = sizeof(local)
+    cdef size_t room = 0
+    cdef Py_ssize_t h = 0
+    cdef Pending *out
+    if p.send_proxy:
+        if getsockname(c.fd[0], <sockaddr *>&local, &len) < 0:
+            end(w, c, W_ERRNO, errno)
+            return False
+        as_v6(<sockaddr_in6 *>&local, &dst)
+        room = 107 if p.send_proxy == 1 else 16 + 36 + 3 + fc.cid_len
+    out = <Pending *>malloc(sizeof(Pending) + room + st.data_len)
+    if out == NULL:
+        end(w, c, W_ERRNO, ENOMEM)
+        return False
+    if p.send_proxy == 1:
+        h = proxy_v1(&fc.peer, &dst, <char *>(out + 1))
+    elif p.send_proxy == 2:
+        h = proxy_v2(&fc.peer, &dst, p.client_id_tlv, fc.ids, fc.cid_len, <uint8_t *>(out + 1))
+    if h < 0:
+        free(out)
+        end(w, c, W_ERRNO, EMSGSIZE)
+        return False
+    memcpy(<char *>(out + 1) + h, st.buf, st.data_len)
+    out.len = <uint32_t>h + st.data_len
+    out.off = 0
+    c.pend[0] = out
+    free(st.buf)  # the bytes live on in the Pending
+    st.buf = NULL
+    st.have = st.cap = 0
+    return True
+
+
+def proxy_header(int version, src, dst, bytes client_id=b"", int tlv=-1) -> bytes:
+    """The PROXY header the fast path sends (to compare with fastmqtt.proxy_protocol):
+    ``src``/``dst`` are (ip, port) pairs."""
+    cdef sockaddr_in6 s, d
+    cdef uint8_t out[16 + 36 + 3 + 65535]
+    cdef Py_ssize_t n
+    _sockaddr(src, &s)
+    _sockaddr(dst, &d)
+    if version == 1:
+        n = proxy_v1(&s, &d, <char *>out)
+    else:
+        n = proxy_v2(&s, &d, tlv, PyBytes_AS_STRING(client_id), PyBytes_GET_SIZE(client_id),
+                     out)
+    if n < 0:
+        raise ValueError("PROXY v2 header longer than 65535 bytes")
+    return out[:n]
+
+
+cdef _sockaddr(addr, sockaddr_in6 *out):
+    import ipaddress
+    ip = ipaddress.ip_address(addr[0])
+    memset(out, 0, sizeof(sockaddr_in6))
+    out.sin6_family = AF_INET6
+    packed = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed
+    memcpy(out.sin6_addr.s6_addr, <const char *>packed, 16)
+    out.sin6_port = ((addr[1] & 0xFF) << 8) | (addr[1] >> 8)
+
+
+# ---------------------------------------------------------------- events and deadlines
+
+cdef void on_setup_event(Worker *w, Conn *c, int side, uint32_t ev) noexcept nogil:
+    cdef FastConn *fc = <FastConn *>c
+    if ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.flags |= F_RD << side
+    if ev & (EPOLLRDHUP | EPOLLHUP):
+        c.flags |= F_HUP << side
+    if side == 0:
+        if c.phase == PH_CONNECT and c.flags & F_RD:
+            read_connect(w, c)
+        return  # later phases leave the client's bytes to the relay
+    if c.phase == PH_DIAL:
+        connected(w, c, ev)
+        return
+    if c.phase != PH_CONNACK:
+        return
+    if ev & EPOLLOUT and c.pend[0] != NULL and c.pend[0].off < c.pend[0].len:
+        if not send_to_server(w, c):
+            return
+        if fc.state & FC_INVALID:
+            relay(w, c, NULL, 0)
+            return
+    if c.flags & (F_RD << 1) and not (c.flags & F_DONE):
+        read_connack(w, c)
+
+
+cdef void on_timer(Worker *w, Conn *c) noexcept nogil:
+    cdef FastConn *fc = <FastConn *>c
+    if c.phase == PH_CONNECT:
+        end(w, c, W_INSPECT_TIMEOUT, 0)
+    elif c.phase == PH_HOLD:
+        choose(w, c)
+    elif c.phase == PH_DIAL:
+        connect_failed(w, c, ETIMEDOUT)
+    else:
+        atomic_inc64(&fc.server.n.response_errors, 1)
+        end(w, c, W_SERVER_TIMEOUT, 0)
+
+
+HOOKS.listener = on_listener
+HOOKS.setup_event = on_setup_event
+HOOKS.timer = on_timer
+HOOKS.ended = on_ended
+HOOKS.turn = on_turn
+HOOKS.exit = on_exit
+
+
+# ---------------------------------------------------------------- Python's side
+
+cdef class FastPath:
+    """The fast path of one engine: its frontends, and the records of their connections.
+
+    Attach it before the engine starts; it lives as long as the engine (dropping it stops
+    the engine). Frontends are added with ``frontend()`` (again to change their settings),
+    watched with ``listen()``, and their connections come back through ``drain()``.
+    """
+
+    cdef Engine engine
+    cdef Fast *f
+    cdef dict _slots  # frontend id -> its Listener's slot
+    cdef dict _pools  # frontend id -> the PoolRefs its Listener holds (kept alive)
+
+    def __cinit__(self, Engine engine not None, uint32_t maxconn):
+        cdef Core *core = engine.core
+        cdef int i
+        if engine._started or engine._stopped or core.fast != NULL:
+            raise RuntimeError("attach the fast path to a new engine, before start()")
+        self._slots = {}
+        self._pools = {}
+        self.f = <Fast *>calloc(1, sizeof(Fast))
+        if self.f == NULL:
+            raise MemoryError()
+        self.f.threads = <PerThread *>calloc(core.nworkers, sizeof(PerThread))
+        if self.f.threads == NULL:
+            free(self.f)
+            self.f = NULL
+            raise MemoryError()
+        pthread_mutex_init(&self.f.lock, NULL)
+        self.f.core = core
+        self.f.maxconn = maxconn
+        for i in range(core.nworkers):
+            self.f.threads[i].fast = self.f
+            core.workers[i].fast = &self.f.threads[i]
+        core.fast = &HOOKS
+        self.engine = engine
+
+    def __dealloc__(self):
+        cdef int i
+        cdef Fast *f = self.f
+        if f == NULL:
+            return
+        if self.engine is not None and self.engine.core != NULL:
+            with nogil:
+                halt(f.core)  # no thread may run our hooks past this point
+        for i in range(MAX_LISTENERS):
+            if f.listeners[i] != NULL:
+                listener_unref(f.listeners[i])
+        pthread_mutex_destroy(&f.lock)
+        free(f.threads)
+        free(f)
+
+    # -- frontends -------------------------------------------------------------------
+
+    def frontend(self, uint32_t frontend_id, int fd, PoolRef pool not None, list routes, *,
+                 double inspect_delay, uint32_t max_connect_size, uint32_t maxconn,
+                 bint reject_invalid=True, bint allow_bridge=True, bint track_v5=False,
+                 client_timeout=(False, 240.0, 30.0, 3600.0), bytes refusals=None) -> None:
+        """Add a frontend listening on ``fd`` (the engine keeps a dup of it), or change the
+        settings of one added before (``fd`` is then ignored). ``routes[i]``: the backend of
+        rule i when it is a route rule, else None. ``client_timeout``: (auto, seconds, min,
+        max) as config.ClientTimeout. ``refusals``: FastPath.refusal_table()'s bytes, to
+        answer refusals with a CONNACK (reject_with_connack), or None."""
+        cdef Listener *lst
+        cdef int slot
+        cdef uint8_t *table = NULL
+        if len(routes) > MAX_ROUTES:
+            raise ValueError(f"at most {MAX_ROUTES} rules per frontend on the fast path")
+        if not 64 <= max_connect_size <= 0x10000000 or maxconn == 0 or inspect_delay <= 0:
+            raise ValueError("bad max_connect_size, maxconn or inspect_delay")
+        if refusals is not None:
+            table = <uint8_t *>malloc(PyBytes_GET_SIZE(refusals))
+            if table == NULL:
+                raise MemoryError()
+            memcpy(table, PyBytes_AS_STRING(refusals), PyBytes_GET_SIZE(refusals))
+        lst = self._listener(frontend_id, fd)
+        if lst == NULL:
+            free(table)
+            raise OSError(errno, "dup of the listening socket")
+        auto, seconds, low, high = client_timeout
+        lst.inspect_ticks = ticks(inspect_delay)
+        lst.max_connect = max_connect_size
+        lst.maxconn = maxconn
+        lst.reject_invalid = reject_invalid
+        lst.allow_bridge = allow_bridge
+        lst.track_v5 = track_v5
+        lst.client_auto, lst.client_s, lst.client_min, lst.client_max = auto, seconds, low, high
+        self._pools[frontend_id] = [pool, *routes]
+        pthread_mutex_lock(&lst.lock)
+        swap_pool(&lst.pool, pool.p)
+        for slot in range(MAX_ROUTES):
+            route = routes[slot] if slot < len(routes) else None
+            swap_pool(&lst.routes[slot], pool_of(route))
+        table, lst.refusals = lst.refusals, table
+        pthread_mutex_unlock(&lst.lock)
+        free(table)
+        resume_freed(self.f)  # a raised maxconn
+
+    cdef Listener *_listener(self, uint32_t frontend_id, int fd) except? NULL:
+        cdef Listener *lst
+        cdef int slot
+        if frontend_id in self._slots:
+            return self.f.listeners[self._slots[frontend_id]]
+        slot = next((i for i in range(MAX_LISTENERS) if self.f.listeners[i] == NULL), -1)
+        if slot < 0:
+            raise ValueError(f"at most {MAX_LISTENERS} frontends on the fast path")
+        lst = <Listener *>calloc(1, sizeof(Listener))
+        if lst == NULL:
+            raise MemoryError()
+        lst.fd = dup(fd)
+        if lst.fd < 0:
+            free(lst)
+            return NULL
+        lst.refs = 1
+        lst.id = frontend_id
+        lst.paused = P_CLOSED
+        pthread_mutex_init(&lst.lock, NULL)
+        pthread_mutex_lock(&self.f.lock)
+        self.f.listeners[slot] = lst
+        pthread_mutex_unlock(&self.f.lock)
+        self._slots[frontend_id] = slot
+        return lst
+
+    def listen(self, uint32_t frontend_id, bint on) -> None:
+        """Start or stop accepting on a frontend (stopped: new clients wait in the backlog)."""
+        cdef Listener *lst = self.f.listeners[self._slots[frontend_id]]
+        pthread_mutex_lock(&self.f.lock)
+        lst.paused = (lst.paused & ~P_CLOSED) if on else (lst.paused | P_CLOSED)
+        pthread_mutex_unlock(&self.f.lock)
+        wake_all(self.f)
+
+    def remove(self, uint32_t frontend_id) -> None:
+        """Forget a frontend: no thread watches it any more, its connections go on; the
+        engine's dup of its socket closes once the last of them ends."""
+        cdef int slot = self._slots.pop(frontend_id)
+        cdef Listener *lst = self.f.listeners[slot]
+        pthread_mutex_lock(&self.f.lock)
+        lst.paused |= P_CLOSED
+        self.f.listeners[slot] = NULL
+        pthread_mutex_unlock(&self.f.lock)
+        wake_all(self.f)  # threads let go of it at their next turn (reconcile)
+        listener_unref(lst)
+        self._pools.pop(frontend_id, None)
+
+    def set_limits(self, uint32_t maxconn, uint32_t python_live) -> None:
+        """The process's maxconn, and the event-loop path's live connections (they count
+        against it too): call when either changes."""
+        self.f.maxconn = maxconn
+        atomic_store32(&self.f.py_live, python_live)
+        resume_freed(self.f)
+
+    @property
+    def live(self) -> int:
+        """Connections of the fast path, from accept to their end."""
+        return atomic_load32(&self.f.live)
+
+    def counters(self, uint32_t frontend_id) -> tuple:
+        """(accepted, accept errors, live, {version: CONNECTs}, {reason: forwarded invalid})."""
+        cdef Listener *lst = self.f.listeners[self._slots[frontend_id]]
+        versions = {v: atomic_load64(&lst.n.by_version[v]) for v in range(8)
+                    if atomic_load64(&lst.n.by_version[v])}
+        invalid = {REASON_WORDS[r]: atomic_load64(&lst.n.invalid[r]) for r in range(1, R_COUNT)
+                   if atomic_load64(&lst.n.invalid[r])}
+        return (atomic_load64(&lst.n.accepted), atomic_load64(&lst.n.accept_errors),
+                atomic_load32(&lst.live), versions, invalid)
+
+    # -- records ---------------------------------------------------------------------
+
+    def drain(self) -> list:
+        """One record per ended connection since the last drain (the relay's drain() clears
+        the completion eventfd; call that first):
+        (frontend id, backend id, server id (0: none), client ip, client port, client id,
+        username, MQTT version (0: none), keepalive, CONNACK code (None: none), start
+        (epoch seconds), wait ms, connect ms, total ms (-1: not reached), bytes in, bytes out,
+        end reason, denied (counts as a refusal), errno)."""
+        cdef Core *core = self.f.core
+        cdef Conn *head
+        cdef Conn *nxt
+        cdef list out = []
+        pthread_mutex_lock(&core.lock)
+        head = core.fast_head
+        core.fast_head = core.fast_tail = NULL
+        pthread_mutex_unlock(&core.lock)
+        while head != NULL:
+            nxt = head.next
+            try:
+                out.append(record(<FastConn *>head))
+            finally:
+                free_record(<FastConn *>head)
+            head = nxt
+        return out
+
+
+cdef Pool *pool_of(route) except? NULL:
+    return NULL if route is None else (<PoolRef?>route).p
+
+
+cdef inline void swap_pool(Pool **slot, Pool *p) noexcept:
+    if p != NULL:
+        pool_ref(p)
+    if slot[0] != NULL:
+        pool_unref(slot[0])
+    slot[0] = p
+
+
+cdef void free_record(FastConn *fc) noexcept nogil:
+    free(fc.ids)
+    free(fc)
+
+
+cdef inline int ms_between(int64_t start, int64_t t):
+    return -1 if t == 0 else <int>((t - start) // 1000000)
+
+
+cdef tuple record(FastConn *fc):
+    cdef Conn *c = &fc.c
+    cdef char text[INET6_ADDRSTRLEN + 8]
+    cdef size_t n = peer_text(fc, text, False)
+    cdef bint valid = fc.version != 0
+    client_id = PyUnicode_DecodeUTF8(fc.ids, fc.cid_len, NULL) if valid or fc.cid_len else None
+    username = (PyUnicode_DecodeUTF8(fc.ids + fc.cid_len, fc.user_len, NULL)
+                if fc.state & FC_USERNAME else None)
+    return (
+        fc.listener_id, fc.pool_id, fc.server_id, text[:n].decode("ascii"),
+        ntohs(fc.peer.sin6_port), client_id, username, fc.version, fc.keepalive,
+        None if fc.connack < 0 else fc.connack, fc.wall_ns / 1e9,
+        ms_between(fc.accepted_ns, fc.inspected_ns), ms_between(fc.accepted_ns, fc.connected_ns),
+        <int>(c.t * 1000), c.nbytes[0], c.nbytes[1], why_word(fc), fc.why in DENIED, c.err,
+    )
+
+
+cdef str why_word(FastConn *fc):
+    import errno as errno_names
+    if fc.why == W_NONE:
+        return REASONS[fc.c.reason]
+    if fc.why == W_PARSE:
+        return REASON_WORDS[fc.why_arg]
+    if fc.why == W_ERRNO:
+        return "error:" + errno_names.errorcode.get(fc.why_arg, "EIO")
+    if fc.why == W_DENIED:
+        return "denied-default" if fc.why_arg == NO_RULE else f"denied-rule-{fc.why_arg}"
+    return WHY_WORDS[fc.why]
