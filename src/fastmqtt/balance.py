@@ -248,6 +248,16 @@ class Consistent(Balancer):
         pos = self._table(tuple(live)).walk(slot, bytes(room))
         return self._order[pos] if pos >= 0 else None
 
+    @property
+    def order(self) -> list[int]:
+        """Server index at each table position (the canonical build order)."""
+        return list(self._order)
+
+    def table_for(self, weights: tuple[int, ...]) -> MaglevTable:
+        """The table over these weights, given in build order (cached as pick() does): the
+        engine's fast path uses the very tables the event-loop path hashes with."""
+        return self._table(weights)
+
     def _room(self, live: list[int], load: list[int]) -> list[bool]:
         """Per table position: eligible and, with bounded loads, under its bound."""
         if self._factor is None:

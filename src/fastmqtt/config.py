@@ -107,6 +107,7 @@ class GlobalConfig:
     drain_disconnect: bool = False  # MQTT 5 clients get DISCONNECT 0x8B on SIGTERM
     drain_rate: int = 500  # such DISCONNECTs per second, so reconnects arrive spread out
     stick_dir: str | None = None  # stick table files that outlive a restart (stick.py)
+    fast_path: bool = True  # frontends the C engine can serve from accept to close, it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ class FrontendConfig:
     access_default: str = "allow"  # when no rule matches
     rules: tuple[Rule, ...] = ()  # [[frontend.NAME.rule]], first match wins (access.py)
     rate_limit: RateLimitConfig | None = None
+    fast_path: bool = True  # false: keep it on the event loop (fastpath.fast_path_reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1015,6 +1017,7 @@ GLOBAL_KEYS = {
     "drain_disconnect": _Key(_boolean),
     "drain_rate": _Key(_integer(1, MAX_CONNECTIONS)),
     "stick_dir": _Key(_directory),
+    "fast_path": _Key(_boolean),
 }
 DEFAULTS_KEYS = {
     "timeout_connect": _Key(_duration()),
@@ -1043,6 +1046,7 @@ FRONTEND_KEYS = {
     "access_default": _Key(_choice("allow", "deny")),
     "rate_limit": _Key(_rate_limit, nested=True),
     "rule": _Key(_rules, nested=True),
+    "fast_path": _Key(_boolean),
 }
 RATE_LIMIT_KEYS = {
     "per_source": _Key(_rate),

@@ -514,6 +514,7 @@ class HealthChecker:
         if old is new:
             return
         server.state = new
+        self.proxy.backend_changed(self.backend)
         health.last_change = now
         level = logging.WARNING if new in (ServerState.DOWN, ServerState.MAINT) else logging.INFO
         log.log(
@@ -575,12 +576,14 @@ class HealthChecker:
         weights = [s.weight for s in self.backend.servers]
         if all(share >= 1.0 for share in shares):
             self.backend.balancer.set_weights(weights)
+            self.proxy.backend_changed(self.backend)
             return
         scaled = [
             max(1, round(w * WEIGHT_SCALE * f)) if w else 0
             for w, f in zip(weights, shares, strict=True)
         ]
         self.backend.balancer.set_weights(scaled)
+        self.proxy.backend_changed(self.backend)
         if self._ramp is None:
             step = (
                 max(h.check.slowstart for h in self.servers.values() if h.check) / SLOWSTART_STEPS

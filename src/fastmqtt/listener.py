@@ -147,6 +147,11 @@ class Frontend:
         """Watch the listening socket again if limits allow (idempotent)."""
         if self.accepting or self.sock is None or self._backoff is not None:
             return
+        fast = self.proxy.fast
+        if fast is not None and fast.serves(self):
+            fast.listen(self, True)  # the engine's threads accept, and apply the limits
+            self.accepting = True
+            return
         if not self._below_limits():
             return
         self.accepting = True
@@ -154,12 +159,17 @@ class Frontend:
 
     def pause(self) -> None:
         """Leave new connections in the kernel's accept backlog."""
-        if self.accepting and self.sock is not None:
+        fast = self.proxy.fast
+        if fast is not None and fast.serves(self):
+            fast.listen(self, False)
+        elif self.accepting and self.sock is not None:
             self.proxy.loop.remove_reader(self.sock.fileno())
         self.accepting = False
 
     def close(self) -> None:
         self.pause()
+        if self.proxy.fast is not None:
+            self.proxy.fast.remove(self)
         if self._backoff is not None:
             self._backoff.cancel()
             self._backoff = None

@@ -7,11 +7,14 @@ import asyncio
 import functools
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.relay_loop import Endpoint, LoopRelay
 from fastmqtt.session import Session
+
+if TYPE_CHECKING:
+    from fastmqtt.fastpath import FastPathHub
 
 
 def make_engine(threads: int) -> Any:
@@ -31,11 +34,16 @@ class RelayHub:
     """Owns every established client/server pair of the process until it ends."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_finish: FinishCallback, engine: Any = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_finish: FinishCallback,
+        engine: Any = None,
+        fast: FastPathHub | None = None,
     ) -> None:
         self.loop = loop
         self.on_finish = on_finish
         self.engine = engine
+        self.fast = fast  # its connections end through the same completion eventfd
         self.sessions: dict[int, Session] = {}
         self.drain_v5 = False  # follow MQTT 5 sessions' packets so a drain can say goodbye
         self._loop_relays: dict[int, LoopRelay] = {}
@@ -47,7 +55,7 @@ class RelayHub:
             loop.add_reader(engine.completions_fd(), self._drain_engine)
 
     def __len__(self) -> int:
-        return len(self.sessions)
+        return len(self.sessions) + (self.fast.live if self.fast is not None else 0)
 
     def start(
         self,
@@ -125,7 +133,7 @@ class RelayHub:
     async def shutdown(self, grace: float) -> None:
         """Let connections end by themselves for up to ``grace`` seconds, then close the rest."""
         deadline = self.loop.time() + grace
-        while self.sessions and self.loop.time() < deadline:
+        while len(self) and self.loop.time() < deadline:
             await asyncio.sleep(min(0.1, max(0.0, deadline - self.loop.time())))
         for relay in list(self._loop_relays.values()):
             relay.close("shutdown")
@@ -138,6 +146,8 @@ class RelayHub:
         for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
             asked = self._close_reasons.pop(conn_id, None)
             self._finished(conn_id, c2s, s2c, asked if reason == "killed" and asked else reason)
+        if self.fast is not None:  # after engine.drain(), which clears the eventfd
+            self.fast.drain()
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
         self._loop_relays.pop(session_id, None)

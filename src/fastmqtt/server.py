@@ -18,6 +18,7 @@ from fastmqtt.backends import Backend, Server
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.discovery import Discovery
 from fastmqtt.errors import ConfigError
+from fastmqtt.fastpath import FastPathHub, describe
 from fastmqtt.health import HealthChecker
 from fastmqtt.listener import Frontend
 from fastmqtt.metrics import ReloadCounters
@@ -53,7 +54,9 @@ class Proxy:
         self.discovery = Discovery()
         self.frontends = [Frontend(fc, self.backends[fc.backend], self) for fc in config.frontends]
         self.engine = make_engine(config.global_.relay_threads)
-        self.hub = RelayHub(loop, self._relay_finished, self.engine)
+        # the frontends the engine serves from accept to close (attached before it starts)
+        self.fast = FastPathHub(self, self.engine) if self.engine is not None else None
+        self.hub = RelayHub(loop, self._relay_finished, self.engine, self.fast)
         self.hub.drain_v5 = config.global_.drain_disconnect
         self.conn_log = (
             ConnectionLog(conn_log, config.global_.log_format, loop) if conn_log else None
@@ -97,6 +100,8 @@ class Proxy:
             for fe in self.frontends:
                 fe.close()
             raise
+        if self.fast is not None:
+            self.fast.configure()
         if self.engine is not None:
             self.engine.start()
         for fe in self.frontends:
@@ -161,6 +166,8 @@ class Proxy:
         self.health = {
             name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
         }
+        if self.fast is not None:
+            self.fast.configure()
 
     def reload_file(self) -> list[str]:
         """SIGHUP and the admin API: re-read the config file; if it has errors keep running on
@@ -191,8 +198,20 @@ class Proxy:
 
     def _summary(self) -> str:
         return ", ".join(
-            f"{fe.name}={fe.config.bind_host}:{fe.bound_port}" for fe in self.frontends
+            f"{fe.name}={fe.config.bind_host}:{fe.bound_port} ({describe(self.path_reason(fe))})"
+            for fe in self.frontends
         )
+
+    def path_reason(self, fe: Frontend) -> str | None:
+        """None when the engine serves this frontend from accept to close, else why not."""
+        if self.fast is None:
+            return "compiled extensions are off"
+        return self.fast.reason(fe)
+
+    def backend_changed(self, backend: Backend) -> None:
+        """Server states or weights changed (health, admin, slow start)."""
+        if self.fast is not None:
+            self.fast.backend_changed(backend)
 
     def stop_accepting(self) -> None:
         for fe in self.frontends:
@@ -218,6 +237,8 @@ class Proxy:
             rate = settings.drain_rate / (settings.workers if self.worker is not None else 1)
             goodbye = self.loop.create_task(self.hub.say_goodbye(packet, rate))
         await self.hub.shutdown(grace)
+        if self.fast is not None:
+            self.fast.close()
         if goodbye is not None:
             goodbye.cancel()
         if self.stats is not None:
@@ -233,14 +254,19 @@ class Proxy:
     # -- limits and accounting -------------------------------------------------------------
 
     def below_maxconn(self) -> bool:
-        return self.current < self.config.global_.maxconn
+        fast = self.fast.live if self.fast is not None else 0
+        return self.current + fast < self.config.global_.maxconn
 
     def session_opened(self) -> None:
         self.current += 1
+        if self.fast is not None:
+            self.fast.python_live_changed()
 
     def session_established(self, session: Session, server: Server, stick_key: str | None) -> None:
         session.stick_key = stick_key
         server.counters.opened()
+        if self.fast is not None:
+            self.fast.python_live_changed(server)
         stick = self.backends[session.backend].stick
         if stick is not None and stick_key:
             stick.connected(stick_key)
@@ -249,6 +275,8 @@ class Proxy:
         session.ended(c2s, s2c, reason)
         if session.server is not None:
             session.server.counters.current -= 1
+            if self.fast is not None:
+                self.fast.python_live_changed(session.server)
         backend = self.backends.get(session.backend)  # gone if a reload removed it
         stick = backend.stick if backend is not None else None
         if stick is not None and session.stick_key:
@@ -260,6 +288,8 @@ class Proxy:
         session.ended_at = time.monotonic()
         self.current -= 1
         session.frontend_counters.current -= 1
+        if self.fast is not None:
+            self.fast.python_live_changed()
         if self.conn_log is not None:
             self.conn_log.write(session)
         for fe in self.frontends:

@@ -86,6 +86,7 @@ def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]
 
 def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]:
     c = fe.counters
+    reason = fe.proxy.path_reason(fe)
     return {
         "pxname": fe.name,
         "svname": "FRONTEND",
@@ -109,6 +110,8 @@ def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]
         "accept_errors": c.accept_errors,
         "path_scur": {"fast": c.fast_path_current, "loop": c.current - c.fast_path_current},
         "path_stot": {"fast": c.fast_path_total, "loop": c.total - c.fast_path_total},
+        "path": "fast" if reason is None else "event-loop",  # who sets connections up
+        "path_reason": reason or "",
         **rates.fields(("frontend", fe.name)),
     }
 
@@ -252,6 +255,8 @@ def _stick_fields(backend: Backend) -> dict[str, Any]:
 def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
     """Everything the stats page shows, as plain data (this is also /stats.json)."""
     now = proxy.loop.time()
+    if proxy.fast is not None:
+        proxy.fast.sync()  # what the engine's fast path counted, into the counters below
     live_fe, live_sv = _live_bytes(proxy)
     backends = []
     for backend in proxy.backends.values():
@@ -268,7 +273,7 @@ def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime_seconds": round(uptime, 3),
         "start_time_seconds": round(time.time() - uptime, 3),
-        "current": proxy.current,
+        "current": proxy.current + (proxy.fast.live if proxy.fast is not None else 0),
         "maxconn": proxy.config.global_.maxconn,
         "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in proxy.frontends],
         "backends": backends,

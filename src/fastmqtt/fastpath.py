@@ -1,0 +1,395 @@
+"""The fast path: plain-TCP MQTT frontends whose connections the C engine owns from accept
+to close (_fastpath.pyx), and what Python does for them.
+
+- ``fast_path_reason(frontend, backends)`` says whether a frontend can take the fast path
+  and, if not, why (``fastmqtt check``, the startup log and the stats page show it).
+- ``FastPathHub`` pushes the engine what it needs: listening sockets and frontend settings,
+  backends and servers with their live state (health, admin, weights, Maglev tables), and
+  the event-loop path's live counts that limits must see.
+- It turns the engine's completion records into what the event-loop path produces for a
+  connection: a ``Session``, its log line, and the frontend, backend and server counters;
+  counters the engine keeps as atomics are added in at ``sync()``.
+
+Without compiled extensions (FASTMQTT_NO_EXTENSIONS=1) every frontend takes the event-loop
+path and this module only answers ``fast_path_reason``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.backends import ServerState
+from fastmqtt.balance import Consistent
+from fastmqtt.session import Session
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from fastmqtt.backends import Backend, Server
+    from fastmqtt.config import BackendConfig, FrontendConfig
+    from fastmqtt.listener import Frontend
+    from fastmqtt.server import Proxy
+
+log = logging.getLogger("fastmqtt")
+
+SYNC_INTERVAL = 0.25  # seconds between copies of the engine's counters into Python's
+TICK = 0.1  # the engine's timing wheel
+STATES = tuple(ServerState)  # the engine's S_* codes, in this order
+
+
+def fast_path_reason(
+    frontend: FrontendConfig, backends: Mapping[str, BackendConfig], enabled: bool = True
+) -> str | None:
+    """None when the C engine can serve ``frontend`` from accept to close, else why not
+    (``enabled``: the config's ``[global] fast_path``)."""
+    if NO_EXTENSIONS:
+        return "compiled extensions are off"
+    if not enabled or not frontend.fast_path:
+        return "fast_path = false"
+    if frontend.protocol != "mqtt":
+        return f'protocol = "{frontend.protocol}"'
+    if frontend.tls is not None:
+        return "TLS"
+    if frontend.accept_proxy:
+        return "accept_proxy"
+    if frontend.rules or frontend.rate_limit is not None or frontend.deny_empty_client_id:
+        return "access rules and rate limits need the event loop"
+    if frontend.reject_with_connack:
+        return "reject_with_connack"
+    for name in _backends_of(frontend):
+        backend = backends[name]
+        if backend.tls is not None:
+            return f"backend {name}: TLS to the servers"
+        if backend.ws_backend == "passthrough":
+            return f'backend {name}: ws_backend = "passthrough"'
+        if backend.stick is not None:
+            return f"backend {name}: stick table (not shared with the engine yet)"
+    return None
+
+
+def _backends_of(frontend: FrontendConfig) -> list[str]:
+    routes = [rule.backend for rule in frontend.rules if rule.backend]
+    return [frontend.backend, *dict.fromkeys(routes)]
+
+
+def describe(reason: str | None) -> str:
+    """How logs, ``check`` and the stats page name a frontend's path."""
+    return "fast path" if reason is None else f"event-loop path ({reason})"
+
+
+class FastPathHub:
+    """Every fast-path frontend of one process and the connections the engine made for
+    them; created before the engine starts, configured again on every reload."""
+
+    def __init__(self, proxy: Proxy, engine: Any) -> None:
+        from fastmqtt import _fastpath
+
+        self.proxy = proxy
+        self.loop: asyncio.AbstractEventLoop = proxy.loop
+        self.c = _fastpath.FastPath(engine, proxy.config.global_.maxconn)
+        self._ids = itertools.count(1)
+        self._frontends: dict[int, Frontend] = {}  # by engine id
+        self._frontend_ids: dict[Frontend, int] = {}
+        self._servers: dict[Server, Any] = {}  # -> _choose.ServerRef
+        self._server_by_id: dict[int, Server] = {}
+        self._pools: dict[Backend, Any] = {}  # -> _choose.PoolRef
+        self._backend_by_id: dict[int, Backend] = {}
+        self._seen: dict[object, tuple] = {}  # counters as last added into Python's
+        self._sync: asyncio.TimerHandle | None = None
+
+    # -- configuration ---------------------------------------------------------------
+
+    def reason(self, frontend: Frontend) -> str | None:
+        config = self.proxy.config
+        return fast_path_reason(frontend.config, config.backends, config.global_.fast_path)
+
+    def serves(self, frontend: Frontend) -> bool:
+        return frontend in self._frontend_ids
+
+    def configure(self) -> None:
+        """Push every backend, and every frontend that takes the fast path (start, reload);
+        a frontend that no longer does is removed (its connections go on)."""
+        from fastmqtt import _choose
+
+        for backend in self.proxy.backends.values():
+            self._configure_backend(backend, _choose)
+        for fe in list(self._frontend_ids):
+            if fe not in self.proxy.frontends or self.reason(fe) is not None:
+                self.remove(fe)
+        for fe in self.proxy.frontends:
+            if fe.sock is not None and self.reason(fe) is None:
+                self._configure_frontend(fe)
+        self.python_live_changed()
+        if self._sync is None:
+            self._sync = self.loop.call_later(SYNC_INTERVAL, self._tick)
+
+    def _configure_backend(self, backend: Backend, _choose: Any) -> None:
+        refs = []
+        for server in backend.servers:
+            ref = self._servers.get(server)
+            if ref is None:
+                ref = self._new_server(server, _choose)
+            refs.append(ref)
+        pool = self._pools.get(backend)
+        if pool is None:
+            pool = self._pools[backend] = _choose.PoolRef(next(self._ids))
+            self._backend_by_id[pool.id] = backend
+        bc = backend.config
+        pool.configure(
+            bc.balance,
+            refs,
+            all_backups=bc.all_backups,
+            factor=bc.hash_balance_factor,
+            hash_key=bc.hash_key,
+            retries=bc.retries,
+            redispatch=bc.redispatch,
+            timeout_connect=_ticks(bc.timeout_connect),
+            timeout_server=_ticks(bc.timeout_server),
+            send_proxy=bc.send_proxy,
+            client_id_tlv=bc.proxy_client_id_tlv if "client_id" in bc.proxy_tlvs else -1,
+        )
+        self.backend_changed(backend)
+
+    def _new_server(self, server: Server, _choose: Any) -> Any:
+        host, port = server.sockaddr[0], server.sockaddr[1]
+        scope = server.sockaddr[3] if server.family == socket.AF_INET6 else 0
+        ref = _choose.ServerRef(next(self._ids), server.family, host, port, scope)
+        self._servers[server] = ref
+        self._server_by_id[ref.id] = server
+        return ref
+
+    def backend_changed(self, backend: Backend) -> None:
+        """Server states, weights and maxconn changed (health, admin, slow start, reload):
+        the engine applies them to the next pick."""
+        pool = self._pools.get(backend)
+        if pool is None:
+            return
+        servers = backend.servers
+        weights = list(backend.balancer.weights)
+        pool.update(
+            [STATES.index(s.state) for s in servers],
+            weights,
+            [s.maxconn for s in servers],
+            [s.backup for s in servers],
+        )
+        if isinstance(backend.balancer, Consistent):
+            self._push_tables(backend, pool, weights)
+
+    def _push_tables(self, backend: Backend, pool: Any, weights: list[int]) -> None:
+        """Maglev tables as balance.Consistent builds them: over every server with weight,
+        and over the usable primaries and the usable backups."""
+        balancer = backend.balancer
+        assert isinstance(balancer, Consistent)
+        order = balancer.order
+        up = [s.state is ServerState.UP for s in backend.servers]
+        primaries = [w if ok and not s.backup else 0 for w, ok, s in _rows(backend, weights, up)]
+        backups = [w if ok and s.backup else 0 for w, ok, s in _rows(backend, weights, up)]
+        if not backend.config.all_backups:  # a single standby (backends._first_only)
+            first = next((i for i, w in enumerate(backups) if w), None)
+            backups = [w if i == first else 0 for i, w in enumerate(backups)]
+
+        def table(ws: list[int]) -> Any:
+            return balancer.table_for(tuple(ws[i] for i in order))
+
+        pool.set_tables(
+            table(weights),
+            table(primaries) if any(primaries) else None,
+            table(backups) if any(backups) else None,
+            order,
+        )
+
+    def _configure_frontend(self, fe: Frontend) -> None:
+        config = fe.config
+        fid = self._frontend_ids.get(fe)
+        if fid is None:
+            fid = next(self._ids)
+            self._frontend_ids[fe] = fid
+            self._frontends[fid] = fe
+        assert fe.sock is not None
+        ct = config.timeout_client
+        backends = self.proxy.backends
+        self.c.frontend(
+            fid,
+            fe.sock.fileno(),
+            self._pools[fe.backend],
+            [self._pools[backends[r.backend]] if r.backend else None for r in config.rules],
+            inspect_delay=config.inspect_delay,
+            max_connect_size=config.max_connect_size,
+            maxconn=config.maxconn,
+            reject_invalid=config.reject_invalid,
+            allow_bridge=config.allow_bridge,
+            track_v5=self.proxy.config.global_.drain_disconnect,
+            client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
+        )
+        fe.counters.current = self.c.counters(fid)[2]
+
+    def listen(self, fe: Frontend, on: bool) -> None:
+        self.c.listen(self._frontend_ids[fe], on)
+
+    def remove(self, fe: Frontend) -> None:
+        fid = self._frontend_ids.pop(fe, None)
+        if fid is not None:
+            self.c.remove(fid)
+            del self._frontends[fid]
+
+    # -- live counts -----------------------------------------------------------------
+
+    @property
+    def live(self) -> int:
+        """Connections of the fast path (accepted, not yet ended)."""
+        return self.c.live
+
+    def python_live_changed(self, server: Server | None = None) -> None:
+        """The event-loop path's connections changed: limits in the engine count them."""
+        self.c.set_limits(self.proxy.config.global_.maxconn, self.proxy.current)
+        if server is not None:
+            ref = self._servers.get(server)
+            if ref is not None:
+                ref.set_python_live(server.counters.current - self._fast_current(server))
+
+    def _fast_current(self, server: Server) -> int:
+        seen = self._seen.get(("live", server))
+        return seen[0] if seen else 0
+
+    # -- records ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Every connection the engine ended since the last drain: its log line and counts."""
+        proxy = self.proxy
+        for record in self.c.drain():
+            session = self._session(record)
+            if session is None:
+                continue
+            if proxy.conn_log is not None:
+                proxy.conn_log.write(session)
+        for fe in proxy.frontends:
+            if not fe.accepting:
+                fe.resume()  # a slot of the process's maxconn may have freed up
+
+    def _session(self, record: tuple) -> Session | None:
+        (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
+         wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, denied,
+         _errno) = record  # fmt: skip
+        fe = self._frontends.get(fid)
+        if fe is None:
+            return None  # removed by a reload: nothing left to account to
+        counters = fe.counters
+        session = Session(fe.name, (ip, port), counters)
+        session.accepted_at = 0.0
+        session.wall_start = wall_start
+        session.inspected_at = _at(wait_ms)
+        session.connected_at = _at(connect_ms)
+        session.ended_at = _at(total_ms)
+        backend = self._backend_by_id.get(pool_id)
+        session.backend = backend.name if backend is not None else ""
+        session.server = self._server_by_id.get(server_id)
+        session.client_id = client_id
+        session.username = username
+        session.protocol_version = version
+        session.keepalive = keepalive
+        session.connack_code = connack
+        session.bytes_in = bytes_in
+        session.bytes_out = bytes_out
+        session.end_reason = reason
+        counters.bytes_in += bytes_in
+        counters.bytes_out += bytes_out
+        if denied:
+            counters.denied[reason] += 1
+        if session.server is not None:
+            session.server.counters.bytes_in += bytes_in
+            session.server.counters.bytes_out += bytes_out
+        return session
+
+    # -- counters --------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._sync = self.loop.call_later(SYNC_INTERVAL, self._tick)
+        self.sync()
+
+    def sync(self) -> None:
+        """Add what the engine counted since the last sync to Python's counters (stats,
+        metrics and the health checker's ``observe`` read those)."""
+        for fid, fe in self._frontends.items():
+            self._sync_frontend(fe, self.c.counters(fid))
+        for server, ref in self._servers.items():
+            self._sync_server(server, ref)
+        for backend, pool in self._pools.items():
+            self._sync_backend(backend, pool.counters())
+
+    def _delta(self, key: object, now: tuple) -> list:
+        before = self._seen.get(key)
+        self._seen[key] = now
+        if before is None:
+            return list(now)
+        return [_count_delta(n, b) for n, b in zip(now, before, strict=True)]
+
+    def _sync_frontend(self, fe: Frontend, now: tuple) -> None:
+        accepted, errors, _, versions, invalid = self._delta(("fe", fe), now)
+        c = fe.counters
+        c.total += accepted
+        c.accept_errors += errors
+        c.current = now[2]  # the engine has all of this frontend's connections
+        c.max_current = max(c.max_current, c.current)
+        c.connects_by_version.update(versions)
+        c.invalid_forwarded.update(invalid)
+
+    def _sync_server(self, server: Server, ref: Any) -> None:
+        total, econ, eresp, retries, redispatches, codes = self._delta(
+            ("sv", server), ref.counters()
+        )
+        [live] = self._delta(("live", server), (ref.live,))
+        c = server.counters
+        c.total += total
+        c.connect_errors += econ
+        c.response_errors += eresp
+        c.retries += retries
+        c.redispatches += redispatches
+        c.connack_codes.update(codes)
+        c.current += live
+        c.max_current = max(c.max_current, c.current)
+
+    def _sync_backend(self, backend: Backend, now: tuple) -> None:
+        no_server, hits, misses, learned, buckets, seconds = self._delta(("be", backend), now)
+        c = backend.counters
+        c.no_server += no_server
+        c.sticky_hits += hits
+        c.sticky_misses += misses
+        c.learned_ids += learned
+        h = c.connect_latency
+        for i, n in enumerate(buckets):
+            h.counts[i] += n
+        h.count += sum(buckets)
+        h.total += seconds
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
+            self._sync = None
+        self.sync()
+
+
+def _rows(backend: Backend, weights: list[int], up: list[bool]) -> list[tuple[int, bool, Server]]:
+    return list(zip(weights, up, backend.servers, strict=True))
+
+
+def _ticks(seconds: float) -> int:
+    return max(1, -int(-seconds // TICK))
+
+
+def _at(ms: int) -> float | None:
+    """A monotonic time whose Session._ms_since_accept (accepted at 0.0) is ``ms``."""
+    return None if ms < 0 else (ms + 0.5) / 1000
+
+
+def _count_delta(now: Any, before: Any) -> Any:
+    """now - before, for a counter, a {key: count} or a list of counts."""
+    if isinstance(now, dict):
+        return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+    if isinstance(now, list):
+        return [n - b for n, b in zip(now, before, strict=True)]
+    return now - before
