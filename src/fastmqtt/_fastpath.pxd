@@ -19,6 +19,7 @@ cdef enum:
 cdef struct ListenerCounters:
     uint64_t accepted
     uint64_t accept_errors
+    uint32_t accept_errno           # the last one
     uint64_t by_version[8]          # CONNECTs by protocol level
     uint64_t invalid[R_COUNT]       # forwarded as is (reject_invalid = false), by reason
 
@@ -26,9 +27,11 @@ cdef struct ListenerCounters:
 # One frontend on the fast path. Python writes the settings (ints: read without a lock);
 # ``lock`` guards the pointers a connection takes a reference to.
 cdef struct Listener:
-    uint32_t refs               # its ListenerRef, each thread watching it, each connection
+    uint32_t refs               # its FastPath slot, each thread watching it, each connection
     uint32_t id
     int fd                      # the engine's own dup of the listening socket
+    int watchers                # threads that have fd in their epoll set (under Fast.lock)
+    bint removed                # FastPath.remove(): fd closes once no thread watches it
     pthread_mutex_t lock
     Pool *pool                  # the frontend's backend
     Pool *routes[MAX_ROUTES]    # route rules' backends, by rule index

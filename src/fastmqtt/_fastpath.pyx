@@ -54,8 +54,9 @@ from fastmqtt._parse cimport (
     property_span,
 )
 from fastmqtt._splice cimport (
-    F_DONE, F_HUP, F_RD, F_TRACK, K_FAST, R_KILLED, TICK_NS, Conn, Core, Engine, FastHooks,
-    Pending, Worker, finish, follow, halt, mono_ns, pending_new, pump, refile, wake,
+    F_BYE, F_DONE, F_EOF, F_HUP, F_RD, F_TRACK, K_FAST, NSLOTS, R_KILLED, TICK_NS, Bye, Conn,
+    Core, Engine, FastHooks, Pending, Worker, close_fd, finish, follow, halt, mono_ns,
+    pending_new, pump, refile, wake,
 )
 from fastmqtt.includes.atomic cimport (
     atomic_add32, atomic_inc64, atomic_load32, atomic_load64, atomic_store32,
@@ -79,6 +80,8 @@ cdef enum:
     ACCEPT_BATCH = 64           # accepts per wake-up, so one busy listener cannot starve
     CONN_MASK = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET   # the relay's, for life
     MAX_TRIED = 101             # retries is at most 100
+    MAX_BYE = 64                # a goodbye packet (a DISCONNECT) is a few bytes
+    MAX_KILLS = 16              # close_server() requests a thread has not carried out yet
 
 # Conn.phase: the setup step (0: relaying)
 cdef enum:
@@ -99,6 +102,7 @@ cdef enum:
     FC_INVALID = 1 << 0         # not a valid CONNECT, forwarded as is
     FC_RELAYED = 1 << 1         # reached the relay (counted in the server's total)
     FC_USERNAME = 1 << 2        # the CONNECT has a user name (maybe empty)
+    FC_BYE = 1 << 3             # told goodbye()
 
 # FastConn.why: how the fast path ended a connection (0: the relay's reason)
 cdef enum:
@@ -132,12 +136,20 @@ cdef struct Fast:
     uint32_t paused             # listeners paused by a limit: check on every end
     uint64_t next_id
     PerThread *threads
+    # goodbye(): a DISCONNECT for tracked v5 clients, a quota per thread (under lock)
+    uint32_t bye_gen
+    uint32_t bye_len
+    uint8_t bye_packet[MAX_BYE]
 
 
 cdef struct PerThread:         # Worker.fast
     Fast *fast
     uint32_t epoch              # the Fast.epoch this thread last reconciled
-    uint8_t watching[MAX_LISTENERS]
+    uint32_t bye_gen            # the Fast.bye_gen this thread last carried out
+    uint32_t bye_quota          # goodbyes it may still say for that request
+    uint32_t kills[MAX_KILLS]   # close_server() requests: server ids (under Fast.lock)
+    int nkills
+    Listener *watching[MAX_LISTENERS]   # in its epoll set (referenced), by Fast's slot
 
 
 cdef FastHooks HOOKS
@@ -186,8 +198,7 @@ cdef void listener_unref(Listener *lst) noexcept nogil:
     cdef int i
     if atomic_add32(&lst.refs, -1) != 0:
         return
-    if lst.fd >= 0:
-        close(lst.fd)
+    close_fd(&lst.fd)
     if lst.pool != NULL:
         pool_unref(lst.pool)
     for i in range(MAX_ROUTES):
@@ -247,22 +258,27 @@ cdef void resume_freed(Fast *f) noexcept nogil:
         wake_all(f)
 
 
-cdef void watch(Worker *w, Listener *lst, int i, bint on) noexcept nogil:
-    """Add or drop listener ``i`` from this thread's epoll set."""
+cdef void watch(Worker *w, int i, Listener *lst) noexcept nogil:
+    """Make listener ``lst`` (or none) the one this thread watches for slot ``i``."""
     cdef PerThread *t = thread_of(w)
+    cdef Listener *old = t.watching[i]
     cdef epoll_event ev
-    if on == t.watching[i]:
+    if lst == old:
         return
-    if on:
+    if old != NULL:
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, old.fd, NULL)
+        old.watchers -= 1
+        if old.removed and old.watchers == 0:
+            close_fd(&old.fd)  # the port stops accepting; its connections go on
+        listener_unref(old)
+        t.watching[i] = NULL
+    if lst != NULL:
         ev.events = EPOLLIN | EPOLLEXCLUSIVE
         ev.data.u64 = <uint64_t><uintptr_t>lst | 2
-        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, lst.fd, &ev) < 0:
-            return
-        atomic_add32(&lst.refs, 1)
-    else:
-        epoll_ctl(w.epfd, EPOLL_CTL_DEL, lst.fd, NULL)
-        listener_unref(lst)
-    t.watching[i] = on
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, lst.fd, &ev) == 0:
+            atomic_add32(&lst.refs, 1)
+            lst.watchers += 1
+            t.watching[i] = lst
 
 
 cdef void reconcile(Worker *w, bint stopping) noexcept nogil:
@@ -276,15 +292,13 @@ cdef void reconcile(Worker *w, bint stopping) noexcept nogil:
     t.epoch = atomic_load32(&f.epoch)
     for i in range(MAX_LISTENERS):
         lst = f.listeners[i]
-        if lst != NULL and lst.paused & P_BACKOFF and w.now >= lst.backoff_until:
-            lst.paused &= ~P_BACKOFF
-            atomic_add32(&f.epoch, 1)
         if lst != NULL and lst.paused & P_BACKOFF:
-            backoff = True
-        if lst != NULL and not stopping and lst.paused == 0:
-            watch(w, lst, i, True)
-        elif t.watching[i]:
-            watch(w, f.listeners[i], i, False)
+            if w.now >= lst.backoff_until:
+                lst.paused &= ~P_BACKOFF
+                atomic_add32(&f.epoch, 1)  # the other threads take it back too
+            else:
+                backoff = True
+        watch(w, i, lst if lst != NULL and not stopping and lst.paused == 0 else NULL)
     pthread_mutex_unlock(&f.lock)
     w.alarm = w.now + 1 if backoff else 0
 
@@ -293,6 +307,87 @@ cdef void on_turn(Worker *w) noexcept nogil:
     cdef Fast *f = fast_of(w)
     if thread_of(w).epoch != atomic_load32(&f.epoch) or (w.alarm and w.now >= w.alarm):
         reconcile(w, False)
+    if thread_of(w).bye_gen != atomic_load32(&f.bye_gen):
+        say_goodbyes(w)
+    if thread_of(w).nkills:
+        close_servers(w)
+
+
+# ---------------------------------------------------------------- closing a server's clients
+
+cdef void close_servers(Worker *w) noexcept nogil:
+    """FastPath.close_server(): end the relayed connections of those servers ("killed")."""
+    cdef Fast *f = fast_of(w)
+    cdef PerThread *t = thread_of(w)
+    cdef uint32_t ids[MAX_KILLS]
+    cdef int n, slot
+    pthread_mutex_lock(&f.lock)
+    n = t.nkills
+    memcpy(ids, t.kills, n * sizeof(uint32_t))
+    t.nkills = 0
+    pthread_mutex_unlock(&f.lock)
+    for slot in range(NSLOTS):
+        kill_list(w, w.wheel[slot], ids, n)
+    kill_list(w, w.untimed, ids, n)
+
+
+cdef void kill_list(Worker *w, Conn *c, const uint32_t *ids, int n) noexcept nogil:
+    cdef Conn *nxt
+    cdef int i
+    while c != NULL:
+        nxt = c.next  # finish() unlinks c
+        if c.kind == K_FAST and c.phase == 0:
+            for i in range(n):
+                if (<FastConn *>c).server_id == ids[i]:
+                    finish(w, c, R_KILLED, 0)
+                    break
+        c = nxt
+
+
+# ---------------------------------------------------------------- goodbyes (drain_disconnect)
+
+cdef void say_goodbyes(Worker *w) noexcept nogil:
+    """FastPath.goodbye(): up to this thread's quota of relayed, tracked connections get the
+    goodbye packet at their next packet boundary (the relay's F_BYE)."""
+    cdef Fast *f = fast_of(w)
+    cdef PerThread *t = thread_of(w)
+    cdef uint8_t packet[MAX_BYE]
+    cdef uint32_t n
+    cdef int slot
+    pthread_mutex_lock(&f.lock)
+    t.bye_gen = f.bye_gen
+    n = f.bye_len
+    memcpy(packet, f.bye_packet, n)
+    pthread_mutex_unlock(&f.lock)
+    for slot in range(NSLOTS):
+        if t.bye_quota == 0:
+            return
+        goodbye_list(w, w.wheel[slot], packet, n)
+    goodbye_list(w, w.untimed, packet, n)
+
+
+cdef void goodbye_list(Worker *w, Conn *c, const uint8_t *packet, uint32_t n) noexcept nogil:
+    cdef PerThread *t = thread_of(w)
+    cdef Conn *nxt
+    cdef Bye *b
+    while c != NULL and t.bye_quota:
+        nxt = c.next  # pump() may end c
+        if (c.kind == K_FAST and c.phase == 0 and c.flags & F_TRACK
+                and not ((<FastConn *>c).state & FC_BYE)
+                and not (c.flags & (F_DONE | F_BYE | (F_EOF << 1)))):
+            b = <Bye *>malloc(sizeof(Bye) + n)
+            if b == NULL:
+                return
+            b.conn = c
+            b.len = n
+            memcpy(<uint8_t *>(b + 1), packet, n)
+            b.next = w.waiting
+            w.waiting = b
+            c.flags |= F_BYE
+            (<FastConn *>c).state |= FC_BYE
+            t.bye_quota -= 1
+            pump(w, c, 1)  # at a boundary already: the goodbye follows what the client is owed
+        c = nxt
 
 
 cdef void on_exit(Worker *w) noexcept nogil:
@@ -315,6 +410,7 @@ cdef void on_listener(Worker *w, void *obj, uint32_t ev) noexcept nogil:
         fd = accept4(lst.fd, <sockaddr *>&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             if errno in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+                atomic_store32(&lst.n.accept_errno, errno)
                 atomic_inc64(&lst.n.accept_errors, 1)
                 lst.backoff_until = w.now + 1
                 pause(f, lst, P_BACKOFF)
@@ -1364,6 +1460,9 @@ cdef class FastPath:
         cdef Listener *lst = self.f.listeners[slot]
         pthread_mutex_lock(&self.f.lock)
         lst.paused |= P_CLOSED
+        lst.removed = True
+        if lst.watchers == 0:
+            close_fd(&lst.fd)
         self.f.listeners[slot] = NULL
         pthread_mutex_unlock(&self.f.lock)
         wake_all(self.f)  # threads let go of it at their next turn (reconcile)
@@ -1382,15 +1481,53 @@ cdef class FastPath:
         """Connections of the fast path, from accept to their end."""
         return atomic_load32(&self.f.live)
 
+    def close_server(self, uint32_t server_id) -> bool:
+        """End every relayed connection to that server (on_marked_down = "shutdown-sessions";
+        their records say "killed"). False when a thread has too many requests queued: ask
+        again a little later."""
+        cdef int i
+        cdef PerThread *t
+        cdef bint ok = True
+        pthread_mutex_lock(&self.f.lock)
+        for i in range(self.f.core.nworkers):
+            ok = ok and self.f.threads[i].nkills < MAX_KILLS
+        if ok:
+            for i in range(self.f.core.nworkers):
+                t = &self.f.threads[i]
+                t.kills[t.nkills] = server_id
+                t.nkills += 1
+        pthread_mutex_unlock(&self.f.lock)
+        if ok:
+            wake_all(self.f)
+        return ok
+
+    def goodbye(self, bytes packet not None, uint32_t count) -> None:
+        """Send ``packet`` (a DISCONNECT) to at most ``count`` more clients relayed with
+        packet tracking (track_v5), each at its next packet boundary, then close them (the
+        record says "drained"). Call again for more: a rate is the caller's."""
+        cdef int i, n = self.f.core.nworkers
+        if not 0 < len(packet) <= MAX_BYE:
+            raise ValueError(f"goodbye packet must be 1..{MAX_BYE} bytes")
+        pthread_mutex_lock(&self.f.lock)
+        memcpy(self.f.bye_packet, PyBytes_AS_STRING(packet), len(packet))
+        self.f.bye_len = len(packet)
+        for i in range(n):  # threads hold about equal shares of the connections
+            self.f.threads[i].bye_quota = (count + n - 1 - i) // n
+        self.f.bye_gen += 1
+        pthread_mutex_unlock(&self.f.lock)
+        wake_all(self.f)
+
     def counters(self, uint32_t frontend_id) -> tuple:
-        """(accepted, accept errors, live, {version: CONNECTs}, {reason: forwarded invalid})."""
+        """(accepted, accept errors, live, {version: CONNECTs}, {reason: forwarded invalid},
+        errno of the last accept error)."""
         cdef Listener *lst = self.f.listeners[self._slots[frontend_id]]
         versions = {v: atomic_load64(&lst.n.by_version[v]) for v in range(8)
                     if atomic_load64(&lst.n.by_version[v])}
         invalid = {REASON_WORDS[r]: atomic_load64(&lst.n.invalid[r]) for r in range(1, R_COUNT)
                    if atomic_load64(&lst.n.invalid[r])}
         return (atomic_load64(&lst.n.accepted), atomic_load64(&lst.n.accept_errors),
-                atomic_load32(&lst.live), versions, invalid)
+                atomic_load32(&lst.live), versions, invalid,
+                atomic_load32(&lst.n.accept_errno))
 
     # -- records ---------------------------------------------------------------------
 

@@ -16,8 +16,10 @@ path and this module only answers ``fast_path_reason``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,8 +30,6 @@ from fastmqtt.balance import Consistent
 from fastmqtt.session import Session
 
 if TYPE_CHECKING:
-    import asyncio
-
     from fastmqtt.backends import Backend, Server
     from fastmqtt.config import BackendConfig, FrontendConfig
     from fastmqtt.listener import Frontend
@@ -93,13 +93,14 @@ class FastPathHub:
         self.loop: asyncio.AbstractEventLoop = proxy.loop
         self.c = _fastpath.FastPath(engine, proxy.config.global_.maxconn)
         self._ids = itertools.count(1)
-        self._frontends: dict[int, Frontend] = {}  # by engine id
+        self._frontends: dict[int, Frontend] = {}  # by engine id, also once removed
         self._frontend_ids: dict[Frontend, int] = {}
         self._servers: dict[Server, Any] = {}  # -> _choose.ServerRef
         self._server_by_id: dict[int, Server] = {}
         self._pools: dict[Backend, Any] = {}  # -> _choose.PoolRef
         self._backend_by_id: dict[int, Backend] = {}
         self._seen: dict[object, tuple] = {}  # counters as last added into Python's
+        self._close_reasons: dict[int, str] = {}  # server id -> why close_server() was asked
         self._sync: asyncio.TimerHandle | None = None
 
     # -- configuration ---------------------------------------------------------------
@@ -232,10 +233,10 @@ class FastPathHub:
         self.c.listen(self._frontend_ids[fe], on)
 
     def remove(self, fe: Frontend) -> None:
+        """The engine stops accepting for ``fe``; its connections go on (and are logged)."""
         fid = self._frontend_ids.pop(fe, None)
         if fid is not None:
             self.c.remove(fid)
-            del self._frontends[fid]
 
     # -- live counts -----------------------------------------------------------------
 
@@ -243,6 +244,25 @@ class FastPathHub:
     def live(self) -> int:
         """Connections of the fast path (accepted, not yet ended)."""
         return self.c.live
+
+    def close_server(self, server: Server, reason: str = "killed") -> int:
+        """End the engine's relayed connections to ``server`` (on_marked_down =
+        "shutdown-sessions"; their log lines say ``reason``); returns how many it holds now."""
+        ref = self._servers.get(server)
+        if ref is None:
+            return 0
+        self._close_reasons[ref.id] = reason
+        if not self.c.close_server(ref.id):
+            self.loop.call_later(0.05, self.close_server, server, reason)  # its threads are busy
+        return ref.live
+
+    async def say_goodbye(self, packet: bytes, rate: int) -> None:
+        """drain_disconnect: ``packet`` to the engine's tracked (MQTT 5) clients, ``rate`` a
+        second, until they are gone or the caller cancels (RelayHub.say_goodbye)."""
+        batch = max(1, rate // 10)
+        while self.c.live:
+            self.c.goodbye(packet, batch)
+            await asyncio.sleep(batch / rate)
 
     def python_live_changed(self, server: Server | None = None) -> None:
         """The event-loop path's connections changed: limits in the engine count them."""
@@ -263,21 +283,17 @@ class FastPathHub:
         proxy = self.proxy
         for record in self.c.drain():
             session = self._session(record)
-            if session is None:
-                continue
             if proxy.conn_log is not None:
                 proxy.conn_log.write(session)
         for fe in proxy.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
 
-    def _session(self, record: tuple) -> Session | None:
+    def _session(self, record: tuple) -> Session:
         (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
          wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, denied,
          _errno) = record  # fmt: skip
-        fe = self._frontends.get(fid)
-        if fe is None:
-            return None  # removed by a reload: nothing left to account to
+        fe = self._frontends[fid]
         counters = fe.counters
         session = Session(fe.name, (ip, port), counters)
         session.accepted_at = 0.0
@@ -314,7 +330,7 @@ class FastPathHub:
     def sync(self) -> None:
         """Add what the engine counted since the last sync to Python's counters (stats,
         metrics and the health checker's ``observe`` read those)."""
-        for fid, fe in self._frontends.items():
+        for fe, fid in self._frontend_ids.items():
             self._sync_frontend(fe, self.c.counters(fid))
         for server, ref in self._servers.items():
             self._sync_server(server, ref)
@@ -329,9 +345,17 @@ class FastPathHub:
         return [_count_delta(n, b) for n, b in zip(now, before, strict=True)]
 
     def _sync_frontend(self, fe: Frontend, now: tuple) -> None:
-        accepted, errors, _, versions, invalid = self._delta(("fe", fe), now)
+        *counts, accept_errno = now
+        accepted, errors, _, versions, invalid = self._delta(("fe", fe), tuple(counts))
         c = fe.counters
         c.total += accepted
+        if errors and (
+            c.accept_errors == 0 or (c.accept_errors + errors) // 1000 > c.accept_errors // 1000
+        ):
+            # as listener.Frontend._back_off says it: the first, then every 1000th
+            log.warning(
+                "frontend %s: accept failed (%s), pausing", fe.name, os.strerror(accept_errno)
+            )
         c.accept_errors += errors
         c.current = now[2]  # the engine has all of this frontend's connections
         c.max_current = max(c.max_current, c.current)

@@ -561,7 +561,9 @@ class HealthChecker:
         doomed = [sid for sid, s in hub.sessions.items() if s.server is server]
         for sid in doomed:
             hub.close(sid, reason)
-        log.warning("server %s/%s: closed %d sessions", self.backend.name, server.name, len(doomed))
+        fast = self.proxy.fast.close_server(server, reason) if self.proxy.fast is not None else 0
+        closed = len(doomed) + fast
+        log.warning("server %s/%s: closed %d sessions", self.backend.name, server.name, closed)
 
     # -- weights and slow start --------------------------------------------------------
 

@@ -129,6 +129,8 @@ class RelayHub:
                 if session_id in self._goodbyes:  # not ended meanwhile
                     say(packet)
             await asyncio.sleep(batch / rate)
+        if self.fast is not None:
+            await self.fast.say_goodbye(packet, rate)
 
     async def shutdown(self, grace: float) -> None:
         """Let connections end by themselves for up to ``grace`` seconds, then close the rest."""
