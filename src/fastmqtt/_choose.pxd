@@ -4,6 +4,7 @@ balancing policies of balance.py over C arrays, for the engine's fast path (_fas
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from fastmqtt._stick cimport StickDigest, StickShm
 from fastmqtt.includes.linux cimport pthread_mutex_t, sockaddr_storage, socklen_t
 
 
@@ -41,6 +42,7 @@ cdef struct ServerCounters:
 cdef struct Server:
     uint32_t refs           # its ServerRef, the pool listing it, each connection holding it
     uint32_t id             # Python's name for it in records
+    uint32_t stick_id       # its name in stick-table entries (stick.server_id)
     uint32_t live           # fast-path connections holding it (chosen .. ended), atomic
     uint32_t py_live        # the event-loop path's connections to it (pushed by Python)
     # written by Python under the lock of the pool that lists it:
@@ -81,6 +83,8 @@ cdef struct Pool:
     int32_t *usable[2]      # over the usable primaries (0) and the usable backups (1)
     int32_t *order          # build position -> server index
     uint8_t *scratch        # 2 x nservers bytes for one pick (under the lock)
+    StickShm *stick         # the backend's shared stick table (in its _stick.Table), or NULL
+    uint8_t stick_on        # H_*: what it is keyed on
     PoolCounters n
     # the backend's connect policy, for the fast path (ints Python writes, read unlocked)
     int retries
@@ -92,14 +96,22 @@ cdef struct Pool:
     int client_id_tlv         # PROXY v2 TLV type that carries the client id; -1: none
 
 
-# The server for a new client, or NULL (counted as no_server): with ``sticky`` (the client
-# has a stick key) the server whose id is ``stuck`` when it can take it (a hit; else a miss),
-# then the balancer's pick among primaries, else backups. ``tried``: servers that failed this
-# client. The result is held (live and refs + 1) until server_release(); its address is copied
-# to *addr / *addrlen under the lock.
+# The server for a new client, or NULL (counted as no_server) (backends.Backend.choose):
+# with a stick key's digest ``stuck`` (pool_stick_digest) the server the table holds for it
+# when that can take the client (a hit; else a miss), then the balancer's pick among
+# primaries, else backups. ``tried``: servers that failed this client. The result is held
+# (live and refs + 1) until server_release(); its address is copied to *addr / *addrlen
+# under the lock.
 cdef Server *pool_pick(Pool *p, uint64_t key_hash, bint has_key, Server **tried, int ntried,
-                       bint sticky, uint32_t stuck, sockaddr_storage *addr,
+                       const StickDigest *stuck, sockaddr_storage *addr,
                        socklen_t *addrlen) noexcept nogil
+# The stick table's side of a connection: its digest (False: the backend has no table or the
+# key is empty); a client relayed through ``s`` (``learn``: remember it there) and now live;
+# a live client ended.
+cdef bint pool_stick_digest(Pool *p, const uint8_t *key, size_t n,
+                            StickDigest *d) noexcept nogil
+cdef void pool_stick_relayed(Pool *p, const StickDigest *d, Server *s, bint learn) noexcept nogil
+cdef void pool_stick_ended(Pool *p, const StickDigest *d) noexcept nogil
 cdef void server_release(Server *s) noexcept nogil
 cdef void server_unref(Server *s) noexcept nogil
 cdef void pool_ref(Pool *p) noexcept nogil
@@ -115,3 +127,4 @@ cdef class ServerRef:
 cdef class PoolRef:
     cdef Pool *p
     cdef list _servers  # the ServerRefs listed, in order
+    cdef object _stick  # the _stick.Table whose handle p.stick is

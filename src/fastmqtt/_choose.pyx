@@ -30,6 +30,10 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from fastmqtt._balance cimport MaglevTable, xxh64
+from fastmqtt._stick cimport (
+    StickDigest, Table, stick_connected, stick_digest, stick_disconnected, stick_get,
+    stick_now_ms, stick_put,
+)
 from fastmqtt.includes.atomic cimport atomic_add32, atomic_inc64, atomic_load32, atomic_load64
 from fastmqtt.includes.linux cimport (
     AF_INET, AF_INET6, htons, inet_pton, pthread_mutex_destroy, pthread_mutex_init,
@@ -259,20 +263,29 @@ cdef int find_stuck(Pool *p, uint32_t stuck, Server **tried, int ntried) noexcep
     cdef Server *s
     for i in range(p.nservers):
         s = p.servers[i]
-        if s.id == stuck:
+        if s.stick_id == stuck:
             return i if accepts_new(s) and not was_tried(s, tried, ntried) else -1
     return -1
 
 
+cdef int stuck_server(Pool *p, const StickDigest *d, Server **tried, int ntried) noexcept nogil:
+    """The server the stick table holds for the key, if it can take the client; counts the
+    hit or miss. Called with the lock held."""
+    cdef uint32_t stuck = stick_get(p.stick, d, stick_now_ms())
+    cdef int i
+    i = find_stuck(p, stuck, tried, ntried) if stuck else -1
+    atomic_inc64(&p.n.sticky_hits if i >= 0 else &p.n.sticky_misses, 1)
+    return i
+
+
 cdef Server *pool_pick(Pool *p, uint64_t key_hash, bint has_key, Server **tried, int ntried,
-                       bint sticky, uint32_t stuck, sockaddr_storage *addr,
+                       const StickDigest *stuck, sockaddr_storage *addr,
                        socklen_t *addrlen) noexcept nogil:
     cdef int i = -1
     cdef Server *s = NULL
     pthread_mutex_lock(&p.lock)
-    if sticky:
-        i = find_stuck(p, stuck, tried, ntried) if stuck else -1
-        atomic_inc64(&p.n.sticky_hits if i >= 0 else &p.n.sticky_misses, 1)
+    if p.stick != NULL and stuck != NULL:
+        i = stuck_server(p, stuck, tried, ntried)
     if i < 0:
         i = balance(p, key_hash, has_key, tried, ntried, False)
     if i < 0:
@@ -287,6 +300,37 @@ cdef Server *pool_pick(Pool *p, uint64_t key_hash, bint has_key, Server **tried,
     if s == NULL:
         atomic_inc64(&p.n.no_server, 1)
     return s
+
+
+# The stick table is used under the pool's lock: a reload may hand the pool another table,
+# and the old one must stay mapped until no thread uses it (PoolRef.set_stick).
+
+cdef bint pool_stick_digest(Pool *p, const uint8_t *key, size_t n,
+                            StickDigest *d) noexcept nogil:
+    cdef bint ok
+    pthread_mutex_lock(&p.lock)
+    ok = p.stick != NULL and n > 0
+    if ok:
+        stick_digest(p.stick, key, n, d)
+    pthread_mutex_unlock(&p.lock)
+    return ok
+
+
+cdef void pool_stick_relayed(Pool *p, const StickDigest *d, Server *s, bint learn) noexcept nogil:
+    cdef uint64_t now = stick_now_ms()
+    pthread_mutex_lock(&p.lock)
+    if p.stick != NULL:
+        if learn:
+            stick_put(p.stick, d, s.stick_id, now)
+        stick_connected(p.stick, d, now)
+    pthread_mutex_unlock(&p.lock)
+
+
+cdef void pool_stick_ended(Pool *p, const StickDigest *d) noexcept nogil:
+    pthread_mutex_lock(&p.lock)
+    if p.stick != NULL:
+        stick_disconnected(p.stick, d, stick_now_ms())
+    pthread_mutex_unlock(&p.lock)
 
 
 # metrics.LATENCY_BUCKETS in nanoseconds
@@ -309,12 +353,14 @@ cdef void observe_latency(Pool *p, int64_t ns) noexcept nogil:
 cdef class ServerRef:
     """One server as the fast path sees it; Python keeps it as long as its Server."""
 
-    def __cinit__(self, uint32_t server_id, int family, str host, int port, uint32_t scope=0):
+    def __cinit__(self, uint32_t server_id, int family, str host, int port, uint32_t scope=0,
+                  uint32_t stick_id=0):
         self.s = <Server *>calloc(1, sizeof(Server))
         if self.s == NULL:
             raise MemoryError()
         self.s.refs = 1
         self.s.id = server_id
+        self.s.stick_id = stick_id
         self.s.state = S_UP
         self.s.weight = 1
         self._address(family, host, port, scope)
@@ -379,6 +425,7 @@ cdef class PoolRef:
         self.p.id = pool_id
         self.p.rng = 0x9E3779B97F4A7C15ULL ^ pool_id
         self._servers = []
+        self._stick = None
 
     def __dealloc__(self):
         if self.p != NULL:
@@ -500,10 +547,23 @@ cdef class PoolRef:
         self.p.table_size = size
         pthread_mutex_unlock(&self.p.lock)
 
-    def pick(self, key=None, tried=(), stuck=None) -> int | None:
+    def set_stick(self, Table table, str on="client_id") -> None:
+        """The backend's shared stick table (None: none) and what it is keyed on."""
+        old = self._stick
+        pthread_mutex_lock(&self.p.lock)
+        self.p.stick = NULL if table is None else &table.shm
+        self.p.stick_on = HASH_KEYS[on]
+        pthread_mutex_unlock(&self.p.lock)
+        self._stick = table  # the old one may go now: no pick uses it any more
+        del old
+
+    def pick(self, key=None, tried=(), stick_key=None) -> int | None:
         """Index of the server pool_pick() chooses (tests and tools; the engine calls the C
         function). The pick is let go of at once, so live counts do not change."""
         cdef bytes k = key
+        cdef bytes sk = stick_key or b""
+        cdef StickDigest d
+        cdef bint sticky
         cdef uint64_t h = 0
         cdef Server *chosen
         cdef Server *failed[64]
@@ -517,15 +577,14 @@ cdef class PoolRef:
                 raise ValueError("tried: at most 64 indices of servers")
             failed[nfailed] = self.p.servers[i]
             nfailed += 1
-        chosen = pool_pick(self.p, h, k is not None, failed, nfailed, stuck is not None,
-                           0 if stuck is None else stuck, &addr, &addrlen)
+        sticky = pool_stick_digest(self.p, <const uint8_t *>PyBytes_AS_STRING(sk),
+                                   PyBytes_GET_SIZE(sk), &d)
+        chosen = pool_pick(self.p, h, k is not None, failed, nfailed, &d if sticky else NULL,
+                           &addr, &addrlen)
         if chosen == NULL:
             return None
-        for i in range(self.p.nservers):
-            if self.p.servers[i] == chosen:
-                break
         server_release(chosen)
-        return i
+        return next(i for i in range(self.p.nservers) if self.p.servers[i] == chosen)
 
     def counters(self) -> tuple:
         """(no_server, sticky_hits, sticky_misses, learned_ids, latency buckets, latency s)."""

@@ -7,6 +7,7 @@ from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from fastmqtt._choose cimport Pool, Server
 from fastmqtt._parse cimport R_COUNT
 from fastmqtt._splice cimport Conn, Core, Pending
+from fastmqtt._stick cimport StickDigest
 from fastmqtt.includes.linux cimport pthread_mutex_t, sockaddr_in6, sockaddr_storage, socklen_t
 
 
@@ -88,7 +89,8 @@ cdef struct FastConn:
     int64_t wall_ns             # realtime, for the log line
     int64_t inspected_ns        # 0 until the CONNECT was read
     int64_t connected_ns        # 0 until a server accepted the connection
-    sockaddr_in6 peer           # IPv4 clients as IPv4-mapped IPv6
+    sockaddr_in6 peer           # IPv4 clients as IPv4-mapped IPv6 (FC_PEER_V6: it was v6)
+    StickDigest stick_key       # with FC_STICKY: its stick-table key
     uint16_t keepalive
     int16_t connack             # -1: none read
     uint16_t why                # W_* code when the fast path ended it, else 0

@@ -47,7 +47,8 @@ from posix.unistd cimport close, dup
 from fastmqtt._balance cimport xxh64
 from fastmqtt._choose cimport (
     H_CLIENT_ID, H_SOURCE, H_USERNAME, Pool, PoolRef, Server, observe_latency, pool_pick,
-    pool_ref, pool_unref, server_release, server_unref,
+    pool_ref, pool_stick_digest, pool_stick_ended, pool_stick_relayed, pool_unref,
+    server_release, server_unref,
 )
 from fastmqtt._parse cimport (
     R_COUNT, ConnackScan, ConnectScan, Span, connack_scan, connect_peek, connect_scan,
@@ -103,6 +104,9 @@ cdef enum:
     FC_RELAYED = 1 << 1         # reached the relay (counted in the server's total)
     FC_USERNAME = 1 << 2        # the CONNECT has a user name (maybe empty)
     FC_BYE = 1 << 3             # told goodbye()
+    FC_STICKY = 1 << 4          # has a stick key (the backend has a stick table)
+    FC_STUCK = 1 << 5           # counted live in the stick table (disconnect at the end)
+    FC_PEER_V6 = 1 << 6         # accepted on an IPv6 socket (mapped IPv4 reads ::ffff:...)
 
 # FastConn.why: how the fast path ended a connection (0: the relay's reason)
 cdef enum:
@@ -441,6 +445,8 @@ cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcep
     fc.wall_ns = wall_ns()
     fc.connack = -1
     as_v6(peer, &fc.peer)
+    if peer.sin6_family == AF_INET6:
+        fc.state |= FC_PEER_V6
     c.kind = K_FAST
     c.refs = 1
     c.worker = <uint8_t>(w - w.core.workers)
@@ -511,6 +517,8 @@ cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
     cdef Fast *f = fast_of(w)
     c.phase = 0
     free_setup(fc)
+    if fc.state & FC_STUCK:
+        pool_stick_ended(fc.pool, &fc.stick_key)
     if fc.server != NULL:
         server_release(fc.server)
         fc.server = NULL
@@ -723,7 +731,26 @@ cdef void choose(Worker *w, Conn *c) noexcept nogil:
         if not to_server(w, c):
             return
         hash_key(fc)
+        stick_key(fc)
     dial_next(w, c)
+
+
+cdef void stick_key(FastConn *fc) noexcept nogil:
+    """The stick table's key (listener.Frontend._stick_key): the client id, the user name
+    or the source address; none when empty (broker-assigned ids must not all stick)."""
+    cdef char text[INET6_ADDRSTRLEN + 8]
+    cdef const uint8_t *key = <const uint8_t *>fc.ids
+    cdef size_t n = fc.cid_len
+    if fc.pool.stick_on == H_SOURCE:
+        n = peer_text(fc, text, False)
+        key = <const uint8_t *>text
+    elif fc.pool.stick_on == H_USERNAME:
+        key += fc.cid_len
+        n = fc.user_len
+    if pool_stick_digest(fc.pool, key, n, &fc.stick_key):
+        fc.state |= FC_STICKY
+    else:
+        fc.state &= ~FC_STICKY
 
 
 cdef void hash_key(FastConn *fc) noexcept nogil:
@@ -745,12 +772,12 @@ cdef void hash_key(FastConn *fc) noexcept nogil:
 
 
 cdef size_t peer_text(FastConn *fc, char *out, bint with_port) noexcept nogil:
-    """The client address as Python's socket module spells it (inet_ntop), optionally
-    ":port"; IPv4-mapped addresses as plain IPv4."""
+    """The client address as Python's socket module spells it for the accepted socket
+    (inet_ntop), optionally ":port"."""
     cdef const uint8_t *a = fc.peer.sin6_addr.s6_addr
     cdef size_t n
     cdef int port = ntohs(fc.peer.sin6_port)
-    if is_mapped(a):
+    if is_mapped(a) and not (fc.state & FC_PEER_V6):
         inet_ntop(AF_INET, a + 12, out, INET6_ADDRSTRLEN)
     else:
         inet_ntop(AF_INET6, a, out, INET6_ADDRSTRLEN)
@@ -793,7 +820,9 @@ cdef void dial_next(Worker *w, Conn *c) noexcept nogil:
     cdef Setup *st = fc.setup
     cdef sockaddr_storage addr
     cdef socklen_t addrlen
-    fc.server = pool_pick(fc.pool, st.key_hash, st.has_key, st.tried, st.ntried, False, 0,
+    cdef bint first = st.ntried == 0 and st.failures == 0  # the table only on the first pick
+    fc.server = pool_pick(fc.pool, st.key_hash, st.has_key, st.tried, st.ntried,
+                          &fc.stick_key if first and fc.state & FC_STICKY else NULL,
                           &addr, &addrlen)
     if fc.server == NULL:
         end(w, c, W_NO_SERVER, 0)
@@ -1012,6 +1041,10 @@ cdef void connack_read(Worker *w, Conn *c, const uint8_t *p,
         assigned = property_span(p, scan.properties, ASSIGNED_ID)
         if assigned.start >= 0 and assigned.length:
             learn_id(fc, p + assigned.start, <uint16_t>assigned.length)
+            if fc.pool.stick_on == H_CLIENT_ID:  # stick to where the broker keeps it
+                stick_key(fc)
+                if fc.state & FC_STICKY:
+                    atomic_inc64(&fc.pool.n.learned_ids, 1)
 
 
 cdef void learn_id(FastConn *fc, const uint8_t *cid, uint16_t n) noexcept nogil:
@@ -1045,6 +1078,9 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     c.nbytes[1] = n
     atomic_inc64(&fc.server.n.total, 1)
     fc.state |= FC_RELAYED
+    if fc.state & FC_STICKY:  # the server holds its session now (when the CONNACK says so)
+        pool_stick_relayed(fc.pool, &fc.stick_key, fc.server, fc.connack <= 0)
+        fc.state |= FC_STUCK
     if lst.track_v5 and fc.version == 5:
         c.flags |= F_TRACK
         follow(c, to_client, n, False)

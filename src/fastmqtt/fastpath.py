@@ -28,6 +28,7 @@ from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.backends import ServerState
 from fastmqtt.balance import Consistent
 from fastmqtt.session import Session
+from fastmqtt.stick import server_id
 
 if TYPE_CHECKING:
     from fastmqtt.backends import Backend, Server
@@ -67,8 +68,6 @@ def fast_path_reason(
             return f"backend {name}: TLS to the servers"
         if backend.ws_backend == "passthrough":
             return f'backend {name}: ws_backend = "passthrough"'
-        if backend.stick is not None:
-            return f"backend {name}: stick table (not shared with the engine yet)"
     return None
 
 
@@ -141,6 +140,8 @@ class FastPathHub:
             pool = self._pools[backend] = _choose.PoolRef(next(self._ids))
             self._backend_by_id[pool.id] = backend
         bc = backend.config
+        table = backend.stick.file.table if backend.stick is not None else None
+        pool.set_stick(table, bc.stick.on if bc.stick is not None else "client_id")
         pool.configure(
             bc.balance,
             refs,
@@ -159,7 +160,9 @@ class FastPathHub:
     def _new_server(self, server: Server, _choose: Any) -> Any:
         host, port = server.sockaddr[0], server.sockaddr[1]
         scope = server.sockaddr[3] if server.family == socket.AF_INET6 else 0
-        ref = _choose.ServerRef(next(self._ids), server.family, host, port, scope)
+        ref = _choose.ServerRef(
+            next(self._ids), server.family, host, port, scope, stick_id=server_id(server.name)
+        )
         self._servers[server] = ref
         self._server_by_id[ref.id] = server
         return ref

@@ -400,11 +400,6 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         proxy.discovery.stop()
         log.error("%s", exc.strerror or exc)
         return 1
-    if worker is None:
-        notify.ready(f"serving {len(proxy.frontends)} frontends")
-        channel = None
-    else:
-        channel = workers.attach(proxy)
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -423,9 +418,15 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         notify.stopping()
         stop.set()
 
+    # before saying ready: a SIGHUP sent right after READY=1 must reload, not kill us
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, proxy.reload_file)
+    if worker is None:
+        notify.ready(f"serving {len(proxy.frontends)} frontends")
+        channel = None
+    else:
+        channel = workers.attach(proxy)
     try:
         await stop.wait()
         await proxy.shutdown(proxy.config.global_.grace)
