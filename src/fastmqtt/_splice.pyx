@@ -48,8 +48,8 @@ from posix.unistd cimport close, read
 
 from fastmqtt.includes.linux cimport (
     EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET,
-    EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_SETPIPE_SZ, FIONBIO, MSG_NOSIGNAL, O_CLOEXEC,
-    O_NONBLOCK, SHUT_WR, SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE,
+    EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_SETPIPE_SZ, FIONBIO, MSG_MORE, MSG_NOSIGNAL,
+    O_CLOEXEC, O_NONBLOCK, SHUT_WR, SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE,
     SPLICE_F_NONBLOCK, epoll_create1, epoll_ctl, epoll_event, epoll_wait, eventfd, fcntl,
     getsockopt, ioctl, linger, pipe2, pthread_create, pthread_join, pthread_mutex_destroy,
     pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, pthread_sigmask, recv, send,
@@ -275,7 +275,8 @@ cdef void release_fds(Worker *w, Conn *c, int reset_side) noexcept nogil:
     for s in range(2):
         if c.fd[s] < 0:
             continue
-        epoll_ctl(w.epfd, EPOLL_CTL_DEL, c.fd[s], NULL)  # a dup'd fd would keep us registered
+        if c.kind != K_FAST:  # a dup'd fd would keep us registered; the engine's own never are
+            epoll_ctl(w.epfd, EPOLL_CTL_DEL, c.fd[s], NULL)
         if reset_side >= 0 and s != reset_side:
             setsockopt(c.fd[s], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
         close_fd(&c.fd[s])
@@ -485,20 +486,28 @@ cdef int farewell(Worker *w, Conn *c) noexcept nogil:
 
 
 cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
-    """Fast path: one recv into the thread buffer, sent straight on; keep only the rest."""
+    """Fast path: one recv into the thread buffer, sent straight on; keep only the rest.
+    A short read from a side whose FIN has arrived (F_HUP) took its last bytes: the FIN is
+    passed on right behind them (MSG_MORE, then half_close), in one segment, and no recv is
+    spent to see the 0."""
     cdef Core *core = w.core
     cdef ssize_t n = recv(c.fd[d], w.buf, core.bufsize, 0)
     cdef ssize_t m
+    cdef int more = 0
     if n <= 0:
         return read_failed(w, c, d, n)
     received(w, c, d, <size_t>n)
-    if <size_t>n < core.bufsize and not (c.flags & (F_HUP << d)):
-        c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
+    if <size_t>n < core.bufsize:
+        if c.flags & (F_HUP << d):
+            read_failed(w, c, d, 0)  # the 0 the next recv would return
+            more = MSG_MORE
+        else:
+            c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
     if d == 1 and c.flags & F_TRACK:  # bytes past the boundary a goodbye waits for are dropped
         n = <ssize_t>follow(c, <uint8_t *>w.buf, <size_t>n, (c.flags & F_BYE) != 0)
     if core.threshold and <size_t>n >= core.threshold:
         c.flags |= F_BULK << d
-    m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL)
+    m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL | more)
     if m < 0:
         if errno != EAGAIN and errno != EINTR:
             return fail_io(w, c, 1 - d, errno)

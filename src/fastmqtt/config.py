@@ -108,6 +108,7 @@ class GlobalConfig:
     drain_rate: int = 500  # such DISCONNECTs per second, so reconnects arrive spread out
     stick_dir: str | None = None  # stick table files that outlive a restart (stick.py)
     fast_path: bool = True  # frontends the C engine can serve from accept to close, it does
+    log_connections: bool = True  # one line per connection on standard output
 
 
 @dataclass(frozen=True, slots=True)
@@ -1018,6 +1019,7 @@ GLOBAL_KEYS = {
     "drain_rate": _Key(_integer(1, MAX_CONNECTIONS)),
     "stick_dir": _Key(_directory),
     "fast_path": _Key(_boolean),
+    "log_connections": _Key(_boolean),
 }
 DEFAULTS_KEYS = {
     "timeout_connect": _Key(_duration()),

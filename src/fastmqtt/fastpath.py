@@ -282,23 +282,38 @@ class FastPathHub:
     # -- records ---------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Every connection the engine ended since the last drain: its log line and counts."""
-        proxy = self.proxy
+        """Every connection the engine ended since the last drain: its counts, its log line."""
+        log = self.proxy.conn_log
         for record in self.c.drain():
-            session = self._session(record)
-            if proxy.conn_log is not None:
-                proxy.conn_log.write(session)
-        for fe in proxy.frontends:
+            fe = self._account(record)
+            if log is not None:
+                log.write(self._session(fe, record))
+        for fe in self.proxy.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
 
-    def _session(self, record: tuple) -> Session:
-        (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
-         wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, denied,
-         _errno) = record  # fmt: skip
+    def _account(self, record: tuple) -> Frontend:
+        """What the event-loop path adds when a connection ends (Proxy._relay_finished,
+        Frontend._serve): bytes and refusals; the engine counts the rest."""
+        fid, _, server_id, *_, bytes_in, bytes_out, reason, denied, _ = record
         fe = self._frontends[fid]
         counters = fe.counters
-        session = Session(fe.name, (ip, port), counters)
+        counters.bytes_in += bytes_in
+        counters.bytes_out += bytes_out
+        if denied:
+            counters.denied[reason] += 1
+        server = self._server_by_id.get(server_id)
+        if server is not None:
+            server.counters.bytes_in += bytes_in
+            server.counters.bytes_out += bytes_out
+        return fe
+
+    def _session(self, fe: Frontend, record: tuple) -> Session:
+        """The Session the event-loop path would have logged for this connection."""
+        (_, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
+         wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, _,
+         _) = record  # fmt: skip
+        session = Session(fe.name, (ip, port), fe.counters)
         session.accepted_at = 0.0
         session.wall_start = wall_start
         session.inspected_at = _at(wait_ms)
@@ -315,13 +330,6 @@ class FastPathHub:
         session.bytes_in = bytes_in
         session.bytes_out = bytes_out
         session.end_reason = reason
-        counters.bytes_in += bytes_in
-        counters.bytes_out += bytes_out
-        if denied:
-            counters.denied[reason] += 1
-        if session.server is not None:
-            session.server.counters.bytes_in += bytes_in
-            session.server.counters.bytes_out += bytes_out
         return session
 
     # -- counters --------------------------------------------------------------------

@@ -26,6 +26,11 @@ def make_engine(threads: int) -> Any:
     return Engine(threads=threads)
 
 
+# Records of ended connections are taken in batches at most this often: they only feed logs
+# and counters (the engine frees its own slots), and one wake-up per connection would cost
+# more than the connection itself under churn.
+DRAIN_BATCH = 0.02
+
 # (session, bytes client->server, bytes server->client, end reason)
 FinishCallback = Callable[[Session, int, int, str], None]
 
@@ -51,8 +56,9 @@ class RelayHub:
         self._goodbyes: dict[int, Callable[[bytes], None]] = {}
         self._close_reasons: dict[int, str] = {}  # why we asked the engine (it says "killed")
         self._tasks: set[asyncio.Task] = set()
+        self._batch: asyncio.TimerHandle | None = None
         if engine is not None:
-            loop.add_reader(engine.completions_fd(), self._drain_engine)
+            loop.add_reader(engine.completions_fd(), self._completions)
 
     def __len__(self) -> int:
         return len(self.sessions) + (self.fast.live if self.fast is not None else 0)
@@ -141,8 +147,21 @@ class RelayHub:
             relay.close("shutdown")
         if self.engine is not None:
             await self.loop.run_in_executor(None, self.engine.stop, 0.0)
+            if self._batch is not None:
+                self._batch.cancel()
+                self._batch = None
             self._drain_engine()
             self.loop.remove_reader(self.engine.completions_fd())
+
+    def _completions(self) -> None:
+        """The engine has records: take them a moment later, with the ones that follow."""
+        self.loop.remove_reader(self.engine.completions_fd())
+        self._batch = self.loop.call_later(DRAIN_BATCH, self._drain_batch)
+
+    def _drain_batch(self) -> None:
+        self._batch = None
+        self._drain_engine()
+        self.loop.add_reader(self.engine.completions_fd(), self._completions)
 
     def _drain_engine(self) -> None:
         for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():

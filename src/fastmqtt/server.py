@@ -58,9 +58,8 @@ class Proxy:
         self.fast = FastPathHub(self, self.engine) if self.engine is not None else None
         self.hub = RelayHub(loop, self._relay_finished, self.engine, self.fast)
         self.hub.drain_v5 = config.global_.drain_disconnect
-        self.conn_log = (
-            ConnectionLog(conn_log, config.global_.log_format, loop) if conn_log else None
-        )
+        self._conn_stream = conn_log
+        self.conn_log = self._connection_log(config)
         self.current = 0
         self.started_at = loop.time()
         self.reloads = ReloadCounters(time.time())
@@ -163,11 +162,19 @@ class Proxy:
         self.sticks.retain(name for name, bc in config.backends.items() if bc.stick)
         self.config, self.backends, self.frontends = config, plan.backends, frontends
         self.hub.drain_v5 = config.global_.drain_disconnect
+        if self.conn_log is not None:
+            self.conn_log.flush()
+        self.conn_log = self._connection_log(config)
         self.health = {
             name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
         }
         if self.fast is not None:
             self.fast.configure()
+
+    def _connection_log(self, config: Config) -> ConnectionLog | None:
+        if self._conn_stream is None or not config.global_.log_connections:
+            return None
+        return ConnectionLog(self._conn_stream, config.global_.log_format, self.loop)
 
     def reload_file(self) -> list[str]:
         """SIGHUP and the admin API: re-read the config file; if it has errors keep running on

@@ -105,6 +105,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_LINGER
         SHUT_WR
         MSG_NOSIGNAL
+        MSG_MORE
 
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr *addr, socklen_t len)
