@@ -8,6 +8,8 @@ from libc.stdint cimport int32_t, uint8_t, uint64_t
 
 # xxh64 with seed 0 of p[0:n]; hash64() is this with the GIL.
 cdef uint64_t xxh64(const uint8_t *p, Py_ssize_t n) noexcept nogil
+# With a seed: keys of tables a client fills, which it must not be able to aim at.
+cdef uint64_t xxh64_seeded(const uint8_t *p, Py_ssize_t n, uint64_t seed) noexcept nogil
 
 
 @cython.final

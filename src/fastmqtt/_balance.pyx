@@ -83,9 +83,9 @@ cdef inline uint64_t _merge(uint64_t acc, uint64_t v) noexcept nogil:
     return acc * P1 + P4
 
 
-cdef uint64_t _xxh64(_Cursor cur) noexcept nogil:
+cdef uint64_t _xxh64(_Cursor cur, uint64_t seed) noexcept nogil:
     cdef uint64_t total = <uint64_t>cur.n
-    cdef uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = 0 - P1
+    cdef uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1
     cdef uint64_t h
     if cur.n >= 32:
         while cur.n >= 32:
@@ -96,7 +96,7 @@ cdef uint64_t _xxh64(_Cursor cur) noexcept nogil:
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
     else:
-        h = P5
+        h = seed + P5
     h += total
     while cur.n >= 8:
         h ^= _round(0, _read_le(&cur, 8))
@@ -115,10 +115,14 @@ cdef uint64_t _xxh64(_Cursor cur) noexcept nogil:
 
 
 cdef uint64_t xxh64(const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    return xxh64_seeded(p, n, 0)
+
+
+cdef uint64_t xxh64_seeded(const uint8_t *p, Py_ssize_t n, uint64_t seed) noexcept nogil:
     cdef _Cursor cur
     cur.p = p
     cur.n = n
-    return _xxh64(cur)
+    return _xxh64(cur, seed)
 
 
 cdef inline uint64_t _hash_bytes(bytes key):

@@ -42,11 +42,11 @@ def _merge(acc: int, v: int) -> int:
     return (acc * P1 + P4) & _M64
 
 
-def _xxh64(data: bytes) -> int:
+def _xxh64(data: bytes, seed: int = 0) -> int:
     n = len(data)
     p = 0
     if n >= 32:
-        v1, v2, v3, v4 = (P1 + P2) & _M64, P2, 0, (-P1) & _M64
+        v1, v2, v3, v4 = (seed + P1 + P2) & _M64, (seed + P2) & _M64, seed, (seed - P1) & _M64
         while n - p >= 32:
             v1 = _round(v1, int.from_bytes(data[p : p + 8], "little"))
             v2 = _round(v2, int.from_bytes(data[p + 8 : p + 16], "little"))
@@ -56,7 +56,7 @@ def _xxh64(data: bytes) -> int:
         h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _M64
         h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
     else:
-        h = P5
+        h = (seed + P5) & _M64
     h = (h + n) & _M64
     while n - p >= 8:
         h ^= _round(0, int.from_bytes(data[p : p + 8], "little"))

@@ -4,6 +4,7 @@ from accept until it relays."""
 
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastmqtt._admit cimport Admission, Source
 from fastmqtt._choose cimport Pool, Server
 from fastmqtt._parse cimport R_COUNT
 from fastmqtt._splice cimport Conn, Core, Pending
@@ -36,7 +37,7 @@ cdef struct Listener:
     pthread_mutex_t lock
     Pool *pool                  # the frontend's backend
     Pool *routes[MAX_ROUTES]    # route rules' backends, by rule index
-    void *admission             # access rules and limits (_admit), or NULL
+    Admission *admission        # access rules and limits (_admit.pyx), or NULL
     uint8_t *refusals           # CONNACKs to send when refusing (see FastPath.frontend), or NULL
     # settings
     uint32_t inspect_ticks
@@ -91,6 +92,8 @@ cdef struct FastConn:
     int64_t connected_ns        # 0 until a server accepted the connection
     sockaddr_in6 peer           # IPv4 clients as IPv4-mapped IPv6 (FC_PEER_V6: it was v6)
     StickDigest stick_key       # with FC_STICKY: its stick-table key
+    Source source               # the client address as rules and limits see it
+    Admission *admission        # with FC_COUNTED: holds a per-source slot there
     uint16_t keepalive
     int16_t connack             # -1: none read
     uint16_t why                # W_* code when the fast path ended it, else 0

@@ -44,6 +44,10 @@ from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, dup
 
+from fastmqtt._admit cimport (
+    NO_RULE, V_DENIED, V_EMPTY_ID, V_OK, Admission, AdmissionRef, Source, admission_ref,
+    admission_unref, admit_connect, admit_source, release_source,
+)
 from fastmqtt._balance cimport xxh64
 from fastmqtt._choose cimport (
     H_CLIENT_ID, H_SOURCE, H_USERNAME, Pool, PoolRef, Server, observe_latency, pool_pick,
@@ -73,6 +77,7 @@ from fastmqtt.includes.linux cimport (
 )
 
 from fastmqtt import mqtt_spec as spec
+from fastmqtt._admit import VERDICT_WORDS
 from fastmqtt._parse import REASON_WORDS
 from fastmqtt._splice import REASONS
 
@@ -107,6 +112,7 @@ cdef enum:
     FC_STICKY = 1 << 4          # has a stick key (the backend has a stick table)
     FC_STUCK = 1 << 5           # counted live in the stick table (disconnect at the end)
     FC_PEER_V6 = 1 << 6         # accepted on an IPv6 socket (mapped IPv4 reads ::ffff:...)
+    FC_COUNTED = 1 << 7         # holds a per-source slot in fc.admission
 
 # FastConn.why: how the fast path ended a connection (0: the relay's reason)
 cdef enum:
@@ -119,14 +125,13 @@ cdef enum:
     W_SERVER_CLOSED = 6         # hung up before its CONNACK, no retry left (not denied)
     W_ERRNO = 7                 # + arg: errno (not denied)
     W_DENIED = 8                # + arg: rule index, or NO_RULE for access_default
-    W_ADMISSION = 9             # + arg: an _admit verdict word index
+    W_ADMISSION = 9             # + arg: an _admit verdict (V_*), by _admit.VERDICT_WORDS
 
 # words of the W_* codes that have no argument, by code
 WHY_WORDS = (None, None, "inspect-timeout", "client-closed-early", "no-server",
              "server-timeout", "server-closed", None, None, None)
 DENIED = frozenset({W_PARSE, W_INSPECT_TIMEOUT, W_CLOSED_EARLY, W_NO_SERVER, W_SERVER_TIMEOUT,
                     W_DENIED, W_ADMISSION})
-NO_RULE = 0xFFFF
 
 
 cdef struct Fast:
@@ -208,6 +213,8 @@ cdef void listener_unref(Listener *lst) noexcept nogil:
     for i in range(MAX_ROUTES):
         if lst.routes[i] != NULL:
             pool_unref(lst.routes[i])
+    if lst.admission != NULL:
+        admission_unref(lst.admission)
     free(lst.refusals)
     pthread_mutex_destroy(&lst.lock)
     free(lst)
@@ -456,12 +463,50 @@ cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcep
     c.fd[1] = -1
     c.phase = PH_CONNECT
     w.live += 1
+    source_of(&fc.peer, &fc.source)
+    if not admitted_source(w, c):
+        return
     ev.events = CONN_MASK
     ev.data.u64 = <uint64_t><uintptr_t>c
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
         end(w, c, W_ERRNO, errno)
         return
     set_deadline(w, c, lst.inspect_ticks)
+
+
+cdef void source_of(const sockaddr_in6 *peer, Source *out) noexcept nogil:
+    """The address rules compare (access.client_ip): a mapped IPv4 address is IPv4."""
+    cdef const uint8_t *a = &peer.sin6_addr.s6_addr[0]
+    memset(out, 0, sizeof(Source))
+    out.v6 = not is_mapped(a)
+    memcpy(out.addr, a if out.v6 else a + 12, 16 if out.v6 else 4)
+
+
+cdef bint admitted_source(Worker *w, Conn *c) noexcept nogil:
+    """Per-source limits and source-only rules, before anything is read (Guard.admit_source);
+    a refused client is closed at once."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Listener *lst = fc.listener
+    cdef Admission *adm
+    cdef uint16_t rule
+    cdef bint counted
+    cdef int verdict
+    pthread_mutex_lock(&lst.lock)
+    adm = lst.admission
+    if adm != NULL:
+        admission_ref(adm)
+    pthread_mutex_unlock(&lst.lock)
+    if adm == NULL:
+        return True
+    fc.admission = adm  # the connection's admission from here on, even across a reload
+    verdict = admit_source(adm, &fc.source, fc.accepted_ns, &rule, &counted)
+    if counted:
+        fc.state |= FC_COUNTED
+    if verdict == V_OK:
+        return True
+    end(w, c, W_DENIED if verdict == V_DENIED else W_ADMISSION,
+        rule if verdict == V_DENIED else verdict)
+    return False
 
 
 cdef void as_v6(const sockaddr_in6 *src, sockaddr_in6 *dst) noexcept nogil:
@@ -519,6 +564,11 @@ cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
     free_setup(fc)
     if fc.state & FC_STUCK:
         pool_stick_ended(fc.pool, &fc.stick_key)
+    if fc.admission != NULL:
+        if fc.state & FC_COUNTED:
+            release_source(fc.admission, &fc.source)
+        admission_unref(fc.admission)
+        fc.admission = NULL
     if fc.server != NULL:
         server_release(fc.server)
         fc.server = NULL
@@ -638,7 +688,7 @@ cdef void connect_read(Worker *w, Conn *c, int rc, const ConnectScan *scan) noex
         atomic_inc64(&lst.n.invalid[scan.reason], 1)
         fc.state |= FC_INVALID
         st.data_len = st.have
-        choose(w, c)
+        admit(w, c)
         return
     fc.version = <uint8_t>scan.protocol_version
     fc.keepalive = <uint16_t>scan.keepalive
@@ -647,6 +697,39 @@ cdef void connect_read(Worker *w, Conn *c, int rc, const ConnectScan *scan) noex
         end(w, c, W_ERRNO, ENOMEM)
         return
     st.data_len = st.have
+    admit(w, c)
+
+
+cdef void admit(Worker *w, Conn *c) noexcept nogil:
+    """Every rule, empty ids, the CONNECT rate, the reconnect delay (Guard.admit): refused
+    clients hear why when the frontend answers with a CONNACK; a held one waits on the
+    wheel; a route rule picks the backend."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef uint16_t rule, route
+    cdef int64_t delay
+    cdef int verdict, kind
+    cdef const uint8_t *packet = NULL
+    if fc.admission == NULL:
+        choose(w, c)
+        return
+    verdict = admit_connect(fc.admission, &fc.source, not (fc.state & FC_INVALID),
+                            <const uint8_t *>fc.ids, fc.cid_len, mono_ns(), &rule, &route,
+                            &delay)
+    if verdict != V_OK:
+        kind = RF_DENIED if verdict == V_DENIED else (
+            RF_EMPTY_ID if verdict == V_EMPTY_ID else RF_RATE)
+        if fc.listener.refusals != NULL and not (fc.state & FC_INVALID):
+            packet = refusal(fc.listener, kind + ((fc.version & 0x7F) == 5))
+        refuse(w, c, W_DENIED if verdict == V_DENIED else W_ADMISSION,
+               rule if verdict == V_DENIED else verdict,
+               packet + 1 if packet != NULL else NULL, packet[0] if packet != NULL else 0)
+        return
+    if route != NO_RULE:
+        fc.setup.route = route + 1
+    if delay > 0:  # held, not refused: the device retries less often
+        c.phase = PH_HOLD
+        set_deadline(w, c, ticks(<double>delay / 1e9))
+        return
     choose(w, c)
 
 
@@ -1415,13 +1498,16 @@ cdef class FastPath:
     def frontend(self, uint32_t frontend_id, int fd, PoolRef pool not None, list routes, *,
                  double inspect_delay, uint32_t max_connect_size, uint32_t maxconn,
                  bint reject_invalid=True, bint allow_bridge=True, bint track_v5=False,
-                 client_timeout=(False, 240.0, 30.0, 3600.0), bytes refusals=None) -> None:
+                 client_timeout=(False, 240.0, 30.0, 3600.0), bytes refusals=None,
+                 AdmissionRef admission=None) -> None:
         """Add a frontend listening on ``fd`` (the engine keeps a dup of it), or change the
         settings of one added before (``fd`` is then ignored). ``routes[i]``: the backend of
         rule i when it is a route rule, else None. ``client_timeout``: (auto, seconds, min,
         max) as config.ClientTimeout. ``refusals``: FastPath.refusal_table()'s bytes, to
-        answer refusals with a CONNACK (reject_with_connack), or None."""
+        answer refusals with a CONNACK (reject_with_connack), or None. ``admission``: the
+        frontend's rules and limits, or None (connections holding the old ones keep them)."""
         cdef Listener *lst
+        cdef Admission *old
         cdef int slot
         cdef uint8_t *table = NULL
         if len(routes) > MAX_ROUTES:
@@ -1452,7 +1538,13 @@ cdef class FastPath:
             route = routes[slot] if slot < len(routes) else None
             swap_pool(&lst.routes[slot], pool_of(route))
         table, lst.refusals = lst.refusals, table
+        old = lst.admission
+        lst.admission = NULL if admission is None else admission.a
+        if lst.admission != NULL:
+            admission_ref(lst.admission)
         pthread_mutex_unlock(&lst.lock)
+        if old != NULL:
+            admission_unref(old)
         free(table)
         resume_freed(self.f)  # a raised maxconn
 
@@ -1640,4 +1732,6 @@ cdef str why_word(FastConn *fc):
         return "error:" + errno_names.errorcode.get(fc.why_arg, "EIO")
     if fc.why == W_DENIED:
         return "denied-default" if fc.why_arg == NO_RULE else f"denied-rule-{fc.why_arg}"
+    if fc.why == W_ADMISSION:
+        return VERDICT_WORDS[fc.why_arg]
     return WHY_WORDS[fc.why]

@@ -260,6 +260,13 @@ def malformed_connack(data: bytes, reason: str, offset: int) -> bytes | None:
     if peek is None:
         return None
     level, client_id_at = peek
+    return malformed_answer(reason, level, _inside_string(data, client_id_at, offset))
+
+
+def malformed_answer(reason: str, level: int, in_client_id: bool) -> bytes | None:
+    """malformed_connack once the CONNECT's protocol level (bridge bit included) and whether
+    the error lies in the client id are known; the engine's fast path answers from a table
+    of these (fastpath.refusal_table)."""
     version = level & 0x7F
     if reason == BAD_PROTOCOL_VERSION:  # [MQTT-3.1.2-2]; 5.0 3.1.2.2 allows 0x84
         if version == 5:  # a bridge's 0x85 where bridges are not allowed
@@ -269,7 +276,7 @@ def malformed_connack(data: bytes, reason: str, offset: int) -> bytes | None:
         return packets.connack(V3_UNACCEPTABLE_VERSION, 4)
     if version not in (3, 4, 5):
         return None
-    if reason == BAD_UTF8 and _inside_string(data, client_id_at, offset):
+    if reason == BAD_UTF8 and in_client_id:
         return packets.connack(IDENTIFIER_REJECTED[version == 5], version)
     if version != 5:
         return None

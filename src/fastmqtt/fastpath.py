@@ -17,6 +17,7 @@ path and this module only answers ``fast_path_reason``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -24,7 +25,9 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
 from fastmqtt.backends import ServerState
 from fastmqtt.balance import Consistent
 from fastmqtt.session import Session
@@ -40,6 +43,7 @@ log = logging.getLogger("fastmqtt")
 
 SYNC_INTERVAL = 0.25  # seconds between copies of the engine's counters into Python's
 TICK = 0.1  # the engine's timing wheel
+MAX_RULES = 64  # access rules per frontend on the fast path (_fastpath.MAX_ROUTES)
 STATES = tuple(ServerState)  # the engine's S_* codes, in this order
 
 
@@ -58,10 +62,17 @@ def fast_path_reason(
         return "TLS"
     if frontend.accept_proxy:
         return "accept_proxy"
-    if frontend.rules or frontend.rate_limit is not None or frontend.deny_empty_client_id:
-        return "access rules and rate limits need the event loop"
-    if frontend.reject_with_connack:
-        return "reject_with_connack"
+    for i, rule in enumerate(frontend.rules):
+        if rule.client_id_regex is not None:
+            return f"rule {i}: client_id_regex"
+        if rule.username is not None:
+            return f"rule {i}: username"
+        if rule.client_id is not None and _id_pattern(rule.client_id) is None:
+            return (
+                f'rule {i}: client_id = "{rule.client_id}" (the engine matches an id or a prefix*)'
+            )
+    if len(frontend.rules) > MAX_RULES:
+        return f"more than {MAX_RULES} rules"
     for name in _backends_of(frontend):
         backend = backends[name]
         if backend.tls is not None:
@@ -69,6 +80,15 @@ def fast_path_reason(
         if backend.ws_backend == "passthrough":
             return f'backend {name}: ws_backend = "passthrough"'
     return None
+
+
+def _id_pattern(glob: str) -> tuple[bytes, bool] | None:
+    """(literal, is a prefix) for a client_id glob the engine can match: an exact id, or a
+    literal followed by one "*"; None for anything else (``?``, ``[...]``, inner ``*``)."""
+    literal, star = (glob[:-1], True) if glob.endswith("*") else (glob, False)
+    if any(c in literal for c in "*?["):
+        return None
+    return literal.encode(), star
 
 
 def _backends_of(frontend: FrontendConfig) -> list[str]:
@@ -217,6 +237,7 @@ class FastPathHub:
         assert fe.sock is not None
         ct = config.timeout_client
         backends = self.proxy.backends
+        global_ = self.proxy.config.global_
         self.c.frontend(
             fid,
             fe.sock.fileno(),
@@ -229,6 +250,8 @@ class FastPathHub:
             allow_bridge=config.allow_bridge,
             track_v5=self.proxy.config.global_.drain_disconnect,
             client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
+            refusals=refusal_table() if config.reject_with_connack else None,
+            admission=admission(config, min(config.maxconn, global_.maxconn)),
         )
         fe.counters.current = self.c.counters(fid)[2]
 
@@ -406,6 +429,68 @@ class FastPathHub:
             self._sync.cancel()
             self._sync = None
         self.sync()
+
+
+def admission(config: FrontendConfig, live: int) -> Any:
+    """The frontend's rules and limits for the engine (_admit.AdmissionRef), or None when it
+    has neither: every client is let in. ``live``: the most connections it may hold."""
+    from fastmqtt import _admit
+
+    limits = config.rate_limit
+    if config.access_default == "allow" and not (
+        config.rules or limits or config.deny_empty_client_id
+    ):
+        return None
+    rules = []
+    for rule in config.rules:
+        nets = [(net.version == 6, net.prefixlen, _packed16(net)) for net in rule.sources]
+        pattern = None if rule.client_id is None else _id_pattern(rule.client_id)
+        rules.append((rule.action, nets, *(pattern or (None, False))))
+    rate = lambda r: None if r is None else (r.per_second, float(r.burst))  # noqa: E731
+    return _admit.AdmissionRef(
+        config.access_default,
+        rules,
+        deny_empty_client_id=config.deny_empty_client_id,
+        per_source=rate(limits.per_source) if limits else None,
+        max_per_source=(limits.max_per_source or 0) if limits else 0,
+        connect_rate=rate(limits.connect_rate) if limits else None,
+        per_client_id=rate(limits.per_client_id) if limits else None,
+        max_delay=limits.max_delay if limits else 5.0,
+        tracked=limits.tracked if limits else 1,
+        ipv6_prefix=getattr(limits, "ipv6_prefix", 64),
+        live_capacity=live,
+    )
+
+
+def _packed16(net: Any) -> bytes:
+    return net.network_address.packed.ljust(16, b"\0")
+
+
+@functools.cache
+def refusal_table() -> bytes:
+    """The CONNACKs the engine sends when it refuses a client (reject_with_connack), made by
+    access.py's writers, in the layout _fastpath.refusal() reads: one index byte per case,
+    then the packets, each after its length byte."""
+    from fastmqtt._parse import REASON_WORDS
+
+    packets_: list[bytes] = []
+
+    def index(packet: bytes | None) -> int:
+        if packet is None:
+            return 0
+        if packet not in packets_:
+            packets_.append(packet)
+        return packets_.index(packet) + 1
+
+    cases = []
+    for codes in (NOT_AUTHORIZED, IDENTIFIER_REJECTED, RATE_EXCEEDED):  # RF_DENIED, ...
+        cases += [index(packets.connack(codes[0], 4)), index(packets.connack(codes[1], 5))]
+    for word in REASON_WORDS:  # RF_MALFORMED + (reason * 128 + level) * 2 + inside
+        for level in range(128):
+            for inside in (False, True):
+                answer = None if word is None else malformed_answer(word, level, inside)
+                cases.append(index(answer))
+    return bytes(cases) + b"".join(bytes((len(p),)) + p for p in packets_)
 
 
 def _rows(backend: Backend, weights: list[int], up: list[bool]) -> list[tuple[int, bool, Server]]:

@@ -163,6 +163,11 @@ class RelayHub:
         self._drain_engine()
         self.loop.add_reader(self.engine.completions_fd(), self._completions)
 
+    def take_records(self) -> None:
+        """Account for what the engine ended so far, now (stats read the counters next)."""
+        if self.engine is not None:
+            self._drain_engine()
+
     def _drain_engine(self) -> None:
         for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
             asked = self._close_reasons.pop(conn_id, None)

@@ -255,8 +255,9 @@ def _stick_fields(backend: Backend) -> dict[str, Any]:
 def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
     """Everything the stats page shows, as plain data (this is also /stats.json)."""
     now = proxy.loop.time()
-    if proxy.fast is not None:
-        proxy.fast.sync()  # what the engine's fast path counted, into the counters below
+    if proxy.fast is not None:  # what the engine's fast path did, into the counters below
+        proxy.hub.take_records()
+        proxy.fast.sync()
     live_fe, live_sv = _live_bytes(proxy)
     backends = []
     for backend in proxy.backends.values():
