@@ -1,6 +1,8 @@
 """Access rules and per-client-id pacing through a running fastmqtt to real Mosquitto brokers:
 deny by source address and username, route a tenant's client ids to its own backend, refuse
-empty client ids with a CONNACK, and slow a reconnect loop down instead of refusing it."""
+empty client ids with a CONNACK, and slow a reconnect loop down instead of refusing it.
+Rules on sources and client-id prefixes run on both connection-setup paths; a username rule
+keeps a frontend on the event loop."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from dataclasses import dataclass
 import pytest
 
 from fastmqtt import packets
+from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.brokers import Mosquitto, free_port, start_brokers
 from fastmqtt.proxy_protocol import encode_v2
+from tests.e2e.conftest import PATHS, assert_path, on_path
 from tests.support.hostile import read_until_closed, rss_kib
 from tests.support.lb import FastMQTT, landed, raw_connect, recipe, servers_toml, wait_until
 
@@ -30,7 +34,8 @@ source = "127.0.0.2"
 action = "route"
 client_id = "tenant-a/*"
 backend = "tenant_a"
-
+"""
+USERNAME_RULE = """
 [[frontend.mqtt.rule]]
 action = "deny"
 username = "guest*"
@@ -52,18 +57,29 @@ class Setup:
         return wait_until(lambda: self.ended(reason) == before + 1)
 
 
-@pytest.fixture(scope="module")
-def setup() -> Iterator[Setup]:
+def _setup(rules: str, path: str | None) -> Iterator[Setup]:
     shared, tenant = start_brokers(2)
     port = free_port()
-    config = recipe([shared], port, frontend=RULES) + "\n[backend.tenant_a]\n"
-    lb = FastMQTT(config + servers_toml("tenant_a", [tenant]), port=port)
+    config = recipe([shared], port, frontend=rules) + "\n[backend.tenant_a]\n"
+    lb = FastMQTT(on_path(config + servers_toml("tenant_a", [tenant]), path), port=port)
     try:
-        yield Setup(lb.start(), port, shared, tenant)
+        lb.start()
+        assert_path(lb, path)
+        yield Setup(lb, port, shared, tenant)
     finally:
         lb.stop()
         shared.stop()
         tenant.stop()
+
+
+@pytest.fixture(scope="module", params=PATHS)
+def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
+    yield from _setup(RULES, request.param)
+
+
+@pytest.fixture(scope="module")
+def username_setup() -> Iterator[Setup]:
+    yield from _setup(RULES + USERNAME_RULE, None)  # the username rule alone keeps it off
 
 
 def _answer(port: int, connect: bytes, source: str = "127.0.0.1") -> bytes:
@@ -94,11 +110,16 @@ def test_tenant_client_ids_go_to_their_backend(setup: Setup) -> None:
 
 
 @pytest.mark.parametrize(("version", "code"), [(4, 5), (5, 0x87)])
-def test_denied_username_gets_not_authorized(setup: Setup, version: int, code: int) -> None:
+def test_denied_username_gets_not_authorized(
+    username_setup: Setup, version: int, code: int
+) -> None:
+    setup = username_setup
     logged = setup.ended("denied-rule-2")
     answer = _answer(setup.port, packets.connect("g", version=version, username="guest-7"))
     assert answer == packets.connack(code, version)
     assert setup.logged_once_more("denied-rule-2", logged)
+    reason = "rule 2: username" if not NO_EXTENSIONS else "compiled extensions are off"
+    assert f"(event-loop path ({reason}))" in setup.lb.read("stderr.log")
 
 
 @pytest.mark.parametrize(("version", "code"), [(4, 2), (5, 0x85)])
@@ -157,7 +178,7 @@ def _mqtt_answer(port: int, connect: bytes, header: bytes = b"") -> bytes:
             return b""
 
 
-def test_a_flood_of_long_client_ids_holds_no_more_than_fixed_size_keys(brokers, fastmqtt):
+def test_a_flood_of_long_client_ids_holds_no_more_than_fixed_size_keys(brokers, fastmqtt, path):
     """per_client_id remembers every id before any broker answers: 1,000 ids of 65,000 bytes
     (62 MiB as strings) must cost the process about tracked x a few hundred bytes."""
     nodes = brokers(1)

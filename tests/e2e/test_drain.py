@@ -14,7 +14,7 @@ from tests.support.lb import Client, lb_port, recipe, wait_until
 pytestmark = pytest.mark.e2e
 
 
-def test_sigterm_says_goodbye_to_v5_clients_at_a_packet_boundary(brokers, fastmqtt):
+def test_sigterm_says_goodbye_to_v5_clients_at_a_packet_boundary(brokers, fastmqtt, path):
     [node] = brokers(1)
     port = lb_port()
     config = recipe([node], port).replace(

@@ -64,7 +64,9 @@ def _log_ends(lb: FastMQTT, reason: str) -> list[str]:
 SLOWLORIS = int(os.environ.get("FASTMQTT_SLOWLORIS", "3000"))
 
 
-def test_slowloris_never_holds_a_slot_past_inspect_delay(brokers: Brokers, fastmqtt: Start) -> None:
+def test_slowloris_never_holds_a_slot_past_inspect_delay(
+    brokers: Brokers, fastmqtt: Start, path: str
+) -> None:
     """3,000 slow clients against 2,000 slots; 100 legitimate clients still get in."""
     port = free_port()
     slots = SLOWLORIS * 2 // 3
@@ -119,7 +121,9 @@ def _first_bytes(sock: socket.socket) -> bytes:
         return b""
 
 
-def test_flood_from_one_source_is_held_to_its_rate(brokers: Brokers, fastmqtt: Start) -> None:
+def test_flood_from_one_source_is_held_to_its_rate(
+    brokers: Brokers, fastmqtt: Start, path: str
+) -> None:
     (broker,) = brokers(1)
     port = free_port()
     limits = 'rate_limit = { per_source = "50/s", max_per_source = 100 }\n'
@@ -184,7 +188,9 @@ def test_out_of_file_descriptors_pauses_accept_and_recovers(brokers: Brokers) ->
 
 
 @pytest.mark.parametrize("mode", ["silent", "garbage", "reset", "stall"])
-def test_misbehaving_backend_closes_the_client_in_time(fastmqtt: Start, mode: str) -> None:
+def test_misbehaving_backend_closes_the_client_in_time(
+    fastmqtt: Start, mode: str, path: str
+) -> None:
     backend = MisbehavingBroker(mode)
     port = free_port()
     config = (

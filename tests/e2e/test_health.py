@@ -92,7 +92,7 @@ OBSERVE = (
     ids=["checks", "observe"],
 )
 def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
-    brokers, fastmqtt, timing, reason
+    brokers, fastmqtt, timing, reason, path
 ):
     nodes = brokers(3)
     port, stats_port = lb_port(), free_port()
@@ -106,6 +106,9 @@ def test_killed_broker_fails_no_client_and_returns_after_rise_checks(
         nodes[1].kill()
         killed = time.monotonic()
         to_down, _ = _watch(stats, "node2", "DOWN", timeout=5)
+        # an attempt the engine's thread started just before DOWN reached it fails a moment
+        # later; from then on none goes there
+        time.sleep(0.2)
         errors_at_down = stats.servers()["node2"]["econ"]
         time.sleep(0.5)  # the stream goes on with node2 marked down
         assert stats.servers()["node2"]["econ"] == errors_at_down  # no client was sent there
@@ -169,7 +172,7 @@ def test_mqtt_check_catches_a_silent_broker_that_a_tcp_check_misses(fastmqtt):
         proxied.close()
 
 
-def test_http_check_marks_down_and_shuts_its_sessions(brokers, fastmqtt):
+def test_http_check_marks_down_and_shuts_its_sessions(brokers, fastmqtt, path):
     """EMQX's availability check answers 503 while a node drains: fastmqtt marks the node
     down and, with on_marked_down = "shutdown-sessions", closes its clients at once."""
     nodes = brokers(2)

@@ -27,7 +27,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_global_maxconn_holds_excess_in_backlog_without_spinning(brokers, fastmqtt):
+def test_global_maxconn_holds_excess_in_backlog_without_spinning(brokers, fastmqtt, path):
     nodes = brokers(1)
     port = lb_port()
     lb = fastmqtt(recipe(nodes, port).replace("[global]\n", "[global]\nmaxconn = 2\n"), port=port)
@@ -68,7 +68,7 @@ def _connack_server(stop: threading.Event) -> tuple[socket.socket, list[socket.s
     return server, conns
 
 
-def test_timeout_client_auto_follows_each_clients_keepalive(fastmqtt):
+def test_timeout_client_auto_follows_each_clients_keepalive(fastmqtt, path):
     stop = threading.Event()
     backend, conns = _connack_server(stop)
     port = lb_port()
@@ -96,7 +96,7 @@ def test_timeout_client_auto_follows_each_clients_keepalive(fastmqtt):
             c.close()
 
 
-def test_sigterm_drains_established_connections_then_exits_zero(brokers, fastmqtt):
+def test_sigterm_drains_established_connections_then_exits_zero(brokers, fastmqtt, path):
     nodes = brokers(1)
     port = lb_port()
     lb = fastmqtt(recipe(nodes, port).replace('grace = "2s"', 'grace = "20s"'), port=port)
@@ -163,7 +163,7 @@ def test_demo_shows_ten_clients_over_three_brokers_and_its_stats():
     assert f"Prometheus: http://127.0.0.1:{stats_port}/metrics\n" in out
 
 
-def test_json_connection_log_has_one_object_per_connection(brokers, fastmqtt):
+def test_json_connection_log_has_one_object_per_connection(brokers, fastmqtt, path):
     nodes = brokers(2)
     port = lb_port()
     config = recipe(nodes, port, backend='stick = { on = "client_id" }')

@@ -1,4 +1,5 @@
-"""The HAProxy recipe end to end: real Mosquitto brokers, real clients, `fastmqtt serve`."""
+"""The HAProxy recipe end to end: real Mosquitto brokers, real clients, `fastmqtt serve`.
+Tests that take ``path`` run on the engine's fast path and on the event-loop path."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _counts(brokers) -> dict[str, int]:
     return {b.name: len(b.connected_client_ids()) for b in brokers}
 
 
-def test_quick_start_ten_clients_land_4_3_3(brokers, fastmqtt):
+def test_quick_start_ten_clients_land_4_3_3(brokers, fastmqtt, path):
     nodes = brokers(3)
     port = lb_port()
     fastmqtt(recipe(nodes, port, backend='stick = { on = "client_id" }'), port=port)
@@ -41,7 +42,7 @@ def test_quick_start_ten_clients_land_4_3_3(brokers, fastmqtt):
         s.close()
 
 
-def test_weights_5_2_3_over_1000_connections(brokers, fastmqtt):
+def test_weights_5_2_3_over_1000_connections(brokers, fastmqtt, path):
     nodes = brokers(3)
     port = lb_port()
     weights = {"node1": {"weight": 5}, "node2": {"weight": 2}, "node3": {"weight": 3}}
@@ -55,7 +56,7 @@ def test_weights_5_2_3_over_1000_connections(brokers, fastmqtt):
 
 
 @pytest.mark.parametrize("sticky", [True, False], ids=["stick-on", "stick-off"])
-def test_persistent_session_follows_the_client(brokers, fastmqtt, sticky):
+def test_persistent_session_follows_the_client(brokers, fastmqtt, path, sticky):
     """Stickiness proved by broker state: a queued QoS 1 message reaches the reconnecting
     client only if it lands on the broker that holds its session."""
     nodes = brokers(3)
@@ -72,7 +73,7 @@ def test_persistent_session_follows_the_client(brokers, fastmqtt, sticky):
         assert device.session_present
 
 
-def test_consistent_hash_is_shared_by_processes_and_moves_one_third(brokers, fastmqtt):
+def test_consistent_hash_is_shared_by_processes_and_moves_one_third(brokers, fastmqtt, path):
     nodes = brokers(3)
     ids = [f"sensor-{i:04d}" for i in range(600)]
 
@@ -109,7 +110,7 @@ def test_consistent_hash_is_shared_by_processes_and_moves_one_third(brokers, fas
         ("truncated", packets.connect("slow-client")[:9], "inspect-timeout"),
     ],
 )
-def test_rejections_never_reach_a_broker(brokers, fastmqtt, name, payload, reason):
+def test_rejections_never_reach_a_broker(brokers, fastmqtt, path, name, payload, reason):
     nodes = brokers(2)
     port = lb_port()
     lb = fastmqtt(recipe(nodes, port, inspect_delay="1s"), port=port)
@@ -124,7 +125,7 @@ def test_rejections_never_reach_a_broker(brokers, fastmqtt, name, payload, reaso
     assert [n.tcp_connection_count() for n in nodes] == before
 
 
-def test_dead_backend_is_retried_elsewhere_and_backup_waits(brokers, fastmqtt):
+def test_dead_backend_is_retried_elsewhere_and_backup_waits(brokers, fastmqtt, path):
     primary1, primary2, standby = brokers(3)
     port = lb_port()
     lb = fastmqtt(
@@ -187,7 +188,7 @@ def test_proxy_v2_header_carries_the_client_address(fastmqtt):
         s.close()
 
 
-def test_v5_assigned_client_id_is_learned_for_stickiness(brokers, fastmqtt):
+def test_v5_assigned_client_id_is_learned_for_stickiness(brokers, fastmqtt, path):
     nodes = brokers(3)
     port = lb_port()
     fastmqtt(recipe(nodes, port, backend='stick = { on = "client_id" }'), port=port)
@@ -202,7 +203,7 @@ def test_v5_assigned_client_id_is_learned_for_stickiness(brokers, fastmqtt):
     assert _counts(nodes)[home] == 4
 
 
-def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastmqtt):
+def test_a_server_that_closes_before_connack_is_retried_elsewhere(brokers, fastmqtt, path):
     """A node that accepts TCP but hangs up without a word (dying, or not MQTT): the client
     never notices, its CONNECT goes to the next server (HAProxy: retry-on empty-response)."""
     [node] = brokers(1)
