@@ -1744,4 +1744,16 @@ def _check_file(path: str, quiet: bool) -> int:
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(_summary(config))
+        print(_paths(config))
     return 0
+
+
+def _paths(config: Config) -> str:
+    """One line per frontend: the connection-setup path it takes, and why not the fast one."""
+    from fastmqtt.fastpath import describe, fast_path_reason  # the runtime's own rule
+
+    return "\n".join(
+        f"  frontend {fe.name}: "
+        + describe(fast_path_reason(fe, config.backends, config.global_.fast_path))
+        for fe in config.frontends
+    )

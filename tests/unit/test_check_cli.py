@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fastmqtt._accel import NO_EXTENSIONS
+
 REPO = Path(__file__).resolve().parents[2]
+# what `check` says of a frontend the engine can serve (compiled) or of every one (not)
+OFF = "compiled extensions are off" if NO_EXTENSIONS else ""
+FAST = f"event-loop path ({OFF})" if NO_EXTENSIONS else "fast path"
 
 GOOD = """
 [global]
@@ -60,13 +65,32 @@ def test_example_passes_cleanly() -> None:
     """Even where a process may open only 4096 files (a common default hard limit)."""
     result = check("examples/lb.toml", cwd=REPO, open_files=4096)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "examples/lb.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)\n"
+    assert result.stdout == (
+        "examples/lb.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)\n"
+        f"  frontend mqtt: {FAST}\n"
+    )
 
 
 def test_good_config_one_line_summary(tmp_path: Path) -> None:
     result = check(write(tmp_path, GOOD), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "lb.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)\n"
+    assert result.stdout == (
+        f"lb.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)\n  frontend mqtt: {FAST}\n"
+    )
+
+
+def test_summary_says_which_frontends_stay_on_the_event_loop(tmp_path: Path) -> None:
+    text = GOOD + (
+        '\n[frontend.web]\nbind = "127.0.0.1:8083"\nbackend = "emqx"\nprotocol = "ws"\n'
+        '\n[frontend.plain]\nbind = "127.0.0.1:1884"\nbackend = "emqx"\nfast_path = false\n'
+    )
+    result = check(write(tmp_path, text), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        f"  frontend mqtt: {FAST}",
+        "  frontend web: event-loop path (" + (OFF or 'protocol = "ws"') + ")",
+        f"  frontend plain: event-loop path ({OFF or 'fast_path = false'})",
+    ]
 
 
 def test_bad_config_prints_every_error_and_exits_1(tmp_path: Path) -> None:
@@ -123,7 +147,10 @@ def test_warnings_go_to_stderr_and_do_not_fail(tmp_path: Path) -> None:
         write(tmp_path, text.replace("maxconn = 1000", "maxconn = 1000\nworkers = 2")), cwd=tmp_path
     )
     assert result.returncode == 0
-    assert result.stdout == "lb.toml: OK: 2 frontends, 1 backend, 3 servers (warnings: 1)\n"
+    assert (
+        result.stdout.splitlines()[0]
+        == "lb.toml: OK: 2 frontends, 1 backend, 3 servers (warnings: 1)"
+    )
     assert result.stderr.splitlines() == [
         'warning: lb.toml: frontend.plain.protocol: protocol = "tcp" reads no CONNECT, '
         "but backend emqx sticks on client_id",
@@ -199,6 +226,6 @@ def test_maxconn_beyond_the_open_file_limit_warns(tmp_path: Path) -> None:
         "(2 per connection + 100 spare), but this process may open at most 1024 "
         "(RLIMIT_NOFILE hard limit; soft 1024): lower maxconn to 462 or raise the limit\n"
     )
-    assert low.stdout.endswith("(warnings: 1)\n")
+    assert low.stdout.splitlines()[0].endswith("(warnings: 1)")
     enough = check(path, cwd=tmp_path, open_files=4096)
     assert (enough.returncode, enough.stderr) == (0, "")
