@@ -261,6 +261,8 @@ cdef int admit_connect(Admission *a, const Source *src, bint has_connect, const 
 
 cdef void release_source(Admission *a, const Source *src) noexcept nogil:
     cdef Live *live
+    if a.live == NULL:  # no max_per_source: nothing counted
+        return
     pthread_mutex_lock(&a.lock)
     live = live_slot(a, source_key(a, src), False)
     if live != NULL:

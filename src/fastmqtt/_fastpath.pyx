@@ -68,9 +68,9 @@ from fastmqtt.includes.atomic cimport (
 )
 from fastmqtt.includes.linux cimport (
     AF_INET, AF_INET6, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP,
-    EPOLLIN, EPOLLOUT, EPOLLRDHUP, INET6_ADDRSTRLEN, IPPROTO_TCP, MSG_NOSIGNAL, SHUT_WR,
+    EPOLLIN, EPOLLOUT, EPOLLRDHUP, FIONBIO, INET6_ADDRSTRLEN, IPPROTO_TCP, MSG_NOSIGNAL, SHUT_WR,
     SO_ERROR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET, TCP_NODELAY, accept4,
-    connect, epoll_ctl, epoll_event, getsockname, getsockopt, inet_ntop, ntohs,
+    connect, epoll_ctl, epoll_event, getsockname, getsockopt, inet_ntop, ioctl, ntohs,
     pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, recv,
     send, setsockopt, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socket,
     socklen_t,
@@ -1550,7 +1550,7 @@ cdef class FastPath:
 
     cdef Listener *_listener(self, uint32_t frontend_id, int fd) except? NULL:
         cdef Listener *lst
-        cdef int slot
+        cdef int slot, one = 1
         if frontend_id in self._slots:
             return self.f.listeners[self._slots[frontend_id]]
         slot = next((i for i in range(MAX_LISTENERS) if self.f.listeners[i] == NULL), -1)
@@ -1560,7 +1560,8 @@ cdef class FastPath:
         if lst == NULL:
             raise MemoryError()
         lst.fd = dup(fd)
-        if lst.fd < 0:
+        if lst.fd < 0 or ioctl(lst.fd, FIONBIO, &one) < 0:  # accept must never block a thread
+            close_fd(&lst.fd)
             free(lst)
             return NULL
         lst.refs = 1

@@ -202,30 +202,10 @@ class FastPathHub:
             [s.backup for s in servers],
         )
         if isinstance(backend.balancer, Consistent):
-            self._push_tables(backend, pool, weights)
-
-    def _push_tables(self, backend: Backend, pool: Any, weights: list[int]) -> None:
-        """Maglev tables as balance.Consistent builds them: over every server with weight,
-        and over the usable primaries and the usable backups."""
-        balancer = backend.balancer
-        assert isinstance(balancer, Consistent)
-        order = balancer.order
-        up = [s.state is ServerState.UP for s in backend.servers]
-        primaries = [w if ok and not s.backup else 0 for w, ok, s in _rows(backend, weights, up)]
-        backups = [w if ok and s.backup else 0 for w, ok, s in _rows(backend, weights, up)]
-        if not backend.config.all_backups:  # a single standby (backends._first_only)
-            first = next((i for i, w in enumerate(backups) if w), None)
-            backups = [w if i == first else 0 for i, w in enumerate(backups)]
-
-        def table(ws: list[int]) -> Any:
-            return balancer.table_for(tuple(ws[i] for i in order))
-
-        pool.set_tables(
-            table(weights),
-            table(primaries) if any(primaries) else None,
-            table(backups) if any(backups) else None,
-            order,
-        )
+            up = [s.state is ServerState.UP for s in servers]
+            backups = [s.backup for s in servers]
+            all_backups = backend.config.all_backups
+            pool.set_tables(*consistent_tables(backend.balancer, weights, up, backups, all_backups))
 
     def _configure_frontend(self, fe: Frontend) -> None:
         config = fe.config
@@ -493,8 +473,28 @@ def refusal_table() -> bytes:
     return bytes(cases) + b"".join(bytes((len(p),)) + p for p in packets_)
 
 
-def _rows(backend: Backend, weights: list[int], up: list[bool]) -> list[tuple[int, bool, Server]]:
-    return list(zip(weights, up, backend.servers, strict=True))
+def consistent_tables(
+    balancer: Consistent, weights: list[int], up: list[bool], backup: list[bool], all_backups: bool
+) -> tuple[Any, Any, Any, list[int]]:
+    """What PoolRef.set_tables takes, built as balance.Consistent builds its tables: over
+    every server with weight, over the usable primaries, over the usable backups (a single
+    standby unless ``all_backups``, as backends._first_only), and the build order."""
+    order = balancer.order
+    primaries = [w if ok and not b else 0 for w, ok, b in zip(weights, up, backup, strict=True)]
+    standby = [w if ok and b else 0 for w, ok, b in zip(weights, up, backup, strict=True)]
+    if not all_backups:
+        first = next((i for i, w in enumerate(standby) if w), None)
+        standby = [w if i == first else 0 for i, w in enumerate(standby)]
+
+    def table(ws: list[int]) -> Any:
+        return balancer.table_for(tuple(ws[i] for i in order))
+
+    return (
+        table(weights),
+        table(primaries) if any(primaries) else None,
+        table(standby) if any(standby) else None,
+        order,
+    )
 
 
 def _ticks(seconds: float) -> int:

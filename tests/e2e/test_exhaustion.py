@@ -18,6 +18,7 @@ import pytest
 
 from fastmqtt import packets
 from fastmqtt.brokers import Mosquitto, free_port
+from tests.e2e.conftest import assert_path, on_path
 from tests.support.hostile import (
     MisbehavingBroker,
     Slowloris,
@@ -149,14 +150,15 @@ def _limit_fds(limit: int) -> Callable[[], None]:
     return apply
 
 
-def test_out_of_file_descriptors_pauses_accept_and_recovers(brokers: Brokers) -> None:
+def test_out_of_file_descriptors_pauses_accept_and_recovers(brokers: Brokers, path: str) -> None:
     (broker,) = brokers(1)
     port = free_port()
     config = recipe([broker], port, inspect_delay="2s").replace(
         "[global]\n",
         "[global]\nmaxconn = 1000\n",  # more than 64 fds can hold, on purpose
     )
-    lb = FastMQTT(config, port=port, preexec_fn=_limit_fds(64)).start()
+    lb = FastMQTT(on_path(config, path), port=port, preexec_fn=_limit_fds(64)).start()
+    assert_path(lb, path)
     pid = lb.proc.pid  # type: ignore[union-attr]
     idle: list[socket.socket] = []
     try:
