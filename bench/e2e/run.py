@@ -41,10 +41,12 @@ MAXCONN = 9600  # two fds per proxied connection, 20,000 files per process
 
 @dataclass(frozen=True)
 class Plan:
-    idle: int  # idle connections held for the memory row
+    idle: int  # clients connected at once (one-shot connects/s), then held (memory row)
     idle_s: float
     churn_slots: int
     churn_s: float
+    paced_slots: int  # paced churn: paced_slots x paced_rate cycles/s in total
+    paced_rate: float
     pub_conns: int  # closed-loop throughput (window 16 per connection)
     pub_s: float
     rate_conns: int  # fixed-rate latency: rate_conns x rate msgs/s in total
@@ -54,8 +56,8 @@ class Plan:
 
 # The fixed-rate rows run at 20,000 msgs/s, hundreds per connection: there a relay that leaves
 # Nagle's algorithm on delays small packets behind unacknowledged ones (milliseconds at p50).
-QUICK = Plan(1500, 2, 16, 5, 50, 4, 20, 1000, 2)
-FULL = Plan(9000, 5, 32, 20, 100, 15, 40, 500, 2)
+QUICK = Plan(1500, 3, 16, 5, 20, 100, 50, 4, 20, 1000, 2)
+FULL = Plan(9000, 6, 32, 20, 20, 100, 100, 15, 40, 500, 2)
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -195,9 +197,12 @@ def bench(target: Direct | HAProxyTarget | FastMQTTTarget, plan: Plan, *argv: ob
 
 
 def phases(plan: Plan) -> Iterator[tuple[str, list[object]]]:
-    yield "idle", ["conn", "-c", plan.idle, "--duration", plan.idle_s, "--prefix", "idle"]
+    yield "idle", ["conn", "--oneshot", "-c", plan.idle, "--duration", plan.idle_s,
+                   "--prefix", "idle"]  # fmt: skip
     yield "churn", ["conn", "--churn", "-c", plan.churn_slots, "--duration", plan.churn_s,
                     "--prefix", "churn"]  # fmt: skip
+    yield "paced", ["conn", "--churn", "-c", plan.paced_slots, "--rate", plan.paced_rate,
+                    "--duration", plan.churn_s, "--prefix", "paced"]  # fmt: skip
     for size in (64, 4096):
         yield f"pub{size}", ["pub", "-c", plan.pub_conns, "-s", size, "--duration", plan.pub_s,
                              "--prefix", f"pub{size}"]  # fmt: skip
@@ -226,6 +231,8 @@ def measure(target: Direct | HAProxyTarget | FastMQTTTarget, plan: Plan) -> dict
 def headline(r: dict) -> str:
     if r["mode"] == "churn":
         return f"{r['cycles_per_s']:,.0f} cycles/s"
+    if r["mode"] == "oneshot":
+        return f"{r['connected']:,} connected, {r['connects_per_s']:,.0f} connects/s"
     if r["mode"] == "pub":
         return f"{r['msgs_per_s']:,.0f} msg/s, p99 {r['latency_p99_ms']} ms"
     return f"{r['connected']:,} connected"
@@ -243,7 +250,12 @@ def _cpu_per(r: dict[str, dict], phase: str, per: float) -> float | None:
     run = r.get(phase)
     if not run or "watch" not in run:
         return None
-    work = run["cycles"] if run["mode"] == "churn" else run["msgs_per_s"] * run["duration_s"]
+    if run["mode"] == "churn":
+        work = run["cycles"]
+    elif run["mode"] == "oneshot":
+        work = run["connected"]
+    else:
+        work = run["msgs_per_s"] * run["duration_s"]
     return run["watch"]["cpu_s"] / work * per if work else None
 
 
@@ -257,11 +269,17 @@ def _kb_per_idle(r: dict[str, dict]) -> float | None:
 
 def rows(plan: Plan) -> list[tuple[str, Callable[[dict[str, dict]], float | None]]]:
     at = f"@ {plan.rate_conns * plan.rate:,.0f} msg/s"
+    paced = f"@ {plan.paced_slots * plan.paced_rate:,.0f}/s"
     return [
         ("churn: cycles/s", lambda r: _get(r, "churn", "cycles_per_s")),
         ("churn: CONNECT->CONNACK p50 ms", lambda r: _get(r, "churn", "connack_p50_ms")),
         ("churn: CONNECT->CONNACK p99 ms", lambda r: _get(r, "churn", "connack_p99_ms")),
-        ("churn: LB CPU s / 10k conns", lambda r: _cpu_per(r, "churn", 1e4)),
+        ("churn: LB CPU us / conn", lambda r: _cpu_per(r, "churn", 1e6)),
+        (f"churn {paced}: CONNECT->CONNACK p50 ms", lambda r: _get(r, "paced", "connack_p50_ms")),
+        (f"churn {paced}: CONNECT->CONNACK p99 ms", lambda r: _get(r, "paced", "connack_p99_ms")),
+        (f"churn {paced}: LB CPU us / conn", lambda r: _cpu_per(r, "paced", 1e6)),
+        ("one-shot: connects/s", lambda r: _get(r, "idle", "connects_per_s")),
+        ("one-shot: LB CPU us / conn", lambda r: _cpu_per(r, "idle", 1e6)),
         ("64 B: msgs/s (closed loop)", lambda r: _get(r, "pub64", "msgs_per_s")),
         (f"64 B: p50 ms {at}", lambda r: _get(r, "rate64", "latency_p50_ms")),
         (f"64 B: p99 ms {at}", lambda r: _get(r, "rate64", "latency_p99_ms")),

@@ -8,7 +8,9 @@ balancer under test) at the window's edges, and merges the workers' results.
 
 - ``bench conn``: connect ``-c`` clients and hold them for ``--duration`` seconds (PINGREQ
   keeps them alive), or with ``--churn`` run ``-c`` slots that each loop
-  connect -> CONNECT -> CONNACK -> DISCONNECT -> close; reports CONNECT->CONNACK latency.
+  connect -> CONNECT -> CONNACK -> DISCONNECT -> close, as fast as they can or ``--rate``
+  cycles a second each; reports CONNECT->CONNACK latency. ``--oneshot`` connects the clients
+  inside the measured window, as fast as ``--concurrency`` allows, and reports connects/s.
 - ``bench pub``: every connection subscribes to its own topic and publishes QoS 0 to it, at
   ``--rate`` messages/s per connection, or as fast as the echoes come back with at most
   ``--window`` messages in flight per connection; reports echo throughput and latency (the
@@ -110,6 +112,7 @@ class Stats:
     received: int = 0
     received_in_window: int = 0
     cpu_s: float = 0.0
+    connect_s: float = 0.0  # oneshot: how long this process took to connect its clients
     errors: Counter[str] = field(default_factory=Counter)
     connack: Histogram = field(default_factory=Histogram)
     echo: Histogram = field(default_factory=Histogram)
@@ -126,6 +129,7 @@ class Stats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.received_in_window += other.received_in_window
         self.cpu_s += other.cpu_s
+        self.connect_s = max(self.connect_s, other.connect_s)
         self.errors.update(other.errors)
         self.connack.merge(other.connack)
         self.echo.merge(other.echo)
@@ -228,7 +232,7 @@ def _remaining_length(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, 
 class Spec:
     """What one worker process does; ``first`` is the global index of its first connection."""
 
-    mode: str  # "hold", "churn" or "pub"
+    mode: str  # "hold", "oneshot", "churn" or "pub"
     targets: tuple[tuple[str, int], ...]
     connections: int
     first: int
@@ -297,11 +301,14 @@ class Worker:
         finally:
             loop.remove_reader(self.pipe.fileno())
 
-    # setup: hold and pub open their connections before the window; churn opens them inside it
+    # setup: hold and pub open their connections before the window; churn and oneshot inside
 
     async def _connect_all(self) -> None:
-        if self.spec.mode == "churn":
+        if self.spec.mode in ("churn", "oneshot"):
             return
+        await self._open_all()
+
+    async def _open_all(self) -> None:
         gate = asyncio.Semaphore(self.spec.concurrency)
         tasks = []
         for n in range(self.spec.connections):
@@ -376,6 +383,11 @@ class Worker:
         if self.spec.mode == "churn":
             slots = range(self.spec.connections)
             await asyncio.gather(*(self._churn(n) for n in slots))
+        elif self.spec.mode == "oneshot":
+            started = time.monotonic()
+            await self._open_all()
+            self.stats.connect_s = time.monotonic() - started
+            await self._hold()
         elif self.spec.mode == "pub":
             await self._publish()
         else:
@@ -384,7 +396,14 @@ class Worker:
 
     async def _churn(self, n: int) -> None:
         connect = self._connect_packet(n)
+        interval = 1 / self.spec.rate if self.spec.rate else 0.0
+        due = time.monotonic() + interval * n / self.spec.connections  # slots spread out
         while time.monotonic() < self.end_at:
+            if interval:  # paced: cycles start on schedule, a late one does not shift the rest
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                due += interval
+                if time.monotonic() >= self.end_at:
+                    break
             client = await self._session(n, connect)
             if client is None:
                 await asyncio.sleep(0.05)  # a refusing target must not turn this into a spin
@@ -532,7 +551,10 @@ def sample_usage(pid: int) -> Usage:
 
 
 def _split(args: argparse.Namespace, targets: tuple[tuple[str, int], ...]) -> list[Spec]:
-    mode = "pub" if args.mode == "pub" else ("churn" if args.churn else "hold")
+    if args.mode == "pub":
+        mode = "pub"
+    else:
+        mode = "churn" if args.churn else ("oneshot" if args.oneshot else "hold")
     base = Spec(
         mode=mode,
         targets=targets,
@@ -685,6 +707,10 @@ def summarize(
     if mode == "churn":
         result["cycles"] = total.cycles
         result["cycles_per_s"] = total.cycles / args.duration
+        result["rate_per_slot"] = specs[0].rate if specs else 0.0
+    if mode == "oneshot":
+        result["connect_s"] = round(total.connect_s, 3)
+        result["connects_per_s"] = total.connected / total.connect_s if total.connect_s else 0.0
     if mode == "pub":
         result.update(
             payload_bytes=specs[0].size,
@@ -726,6 +752,11 @@ def summary_lines(r: dict) -> Iterable[str]:
     yield f"  CONNACK latency p50 {_ms(r['connack_p50_ms'])}  p99 {_ms(r['connack_p99_ms'])}"
     if "cycles" in r:
         yield f"  churn           {r['cycles']:,} cycles, {r['cycles_per_s']:,.0f} cycles/s"
+    if "connects_per_s" in r:
+        yield (
+            f"  oneshot         {r['connected']:,} connected in {r['connect_s']:.2f} s, "
+            f"{r['connects_per_s']:,.0f} connects/s"
+        )
     if "sent" in r:
         yield (
             f"  messages        {r['sent']:,} sent, {r['received']:,} received, "
@@ -808,6 +839,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="each of -c slots loops CONNECT -> CONNACK -> DISCONNECT",
     )
+    conn.add_argument(
+        "--rate", type=float, default=0.0, help="churn: cycles/s per slot; 0: as fast as it can"
+    )
+    conn.add_argument(
+        "--oneshot",
+        action="store_true",
+        help="connect the -c clients inside the measured window (reports connects/s)",
+    )
     pub = modes.add_parser(
         "pub", add_help=False, help="each connection publishes QoS 0 to its own topic"
     )
@@ -837,6 +876,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"-s must be at least {TIMESTAMP_BYTES} (the payload carries its send time)"
     if getattr(args, "window", 1) < 1 or getattr(args, "rate", 0) < 0:
         return "--window must be positive and --rate not negative"
+    if getattr(args, "churn", False) and getattr(args, "oneshot", False):
+        return "--churn and --oneshot are two different loads: choose one"
     return None
 
 
