@@ -63,6 +63,9 @@ class PoolRef:
         backups: MaglevTable | None,
         order: Sequence[int],
     ) -> None: ...
+    def set_address(
+        self, index: int, family: int, host: str, port: int, scope: int = 0
+    ) -> None: ...
     def set_stick(self, table: Table | None, on: str = "client_id") -> None: ...
     def pick(
         self,

@@ -350,6 +350,26 @@ cdef void observe_latency(Pool *p, int64_t ns) noexcept nogil:
 
 # ---------------------------------------------------------------- Python's handles
 
+cdef socklen_t sockaddr_of(int family, str host, int port, uint32_t scope,
+                           sockaddr_storage *out) except 0:
+    cdef sockaddr_in *v4 = <sockaddr_in *>out
+    cdef sockaddr_in6 *v6 = <sockaddr_in6 *>out
+    cdef bytes text = host.encode("ascii")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    memset(out, 0, sizeof(sockaddr_storage))
+    if family == AF_INET and inet_pton(AF_INET, text, &v4.sin_addr) == 1:
+        v4.sin_family = AF_INET
+        v4.sin_port = htons(<uint16_t>port)
+        return sizeof(sockaddr_in)
+    if family == AF_INET6 and inet_pton(AF_INET6, text, &v6.sin6_addr) == 1:
+        v6.sin6_family = AF_INET6
+        v6.sin6_port = htons(<uint16_t>port)
+        v6.sin6_scope_id = scope
+        return sizeof(sockaddr_in6)
+    raise ValueError(f"not an IPv4/IPv6 address of family {family}: {host!r}")
+
+
 cdef class ServerRef:
     """One server as the fast path sees it; Python keeps it as long as its Server."""
 
@@ -370,23 +390,10 @@ cdef class ServerRef:
             server_unref(self.s)
 
     cdef _address(self, int family, str host, int port, uint32_t scope):
-        cdef sockaddr_in *v4 = <sockaddr_in *>&self.s.addr
-        cdef sockaddr_in6 *v6 = <sockaddr_in6 *>&self.s.addr
-        cdef bytes text = host.encode("ascii")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {port}")
-        memset(&self.s.addr, 0, sizeof(sockaddr_storage))
-        if family == AF_INET and inet_pton(AF_INET, text, &v4.sin_addr) == 1:
-            v4.sin_family = AF_INET
-            v4.sin_port = htons(<uint16_t>port)
-            self.s.addrlen = sizeof(sockaddr_in)
-        elif family == AF_INET6 and inet_pton(AF_INET6, text, &v6.sin6_addr) == 1:
-            v6.sin6_family = AF_INET6
-            v6.sin6_port = htons(<uint16_t>port)
-            v6.sin6_scope_id = scope
-            self.s.addrlen = sizeof(sockaddr_in6)
-        else:
-            raise ValueError(f"not an IPv4/IPv6 address of family {family}: {host!r}")
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen = sockaddr_of(family, host, port, scope, &addr)
+        memcpy(&self.s.addr, &addr, addrlen)
+        self.s.addrlen = addrlen
 
     @property
     def id(self) -> int:
@@ -545,6 +552,18 @@ cdef class PoolRef:
         self.p.home, self.p.usable[0], self.p.usable[1] = copies[0], copies[1], copies[2]
         self.p.order = order_c
         self.p.table_size = size
+        pthread_mutex_unlock(&self.p.lock)
+
+    def set_address(self, Py_ssize_t index, int family, str host, int port,
+                    uint32_t scope=0) -> None:
+        """A reload moved server ``index`` (configure() order): new connections go there."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen = sockaddr_of(family, host, port, scope, &addr)
+        if not 0 <= index < self.p.nservers:
+            raise IndexError(index)
+        pthread_mutex_lock(&self.p.lock)  # pool_pick copies the address under it
+        memcpy(&self.p.servers[index].addr, &addr, addrlen)
+        self.p.servers[index].addrlen = addrlen
         pthread_mutex_unlock(&self.p.lock)
 
     def set_stick(self, Table table, str on="client_id") -> None:

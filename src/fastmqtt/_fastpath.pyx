@@ -41,7 +41,7 @@ from libc.errno cimport (
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.unistd cimport close, dup
 
 from fastmqtt._admit cimport (
@@ -1604,10 +1604,11 @@ cdef class FastPath:
         wake_all(self.f)
 
     def remove(self, uint32_t frontend_id) -> None:
-        """Forget a frontend: no thread watches it any more, its connections go on; the
-        engine's dup of its socket closes once the last of them ends."""
+        """Forget a frontend: its connections go on, but its port closes before this returns
+        (once every thread has let go of the engine's dup of it, at its next turn)."""
         cdef int slot = self._slots.pop(frontend_id)
         cdef Listener *lst = self.f.listeners[slot]
+        cdef int64_t until = mono_ns() + 2000000000
         pthread_mutex_lock(&self.f.lock)
         lst.paused |= P_CLOSED
         lst.removed = True
@@ -1615,7 +1616,10 @@ cdef class FastPath:
             close_fd(&lst.fd)
         self.f.listeners[slot] = NULL
         pthread_mutex_unlock(&self.f.lock)
-        wake_all(self.f)  # threads let go of it at their next turn (reconcile)
+        wake_all(self.f)
+        with nogil:
+            while not closed(self.f, lst) and mono_ns() < until:
+                sleep_ms(1)
         listener_unref(lst)
         self._pools.pop(frontend_id, None)
 
@@ -1708,6 +1712,21 @@ cdef class FastPath:
 
 cdef Pool *pool_of(route) except? NULL:
     return NULL if route is None else (<PoolRef?>route).p
+
+
+cdef bint closed(Fast *f, Listener *lst) noexcept nogil:
+    cdef bint done
+    pthread_mutex_lock(&f.lock)
+    done = lst.fd < 0
+    pthread_mutex_unlock(&f.lock)
+    return done
+
+
+cdef void sleep_ms(int ms) noexcept nogil:
+    cdef timespec ts
+    ts.tv_sec = 0
+    ts.tv_nsec = ms * 1000000
+    nanosleep(&ts, NULL)
 
 
 cdef inline void swap_pool(Pool **slot, Pool *p) noexcept:

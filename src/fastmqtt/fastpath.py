@@ -141,8 +141,11 @@ class FastPathHub:
         for fe in list(self._frontend_ids):
             if fe not in self.proxy.frontends or self.reason(fe) is not None:
                 self.remove(fe)
+                fe.accepting = False  # the event loop takes it back at its next resume()
         for fe in self.proxy.frontends:
             if fe.sock is not None and self.reason(fe) is None:
+                if fe not in self._frontend_ids:
+                    fe.pause()  # the event loop lets go of it first: one acceptor per socket
                 self._configure_frontend(fe)
         self.python_live_changed()
         if self._sync is None:
@@ -175,11 +178,12 @@ class FastPathHub:
             send_proxy=bc.send_proxy,
             client_id_tlv=bc.proxy_client_id_tlv if "client_id" in bc.proxy_tlvs else -1,
         )
+        for i, server in enumerate(backend.servers):  # a reload may have moved one
+            pool.set_address(i, server.family, *_host_port_scope(server))
         self.backend_changed(backend)
 
     def _new_server(self, server: Server, _choose: Any) -> Any:
-        host, port = server.sockaddr[0], server.sockaddr[1]
-        scope = server.sockaddr[3] if server.family == socket.AF_INET6 else 0
+        host, port, scope = _host_port_scope(server)
         ref = _choose.ServerRef(
             next(self._ids), server.family, host, port, scope, stick_id=server_id(server.name)
         )
@@ -495,6 +499,12 @@ def consistent_tables(
         table(standby) if any(standby) else None,
         order,
     )
+
+
+def _host_port_scope(server: Server) -> tuple[str, int, int]:
+    """The resolved address as _choose takes it."""
+    scope = server.sockaddr[3] if server.family == socket.AF_INET6 else 0
+    return server.sockaddr[0], server.sockaddr[1], scope
 
 
 def _ticks(seconds: float) -> int:

@@ -4,7 +4,9 @@ event-loop relay otherwise. One interface for both; the choice is `RelayHub.star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -154,14 +156,17 @@ class RelayHub:
             self.loop.remove_reader(self.engine.completions_fd())
 
     def _completions(self) -> None:
-        """The engine has records: take them a moment later, with the ones that follow."""
-        self.loop.remove_reader(self.engine.completions_fd())
-        self._batch = self.loop.call_later(DRAIN_BATCH, self._drain_batch)
+        """The engine has records: take them a moment later, with the ones that follow. The
+        eventfd is cleared now (the engine signals again only once its queues are empty);
+        the reader stays registered (removing and adding it back each time upset uvloop)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.engine.completions_fd(), 8)
+        if self._batch is None:
+            self._batch = self.loop.call_later(DRAIN_BATCH, self._drain_batch)
 
     def _drain_batch(self) -> None:
         self._batch = None
         self._drain_engine()
-        self.loop.add_reader(self.engine.completions_fd(), self._completions)
 
     def take_records(self) -> None:
         """Account for what the engine ended so far, now (stats read the counters next)."""

@@ -19,7 +19,7 @@ PATHS = ["loop"] if NO_EXTENSIONS else ["fast", "loop"]
 
 def on_path(config: str, path: str | None) -> str:
     """``config`` set to take ``path`` ("fast": as written; "loop": fast_path = false)."""
-    if path != "loop":
+    if path != "loop" or "fast_path = false\n" in config:
         return config
     if "[global]\n" in config:
         return config.replace("[global]\n", "[global]\nfast_path = false\n", 1)

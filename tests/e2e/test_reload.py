@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from types import SimpleNamespace
 
 import pytest
 
 from fastmqtt import packets
 from fastmqtt.brokers import free_port, wait_for_port
 from fastmqtt.parse import inspect_connack
+from tests.e2e.conftest import PATHS, on_path
 from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import landed, lb_port, raw_connect, servers_toml, wait_until
 from tests.support.stats import Stats, checked_recipe
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.e2e
 PINGRESP = b"\xd0\x00"
 
 
-def config(listeners: dict[str, int], nodes, weights: dict[str, int] | None = None) -> str:
+def config_text(listeners: dict[str, int], nodes, weights: dict[str, int] | None = None) -> str:
     frontends = "".join(
         f'[frontend.{name}]\nbind = "127.0.0.1:{port}"\nbackend = "cluster"\n\n'
         for name, port in listeners.items()
@@ -73,9 +75,13 @@ async def _close_all(conns: list) -> None:
     await asyncio.gather(*(w.wait_closed() for _r, w in conns), return_exceptions=True)
 
 
-def test_reloads_keep_every_client_connected(brokers, fastmqtt):
-    node1, node2, node3 = brokers(3)
+def test_reloads_keep_every_client_connected(brokers, fastmqtt, path):
+    node1, node2, node3, node4 = brokers(4)
     ports = {"a": lb_port(), "b": lb_port(), "c": lb_port()}
+
+    def config(*args: object, **kwargs: object) -> str:  # every reload keeps the path
+        return on_path(config_text(*args, **kwargs), path)  # type: ignore[arg-type]
+
     lb = fastmqtt(config({"a": ports["a"], "b": ports["b"]}, [node1, node2]), port=ports["a"])
     loop = asyncio.new_event_loop()
     stay: list = []
@@ -112,6 +118,14 @@ def test_reloads_keep_every_client_connected(brokers, fastmqtt):
             socket.create_connection(("127.0.0.1", ports["b"]), timeout=2)
         raw_connect(ports["c"], "on-c").close()
         assert all(loop.run_until_complete(_all_alive(stay)))
+
+        # 4: a server keeps its name and moves: new clients reach its new address
+        moved = SimpleNamespace(name="node3", address=node4.address)
+        assert " reloaded " in lb.reload(config({"a": ports["a"]}, [node1, node2, moved]))
+        for i in range(9):
+            raw_connect(ports["a"], f"moved-{i}").close()
+        assert wait_until(lambda: sum(c.startswith("moved-") for c in landed([node4])) >= 3)
+        assert not any(c.startswith("moved-") for c in landed([node3]))
     finally:
         loop.run_until_complete(_close_all(stay + leave))
         loop.close()
@@ -212,3 +226,25 @@ def test_a_reload_keeps_a_dead_server_down_with_its_history(brokers, fastmqtt):
         raw_connect(port, f"after-reload-{i}").close()
     assert wait_until(lambda: stats.servers()["node2"]["chkfail"] > before["chkfail"])
     assert stats.state("node2") == "DOWN"
+
+
+@pytest.mark.skipif(PATHS == ["loop"], reason="one path only without compiled extensions")
+def test_a_reload_moves_a_frontend_between_paths(brokers, fastmqtt):
+    """fast_path switched by a reload: the socket changes acceptor (one at a time), clients
+    keep getting in, and a frontend dropped afterwards stops accepting."""
+    nodes = brokers(2)
+    a, b = lb_port(), lb_port()
+    both = config_text({"a": a, "b": b}, nodes)
+    lb = fastmqtt(on_path(both, "loop"), port=a)
+    for step, text in enumerate([both, on_path(both, "loop"), both]):
+        assert " reloaded " in lb.reload(text)
+        expected = "(fast path)" if step != 1 else "(event-loop path (fast_path = false))"
+        assert lb.read("stderr.log").splitlines()[-1].endswith(f"b=127.0.0.1:{b} {expected}")
+        for i in range(20):  # fds of closed clients come back while the acceptor changes
+            raw_connect(a, f"s{step}-a{i}").close()
+            raw_connect(b, f"s{step}-b{i}").close()
+    assert " reloaded " in lb.reload(on_path(config_text({"a": a}, nodes), "loop"))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", b), timeout=2)
+    for i in range(20):
+        raw_connect(a, f"last-{i}").close()
