@@ -26,7 +26,7 @@ _SERVER_HEADINGS = (
     "Check", "Last check", "Last change", "Downtime",
 )  # fmt: skip
 _FRONTEND_HEADINGS = (
-    "Frontend", "Status", "Bind", "Cur", "Max", "Limit", "Total", "Rate",
+    "Frontend", "Status", "Bind", "Path", "Cur", "Max", "Limit", "Total", "Rate",
     "Bytes in", "Bytes out", "Denied", "CONNECTs by version",
 )  # fmt: skip
 
@@ -96,8 +96,11 @@ def _stick_html(be: dict[str, Any]) -> str:
 
 
 def _frontend_html(fe: dict[str, Any]) -> str:
+    path = fe.get("path", "event-loop")
+    reason = fe.get("path_reason")
     values = [
-        fe["pxname"], fe["status"], fe["addr"], fe["scur"], fe["smax"], fe["slim"], fe["stot"],
+        fe["pxname"], fe["status"], fe["addr"], f"{path} ({reason})" if reason else path,
+        fe["scur"], fe["smax"], fe["slim"], fe["stot"],
         fe["rate"], fe["bin"], fe["bout"], _pairs(fe["denied"]),
         _pairs(fe["connects_by_version"]),
     ]  # fmt: skip

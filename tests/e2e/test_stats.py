@@ -107,7 +107,8 @@ def _value(family: object, **labels: str) -> float:
     return matches[0]
 
 
-def test_metrics_parse_and_count_mqtt_level_events(brokers, fastmqtt):
+def test_metrics_parse_and_count_mqtt_level_events(brokers, fastmqtt, path):
+    """The same counts whichever path sets the connections up (the engine's are added in)."""
     nodes = brokers(2)
     port, stats_port = lb_port(), free_port()
     sticky = 'stick = { on = "client_id" }\n'
@@ -151,6 +152,8 @@ def test_metrics_parse_and_count_mqtt_level_events(brokers, fastmqtt):
         name = family.name  # type: ignore[attr-defined]
         assert name.startswith(("fastmqtt_", "process_")), name  # process_*: Prometheus's names
         assert kind != "counter" or f"{family.name}_total" in text  # type: ignore[attr-defined]
+    [frontend] = Stats(stats_port).json()["frontends"]
+    assert frontend["path"] == ("fast" if path == "fast" else "event-loop")
 
 
 def _haproxy_csv_header() -> list[str]:
