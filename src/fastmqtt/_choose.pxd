@@ -63,6 +63,8 @@ cdef struct PoolCounters:
     uint64_t learned_ids
     uint64_t latency[NBUCKETS]  # CONNECT inspected -> server connected
     uint64_t latency_ns       # their sum
+    uint64_t connack[NBUCKETS]  # CONNECT inspected -> the server's CONNACK read
+    uint64_t connack_ns
 
 
 cdef struct Pool:
@@ -116,7 +118,9 @@ cdef void server_release(Server *s) noexcept nogil
 cdef void server_unref(Server *s) noexcept nogil
 cdef void pool_ref(Pool *p) noexcept nogil
 cdef void pool_unref(Pool *p) noexcept nogil
+# metrics.LATENCY_BUCKETS: CONNECT -> server connected, CONNECT -> CONNACK
 cdef void observe_latency(Pool *p, int64_t ns) noexcept nogil
+cdef void observe_connack(Pool *p, int64_t ns) noexcept nogil
 
 
 cdef class ServerRef:

@@ -340,12 +340,21 @@ LATENCY_NS[:] = [500000, 1000000, 2500000, 5000000, 10000000, 25000000, 50000000
                  10000000000]
 
 
-cdef void observe_latency(Pool *p, int64_t ns) noexcept nogil:
+cdef inline int bucket(int64_t ns) noexcept nogil:
     cdef int i = 0
     while i < NBUCKETS - 1 and ns > LATENCY_NS[i]:
         i += 1
-    atomic_inc64(&p.n.latency[i], 1)
+    return i
+
+
+cdef void observe_latency(Pool *p, int64_t ns) noexcept nogil:
+    atomic_inc64(&p.n.latency[bucket(ns)], 1)
     atomic_inc64(&p.n.latency_ns, <uint64_t>ns)
+
+
+cdef void observe_connack(Pool *p, int64_t ns) noexcept nogil:
+    atomic_inc64(&p.n.connack[bucket(ns)], 1)
+    atomic_inc64(&p.n.connack_ns, <uint64_t>ns)
 
 
 # ---------------------------------------------------------------- Python's handles
@@ -606,9 +615,12 @@ cdef class PoolRef:
         return next(i for i in range(self.p.nservers) if self.p.servers[i] == chosen)
 
     def counters(self) -> tuple:
-        """(no_server, sticky_hits, sticky_misses, learned_ids, latency buckets, latency s)."""
+        """(no_server, sticky_hits, sticky_misses, learned_ids, connect latency buckets and
+        seconds, CONNACK latency buckets and seconds)."""
         cdef PoolCounters *n = &self.p.n
-        buckets = [atomic_load64(&n.latency[i]) for i in range(NBUCKETS)]
+        connect = [atomic_load64(&n.latency[i]) for i in range(NBUCKETS)]
+        connack = [atomic_load64(&n.connack[i]) for i in range(NBUCKETS)]
         return (atomic_load64(&n.no_server), atomic_load64(&n.sticky_hits),
-                atomic_load64(&n.sticky_misses), atomic_load64(&n.learned_ids), buckets,
-                atomic_load64(&n.latency_ns) / 1e9)
+                atomic_load64(&n.sticky_misses), atomic_load64(&n.learned_ids),
+                connect, atomic_load64(&n.latency_ns) / 1e9,
+                connack, atomic_load64(&n.connack_ns) / 1e9)

@@ -50,7 +50,8 @@ from fastmqtt._admit cimport (
 )
 from fastmqtt._balance cimport xxh64
 from fastmqtt._choose cimport (
-    H_CLIENT_ID, H_SOURCE, H_USERNAME, Pool, PoolRef, Server, observe_latency, pool_pick,
+    H_CLIENT_ID, H_SOURCE, H_USERNAME, Pool, PoolRef, Server, observe_connack,
+    observe_latency, pool_pick,
     pool_ref, pool_stick_digest, pool_stick_ended, pool_stick_relayed, pool_unref,
     server_release, server_unref,
 )
@@ -1140,6 +1141,7 @@ cdef void connack_read(Worker *w, Conn *c, const uint8_t *p,
     cdef FastConn *fc = <FastConn *>c
     cdef Span assigned
     fc.connack = <int16_t>scan.reason_code
+    observe_connack(fc.pool, mono_ns() - fc.inspected_ns)
     atomic_inc64(&fc.server.n.connack[scan.reason_code & 0xFF], 1)
     if fc.cid_len == 0 and scan.properties.start >= 0:
         assigned = property_span(p, scan.properties, ASSIGNED_ID)

@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastmqtt import packets
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from fastmqtt.backends import Backend, Server
     from fastmqtt.config import BackendConfig, FrontendConfig
     from fastmqtt.listener import Frontend
+    from fastmqtt.metrics import Histogram
     from fastmqtt.server import Proxy
 
 log = logging.getLogger("fastmqtt")
@@ -178,18 +179,29 @@ class FastPathHub:
             send_proxy=bc.send_proxy,
             client_id_tlv=bc.proxy_client_id_tlv if "client_id" in bc.proxy_tlvs else -1,
         )
-        for i, server in enumerate(backend.servers):  # a reload may have moved one
-            pool.set_address(i, server.family, *_host_port_scope(server))
-        self.backend_changed(backend)
+        self.servers_moved(backend, backend.servers)
 
     def _new_server(self, server: Server, _choose: Any) -> Any:
-        host, port, scope = _host_port_scope(server)
+        host, port, scope = _host_port_scope(server) if server.sockaddr else ("0.0.0.0", 0, 0)
         ref = _choose.ServerRef(
             next(self._ids), server.family, host, port, scope, stick_id=server_id(server.name)
         )
         self._servers[server] = ref
         self._server_by_id[ref.id] = server
         return ref
+
+    def servers_moved(self, backend: Backend, servers: Sequence[Server]) -> None:
+        """A reload or discovery gave servers another address (or none: they take no new
+        client until they have one again)."""
+        pool = self._pools.get(backend)
+        if pool is None:
+            return
+        for server in servers:
+            if server.sockaddr is not None and server in backend.servers:
+                pool.set_address(
+                    backend.servers.index(server), server.family, *_host_port_scope(server)
+                )
+        self.backend_changed(backend)
 
     def backend_changed(self, backend: Backend) -> None:
         """Server states, weights and maxconn changed (health, admin, slow start, reload):
@@ -199,14 +211,15 @@ class FastPathHub:
             return
         servers = backend.servers
         weights = list(backend.balancer.weights)
+        placed = [s.state if s.sockaddr is not None else ServerState.DOWN for s in servers]
         pool.update(
-            [STATES.index(s.state) for s in servers],
+            [STATES.index(state) for state in placed],
             weights,
             [s.maxconn for s in servers],
             [s.backup for s in servers],
         )
         if isinstance(backend.balancer, Consistent):
-            up = [s.state is ServerState.UP for s in servers]
+            up = [state is ServerState.UP for state in placed]
             backups = [s.backup for s in servers]
             all_backups = backend.config.all_backups
             pool.set_tables(*consistent_tables(backend.balancer, weights, up, backups, all_backups))
@@ -289,37 +302,24 @@ class FastPathHub:
     # -- records ---------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Every connection the engine ended since the last drain: its counts, its log line."""
+        """Every connection the engine ended since the last drain: the Session the event-loop
+        path would have had (Session.ended credits its bytes), its refusal count, its line."""
         log = self.proxy.conn_log
         for record in self.c.drain():
-            fe = self._account(record)
+            session = self._session(record)
+            if record[-2]:  # refused before reaching a server (Frontend._serve counts those)
+                session.frontend_counters.denied[session.end_reason] += 1
             if log is not None:
-                log.write(self._session(fe, record))
+                log.write(session)
         for fe in self.proxy.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
 
-    def _account(self, record: tuple) -> Frontend:
-        """What the event-loop path adds when a connection ends (Proxy._relay_finished,
-        Frontend._serve): bytes and refusals; the engine counts the rest."""
-        fid, _, server_id, *_, bytes_in, bytes_out, reason, denied, _ = record
-        fe = self._frontends[fid]
-        counters = fe.counters
-        counters.bytes_in += bytes_in
-        counters.bytes_out += bytes_out
-        if denied:
-            counters.denied[reason] += 1
-        server = self._server_by_id.get(server_id)
-        if server is not None:
-            server.counters.bytes_in += bytes_in
-            server.counters.bytes_out += bytes_out
-        return fe
-
-    def _session(self, fe: Frontend, record: tuple) -> Session:
-        """The Session the event-loop path would have logged for this connection."""
-        (_, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
+    def _session(self, record: tuple) -> Session:
+        (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
          wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, _,
          _) = record  # fmt: skip
+        fe = self._frontends[fid]
         session = Session(fe.name, (ip, port), fe.counters)
         session.accepted_at = 0.0
         session.wall_start = wall_start
@@ -334,9 +334,9 @@ class FastPathHub:
         session.protocol_version = version
         session.keepalive = keepalive
         session.connack_code = connack
-        session.bytes_in = bytes_in
-        session.bytes_out = bytes_out
-        session.end_reason = reason
+        if reason == "killed" and server_id in self._close_reasons:
+            reason = self._close_reasons[server_id]  # close_server() said why
+        session.ended(bytes_in, bytes_out, reason)  # the engine's counts include the CONNECT
         return session
 
     # -- counters --------------------------------------------------------------------
@@ -367,6 +367,7 @@ class FastPathHub:
         accepted, errors, _, versions, invalid = self._delta(("fe", fe), tuple(counts))
         c = fe.counters
         c.total += accepted
+        c.fast_path_total += accepted
         if errors and (
             c.accept_errors == 0 or (c.accept_errors + errors) // 1000 > c.accept_errors // 1000
         ):
@@ -375,7 +376,7 @@ class FastPathHub:
                 "frontend %s: accept failed (%s), pausing", fe.name, os.strerror(accept_errno)
             )
         c.accept_errors += errors
-        c.current = now[2]  # the engine has all of this frontend's connections
+        c.current = c.fast_path_current = now[2]  # the engine has all of its connections
         c.max_current = max(c.max_current, c.current)
         c.connects_by_version.update(versions)
         c.invalid_forwarded.update(invalid)
@@ -396,17 +397,16 @@ class FastPathHub:
         c.max_current = max(c.max_current, c.current)
 
     def _sync_backend(self, backend: Backend, now: tuple) -> None:
-        no_server, hits, misses, learned, buckets, seconds = self._delta(("be", backend), now)
+        no_server, hits, misses, learned, connect, connect_s, connack, connack_s = self._delta(
+            ("be", backend), now
+        )
         c = backend.counters
         c.no_server += no_server
         c.sticky_hits += hits
         c.sticky_misses += misses
         c.learned_ids += learned
-        h = c.connect_latency
-        for i, n in enumerate(buckets):
-            h.counts[i] += n
-        h.count += sum(buckets)
-        h.total += seconds
+        _add_histogram(c.connect_latency, connect, connect_s)
+        _add_histogram(c.connack_latency, connack, connack_s)
 
     def close(self) -> None:
         if self._sync is not None:
@@ -502,9 +502,17 @@ def consistent_tables(
 
 
 def _host_port_scope(server: Server) -> tuple[str, int, int]:
-    """The resolved address as _choose takes it."""
+    """The address found for a server, as _choose takes it."""
+    assert server.sockaddr is not None
     scope = server.sockaddr[3] if server.family == socket.AF_INET6 else 0
     return server.sockaddr[0], server.sockaddr[1], scope
+
+
+def _add_histogram(h: Histogram, counts: list[int], seconds: float) -> None:
+    for i, n in enumerate(counts):
+        h.counts[i] += n
+    h.count += sum(counts)
+    h.total += seconds
 
 
 def _ticks(seconds: float) -> int:

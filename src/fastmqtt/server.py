@@ -77,10 +77,13 @@ class Proxy:
         await self.discovery.settled()
 
     def _servers_changed(self, backend: Backend, servers: Sequence[Server]) -> None:
-        """Discovery moved servers (Backend.servers_changed): their health starts over."""
+        """Discovery moved servers (Backend.servers_changed): their health starts over, the
+        engine's fast path sends new clients to the new addresses."""
         checker = self.health.get(backend.name)
         if checker is not None and checker.backend is backend:
             checker.readdressed(servers)
+        if self.fast is not None:
+            self.fast.servers_moved(backend, servers)
 
     def start(self) -> None:
         """Bind every listener (all or nothing), then start accepting."""

@@ -175,7 +175,9 @@ def test_several_files_each_checked(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
         "a.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)",
+        f"  frontend mqtt: {FAST}",
         "c.toml: OK: 1 frontend, 1 backend, 3 servers (warnings: 0)",
+        f"  frontend mqtt: {FAST}",
     ]
     assert result.stderr == "b.toml: frontend.mqtt.backend: no [backend.nope] section\n"
     assert check("a.toml", "c.toml", cwd=tmp_path).returncode == 0
