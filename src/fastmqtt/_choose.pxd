@@ -45,6 +45,7 @@ cdef struct Server:
     uint32_t stick_id       # its name in stick-table entries (stick.server_id)
     uint32_t live           # fast-path connections holding it (chosen .. ended), atomic
     uint32_t py_live        # the event-loop path's connections to it (pushed by Python)
+    uint64_t live_bytes[2]  # bytes in, out of its fast-path connections still open, atomic
     # written by Python under the lock of the pool that lists it:
     uint8_t state
     uint8_t backup

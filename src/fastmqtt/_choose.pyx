@@ -413,6 +413,11 @@ cdef class ServerRef:
         """Connections of the fast path holding this server (chosen and not ended)."""
         return atomic_load32(&self.s.live)
 
+    @property
+    def live_bytes(self) -> tuple:
+        """(bytes in, bytes out) of its fast-path connections still open."""
+        return atomic_load64(&self.s.live_bytes[0]), atomic_load64(&self.s.live_bytes[1])
+
     def set_python_live(self, uint32_t count) -> None:
         """The event-loop path's live connections to this server."""
         self.s.py_live = count

@@ -52,6 +52,7 @@ cdef struct Listener:
     double client_max
     # state
     uint32_t live               # its connections (accepted .. ended), atomic
+    uint64_t live_bytes[2]      # bytes in, out of its relayed connections still open, atomic
     uint32_t paused             # P_* bits, under Fast.lock
     uint32_t backoff_until      # tick, with P_BACKOFF
     ListenerCounters n

@@ -561,12 +561,24 @@ cdef void free_setup(FastConn *fc) noexcept nogil:
     fc.setup = NULL
 
 
+cdef void on_received(Conn *c, int d, size_t n) noexcept nogil:
+    """Live bytes of a relayed connection, for its frontend's and server's stats rows."""
+    cdef FastConn *fc = <FastConn *>c
+    atomic_inc64(&fc.listener.live_bytes[d], n)
+    atomic_inc64(&fc.server.live_bytes[d], n)
+
+
 cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
     """finish() is ending a fast-path connection: give back what it holds."""
     cdef FastConn *fc = <FastConn *>c
     cdef Fast *f = fast_of(w)
+    cdef int d
     c.phase = 0
     free_setup(fc)
+    if fc.state & FC_RELAYED:  # from here on its record counts these bytes
+        for d in range(2):
+            atomic_inc64(&fc.listener.live_bytes[d], 0 - c.nbytes[d])
+            atomic_inc64(&fc.server.live_bytes[d], 0 - c.nbytes[d])
     if fc.state & FC_STUCK:
         pool_stick_ended(fc.pool, &fc.stick_key)
     if fc.admission != NULL:
@@ -1184,6 +1196,8 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     c.nbytes[1] = n
     atomic_inc64(&fc.server.n.total, 1)
     fc.state |= FC_RELAYED
+    on_received(c, 0, st.data_len)
+    on_received(c, 1, n)
     if fc.state & FC_STICKY:  # the server holds its session now (when the CONNACK says so)
         pool_stick_relayed(fc.pool, &fc.stick_key, fc.server, fc.connack <= 0)
         fc.state |= FC_STUCK
@@ -1458,6 +1472,7 @@ HOOKS.listener = on_listener
 HOOKS.setup_event = on_setup_event
 HOOKS.timer = on_timer
 HOOKS.ended = on_ended
+HOOKS.count_bytes = on_received
 HOOKS.turn = on_turn
 HOOKS.exit = on_exit
 
@@ -1672,6 +1687,11 @@ cdef class FastPath:
         self.f.bye_gen += 1
         pthread_mutex_unlock(&self.f.lock)
         wake_all(self.f)
+
+    def live_bytes(self, uint32_t frontend_id) -> tuple:
+        """(bytes in, bytes out) of the frontend's relayed connections still open."""
+        cdef Listener *lst = self.f.listeners[self._slots[frontend_id]]
+        return atomic_load64(&lst.live_bytes[0]), atomic_load64(&lst.live_bytes[1])
 
     def counters(self, uint32_t frontend_id) -> tuple:
         """(accepted, accept errors, live, {version: CONNECTs}, {reason: forwarded invalid},

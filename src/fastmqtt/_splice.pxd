@@ -139,6 +139,8 @@ cdef struct FastHooks:
     void (*timer)(Worker *w, Conn *c) noexcept nogil
     # finish() is ending a K_FAST connection (setup or relay), before its record is queued
     void (*ended)(Worker *w, Conn *c) noexcept nogil
+    # n more bytes of a relayed K_FAST connection in direction d (0: from the client)
+    void (*count_bytes)(Conn *c, int d, size_t n) noexcept nogil
     # once per loop turn, and on every wake-up: requests from Python, alarms
     void (*turn)(Worker *w) noexcept nogil
     # the worker is exiting: give back what the fast path holds on this thread

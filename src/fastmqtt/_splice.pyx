@@ -422,6 +422,8 @@ cdef inline void progress(Worker *w, Conn *c, int d) noexcept nogil:
 
 cdef inline void received(Worker *w, Conn *c, int d, size_t n) noexcept nogil:
     fm_add64(&c.nbytes[d], n)
+    if c.kind == K_FAST:  # the fast path counts its frontends' and servers' live bytes
+        w.core.fast.count_bytes(c, d, n)
     progress(w, c, d)
 
 

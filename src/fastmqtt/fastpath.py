@@ -341,6 +341,20 @@ class FastPathHub:
 
     # -- counters --------------------------------------------------------------------
 
+    def add_live_bytes(
+        self, frontends: dict[str, list[int]], servers: dict[int, list[int]]
+    ) -> None:
+        """Bytes of the engine's connections still open, into stats_rows._live_bytes' sums
+        (per frontend name, per server id): their records credit them once they end."""
+        for fe, fid in self._frontend_ids.items():
+            row = frontends[fe.name]
+            for i, n in enumerate(self.c.live_bytes(fid)):
+                row[i] += n
+        for server, ref in self._servers.items():
+            row = servers[id(server)]
+            for i, n in enumerate(ref.live_bytes):
+                row[i] += n
+
     def _tick(self) -> None:
         self._sync = self.loop.call_later(SYNC_INTERVAL, self._tick)
         self.sync()

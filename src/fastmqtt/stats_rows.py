@@ -81,6 +81,8 @@ def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]
         for row in rows:
             row[0] += traffic[0]
             row[1] += traffic[1]
+    if proxy.fast is not None:
+        proxy.fast.add_live_bytes(frontends, servers)
     return frontends, servers
 
 

@@ -71,24 +71,25 @@ def test_process_metrics_are_what_prometheus_client_reads_for_the_process(broker
     assert abs(value(during, "process_open_fds") - reference["process_open_fds"]) <= 10
 
 
-def test_connections_by_path_and_connack_latency(brokers, fastmqtt):
+def test_connections_by_path_and_connack_latency(brokers, fastmqtt, path):
     nodes = brokers(2)
+    other = "fast" if path == "loop" else "loop"
     port, stats_port = lb_port(), free_port()
     fastmqtt(checked_recipe(nodes, port, stats_port, CHECK), port=port)
     stats = Stats(stats_port)
     first = stats.get("/metrics")
     fe, be = {"frontend": "mqtt"}, {"backend": "cluster"}
-    for path in ("fast", "loop"):  # both series exist before any client
-        assert value(first, "fastmqtt_frontend_path_current_sessions", path=path, **fe) == 0
+    for each in ("fast", "loop"):  # both series exist before any client
+        assert value(first, "fastmqtt_frontend_path_current_sessions", path=each, **fe) == 0
     assert value(first, "fastmqtt_backend_connack_latency_seconds_count", **be) == 0
-    accepted = value(first, "fastmqtt_frontend_path_sessions_total", path="loop", **fe)
+    accepted = value(first, "fastmqtt_frontend_path_sessions_total", path=path, **fe)
 
     held = [raw_connect(port, f"path-{i}") for i in range(5)]
     text = stats.get("/metrics")
-    assert value(text, "fastmqtt_frontend_path_current_sessions", path="loop", **fe) == 5
-    assert value(text, "fastmqtt_frontend_path_current_sessions", path="fast", **fe) == 0
-    assert value(text, "fastmqtt_frontend_path_sessions_total", path="loop", **fe) == accepted + 5
-    assert value(text, "fastmqtt_frontend_path_sessions_total", path="fast", **fe) == 0
+    assert value(text, "fastmqtt_frontend_path_current_sessions", path=path, **fe) == 5
+    assert value(text, "fastmqtt_frontend_path_current_sessions", path=other, **fe) == 0
+    assert value(text, "fastmqtt_frontend_path_sessions_total", path=path, **fe) == accepted + 5
+    assert value(text, "fastmqtt_frontend_path_sessions_total", path=other, **fe) == 0
     # Every CONNACK is timed; a broker on loopback answers within the 1 s bucket.
     assert value(text, "fastmqtt_backend_connack_latency_seconds_count", **be) == 5
     assert value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be) == 5
@@ -98,7 +99,7 @@ def test_connections_by_path_and_connack_latency(brokers, fastmqtt):
     for sock in held:
         sock.close()
     name = "fastmqtt_frontend_path_current_sessions"
-    assert wait_until(lambda: value(stats.get("/metrics"), name, path="loop", **fe) == 0)
+    assert wait_until(lambda: value(stats.get("/metrics"), name, path=path, **fe) == 0)
 
 
 def _reloads(text: str, **labels: str) -> tuple[float, float, float, float]:
