@@ -60,6 +60,7 @@ cdef struct Listener:
 
 # What a connection needs only until it relays.
 cdef struct Setup:
+    Pending *block              # holds buf after a Pending header: it becomes what is sent
     uint8_t *buf                # the client's bytes (CONNECT first) while more may come
     uint32_t have
     uint32_t cap

@@ -555,7 +555,7 @@ cdef void free_setup(FastConn *fc) noexcept nogil:
     for i in range(st.ntried):
         server_unref(st.tried[i])
     free(st.tried)
-    free(st.buf)
+    free(st.block)
     free(st.ack)
     free(st)
     fc.setup = NULL
@@ -608,10 +608,12 @@ cdef Setup *setup_of(FastConn *fc) noexcept nogil:
 
 
 cdef bint keep_bytes(Setup *st, const uint8_t *data, uint32_t n, uint32_t cap) noexcept nogil:
-    """Bytes read into the thread's buffer move to the connection's own (``cap`` >= n)."""
-    st.buf = <uint8_t *>malloc(cap)
-    if st.buf == NULL:
+    """Bytes read into the thread's buffer move to the connection's own (``cap`` >= n),
+    after room for a Pending header: without a PROXY header they are sent from there."""
+    st.block = <Pending *>malloc(sizeof(Pending) + cap)
+    if st.block == NULL:
         return False
+    st.buf = <uint8_t *>(st.block + 1)
     memcpy(st.buf, data, n)
     st.have = n
     st.cap = cap
@@ -619,13 +621,14 @@ cdef bint keep_bytes(Setup *st, const uint8_t *data, uint32_t n, uint32_t cap) n
 
 
 cdef bint grow(Setup *st, uint32_t cap) noexcept nogil:
-    cdef uint8_t *bigger
+    cdef Pending *bigger
     if cap <= st.cap:
         return True
-    bigger = <uint8_t *>realloc(st.buf, cap)
+    bigger = <Pending *>realloc(st.block, sizeof(Pending) + cap)
     if bigger == NULL:
         return False
-    st.buf = bigger
+    st.block = bigger
+    st.buf = <uint8_t *>(bigger + 1)
     st.cap = cap
     return True
 
@@ -1365,38 +1368,55 @@ cdef bint to_server(Worker *w, Conn *c) noexcept nogil:
     False if the connection ended."""
     cdef FastConn *fc = <FastConn *>c
     cdef Setup *st = fc.setup
+    cdef Pending *out = NULL
+    if fc.pool.send_proxy:
+        if not proxy_header_first(w, c, &out):
+            return False
+    elif st.block != NULL:  # the bytes as read: their buffer is sent as it is
+        out = st.block
+        out.len = 0
+        st.block = NULL
+    st.buf = NULL
+    st.have = st.cap = 0
+    if out != NULL:
+        out.len += st.data_len
+        out.off = 0
+        c.pend[0] = out
+    return True
+
+
+cdef bint proxy_header_first(Worker *w, Conn *c, Pending **result) noexcept nogil:
+    """A Pending of the PROXY header then the client's bytes (its ``len``: the header's)."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Setup *st = fc.setup
     cdef Pool *p = fc.pool
     cdef sockaddr_storage local
     cdef sockaddr_in6 dst
     cdef socklen_t len = sizeof(local)
-    cdef size_t room = 0
-    cdef Py_ssize_t h = 0
+    cdef size_t room = 107 if p.send_proxy == 1 else 16 + 36 + 3 + fc.cid_len
+    cdef Py_ssize_t h
     cdef Pending *out
-    if p.send_proxy:
-        if getsockname(c.fd[0], <sockaddr *>&local, &len) < 0:
-            end(w, c, W_ERRNO, errno)
-            return False
-        as_v6(<sockaddr_in6 *>&local, &dst)
-        room = 107 if p.send_proxy == 1 else 16 + 36 + 3 + fc.cid_len
+    if getsockname(c.fd[0], <sockaddr *>&local, &len) < 0:
+        end(w, c, W_ERRNO, errno)
+        return False
+    as_v6(<sockaddr_in6 *>&local, &dst)
     out = <Pending *>malloc(sizeof(Pending) + room + st.data_len)
     if out == NULL:
         end(w, c, W_ERRNO, ENOMEM)
         return False
     if p.send_proxy == 1:
         h = proxy_v1(&fc.peer, &dst, <char *>(out + 1))
-    elif p.send_proxy == 2:
+    else:
         h = proxy_v2(&fc.peer, &dst, p.client_id_tlv, fc.ids, fc.cid_len, <uint8_t *>(out + 1))
     if h < 0:
         free(out)
         end(w, c, W_ERRNO, EMSGSIZE)
         return False
     memcpy(<char *>(out + 1) + h, st.buf, st.data_len)
-    out.len = <uint32_t>h + st.data_len
-    out.off = 0
-    c.pend[0] = out
-    free(st.buf)  # the bytes live on in the Pending
-    st.buf = NULL
-    st.have = st.cap = 0
+    out.len = <uint32_t>h
+    free(st.block)  # the bytes live on after the header
+    st.block = NULL
+    result[0] = out
     return True
 
 
