@@ -107,4 +107,3 @@ cdef void admission_unref(Admission *a) noexcept nogil
 
 cdef class AdmissionRef:
     cdef Admission *a
-    cdef _rules(self, list rules)

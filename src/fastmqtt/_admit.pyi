@@ -30,3 +30,10 @@ class AdmissionRef:
         self, ip: str, client_id: bytes | None, now: float
     ) -> tuple[str | None, int | None, int | None, float]: ...
     def release(self, ip: str) -> None: ...
+    def set_rules(
+        self,
+        default: str,
+        rules: list[tuple[str, list[Net], bytes | None, bool]],
+        *,
+        deny_empty_client_id: bool = False,
+    ) -> None: ...

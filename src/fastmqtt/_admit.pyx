@@ -277,18 +277,24 @@ cdef void admission_ref(Admission *a) noexcept nogil:
 
 
 cdef void admission_unref(Admission *a) noexcept nogil:
-    cdef int i
     if atomic_add32(&a.refs, -1) != 0:
         return
-    for i in range(a.nrules):
-        free(a.rules[i].nets)
-        free(a.rules[i].id)
-    free(a.rules)
+    free_rules(a.rules, a.nrules)
     free(a.sources)
     free(a.ids)
     free(a.live)
     pthread_mutex_destroy(&a.lock)
     free(a)
+
+
+cdef void free_rules(Rule *rules, int n) noexcept nogil:
+    cdef int i
+    if rules == NULL:
+        return
+    for i in range(n):
+        free(rules[i].nets)
+        free(rules[i].id)
+    free(rules)
 
 
 cdef uint64_t SEED = int.from_bytes(os.urandom(8), "little")
@@ -310,6 +316,54 @@ cdef int source_of(str ip, Source *out) except -1:
         memset(out.addr + 4, 0, 12)
         out.v6 = False
     return 0
+
+
+cdef int build_rules(list rules, Rule **out) except -1:
+    """``rules`` (see AdmissionRef) as C rules in ``out[0]``; returns how many."""
+    cdef Rule *built = <Rule *>calloc(max(len(rules), 1), sizeof(Rule))
+    cdef Rule *r
+    cdef Net *n
+    cdef int count = 0
+    if built == NULL:
+        raise MemoryError()
+    try:
+        for action, nets, client_id, is_prefix in rules:
+            r = &built[count]
+            count += 1
+            r.action = ACTIONS[action]
+            r.nets = <Net *>calloc(max(len(nets), 1), sizeof(Net))
+            if r.nets == NULL:
+                raise MemoryError()
+            for v6, prefix, packed in nets:
+                if len(packed) != 16 or not 0 <= prefix <= (128 if v6 else 32):
+                    raise ValueError(f"bad network {packed!r}/{prefix}")
+                n = &r.nets[r.nnets]
+                r.nnets += 1
+                n.v6 = v6
+                n.prefix = prefix
+                memcpy(n.addr, PyBytes_AS_STRING(packed), 16)
+            if client_id is not None:
+                r.reads_id = True
+                r.id_prefix = is_prefix
+                r.id_len = len(client_id)
+                r.id = <uint8_t *>malloc(max(r.id_len, 1))
+                if r.id == NULL:
+                    raise MemoryError()
+                memcpy(r.id, PyBytes_AS_STRING(client_id), r.id_len)
+    except BaseException:
+        free_rules(built, count)
+        raise
+    out[0] = built
+    return count
+
+
+cdef void *table(size_t n, size_t size) noexcept:
+    """A zeroed table, its pages touched now: its memory is spent when the frontend is
+    configured, not bit by bit as strangers' keys land in it."""
+    cdef void *t = malloc(n * size)
+    if t != NULL:
+        memset(t, 0, n * size)
+    return t
 
 
 cdef uint32_t sets_for(uint32_t entries):
@@ -346,15 +400,15 @@ cdef class AdmissionRef:
         a.max_per_source = max_per_source
         if not 0 <= ipv6_prefix <= 128 or tracked == 0:
             raise ValueError("ipv6_prefix must be 0..128 and tracked positive")
-        self._rules(rules)
+        a.nrules = build_rules(rules, &a.rules)
         if per_source is not None:
             a.source_rate, a.source_burst = per_source
             a.source_sets = sets_for(tracked)
-            a.sources = <Keyed *>calloc(a.source_sets * WAYS, sizeof(Keyed))
+            a.sources = <Keyed *>table(a.source_sets * WAYS, sizeof(Keyed))
         if per_client_id is not None:
             a.id_rate, a.id_burst = per_client_id
             a.id_sets = sets_for(tracked)
-            a.ids = <Keyed *>calloc(a.id_sets * WAYS, sizeof(Keyed))
+            a.ids = <Keyed *>table(a.id_sets * WAYS, sizeof(Keyed))
         if connect_rate is not None:
             a.connect_rate, a.connect_burst = connect_rate
             a.connect_bucket.level = a.connect_burst
@@ -362,42 +416,30 @@ cdef class AdmissionRef:
         if max_per_source:
             a.live_mask = min(sets_for(2 * max(live_capacity, 1)) * <uint32_t>WAYS,
                               <uint32_t>MAX_LIVE) - 1
-            a.live = <Live *>calloc(a.live_mask + 1, sizeof(Live))
+            a.live = <Live *>table(a.live_mask + 1, sizeof(Live))
         if ((per_source is not None and a.sources == NULL)
                 or (per_client_id is not None and a.ids == NULL)
                 or (max_per_source and a.live == NULL)):
             raise MemoryError()
 
-    cdef _rules(self, list rules):
+    def set_rules(self, str default, list rules, *, bint deny_empty_client_id=False) -> None:
+        """A reload that kept the limits: new rules at once, the limiters' state kept
+        (access.Guard.reconfigure)."""
         cdef Admission *a = self.a
-        cdef Rule *r
-        cdef Net *n
-        a.rules = <Rule *>calloc(max(len(rules), 1), sizeof(Rule))
-        if a.rules == NULL:
-            raise MemoryError()
-        for action, nets, client_id, is_prefix in rules:
-            r = &a.rules[a.nrules]
-            a.nrules += 1
-            r.action = ACTIONS[action]
-            r.nets = <Net *>calloc(max(len(nets), 1), sizeof(Net))
-            if r.nets == NULL:
-                raise MemoryError()
-            for v6, prefix, packed in nets:
-                if len(packed) != 16 or not 0 <= prefix <= (128 if v6 else 32):
-                    raise ValueError(f"bad network {packed!r}/{prefix}")
-                n = &r.nets[r.nnets]
-                r.nnets += 1
-                n.v6 = v6
-                n.prefix = prefix
-                memcpy(n.addr, PyBytes_AS_STRING(packed), 16)
-            if client_id is not None:
-                r.reads_id = True
-                r.id_prefix = is_prefix
-                r.id_len = len(client_id)
-                r.id = <uint8_t *>malloc(max(r.id_len, 1))
-                if r.id == NULL:
-                    raise MemoryError()
-                memcpy(r.id, PyBytes_AS_STRING(client_id), r.id_len)
+        cdef uint8_t action = ACTIONS[default]
+        cdef Rule *fresh = NULL
+        cdef int n = build_rules(rules, &fresh)
+        cdef Rule *old = a.rules
+        cdef int nold = a.nrules
+        pthread_mutex_lock(&a.lock)
+        old = a.rules
+        nold = a.nrules
+        a.rules = fresh
+        a.nrules = n
+        a.default_action = action
+        a.deny_empty_id = deny_empty_client_id
+        pthread_mutex_unlock(&a.lock)
+        free_rules(old, nold)
 
     def __dealloc__(self):
         if self.a != NULL:

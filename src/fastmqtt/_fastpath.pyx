@@ -89,6 +89,8 @@ cdef enum:
     MAX_TRIED = 101             # retries is at most 100
     MAX_BYE = 64                # a goodbye packet (a DISCONNECT) is a few bytes
     MAX_KILLS = 16              # close_server() requests a thread has not carried out yet
+    MAX_UNDRAINED = 16384       # records waiting for Python's drain() ...
+    MAX_UNDRAINED_BYTES = 1 << 20   # ... or client ids and user names in them: stop accepting
 
 # Conn.phase: the setup step (0: relaying)
 cdef enum:
@@ -101,7 +103,7 @@ cdef enum:
 cdef enum:
     P_CLOSED = 1 << 0           # not asked to listen (yet, or any more)
     P_FULL = 1 << 1             # the frontend's maxconn
-    P_GLOBAL = 1 << 2           # the process's maxconn
+    P_GLOBAL = 1 << 2           # the process's maxconn, or records Python has not drained
     P_BACKOFF = 1 << 3          # out of fds or memory: wait a tick
 
 # FastConn.state
@@ -144,6 +146,11 @@ cdef struct Fast:
     uint32_t py_live            # the event-loop path's connections, pushed by Python
     uint32_t epoch              # bumped when threads should re-check what they watch
     uint32_t paused             # listeners paused by a limit: check on every end
+    # ended connections whose records Python has not drained yet, and the bytes of client ids
+    # and user names they hold (atomic): past MAX_UNDRAINED(_BYTES) the listeners wait for
+    # Python, as the event loop's own accepts wait for its logging
+    uint32_t undrained
+    uint64_t undrained_bytes
     uint64_t next_id
     PerThread *threads
     # goodbye(): a DISCONNECT for tracked v5 clients, a quota per thread (under lock)
@@ -225,7 +232,9 @@ cdef void listener_unref(Listener *lst) noexcept nogil:
 
 cdef inline bint over_limits(Fast *f, Listener *lst) noexcept nogil:
     return (atomic_load32(&lst.live) >= lst.maxconn
-            or atomic_load32(&f.live) + atomic_load32(&f.py_live) >= f.maxconn)
+            or atomic_load32(&f.live) + atomic_load32(&f.py_live) >= f.maxconn
+            or atomic_load32(&f.undrained) >= MAX_UNDRAINED
+            or atomic_load64(&f.undrained_bytes) >= MAX_UNDRAINED_BYTES)
 
 
 cdef void wake_all(Fast *f) noexcept nogil:
@@ -594,6 +603,8 @@ cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
         fc.pool = NULL
     atomic_add32(&fc.listener.live, -1)
     atomic_add32(&f.live, -1)
+    atomic_add32(&f.undrained, 1)  # until drain() took its record
+    atomic_inc64(&f.undrained_bytes, fc.cid_len + fc.user_len)
     listener_unref(fc.listener)
     fc.listener = NULL
     resume_freed(f)
@@ -1738,17 +1749,29 @@ cdef class FastPath:
         cdef Conn *head
         cdef Conn *nxt
         cdef list out = []
+        cdef uint32_t n = 0
+        cdef uint64_t held = 0
         pthread_mutex_lock(&core.lock)
         head = core.fast_head
         core.fast_head = core.fast_tail = NULL
         pthread_mutex_unlock(&core.lock)
+        error = None
         while head != NULL:
             nxt = head.next
-            try:
-                out.append(record(<FastConn *>head))
-            finally:
-                free_record(<FastConn *>head)
+            n += 1
+            held += (<FastConn *>head).cid_len + (<FastConn *>head).user_len
+            if error is None:
+                try:
+                    out.append(record(<FastConn *>head))
+                except BaseException as e:  # noqa: B036 (raised below, once all are freed)
+                    error = e
+            free_record(<FastConn *>head)
             head = nxt
+        atomic_add32(&self.f.undrained, -<int>n)
+        atomic_inc64(&self.f.undrained_bytes, 0 - held)
+        resume_freed(self.f)
+        if error is not None:
+            raise error
         return out
 
 

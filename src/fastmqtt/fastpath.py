@@ -115,6 +115,7 @@ class FastPathHub:
         self._ids = itertools.count(1)
         self._frontends: dict[int, Frontend] = {}  # by engine id, also once removed
         self._frontend_ids: dict[Frontend, int] = {}
+        self._admissions: dict[int, tuple[tuple[Any, int], Any]] = {}  # id -> (limits, ref)
         self._servers: dict[Server, Any] = {}  # -> _choose.ServerRef
         self._server_by_id: dict[int, Server] = {}
         self._pools: dict[Backend, Any] = {}  # -> _choose.PoolRef
@@ -248,9 +249,19 @@ class FastPathHub:
             track_v5=self.proxy.config.global_.drain_disconnect,
             client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
             refusals=refusal_table() if config.reject_with_connack else None,
-            admission=admission(config, min(config.maxconn, global_.maxconn)),
+            admission=self._admission(fid, config, min(config.maxconn, global_.maxconn)),
         )
         fe.counters.current = self.c.counters(fid)[2]
+
+    def _admission(self, fid: int, config: FrontendConfig, live: int) -> Any:
+        limits = limits_of(config, live)
+        kept = self._admissions.get(fid)
+        made = admission(config, live, kept[1] if kept and kept[0] == limits else None)
+        if made is None:
+            self._admissions.pop(fid, None)
+        else:
+            self._admissions[fid] = (limits, made)
+        return made
 
     def listen(self, fe: Frontend, on: bool) -> None:
         self.c.listen(self._frontend_ids[fe], on)
@@ -260,6 +271,7 @@ class FastPathHub:
         fid = self._frontend_ids.pop(fe, None)
         if fid is not None:
             self.c.remove(fid)
+            self._admissions.pop(fid, None)
 
     # -- live counts -----------------------------------------------------------------
 
@@ -429,9 +441,11 @@ class FastPathHub:
         self.sync()
 
 
-def admission(config: FrontendConfig, live: int) -> Any:
+def admission(config: FrontendConfig, live: int, reuse: Any = None) -> Any:
     """The frontend's rules and limits for the engine (_admit.AdmissionRef), or None when it
-    has neither: every client is let in. ``live``: the most connections it may hold."""
+    has neither: every client is let in. ``live``: the most connections it may hold.
+    ``reuse``: the one it had before a reload, made with the same ``limits_of()``: it
+    keeps its limiters' state and takes the new rules (access.Guard.reconfigure)."""
     from fastmqtt import _admit
 
     limits = config.rate_limit
@@ -444,6 +458,11 @@ def admission(config: FrontendConfig, live: int) -> Any:
         nets = [(net.version == 6, net.prefixlen, _packed16(net)) for net in rule.sources]
         pattern = None if rule.client_id is None else _id_pattern(rule.client_id)
         rules.append((rule.action, nets, *(pattern or (None, False))))
+    if reuse is not None:
+        reuse.set_rules(
+            config.access_default, rules, deny_empty_client_id=config.deny_empty_client_id
+        )
+        return reuse
     rate = lambda r: None if r is None else (r.per_second, float(r.burst))  # noqa: E731
     return _admit.AdmissionRef(
         config.access_default,
@@ -458,6 +477,11 @@ def admission(config: FrontendConfig, live: int) -> Any:
         ipv6_prefix=getattr(limits, "ipv6_prefix", 64),
         live_capacity=live,
     )
+
+
+def limits_of(config: FrontendConfig, live: int) -> tuple[Any, int]:
+    """What an admission's tables depend on: equal, a reload keeps it (admission())."""
+    return config.rate_limit, live
 
 
 def _packed16(net: Any) -> bytes:

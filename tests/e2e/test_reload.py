@@ -248,3 +248,38 @@ def test_a_reload_moves_a_frontend_between_paths(brokers, fastmqtt):
         socket.create_connection(("127.0.0.1", b), timeout=2)
     for i in range(20):
         raw_connect(a, f"last-{i}").close()
+
+
+def test_a_reload_with_new_rules_keeps_the_limits_state(brokers, fastmqtt, path):
+    """New rules apply at once; limits left as they were keep counting (access.Guard
+    .reconfigure): the source holding its one connection still cannot open a second."""
+    nodes = brokers(1)
+    port = lb_port()
+    text = config_text({"mqtt": port}, nodes).replace(
+        'backend = "cluster"\n', 'backend = "cluster"\nrate_limit = { max_per_source = 1 }\n', 1
+    )
+    lb = fastmqtt(on_path(text, path), port=port)
+    held = raw_connect(port, "held")
+    try:
+        rule = '[[frontend.mqtt.rule]]\naction = "deny"\nsource = "127.0.0.2"\n\n'
+        ruled = text.replace("[backend.", rule + "[backend.", 1)
+        assert " reloaded " in lb.reload(on_path(ruled, path))
+        assert _answer(port, "second") == b""  # still one connection from 127.0.0.1
+        assert _answer(port, "denied", "127.0.0.2") == b""
+        assert _answer(port, "other", "127.0.0.3") == packets.connack(0)
+        held.close()
+        assert wait_until(lambda: _answer(port, "third") == packets.connack(0))
+        reasons = [line.rsplit(" ", 1)[-1] for line in lb.connection_log()]
+        assert {"max-per-source", "denied-rule-0"} <= set(reasons), reasons
+    finally:
+        held.close()
+
+
+def _answer(port: int, client_id: str, source: str = "127.0.0.1") -> bytes:
+    """The first bytes a client gets back for its CONNECT (b"": closed without a word)."""
+    with socket.create_connection(("127.0.0.1", port), 10, (source, 0)) as sock:
+        sock.sendall(packets.connect(client_id))
+        try:
+            return sock.recv(4)
+        except ConnectionResetError:
+            return b""

@@ -165,6 +165,22 @@ def test_ipv6_sources_count_by_prefix() -> None:
     assert engine.admit_source("2001:db8:0:1::2", 0.0)[0] is None
 
 
+def test_new_rules_keep_the_limiters_state() -> None:
+    """A reload that keeps the limits swaps the rules only (access.Guard.reconfigure): the
+    per-source count and the buckets go on."""
+    engine = AdmissionRef("allow", [], max_per_source=1, per_client_id=(1.0, 1.0))
+    assert engine.admit_source("10.0.0.1", 0.0)[0] is None
+    assert engine.admit_connect("10.0.0.1", b"dev", 0.0)[3] == 0.0
+    net = [(False, 32, bytes([10, 0, 0, 2]) + bytes(12))]
+    engine.set_rules("allow", [("deny", net, None, False)], deny_empty_client_id=True)
+    assert engine.admit_source("10.0.0.2", 0.0) == ("denied-rule-0", 0)
+    assert engine.admit_source("10.0.0.1", 0.0)[0] == "max-per-source"
+    assert engine.admit_connect("10.0.0.1", b"dev", 0.0)[3] > 0.9
+    assert engine.admit_connect("10.0.0.3", b"", 0.0)[0] == "empty-client-id"
+    engine.set_rules("deny", [])
+    assert engine.admit_connect("10.0.0.3", b"other", 0.0)[:2] == ("denied-default", None)
+
+
 def _rss_kib() -> int:
     with open(f"/proc/{os.getpid()}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

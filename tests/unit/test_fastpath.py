@@ -315,6 +315,27 @@ def test_the_event_loop_paths_connections_count_against_the_process_maxconn(brok
     two.close()
 
 
+def test_records_python_has_not_drained_hold_back_accepts(brokers, lane) -> None:
+    """Ended connections wait for drain() with their client ids: past 1 MiB of them the
+    engine accepts no more until Python catches up (as the event loop would be busy)."""
+    [node] = brokers(1)
+    fast = lane([("127.0.0.1", node.port)])
+    tail = "x" * 65_000
+    for i in range(17):  # 17 x 65,006 bytes: just over 1 MiB
+        assert fast.connect(f"dev-{i:05d}-{tail}") == packets.connack(0)
+    time.sleep(0.2)  # their ends reach the engine
+    late = socket.create_connection(("127.0.0.1", fast.port), timeout=5)
+    late.sendall(packets.connect("late"))
+    late.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        late.recv(4)
+    fast.wait(17)
+    late.settimeout(5)
+    assert late.recv(4) == packets.connack(0)
+    late.close()
+    assert fast.wait(18)[-1]["client_id"] == "late"
+
+
 def test_access_rules_and_refusal_connacks(brokers, lane) -> None:
     nodes = brokers(1)
     admission = AdmissionRef(
