@@ -404,12 +404,6 @@ def serve(config: Config, worker: int | None = None) -> int:
 async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | None) -> int:
     proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
     await proxy.find_servers()
-    try:
-        proxy.start()
-    except OSError as exc:
-        proxy.discovery.stop()
-        log.error("%s", exc.strerror or exc)
-        return 1
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -428,10 +422,19 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         notify.stopping()
         stop.set()
 
-    # before saying ready: a SIGHUP sent right after READY=1 must reload, not kill us
+    # before the listeners open: a SIGHUP sent once the port answers (or after READY=1) must
+    # reload, not kill us; one that comes while start() runs is handled right after it
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, proxy.reload_file)
+    try:
+        proxy.start()
+    except OSError as exc:
+        for sig in (*signals, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        proxy.discovery.stop()
+        log.error("%s", exc.strerror or exc)
+        return 1
     if worker is None:
         notify.ready(f"serving {len(proxy.frontends)} frontends")
         channel = None
