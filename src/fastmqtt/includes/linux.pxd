@@ -26,6 +26,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLET
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
+        EPOLL_CTL_MOD
         EPOLL_CLOEXEC
 
     int epoll_create1(int flags)
