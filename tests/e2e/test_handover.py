@@ -202,4 +202,3 @@ def test_pipelined_clients_in_parallel(path: Path) -> None:
         for th in threads:
             th.join(max(1.0, deadline - time.monotonic()))
     assert not errors, errors[:3]
-

@@ -14,10 +14,10 @@ from fastmqtt import ws_spec as spec
 from fastmqtt.websocket import FrameDecoder, encode_frame, head_end
 
 UPGRADE = (
-    "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Protocol: mqtt\r\n\r\n"
-).encode()
+    b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+)
 
 
 def split_packets(data: bytes | bytearray) -> tuple[list[bytes], bytes]:

@@ -356,7 +356,7 @@ def test_an_ended_pair_is_closed_without_a_reset(relays, listener, end: str) -> 
 
 def test_lingering_is_bounded_in_time(relays, listener) -> None:
     """A client that neither reads nor closes: its socket is closed after the linger time."""
-    client, server = pair(relays, listener, 1)
+    client, _server = pair(relays, listener, 1)
     relays.close(1)
     assert relays.records(1)[0][3] == "killed"
     assert recv_all(client) == b""  # our FIN: the relay has shut down its writing ...
@@ -370,7 +370,7 @@ def test_lingering_is_bounded_in_time(relays, listener) -> None:
 
 def test_lingering_is_bounded_in_bytes(relays, listener) -> None:
     """A client that keeps sending after the end is cut off past the byte bound."""
-    client, server = pair(relays, listener, 1)
+    client, _server = pair(relays, listener, 1)
     relays.close(1)
     assert relays.records(1)[0][3] == "killed"
     started = time.monotonic()
