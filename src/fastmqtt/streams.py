@@ -12,7 +12,7 @@ import asyncio
 import socket
 import ssl
 
-from fastmqtt.relay_loop import Adopted, Endpoint, Framed
+from fastmqtt.relay_loop import CLOSE_LINGER, Adopted, Endpoint, Framed
 from fastmqtt.tls import TLSInfo, describe
 from fastmqtt.websocket import (
     BridgeCodec,
@@ -182,8 +182,9 @@ class TransportStream(Stream):
         """TLS server handshake on an accepted socket (which the transport then owns)."""
         reader = _Reader()
         transport, _ = await loop.connect_accepted_socket(
-            lambda: reader, sock, ssl=context, ssl_handshake_timeout=timeout
-        )
+            lambda: reader, sock, ssl=context, ssl_handshake_timeout=timeout,
+            ssl_shutdown_timeout=CLOSE_LINGER,
+        )  # fmt: skip
         return cls(transport, reader)
 
     @classmethod
@@ -199,7 +200,7 @@ class TransportStream(Stream):
         reader = _Reader()
         transport, _ = await loop.create_connection(
             lambda: reader, sock=sock, ssl=context, server_hostname=server_hostname,
-            ssl_handshake_timeout=timeout,
+            ssl_handshake_timeout=timeout, ssl_shutdown_timeout=CLOSE_LINGER,
         )  # fmt: skip
         return cls(transport, reader)
 

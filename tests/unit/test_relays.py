@@ -22,10 +22,12 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastmqtt import ws_spec as spec
 from fastmqtt._splice import Engine
 from fastmqtt.framing import PacketBoundary
 from fastmqtt.packets import varint
-from fastmqtt.relay_loop import LoopRelay
+from fastmqtt.relay_loop import HIGH_WATER, Framed, LoopRelay
+from fastmqtt.websocket import BridgeCodec, encode_frame
 
 BYE = b"\xe0\x02\x8b\x00"  # MQTT 5 DISCONNECT 0x8B "server shutting down"
 CONNACK = b"\x20\x03\x00\x00\x00"
@@ -106,7 +108,9 @@ class LoopRelays(Relays):
 
         asyncio.run_coroutine_threadsafe(call(), self.loop).result(5)
 
-    def add(self, conn_id, a, b, idle=0.0, to_server=b"", to_client=b"", track=False) -> None:
+    def add(
+        self, conn_id, a, b, idle=0.0, to_server=b"", to_client=b"", track=False, codec=None
+    ) -> None:
         def make() -> None:
             def done(c2s: int, s2c: int, reason: str) -> None:
                 self.done.put((conn_id, c2s, s2c, reason))
@@ -115,7 +119,7 @@ class LoopRelays(Relays):
             if track:
                 relay.track_packets()
             self.relays[conn_id] = relay
-            relay.start(a, b, to_server, to_client)
+            relay.start(Framed(a, codec) if codec else a, b, to_server, to_client)
 
         self._run(make)
 
@@ -378,3 +382,35 @@ def test_lingering_is_bounded_in_bytes(relays, listener) -> None:
         for _ in range(100):
             client.sendall(b"\x40\x02\x00\x01" * 16384)  # 64 KiB a write
     assert time.monotonic() - started < Relays.linger  # cut by bytes, not by time
+
+
+# ---------------------------------------------------------------- the event-loop relay only
+
+
+def test_a_websocket_client_that_reads_nothing_stops_being_read(listener) -> None:
+    """Its pings are answered into its own write buffer; once that is past the high-water mark
+    the relay stops reading it (a client that only sends cannot make us hold more)."""
+    relays = LoopRelays(LINGER_BYTES)
+    try:
+        client, _server = pair(relays, listener, 1, codec=BridgeCodec())
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ping = encode_frame(spec.OP_PING, b"p" * 125, b"\x01\x02\x03\x04")
+        relay = relays.relays[1]
+        deadline = time.monotonic() + 20
+        sent = 0
+        client.settimeout(0.2)
+        with contextlib.suppress(TimeoutError):  # our send blocks once we are not read
+            while not relay.client.blocked and time.monotonic() < deadline:
+                client.send(ping)  # one ping a read: each is answered
+                sent += 1
+                time.sleep(0.0003)
+        assert relay.client.blocked, f"still read after {sent} pings"
+        assert sent * 127 > HIGH_WATER  # it took pongs beyond the mark, not less
+        read = relay.client.received
+        with contextlib.suppress(TimeoutError):
+            for _ in range(200):
+                client.send(ping)
+        time.sleep(0.2)
+        assert relay.client.received == read  # left in the kernel, not taken in
+    finally:
+        relays.stop()
