@@ -19,7 +19,7 @@ import pytest
 from fastmqtt import packets
 from fastmqtt.brokers import Mosquitto
 from tests.support.certs import Certs, make_certs, tls_line
-from tests.support.lb import Client, lb_port, recipe, wait_until
+from tests.support.lb import Client, FastMQTT, lb_port, recipe, wait_until
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +42,7 @@ class Path:
     certs: Certs | None
     ws: bool
     node: Mosquitto
+    lb: FastMQTT
 
     def wire(self) -> Wire:
         tls = self.certs.client_context() if self.certs else None
@@ -67,8 +68,8 @@ def path(request, brokers, fastmqtt, certs) -> Iterator[Path]:
         config = recipe([], port, frontend=tls, backend='ws_backend = "passthrough"\n')
         config = config.replace('protocol = "mqtt"', 'protocol = "ws"', 1)
         config += f'[[backend.cluster.server]]\nname = "ws"\naddress = "127.0.0.1:{inner}"\n'
-    fastmqtt(config, port=port, env=env)
-    yield Path(name, port, certs if tls else None, name.startswith("ws"), node)
+    lb = fastmqtt(config, port=port, env=env)
+    yield Path(name, port, certs if tls else None, name.startswith("ws"), node, lb)
 
 
 def kinds(found: list[bytes]) -> list[int]:
@@ -158,7 +159,8 @@ def _closed_at_broker(node: Mosquitto, client_id: str) -> bool:
 
 def test_client_that_closes_right_after_its_connect_is_gone_from_the_broker(path: Path) -> None:
     """CONNECT + a PUBLISH, then close at once: the PUBLISH reaches the broker and the broker
-    sees the close within a second or two (not after timeout_client: no ghost session)."""
+    sees the close at once (within seconds on a busy machine, not after timeout_client's 240 s:
+    no ghost session)."""
     tries = 20
     sub = Subscriber(path.node, "last/words")
     for t in range(tries):
@@ -166,8 +168,9 @@ def test_client_that_closes_right_after_its_connect_is_gone_from_the_broker(path
         wire = path.wire()
         wire.send(packets.connect(client_id) + packets.publish("last/words", b"%d" % t))
         wire.close()
-        assert wait_until(lambda c=client_id: _closed_at_broker(path.node, c), timeout=3), (
-            f"try {t}: {client_id} still connected at the broker"
+        assert wait_until(lambda c=client_id: _closed_at_broker(path.node, c), timeout=10), (
+            f"try {t}: {client_id} still connected at the broker: "
+            f"{path.node.read_log()[-400:]} {path.lb.connection_log()[-2:]}"
         )
     assert wait_until(lambda: len(sub.payloads()) == tries)
     assert sorted(sub.payloads(), key=int) == [b"%d" % t for t in range(tries)]
