@@ -83,6 +83,9 @@ class Proxy:
     def start(self) -> None:
         """Bind every listener (all or nothing), then start accepting."""
         try:
+            # stats first: once a client port answers, so does the stats port
+            if self.config.stats is not None and self.worker is None:  # else the supervisor's
+                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
             for fe in self.frontends:
                 try:
                     fe.open(self.reuse_port)
@@ -91,11 +94,12 @@ class Proxy:
                     raise OSError(
                         exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}"
                     ) from None
-            if self.config.stats is not None and self.worker is None:  # else the supervisor's
-                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
         except BaseException:
             for fe in self.frontends:
                 fe.close()
+            if self.stats is not None:
+                self.stats.close()
+                self.stats = None
             raise
         if self.engine is not None:
             self.engine.start()
