@@ -6,6 +6,8 @@ server from Python, so ping-pong figures include Python's own socket calls: comp
   direct       client and server connected to each other
   engine       the C engine, default settings (splice after a read fills the 64 KiB buffer)
   engine-copy  the C engine with splice disabled (recv/send only)
+  engine-track the C engine following the server's MQTT packets (track_packets, what a drain's
+               goodbye needs): its cost is this row against "engine"
   uvloop       a plain asyncio Protocol relay on uvloop in its own process (what the engine
                replaces)
   haproxy      Debian's HAProxy 2.6, mode tcp, one thread, no inspection (the reference)
@@ -28,6 +30,7 @@ import pytest
 
 from fastmqtt._splice import Engine
 from fastmqtt.brokers import free_port
+from fastmqtt.packets import varint
 
 # bench/ is not a package: make tests.support importable from the repository root
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,7 +38,7 @@ from tests.support.haproxy import HAProxy
 
 MiB = 1 << 20
 Pair = tuple[socket.socket, socket.socket]
-RELAYS = ["direct", "engine", "engine-copy", "uvloop", "haproxy"]
+RELAYS = ["direct", "engine", "engine-copy", "engine-track", "uvloop", "haproxy"]
 
 HAPROXY_CFG = """
 global
@@ -152,7 +155,9 @@ class Relay:
             return client, a
         b, server = self._tcp()
         self.ids += 1
-        self.engine.add(self.ids, a.detach(), b.detach(), 0, 0)
+        self.engine.add(
+            self.ids, a.detach(), b.detach(), 0, 0, track_packets=self.kind == "engine-track"
+        )
         return client, server
 
     def _through_proxy(self) -> tuple[socket.socket, socket.socket]:
@@ -236,9 +241,18 @@ def recv_exactly(sock: socket.socket, buf: bytearray) -> None:
         got += n
 
 
+def mqtt_message(size: int) -> bytes:
+    """A QoS 0 PUBLISH of ``size`` bytes in all (64, 4096, 65536): what a tracking relay
+    follows."""
+    body = size - 2 - (size > 129) - (size > 16385)
+    message = b"\x30" + varint(body) + b"\x00\x01t" + b"m" * (body - 3)
+    assert len(message) == size
+    return message
+
+
 def ping_pong(pair: Pair, size: int) -> Callable[[], None]:
     client, server = pair
-    msg, buf = b"m" * size, bytearray(size)
+    msg, buf = mqtt_message(size), bytearray(size)
 
     def round_trip() -> None:
         client.sendall(msg)
@@ -294,6 +308,30 @@ def test_bulk_1mib(benchmark, pytestconfig: pytest.Config, relay: Relay, pair: P
 
     measured(benchmark, pytestconfig, relay, burst, "16 MiB", rounds=20, warmup_rounds=1)
     client.shutdown(socket.SHUT_WR)
+    sink.join(10)
+
+
+@pytest.mark.parametrize("size", [64, 4096, 65536])
+@pytest.mark.benchmark(group="relay stream to the client: 16 MiB of PUBLISH packets, one way")
+def test_stream_to_client(
+    benchmark, pytestconfig: pytest.Config, relay: Relay, pair: Pair, size: int
+) -> None:
+    """A broker streaming to a subscriber: the direction a tracking relay follows."""
+    client, server = pair
+    sink = Sink(client)
+    sink.start()
+    chunk = mqtt_message(size) * (MiB // size)
+    sent = 0
+
+    def burst() -> None:
+        nonlocal sent
+        for _ in range(16):
+            server.sendall(chunk)
+        sent += 16 * len(chunk)
+        sink.wait_for(sent)
+
+    measured(benchmark, pytestconfig, relay, burst, "16 MiB", rounds=10, warmup_rounds=1)
+    server.shutdown(socket.SHUT_WR)
     sink.join(10)
 
 

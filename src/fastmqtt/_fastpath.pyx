@@ -60,7 +60,8 @@ from fastmqtt._parse cimport (
     property_span,
 )
 from fastmqtt._splice cimport (
-    F_BYE, F_DONE, F_EOF, F_HUP, F_RD, F_TRACK, K_FAST, NSLOTS, R_KILLED, TICK_NS, Bye, Conn,
+    F_BYE, F_DONE, F_EOF, F_HUP, F_RD, F_TRACK, K_FAST, LISTENER_TAG, NSLOTS, R_KILLED, TICK_NS,
+    Bye, Conn,
     Core, Engine, FastHooks, Pending, Worker, close_fd, finish, follow, halt, mono_ns,
     pending_new, pump, refile, wake,
 )
@@ -295,7 +296,7 @@ cdef void watch(Worker *w, int i, Listener *lst) noexcept nogil:
         t.watching[i] = NULL
     if lst != NULL:
         ev.events = EPOLLIN | EPOLLEXCLUSIVE
-        ev.data.u64 = <uint64_t><uintptr_t>lst | 2
+        ev.data.u64 = <uint64_t><uintptr_t>lst | LISTENER_TAG
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, lst.fd, &ev) == 0:
             atomic_add32(&lst.refs, 1)
             lst.watchers += 1

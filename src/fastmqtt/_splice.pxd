@@ -114,6 +114,22 @@ cdef struct Conn:
     uint8_t phase           # K_FAST: its setup step (_fastpath.pyx) while not yet relaying
 
 
+cdef struct Linger:
+    Linger *next            # the worker's lingering sockets, oldest (first to expire) first
+    Linger *prev
+    int fd
+    uint32_t until          # the tick at which it is closed, whatever it still holds
+    uint64_t dropped        # bytes read and dropped
+
+
+# epoll data: a Conn's address | side; a fast-path listener's | LISTENER_TAG; a Linger's |
+# LINGER_TAG (malloc'd structs are 16-byte aligned: the low bits are free)
+cdef enum:
+    LISTENER_TAG = 2
+    LINGER_TAG = 4
+    TAG_BITS = 7
+
+
 cdef struct Bye:
     Bye *next
     Conn *conn
@@ -164,6 +180,8 @@ cdef struct Worker:
     size_t nready
     size_t capready
     Bye *waiting            # goodbyes of F_BYE connections, until their boundary
+    Linger *lingers         # sockets of ended connections, until their peer closes
+    Linger *lingers_tail
     uint64_t live
     uint64_t buffered       # bytes held in remainders and pipes (debug/stats)
     # guarded by core.lock:
@@ -193,7 +211,10 @@ cdef struct Core:
     int pipes_max
     uint32_t bufsize
     uint32_t threshold
+    uint32_t linger_ticks   # 0: close at once
+    uint64_t linger_bytes
     int64_t t0
+    bint halting            # under lock: stop() has begun, requests are refused
     FastHooks *fast         # set while a fast path is attached (_fastpath.pyx)
     Conn *fast_head         # ended K_FAST connections, for the fast path's drain
     Conn *fast_tail

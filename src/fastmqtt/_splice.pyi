@@ -16,6 +16,8 @@ class Engine:
         buffer_size: int = 65536,
         pipe_pool: int = 64,
         splice_threshold: int | None = None,
+        linger_seconds: float = 0.0,
+        linger_bytes: int = 1 << 20,
     ) -> None: ...
     def start(self) -> None: ...
     def add(

@@ -30,6 +30,13 @@ Design notes (the WHY; the code says the how):
   dropped and the given packet goes out after what the client is still owed. splice never
   shows us the bytes, so on a tracked direction it moves only the rest of a long body (at
   least ``splice_threshold``) and headers go through recv.
+- Closing: a side that may still be sending when its connection ends (a drain's goodbye, a
+  timeout, a kill) is not closed at once: a close with unread bytes makes the kernel answer with
+  a reset, which destroys what we sent and the peer has not read yet (the goodbye itself). As
+  HAProxy and NGINX do, its writing is shut down and what still arrives is read and dropped
+  until the peer closes, or for ``linger_seconds`` / ``linger_bytes`` at most. Such a
+  socket is a small ``Linger`` of its worker, no longer part of the connection, which has been
+  reported already. A side that sent FIN is closed at once (nothing more can come from it).
 - A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
   ``close``), so Python may keep its address in a dict while the record is undrained; queued
   ``close`` and ``goodbye`` requests hold a reference so the engine never touches a freed
@@ -40,16 +47,19 @@ from libc.errno cimport (
     EAGAIN, ECONNABORTED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINTR, ENETDOWN,
     ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
 )
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport (
+    int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t,
+)
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 from posix.time cimport nanosleep, timespec
 from posix.unistd cimport close, read
 
 from fastmqtt.includes.linux cimport (
-    EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLET,
-    EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_SETPIPE_SZ, FIONBIO, MSG_MORE, MSG_NOSIGNAL,
-    O_CLOEXEC, O_NONBLOCK, SHUT_WR, SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET, SPLICE_F_MOVE,
+    EFD_CLOEXEC, EFD_NONBLOCK, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD,
+    EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, F_SETPIPE_SZ, FIONBIO, MSG_MORE,
+    MSG_NOSIGNAL, O_CLOEXEC, O_NONBLOCK, SHUT_WR, SIG_SETMASK, SO_ERROR, SO_LINGER, SOL_SOCKET,
+    SPLICE_F_MOVE,
     SPLICE_F_NONBLOCK, epoll_create1, epoll_ctl, epoll_event, epoll_wait, eventfd, fcntl,
     getsockopt, ioctl, linger, pipe2, pthread_create, pthread_join, pthread_mutex_destroy,
     pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, pthread_sigmask, recv, send,
@@ -266,14 +276,84 @@ cdef void drop_buffers(Worker *w, Conn *c) noexcept nogil:
             c.pipe[d] = NULL
 
 
+cdef bint linger_start(Worker *w, int fd) noexcept nogil:
+    """Shut down our writing to fd and keep reading (and dropping) what its peer still sends;
+    linger_end closes it. False if lingering is off or cannot be set up (close it at once)."""
+    cdef epoll_event ev
+    cdef Linger *lg
+    if w.core.linger_ticks == 0:
+        return False
+    lg = <Linger *>malloc(sizeof(Linger))
+    if lg == NULL:
+        return False
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET  # re-armed: bytes already there raise an event
+    ev.data.u64 = <uint64_t><uintptr_t>lg | LINGER_TAG
+    if epoll_ctl(w.epfd, EPOLL_CTL_MOD, fd, &ev) < 0 or shutdown(fd, SHUT_WR) < 0:
+        free(lg)
+        return False
+    lg.fd = fd
+    lg.until = w.now + w.core.linger_ticks
+    lg.dropped = 0
+    lg.next = NULL
+    lg.prev = w.lingers_tail
+    if w.lingers_tail != NULL:
+        w.lingers_tail.next = lg
+    else:
+        w.lingers = lg
+    w.lingers_tail = lg
+    return True
+
+
+cdef void linger_end(Worker *w, Linger *lg) noexcept nogil:
+    epoll_ctl(w.epfd, EPOLL_CTL_DEL, lg.fd, NULL)
+    close(lg.fd)
+    if lg.prev != NULL:
+        lg.prev.next = lg.next
+    else:
+        w.lingers = lg.next
+    if lg.next != NULL:
+        lg.next.prev = lg.prev
+    else:
+        w.lingers_tail = lg.prev
+    free(lg)
+
+
+cdef void linger_read(Worker *w, Linger *lg) noexcept nogil:
+    """Drop what a lingering socket received; close it at EOF, on an error, or once it has
+    sent more than linger_bytes."""
+    cdef ssize_t n
+    while True:
+        n = recv(lg.fd, w.buf, w.core.bufsize, 0)
+        if n > 0:
+            lg.dropped += <uint64_t>n
+            if lg.dropped <= w.core.linger_bytes:
+                continue
+        elif n < 0 and errno == EINTR:
+            continue
+        elif n < 0 and errno == EAGAIN:
+            return
+        linger_end(w, lg)
+        return
+
+
+cdef void linger_expire(Worker *w) noexcept nogil:
+    """Close the lingering sockets whose time is up (the list is in expiry order)."""
+    while w.lingers != NULL and <int32_t>(w.now - w.lingers.until) >= 0:
+        linger_end(w, w.lingers)
+
+
 cdef void release_fds(Worker *w, Conn *c, int reset_side) noexcept nogil:
-    """Close both sockets; a reset on one side is passed on as a reset to the other."""
+    """Close both sockets; a reset on one side is passed on as a reset to the other, and a side
+    that may still be sending lingers (linger_start)."""
     cdef linger lg
     cdef int s
     lg.l_onoff = 1
     lg.l_linger = 0
     for s in range(2):
         if c.fd[s] < 0:
+            continue
+        if reset_side < 0 and not (c.flags & (F_EOF << s)) and linger_start(w, c.fd[s]):
+            c.fd[s] = -1  # the Linger owns it now
             continue
         if c.kind != K_FAST:  # a dup'd fd would keep us registered; the engine's own never are
             epoll_ctl(w.epfd, EPOLL_CTL_DEL, c.fd[s], NULL)
@@ -759,6 +839,24 @@ cdef void close_all(Worker *w) noexcept nogil:
         finish(w, w.untimed, R_SHUTDOWN, 0)
 
 
+cdef void linger_out(Worker *w) noexcept nogil:
+    """Stopping: serve the lingering sockets until the last one is closed (at most the linger
+    time); every connection has ended, so only they and the wake fd raise events."""
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int i, n
+    cdef uint64_t tag
+    while w.lingers != NULL:
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, poll_timeout(w))
+        w.now = tick_of(w.core)
+        for i in range(n):
+            tag = events[i].data.u64
+            if tag & LINGER_TAG:
+                linger_read(w, <Linger *><uintptr_t>(tag & ~(<uint64_t>TAG_BITS)))
+            elif tag == 0:
+                clear_fd(w.wakefd)
+        linger_expire(w)
+
+
 cdef void worker_exit(Worker *w) noexcept nogil:
     take_inbox(w)
     if w.core.fast != NULL:
@@ -766,12 +864,13 @@ cdef void worker_exit(Worker *w) noexcept nogil:
     close_all(w)
     w.nready = 0
     publish(w)
+    linger_out(w)
 
 
 cdef int poll_timeout(Worker *w) noexcept nogil:
     if w.nready:
         return 0
-    if w.live == 0 and w.alarm == 0:
+    if w.live == 0 and w.alarm == 0 and w.lingers == NULL:
         return -1
     cdef int64_t ns = (<int64_t>w.now + 1) * TICK_NS - (mono_ns() - w.core.t0)
     return <int>(ns // 1000000) + 1 if ns > 0 else 0
@@ -796,8 +895,12 @@ cdef void *worker_main(void *arg) noexcept nogil:
             tag = events[i].data.u64
             if tag == 0:
                 continue
-            if tag & 2:  # a listening socket of the fast path
-                fast.listener(w, <void *><uintptr_t>(tag & ~(<uint64_t>3)), events[i].events)
+            if tag & LINGER_TAG:
+                linger_read(w, <Linger *><uintptr_t>(tag & ~(<uint64_t>TAG_BITS)))
+                continue
+            if tag & LISTENER_TAG:  # a listening socket of the fast path
+                fast.listener(w, <void *><uintptr_t>(tag & ~(<uint64_t>TAG_BITS)),
+                              events[i].events)
                 continue
             c = <Conn *><uintptr_t>(tag & ~(<uint64_t>1))
             if c.phase and not (c.flags & F_DONE):
@@ -806,6 +909,7 @@ cdef void *worker_main(void *arg) noexcept nogil:
                 on_event(w, c, <int>(tag & 1), events[i].events)
         run_ready(w)
         advance_wheel(w)
+        linger_expire(w)
         if fast != NULL:
             fast.turn(w)
         publish(w)
@@ -823,6 +927,7 @@ cdef void halt(Core *core) noexcept nogil:
     cdef int i
     cdef Worker *w
     pthread_mutex_lock(&core.lock)
+    core.halting = True  # from now on add(), close() and goodbye() queue nothing, wake no one
     for i in range(core.nworkers):
         core.workers[i].stop = True
         wake(&core.workers[i])
@@ -928,6 +1033,9 @@ cdef void release_records(Core *core, Conn *c) noexcept nogil:
 cdef class Engine:
     """Relays established connection pairs in C threads. See the module docstring.
 
+    ``linger_seconds``: how long a side of an ended connection that may still be sending keeps being
+    read (and dropped) before it is closed, at most ``linger_bytes`` bytes; 0 closes at once.
+
     The short critical sections on core.lock are taken with the GIL held: the workers never
     wait for the GIL, so this cannot deadlock, and it saves a GIL release per call.
     """
@@ -935,7 +1043,8 @@ cdef class Engine:
     # attributes: see _splice.pxd
 
     def __cinit__(self, int threads=1, int buffer_size=65536, int pipe_pool=64,
-                  splice_threshold=None):
+                  splice_threshold=None, double linger_seconds=0.0,
+                  uint64_t linger_bytes=1 << 20):
         cdef int i, err
         if not 1 <= threads <= MAX_THREADS:
             raise ValueError(f"threads must be 1..{MAX_THREADS}, got {threads}")
@@ -947,6 +1056,8 @@ cdef class Engine:
             splice_threshold = buffer_size
         if not 0 <= splice_threshold <= buffer_size:
             raise ValueError(f"splice_threshold must be 0..buffer_size, got {splice_threshold}")
+        if not 0 <= linger_seconds <= 3600:
+            raise ValueError(f"linger_seconds must be 0..3600, got {linger_seconds}")
         self._conns = {}
         self.core = <Core *>calloc(1, sizeof(Core))
         if self.core == NULL:
@@ -956,6 +1067,8 @@ cdef class Engine:
         self.core.bufsize = <uint32_t>buffer_size
         self.core.threshold = <uint32_t>splice_threshold if pipe_pool else 0
         self.core.pipes_max = pipe_pool
+        self.core.linger_ticks = idle_ticks(linger_seconds)
+        self.core.linger_bytes = linger_bytes
         self.core.t0 = mono_ns()
         self.core.workers = <Worker *>calloc(threads, sizeof(Worker))
         if self.core.workers == NULL:
@@ -1017,6 +1130,7 @@ cdef class Engine:
         ``track_packets``: follow the server's MQTT packets so that goodbye() can be used."""
         cdef Conn *c
         cdef Worker *w
+        cdef bint refused
         try:
             self._check_add(conn_id, client_fd, server_fd)
             c = self._new_conn(conn_id, client_fd, server_fd, idle_ticks(client_idle),
@@ -1027,18 +1141,24 @@ cdef class Engine:
             close_pair(client_fd, server_fd)
             raise
         w = &self.core.workers[self._next]
-        self._next = (self._next + 1) % self.core.nworkers
         c.worker = <uint8_t>(w - self.core.workers)
+        pthread_mutex_lock(&self.core.lock)
+        refused = self.core.halting
+        if not refused:
+            if w.in_tail != NULL:
+                w.in_tail.next = c
+            else:
+                w.in_head = c
+            w.in_tail = c
+            wake(w)
+        pthread_mutex_unlock(&self.core.lock)
+        if refused:  # stop() began meanwhile (it runs in another thread)
+            free_conns(c)
+            close_pair(client_fd, server_fd)
+            raise RuntimeError("engine is stopping; connection closed")
+        self._next = (self._next + 1) % self.core.nworkers
         self._conns[conn_id] = <uintptr_t>c
         self._added += 1
-        pthread_mutex_lock(&self.core.lock)
-        if w.in_tail != NULL:
-            w.in_tail.next = c
-        else:
-            w.in_head = c
-        w.in_tail = c
-        wake(w)
-        pthread_mutex_unlock(&self.core.lock)
 
     cdef _check_add(self, int64_t conn_id, int client_fd, int server_fd):
         if self._closing:
@@ -1079,16 +1199,18 @@ cdef class Engine:
         """Ask the engine to end a connection; its record will say "killed"."""
         cdef Conn *c
         cdef Worker *w
-        cdef bint ok
+        cdef bint ok, queue
         addr = self._conns.get(conn_id)
         if addr is None or self._stopped:
             return
         c = <Conn *><uintptr_t>addr
         w = &self.core.workers[c.worker]
         pthread_mutex_lock(&self.core.lock)
-        # one queued close per connection (which also keeps refs in 8 bits)
-        ok = c.asked & ASK_CLOSE or push_ptr(&w.kills, &w.nkills, &w.capkills, c)
-        if ok and not (c.asked & ASK_CLOSE):
+        # one queued close per connection (which also keeps refs in 8 bits); none once the
+        # engine is stopping, which closes everything anyway
+        queue = not (c.asked & ASK_CLOSE) and not self.core.halting
+        ok = not queue or push_ptr(&w.kills, &w.nkills, &w.capkills, c)
+        if queue and ok:
             c.asked |= ASK_CLOSE
             c.refs += 1
             wake(w)
@@ -1120,7 +1242,7 @@ cdef class Engine:
         b.len = <uint32_t>n
         memcpy(<char *>(b + 1), &packet[0], n)
         pthread_mutex_lock(&self.core.lock)
-        if c.asked & ASK_TRACK and not (c.asked & ASK_BYE):
+        if c.asked & ASK_TRACK and not (c.asked & ASK_BYE) and not self.core.halting:
             c.asked |= ASK_BYE
             c.refs += 1
             b.next = w.byes

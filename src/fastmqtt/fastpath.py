@@ -246,7 +246,7 @@ class FastPathHub:
             maxconn=config.maxconn,
             reject_invalid=config.reject_invalid,
             allow_bridge=config.allow_bridge,
-            track_v5=self.proxy.config.global_.drain_disconnect,
+            track_v5=self.proxy.hub.drain_v5,  # as the process started (drain_disconnect)
             client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
             refusals=refusal_table() if config.reject_with_connack else None,
             admission=self._admission(fid, config, min(config.maxconn, global_.maxconn)),

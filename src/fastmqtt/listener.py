@@ -24,6 +24,7 @@ from fastmqtt.proxy_accept import ProxyRefused, read_header, refuse_header, trus
 from fastmqtt.proxy_protocol import PP2_TYPE_AUTHORITY, encode_v1, encode_v2
 from fastmqtt.session import Session
 from fastmqtt.streams import (
+    WS_FRAMING_ALLOWANCE,
     SocketStream,
     Stream,
     StreamClosed,
@@ -275,6 +276,7 @@ class Frontend:
             server_idle=backend.config.timeout_server,
             to_client=to_client,
             spliceable=link.client.spliceable and upstream.spliceable,
+            packets=connect is not None and upstream.packets,
         )
         return True
 
@@ -395,7 +397,8 @@ class Frontend:
         early = bytes(head[end:])
         if self.backend.config.ws_backend == "passthrough":
             forward = forwarded_request(request, session.client_addr[0])
-            return WsPassthrough(client, forward, early)
+            limit = self.config.max_connect_size + WS_FRAMING_ALLOWANCE
+            return WsPassthrough(client, forward, early, limit)
         return WsBridge(client, early)
 
     async def _open_upstream(self, sock: socket.socket, server: Server, backend: Backend) -> Stream:

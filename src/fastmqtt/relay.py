@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastmqtt._accel import NO_EXTENSIONS
-from fastmqtt.relay_loop import Endpoint, LoopRelay
+from fastmqtt.relay_loop import CLOSE_LINGER, CLOSE_LINGER_BYTES, Endpoint, LoopRelay
 from fastmqtt.session import Session
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def make_engine(threads: int) -> Any:
         return None
     from fastmqtt._splice import Engine
 
-    return Engine(threads=threads)
+    return Engine(threads=threads, linger_seconds=CLOSE_LINGER, linger_bytes=CLOSE_LINGER_BYTES)
 
 
 # Records of ended connections are taken in batches at most this often: they only feed logs
@@ -59,6 +59,7 @@ class RelayHub:
         self._close_reasons: dict[int, str] = {}  # why we asked the engine (it says "killed")
         self._tasks: set[asyncio.Task] = set()
         self._batch: asyncio.TimerHandle | None = None
+        self._lingering: set[asyncio.Future[None]] = set()
         if engine is not None:
             loop.add_reader(engine.completions_fd(), self._completions)
 
@@ -75,11 +76,15 @@ class RelayHub:
         to_server: bytes = b"",
         to_client: bytes = b"",
         spliceable: bool = True,
+        packets: bool = True,
     ) -> None:
-        """Hand both sides over; ``to_*`` are bytes already read that go out first. Only
-        ``spliceable`` pairs (plain sockets both) may go to the C engine."""
+        """Hand both sides over, in this call (adopted transports switch to the relay before
+        anything else can read them); ``to_*`` are bytes already read that go out first. Only
+        ``spliceable`` pairs (plain sockets both) may go to the C engine. ``packets``: the
+        broker's stream is MQTT packets (not WebSocket frames passed through), so a goodbye
+        can be said between two of them."""
         self.sessions[session.id] = session
-        goodbye = self.drain_v5 and session.protocol_version == 5
+        goodbye = packets and self.drain_v5 and session.protocol_version == 5
         if self.engine is not None and spliceable:
             assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
             self.engine.add(
@@ -105,9 +110,7 @@ class RelayHub:
         if goodbye:
             relay.track_packets()
             self._goodbyes[session.id] = relay.say_goodbye
-        task = self.loop.create_task(relay.start(client_sock, server_sock, to_server, to_client))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        relay.start(client_sock, server_sock, to_server, to_client)
 
     def counters(self, session: Session) -> tuple[int, int]:
         """Live bytes (client->server, server->client) of an established session."""
@@ -140,13 +143,23 @@ class RelayHub:
         if self.fast is not None:
             await self.fast.say_goodbye(packet, rate)
 
-    async def shutdown(self, grace: float) -> None:
-        """Let connections end by themselves for up to ``grace`` seconds, then close the rest."""
+    async def shutdown(self, grace: float, goodbye: bytes | None = None, rate: float = 1) -> None:
+        """Let connections end by themselves for up to ``grace`` seconds (saying ``goodbye``
+        to those that can take one, ``rate`` a second), then close the rest. The goodbyes stop
+        before the engine does: it takes no request once it is stopping."""
+        saying = self.loop.create_task(self.say_goodbye(goodbye, rate)) if goodbye else None
         deadline = self.loop.time() + grace
-        while len(self) and self.loop.time() < deadline:
-            await asyncio.sleep(min(0.1, max(0.0, deadline - self.loop.time())))
+        try:
+            while len(self) and self.loop.time() < deadline:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - self.loop.time())))
+        finally:
+            if saying is not None:
+                saying.cancel()
+                await asyncio.gather(saying, return_exceptions=True)
         for relay in list(self._loop_relays.values()):
             relay.close("shutdown")
+        if self._lingering:  # ended pairs whose sockets still read what their peers send
+            await asyncio.wait(self._lingering, timeout=CLOSE_LINGER + 0.5)
         if self.engine is not None:
             await self.loop.run_in_executor(None, self.engine.stop, 0.0)
             if self._batch is not None:
@@ -181,7 +194,10 @@ class RelayHub:
             self.fast.drain()
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
-        self._loop_relays.pop(session_id, None)
+        relay = self._loop_relays.pop(session_id, None)
+        if relay is not None and not relay.closed.done():
+            self._lingering.add(relay.closed)
+            relay.closed.add_done_callback(self._lingering.discard)
         self._goodbyes.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
         if session is not None:

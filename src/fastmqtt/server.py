@@ -88,6 +88,9 @@ class Proxy:
     def start(self) -> None:
         """Bind every listener (all or nothing), then start accepting."""
         try:
+            # stats first: once a client port answers, so does the stats port
+            if self.config.stats is not None and self.worker is None:  # else the supervisor's
+                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
             for fe in self.frontends:
                 try:
                     fe.open(self.reuse_port)
@@ -96,11 +99,12 @@ class Proxy:
                     raise OSError(
                         exc.errno, f"frontend {fe.name}: cannot bind {where}: {exc.strerror}"
                     ) from None
-            if self.config.stats is not None and self.worker is None:  # else the supervisor's
-                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
         except BaseException:
             for fe in self.frontends:
                 fe.close()
+            if self.stats is not None:
+                self.stats.close()
+                self.stats = None
             raise
         if self.fast is not None:
             self.fast.configure()
@@ -164,10 +168,11 @@ class Proxy:
                 self.backends[name].stick.close()  # removed: its mapping and file go
         self.sticks.retain(name for name, bc in config.backends.items() if bc.stick)
         self.config, self.backends, self.frontends = config, plan.backends, frontends
-        self.hub.drain_v5 = config.global_.drain_disconnect
         if self.conn_log is not None:
             self.conn_log.flush()
         self.conn_log = self._connection_log(config)
+        if config.global_.drain_disconnect != self.hub.drain_v5:  # decided as connections start
+            log.warning("drain_disconnect: the change takes effect at the next restart")
         self.health = {
             name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
         }
@@ -241,16 +246,13 @@ class Proxy:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         goodbye = None
         settings = self.config.global_
-        if settings.drain_disconnect:
-            packet = packets.disconnect_v5(packets.SERVER_SHUTTING_DOWN)
-            # drain_rate is the whole process's: every worker drains at once, each its share
-            rate = settings.drain_rate / (settings.workers if self.worker is not None else 1)
-            goodbye = self.loop.create_task(self.hub.say_goodbye(packet, rate))
-        await self.hub.shutdown(grace)
+        if self.hub.drain_v5:  # as the process started: only then were MQTT 5 sessions tracked
+            goodbye = packets.disconnect_v5(packets.SERVER_SHUTTING_DOWN)
+        # drain_rate is the whole process's: every worker drains at once, each its share
+        rate = settings.drain_rate / (settings.workers if self.worker is not None else 1)
+        await self.hub.shutdown(grace, goodbye, rate)
         if self.fast is not None:
             self.fast.close()
-        if goodbye is not None:
-            goodbye.cancel()
         if self.stats is not None:
             self.stats.close()
         if self.conn_log is not None:

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import ssl
 
-from fastmqtt.relay_loop import Adopted, Endpoint, Framed
+from fastmqtt.relay_loop import CLOSE_LINGER, Adopted, Endpoint, Framed
 from fastmqtt.tls import TLSInfo, describe
 from fastmqtt.websocket import (
     BridgeCodec,
@@ -25,6 +25,10 @@ from fastmqtt.ws_spec import OP_BINARY
 
 RECV_SIZE = 65536
 READER_LIMIT = 256 * 1024  # bytes a TLS transport may buffer before it stops reading
+# Raw bytes a passthrough client may send before its CONNECT is complete, beyond
+# max_connect_size: frame headers (2 to 14 bytes each) and control frames (pings).
+WS_FRAMING_ALLOWANCE = 4096
+CONNECT_TOO_LARGE = "ws-connect-too-large"  # the end reason when it sends more
 
 
 class StreamClosed(Exception):
@@ -35,6 +39,7 @@ class Stream:
     """MQTT bytes in (``read``) and out (``write``) during routing."""
 
     spliceable = False
+    packets = True  # what it relays is MQTT packets (not frames passed through untouched)
     tls: TLSInfo | None = None
 
     async def read(self) -> bytes:
@@ -95,13 +100,17 @@ class SocketStream(Stream):
 
 
 class _Reader(asyncio.Protocol):
-    """Buffers what a transport receives until TransportStream.read takes it."""
+    """Buffers what a transport receives until TransportStream.read takes it, or until the
+    relay takes the transport over with what is still here (relay_loop.Buffered)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.ended = False
+        self.lost: tuple[Exception | None] | None = None  # (exc,) once connection_lost came
         self.waiter: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None  # set while the write buffer is full
+        self.successor: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -117,8 +126,33 @@ class _Reader(asyncio.Protocol):
         self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.successor is not None:  # uvloop's TLS transport bound this call before the
+            self.successor.connection_lost(exc)  # relay took the transport over
+            return
         self.ended = True
+        self.lost = (exc,)
         self._wake()
+        self.resume_writing()
+
+    def hand_over(self, successor: asyncio.Protocol) -> None:
+        """The relay took the transport over (relay_loop.Buffered)."""
+        self.successor = successor
+        data = self.take()
+        if data:
+            successor.data_received(data)
+        if self.lost is not None:
+            successor.connection_lost(self.lost[0])
+        elif self.ended:
+            successor.eof_received()
+
+    def pause_writing(self) -> None:
+        if self.drained is None:
+            self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -148,8 +182,9 @@ class TransportStream(Stream):
         """TLS server handshake on an accepted socket (which the transport then owns)."""
         reader = _Reader()
         transport, _ = await loop.connect_accepted_socket(
-            lambda: reader, sock, ssl=context, ssl_handshake_timeout=timeout
-        )
+            lambda: reader, sock, ssl=context, ssl_handshake_timeout=timeout,
+            ssl_shutdown_timeout=CLOSE_LINGER,
+        )  # fmt: skip
         return cls(transport, reader)
 
     @classmethod
@@ -165,7 +200,7 @@ class TransportStream(Stream):
         reader = _Reader()
         transport, _ = await loop.create_connection(
             lambda: reader, sock=sock, ssl=context, server_hostname=server_hostname,
-            ssl_handshake_timeout=timeout,
+            ssl_handshake_timeout=timeout, ssl_shutdown_timeout=CLOSE_LINGER,
         )  # fmt: skip
         return cls(transport, reader)
 
@@ -181,10 +216,14 @@ class TransportStream(Stream):
         return reader.take()
 
     async def write(self, data: bytes) -> None:
+        """Write, and wait while the transport's buffer is above its high-water mark (a peer
+        that does not read holds us to one buffer, not to all we would answer it)."""
         self.transport.write(data)
+        if self.reader.drained is not None:
+            await asyncio.shield(self.reader.drained)
 
     def endpoint(self) -> Endpoint:
-        return Adopted(self.transport, self.reader.take())
+        return Adopted(self.transport, self.reader)
 
     def close(self) -> None:
         self.transport.close()
@@ -251,6 +290,7 @@ class _Untouched(Layered):
     ``raw`` keeps the bytes as they came, to be forwarded as they are."""
 
     raw: bytearray
+    packets = False
 
     async def write(self, data: bytes) -> None:
         await self.inner.write(data)
@@ -264,17 +304,23 @@ class _Untouched(Layered):
 
 class WsPassthrough(_Untouched):
     """A WebSocket client whose frames go to the broker untouched; they are decoded here only
-    to read the CONNECT. ``head`` is the upgrade to forward, ahead of the frames."""
+    to read the CONNECT. ``head`` is the upgrade to forward, ahead of the frames. Every raw
+    byte is kept to be forwarded, control frames and empty frames too, which carry no MQTT
+    byte: at most ``limit`` of them are held before the CONNECT is complete."""
 
-    def __init__(self, inner: Stream, head: bytes, early: bytes) -> None:
+    def __init__(self, inner: Stream, head: bytes, early: bytes, limit: int) -> None:
         super().__init__(inner)
         self.spliceable = inner.spliceable
         self.raw = bytearray(head)
+        self.head_size = len(head)
+        self.limit = limit
         self.decoder = FrameDecoder(masked=True)
         self.early = early
 
     async def read(self) -> bytes:
         while True:
+            if len(self.raw) - self.head_size > self.limit:
+                raise StreamClosed(CONNECT_TOO_LARGE)
             raw, self.early = self.early or await self.inner.read(), b""
             if not raw:
                 return b""

@@ -296,7 +296,15 @@ class BridgeCodec:
             return b"", b"", None  # after a close frame nothing more is data (sec 5.5.1)
         try:
             payload, controls = self.decoder.feed(data)
-            replies = [self._control(opcode, body) for opcode, body in controls]
+            # only the latest of several pings is answered (RFC 6455 sec 5.5.3)
+            last_ping = max(
+                (i for i, (op, _) in enumerate(controls) if op == spec.OP_PING), default=-1
+            )
+            replies = [
+                self._control(opcode, body)
+                for i, (opcode, body) in enumerate(controls)
+                if opcode != spec.OP_PING or i == last_ping
+            ]
         except MalformedPacket as exc:
             code = _CLOSE_CODE_FOR.get(exc.reason, spec.CLOSE_PROTOCOL_ERROR)
             return b"", self._close(code), exc.reason

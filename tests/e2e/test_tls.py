@@ -212,3 +212,20 @@ def test_check_reports_alpn_names_the_handshake_cannot_offer(certs, tmp_path: Pa
     assert lines[1].endswith(
         'expected 1 to 255 ASCII characters (RFC 7301), got "mqtté" (5 characters)'
     )
+
+
+def test_clients_closing_with_close_notify_leave_no_warnings(brokers, fastmqtt, certs):
+    """A TLS client that ends with close_notify (an orderly TLS close) ends its pair: TLS has no
+    half-close, and the relay says so instead of asking to keep the transport open, which
+    asyncio answers with a WARNING line per connection."""
+    nodes = brokers(1)
+    port = lb_port()
+    lb = fastmqtt(recipe(nodes, port, frontend=tls_line(cert=certs.server)), port=port)
+    for i in range(20):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with certs.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(packets.connect(f"notify-{i}"))
+            assert inspect_connack(tls.recv(64)) is not None
+            tls.unwrap().close()  # close_notify, and the balancer's answer to it
+    assert wait_until(lambda: sum(" client-closed" in x for x in lb.connection_log()) == 20)
+    assert "eof_received" not in lb.read("stderr.log")

@@ -756,3 +756,34 @@ def test_goodbye_and_close_together(engine: Engine, socketpair_pairing: Pairing)
     assert sorted(r[0] for r in got) == list(range(50))
     assert {r[4] for r in got} <= {"drained", "killed"}
     assert engine.drain() == []
+
+
+def test_requests_racing_stop_are_refused_or_carried_out(socketpair_pairing: Pairing) -> None:
+    """goodbye(), close() and add() from another thread while stop() runs: each is carried out
+    or refused, never queued to a worker that has exited (every pair gets one record, every
+    handed fd is closed). The race window is narrow; this cannot fail reliably on a build
+    without the lock check, it guards the check."""
+    eng = Engine(linger_seconds=0.2)
+    eng.start()
+    for i in range(200):
+        relay(eng, i, socketpair_pairing, track_packets=True)
+    stopper = threading.Thread(target=eng.stop)
+    added, refused, next_id = 200, [], 1000
+    stopper.start()
+    while stopper.is_alive():
+        for i in range(200):
+            eng.goodbye(i, BYE)
+            eng.close(i)
+        a, b = socket.socketpair()
+        fds = a.detach(), b.detach()
+        try:
+            eng.add(next_id, *fds, 0, 0, track_packets=True)
+            added += 1
+        except RuntimeError:
+            refused.append(fds)
+        next_id += 1
+    stopper.join(10)
+    got = eng.drain()
+    assert len(got) == added and len({r[0] for r in got}) == added
+    assert all(fd_closed(fd) for pair in refused for fd in pair)
+    assert eng.active() == 0

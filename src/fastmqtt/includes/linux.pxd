@@ -28,6 +28,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLEXCLUSIVE
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
+        EPOLL_CTL_MOD
         EPOLL_CLOEXEC
 
     int epoll_create1(int flags)
