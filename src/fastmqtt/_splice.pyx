@@ -48,7 +48,7 @@ from libc.errno cimport (
     ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
 )
 from libc.stdint cimport (
-    int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t,
+    int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t,
 )
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
