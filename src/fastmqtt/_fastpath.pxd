@@ -16,6 +16,12 @@ cdef enum:
     MAX_LISTENERS = 256
     MAX_ROUTES = 64
 
+# Listener.track: which relayed connections follow packet boundaries (a goodbye needs it)
+cdef enum:
+    TRACK_NONE = 0
+    TRACK_V5 = 1                # drain_disconnect alone: MQTT 5 clients
+    TRACK_ALL = 2               # track_packets: every MQTT client
+
 
 # Counters of one frontend (atomics), added to its metrics.FrontendCounters by Python.
 cdef struct ListenerCounters:
@@ -45,7 +51,7 @@ cdef struct Listener:
     uint32_t maxconn
     bint reject_invalid
     bint allow_bridge
-    bint track_v5               # drain_disconnect: follow v5 clients' packets from the start
+    uint8_t track               # TRACK_*: whose packets the relay follows from the start
     bint client_auto            # timeout_client = "auto": 1.5 x keepalive in [min, max]
     double client_s
     double client_min
@@ -102,3 +108,6 @@ cdef struct FastConn:
     uint16_t why_arg            # rule index, parse reason or errno
     uint8_t version             # 0 until a valid CONNECT was read
     uint8_t state               # FC_* bits
+    uint8_t clean_start         # the CONNECT's clean start / clean session flag
+    bint has_expiry             # a v5 CONNECT's session expiry interval (seconds) was given
+    uint32_t session_expiry

@@ -7,16 +7,22 @@ from fastmqtt._choose import PoolRef
 from fastmqtt._splice import Engine
 
 WHY_WORDS: tuple[str | None, ...]
+FAST_IDS: int
 DENIED: frozenset[int]
 
 # (frontend id, backend id, server id (0: none), client ip, client port, client id, username,
 #  MQTT version (0: none), keepalive, CONNACK code or None, start (epoch seconds),
 #  wait ms, connect ms, total ms (-1: not reached), bytes in, bytes out, end reason,
-#  denied (counts as a refusal), errno)
+#  denied (counts as a refusal), errno, connection id)
 Record = tuple[
     int, int, int, str, int, str | None, str | None, int, int, int | None, float,
-    int, int, int, int, int, str, bool, int,
+    int, int, int, int, int, str, bool, int, int,
 ]  # fmt: skip
+
+# (connection id, frontend id, backend id, server id, client ip, client port, client id,
+#  MQTT version, start (epoch seconds), bytes in, bytes out, clean start,
+#  session expiry or None, tracked)
+View = tuple[int, int, int, int, str, int, str, int, float, int, int, bool, int | None, bool]
 
 def proxy_header(
     version: int,
@@ -40,7 +46,7 @@ class FastPath:
         maxconn: int,
         reject_invalid: bool = True,
         allow_bridge: bool = True,
-        track_v5: bool = False,
+        track: int = 0,
         client_timeout: tuple[bool, float, float, float] = (False, 240.0, 30.0, 3600.0),
         refusals: bytes | None = None,
         admission: AdmissionRef | None = None,
@@ -52,6 +58,18 @@ class FastPath:
     def live(self) -> int: ...
     def close_server(self, server_id: int) -> bool: ...
     def goodbye(self, packet: bytes, count: int) -> None: ...
+    def find(
+        self,
+        key: bytes | None = None,
+        prefix: bool = False,
+        pool_id: int = 0,
+        server_id: int = 0,
+        limit: int = 1000,
+    ) -> None: ...
+    def leave(self, ids: list[int], packet: bytes) -> None: ...
+    def answered(self) -> bool: ...
+    def found(self) -> tuple[bool, list[View]]: ...
+    def left(self) -> tuple[bool, list[int]]: ...
     # (accepted, accept errors, live, {version: CONNECTs}, {reason: forwarded invalid}, errno)
     def counters(
         self, frontend_id: int

@@ -40,7 +40,7 @@ from libc.errno cimport (
 )
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_REALTIME, clock_gettime, nanosleep, timespec
 from posix.unistd cimport close, dup
 
@@ -62,8 +62,8 @@ from fastmqtt._parse cimport (
 from fastmqtt._splice cimport (
     F_BYE, F_DONE, F_EOF, F_HUP, F_RD, F_TRACK, K_FAST, LISTENER_TAG, NSLOTS, R_KILLED, TICK_NS,
     Bye, Conn,
-    Core, Engine, FastHooks, Pending, Worker, close_fd, finish, follow, halt, mono_ns,
-    pending_new, pump, refile, wake,
+    Core, Engine, FastHooks, Pending, Worker, bye_start, close_fd, finish, fm_load64, follow,
+    halt, mono_ns, pending_new, pump, refile, wake,
 )
 from fastmqtt.includes.atomic cimport (
     atomic_add32, atomic_inc64, atomic_load32, atomic_load64, atomic_store32,
@@ -92,6 +92,13 @@ cdef enum:
     MAX_KILLS = 16              # close_server() requests a thread has not carried out yet
     MAX_UNDRAINED = 16384       # records waiting for Python's drain() ...
     MAX_UNDRAINED_BYTES = 1 << 20   # ... or client ids and user names in them: stop accepting
+    MAX_FOUND = 100000          # connections one find() returns at most
+    MAX_LEAVE = 1 << 20         # connection ids one leave() names at most
+
+# Query.kind: what Python asked every thread (answered at its next turn)
+cdef enum:
+    Q_FIND = 1
+    Q_LEAVE = 2
 
 # Conn.phase: the setup step (0: relaying)
 cdef enum:
@@ -138,6 +145,51 @@ DENIED = frozenset({W_PARSE, W_INSPECT_TIMEOUT, W_CLOSED_EARLY, W_NO_SERVER, W_S
                     W_DENIED, W_ADMISSION})
 
 
+# A find() or leave() that every thread answers at its next turn, under Fast.lock; Python
+# reads the answers once all threads have (or its wait ran out: it closes the query first,
+# and a late thread then finds it closed).
+cdef struct Query:
+    uint32_t gen                # bumped per query (atomic reads by the threads)
+    bint open
+    int kind
+    uint32_t answered           # threads that answered this gen
+    # find: relayed connections by client id (exact or prefix), backend and server (0: any)
+    char *key
+    uint32_t key_len
+    bint prefix
+    uint32_t pool_id
+    uint32_t server_id
+    uint32_t limit
+    View *views
+    uint32_t nviews
+    # leave: sorted ids; v5 clients get packet, older ones are closed between two packets
+    int64_t *ids
+    uint32_t nids
+    uint8_t packet[MAX_BYE]
+    uint32_t packet_len
+    int64_t *asked              # the ids found (nids of room)
+    uint32_t nasked
+
+
+# One relayed connection as find() returns it (a copy: the thread owns the connection).
+cdef struct View:
+    int64_t conn_id
+    uint32_t listener_id
+    uint32_t pool_id
+    uint32_t server_id
+    int64_t wall_ns
+    uint64_t nbytes[2]
+    sockaddr_in6 peer
+    uint32_t session_expiry
+    uint8_t version
+    uint8_t state
+    uint8_t clean_start
+    bint has_expiry
+    bint tracked
+    uint16_t cid_len
+    char *cid                   # malloc'd, cid_len bytes
+
+
 cdef struct Fast:
     Core *core
     pthread_mutex_t lock        # the listener table and pause bits
@@ -158,11 +210,13 @@ cdef struct Fast:
     uint32_t bye_gen
     uint32_t bye_len
     uint8_t bye_packet[MAX_BYE]
+    Query query
 
 
 cdef struct PerThread:         # Worker.fast
     Fast *fast
     uint32_t epoch              # the Fast.epoch this thread last reconciled
+    uint32_t query_gen          # the Query.gen this thread last answered
     uint32_t bye_gen            # the Fast.bye_gen this thread last carried out
     uint32_t bye_quota          # goodbyes it may still say for that request
     uint32_t kills[MAX_KILLS]   # close_server() requests: server ids (under Fast.lock)
@@ -172,6 +226,11 @@ cdef struct PerThread:         # Worker.fast
 
 cdef FastHooks HOOKS
 cdef uint32_t ASSIGNED_ID = spec.ASSIGNED_CLIENT_IDENTIFIER
+cdef uint32_t SESSION_EXPIRY = spec.SESSION_EXPIRY_INTERVAL
+cdef uint8_t CLEAN_START = spec.FLAG_CLEAN_START
+# fast-path connection ids start here, so that they never meet the event loop's Session ids
+cdef int64_t FAST_BASE = <int64_t>1 << 48
+FAST_IDS = FAST_BASE
 
 
 # ---------------------------------------------------------------- small helpers
@@ -333,6 +392,121 @@ cdef void on_turn(Worker *w) noexcept nogil:
         say_goodbyes(w)
     if thread_of(w).nkills:
         close_servers(w)
+    if thread_of(w).query_gen != atomic_load32(&f.query.gen):
+        answer_query(w)
+
+
+# ---------------------------------------------------------------- find() and leave()
+
+cdef inline bint relaying(Conn *c) noexcept nogil:
+    return (c.kind == K_FAST and c.phase == 0 and not (c.flags & F_DONE)
+            and (<FastConn *>c).state & FC_RELAYED)
+
+
+cdef void answer_query(Worker *w) noexcept nogil:
+    """This thread's part of the open query: views of its matching connections (find), or
+    the goodbyes of the named ones, started after the lock is let go (leave)."""
+    cdef Fast *f = fast_of(w)
+    cdef Query *q = &f.query
+    cdef Conn **leaving = NULL
+    cdef uint32_t nleaving = 0, n = 0
+    cdef uint8_t packet[MAX_BYE]
+    cdef int slot
+    pthread_mutex_lock(&f.lock)
+    thread_of(w).query_gen = q.gen
+    if q.open:
+        if q.kind == Q_LEAVE:
+            n = q.packet_len
+            memcpy(packet, q.packet, n)
+            leaving = <Conn **>malloc(q.nids * sizeof(Conn *)) if q.nids else NULL
+        for slot in range(NSLOTS + 1):
+            query_list(q, w.wheel[slot] if slot < NSLOTS else w.untimed, leaving, &nleaving)
+        q.answered += 1
+    pthread_mutex_unlock(&f.lock)
+    for slot in range(<int>nleaving):
+        leave(w, leaving[slot], packet, n)
+    free(leaving)
+
+
+cdef void query_list(Query *q, Conn *c, Conn **leaving, uint32_t *nleaving) noexcept nogil:
+    while c != NULL:
+        if relaying(c):
+            if q.kind == Q_FIND:
+                if q.nviews < q.limit and matches(q, <FastConn *>c):
+                    view_of(&q.views[q.nviews], <FastConn *>c)
+                    q.nviews += 1
+            elif leaving != NULL and named(q, c.conn_id):
+                leaving[nleaving[0]] = c
+                nleaving[0] += 1
+                q.asked[q.nasked] = c.conn_id
+                q.nasked += 1
+        c = c.next
+
+
+cdef bint matches(Query *q, FastConn *fc) noexcept nogil:
+    if q.pool_id and fc.pool_id != q.pool_id or q.server_id and fc.server_id != q.server_id:
+        return False
+    if q.key == NULL:
+        return True
+    if fc.cid_len < q.key_len or (not q.prefix and fc.cid_len != q.key_len):
+        return False
+    return memcmp(fc.ids, q.key, q.key_len) == 0
+
+
+cdef bint named(Query *q, int64_t conn_id) noexcept nogil:
+    """conn_id is in the query's sorted ids."""
+    cdef uint32_t lo = 0, hi = q.nids, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if q.ids[mid] < conn_id:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < q.nids and q.ids[lo] == conn_id
+
+
+cdef void view_of(View *v, FastConn *fc) noexcept nogil:
+    cdef Conn *c = &fc.c
+    v.conn_id = c.conn_id
+    v.listener_id = fc.listener_id
+    v.pool_id = fc.pool_id
+    v.server_id = fc.server_id
+    v.wall_ns = fc.wall_ns
+    v.nbytes[0] = fm_load64(&c.nbytes[0])
+    v.nbytes[1] = fm_load64(&c.nbytes[1])
+    v.peer = fc.peer
+    v.session_expiry = fc.session_expiry
+    v.has_expiry = fc.has_expiry
+    v.version = fc.version
+    v.state = fc.state
+    v.clean_start = fc.clean_start
+    v.tracked = (c.flags & F_TRACK) != 0
+    v.cid = <char *>malloc(fc.cid_len) if fc.cid_len else NULL
+    v.cid_len = fc.cid_len if v.cid != NULL else 0
+    if v.cid != NULL:
+        memcpy(v.cid, fc.ids, fc.cid_len)
+
+
+cdef void leave(Worker *w, Conn *c, const uint8_t *packet, uint32_t n) noexcept nogil:
+    """A v5 client gets ``packet`` at its next boundary, an older one is closed between two
+    packets; an untracked connection is closed at once ("killed")."""
+    cdef Bye *b
+    if c.flags & (F_DONE | F_BYE):
+        return
+    if not (c.flags & F_TRACK) or c.flags & (F_EOF << 1):
+        finish(w, c, R_KILLED, 0)
+        return
+    if (<FastConn *>c).version & 0x7F != 5:
+        n = 0
+    b = <Bye *>malloc(sizeof(Bye) + n)
+    if b == NULL:
+        finish(w, c, R_KILLED, 0)
+        return
+    b.conn = c
+    b.len = n
+    memcpy(<uint8_t *>(b + 1), packet, n)
+    (<FastConn *>c).state |= FC_BYE
+    bye_start(w, c, b)
 
 
 # ---------------------------------------------------------------- closing a server's clients
@@ -395,6 +569,7 @@ cdef void goodbye_list(Worker *w, Conn *c, const uint8_t *packet, uint32_t n) no
     while c != NULL and t.bye_quota:
         nxt = c.next  # pump() may end c
         if (c.kind == K_FAST and c.phase == 0 and c.flags & F_TRACK
+                and (<FastConn *>c).version & 0x7F == 5
                 and not ((<FastConn *>c).state & FC_BYE)
                 and not (c.flags & (F_DONE | F_BYE | (F_EOF << 1)))):
             b = <Bye *>malloc(sizeof(Bye) + n)
@@ -403,12 +578,9 @@ cdef void goodbye_list(Worker *w, Conn *c, const uint8_t *packet, uint32_t n) no
             b.conn = c
             b.len = n
             memcpy(<uint8_t *>(b + 1), packet, n)
-            b.next = w.waiting
-            w.waiting = b
-            c.flags |= F_BYE
             (<FastConn *>c).state |= FC_BYE
             t.bye_quota -= 1
-            pump(w, c, 1)  # at a boundary already: the goodbye follows what the client is owed
+            bye_start(w, c, b)
         c = nxt
 
 
@@ -468,7 +640,7 @@ cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcep
     c.kind = K_FAST
     c.refs = 1
     c.worker = <uint8_t>(w - w.core.workers)
-    c.conn_id = <int64_t>atomic_add32(<uint32_t *>&f.next_id, 1)
+    c.conn_id = FAST_BASE + <int64_t>atomic_add32(<uint32_t *>&f.next_id, 1)
     c.t = <double>fc.accepted_ns / 1e9
     c.fd[0] = fd
     c.fd[1] = -1
@@ -712,6 +884,7 @@ cdef void connect_read(Worker *w, Conn *c, int rc, const ConnectScan *scan) noex
     cdef FastConn *fc = <FastConn *>c
     cdef Listener *lst = fc.listener
     cdef Setup *st = fc.setup
+    cdef Span expiry
     fc.inspected_ns = mono_ns()
     if rc < 0:
         if lst.reject_invalid:
@@ -724,6 +897,14 @@ cdef void connect_read(Worker *w, Conn *c, int rc, const ConnectScan *scan) noex
         return
     fc.version = <uint8_t>scan.protocol_version
     fc.keepalive = <uint16_t>scan.keepalive
+    fc.clean_start = (scan.flags & CLEAN_START) != 0
+    expiry = property_span(st.buf, scan.properties, SESSION_EXPIRY)
+    if expiry.start >= 0 and expiry.length == 4:
+        fc.has_expiry = True
+        fc.session_expiry = ((<uint32_t>st.buf[expiry.start] << 24)
+                             | (<uint32_t>st.buf[expiry.start + 1] << 16)
+                             | (<uint32_t>st.buf[expiry.start + 2] << 8)
+                             | st.buf[expiry.start + 3])
     atomic_inc64(&lst.n.by_version[scan.protocol_version & 7], 1)
     if not keep_ids(fc, st.buf, &scan.client_id, &scan.username):
         end(w, c, W_ERRNO, ENOMEM)
@@ -857,7 +1038,7 @@ cdef void stick_key(FastConn *fc) noexcept nogil:
     cdef const uint8_t *key = <const uint8_t *>fc.ids
     cdef size_t n = fc.cid_len
     if fc.pool.stick_on == H_SOURCE:
-        n = peer_text(fc, text, False)
+        n = peer_text(&fc.peer, fc.state, text, False)
         key = <const uint8_t *>text
     elif fc.pool.stick_on == H_USERNAME:
         key += fc.cid_len
@@ -881,18 +1062,19 @@ cdef void hash_key(FastConn *fc) noexcept nogil:
     elif key == H_USERNAME and fc.user_len:
         st.key_hash = xxh64(<const uint8_t *>fc.ids + fc.cid_len, fc.user_len)
     else:
-        n = peer_text(fc, text, key != H_SOURCE)
+        n = peer_text(&fc.peer, fc.state, text, key != H_SOURCE)
         st.key_hash = xxh64(<const uint8_t *>text, <Py_ssize_t>n)
     st.has_key = True
 
 
-cdef size_t peer_text(FastConn *fc, char *out, bint with_port) noexcept nogil:
-    """The client address as Python's socket module spells it for the accepted socket
-    (inet_ntop), optionally ":port"."""
-    cdef const uint8_t *a = fc.peer.sin6_addr.s6_addr
+cdef size_t peer_text(const sockaddr_in6 *peer, uint8_t state, char *out,
+                      bint with_port) noexcept nogil:
+    """The client address (a FastConn's peer and state) as Python's socket module spells it
+    for the accepted socket (inet_ntop), optionally ":port"."""
+    cdef const uint8_t *a = peer.sin6_addr.s6_addr
     cdef size_t n
-    cdef int port = ntohs(fc.peer.sin6_port)
-    if is_mapped(a) and not (fc.state & FC_PEER_V6):
+    cdef int port = ntohs(peer.sin6_port)
+    if is_mapped(a) and not (state & FC_PEER_V6):
         inet_ntop(AF_INET, a + 12, out, INET6_ADDRSTRLEN)
     else:
         inet_ntop(AF_INET6, a, out, INET6_ADDRSTRLEN)
@@ -1204,6 +1386,12 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     if n and c.pend[1] == NULL:
         end(w, c, W_ERRNO, ENOMEM)
         return
+    if fc.version and (lst.track == TRACK_ALL or lst.track == TRACK_V5 and fc.version == 5):
+        c.flags |= F_TRACK  # from the start: the client's bytes (its CONNECT first), the
+        follow(c, 1, to_client, n, False)  # server's from its CONNACK
+        if c.pend[0] != NULL:
+            follow(c, 0, <const uint8_t *>(c.pend[0] + 1) + c.pend[0].len - st.data_len,
+                   st.data_len, False)
     if c.pend[0] != NULL and c.pend[0].off == c.pend[0].len:
         free(c.pend[0])
         c.pend[0] = NULL
@@ -1216,9 +1404,6 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     if fc.state & FC_STICKY:  # the server holds its session now (when the CONNACK says so)
         pool_stick_relayed(fc.pool, &fc.stick_key, fc.server, fc.connack <= 0)
         fc.state |= FC_STUCK
-    if lst.track_v5 and fc.version == 5:
-        c.flags |= F_TRACK
-        follow(c, to_client, n, False)
     free_setup(fc)
     c.phase = 0
     c.idle[0] = client_ticks(lst, fc)
@@ -1559,6 +1744,7 @@ cdef class FastPath:
         for i in range(MAX_LISTENERS):
             if f.listeners[i] != NULL:
                 listener_unref(f.listeners[i])
+        free_query(&f.query)
         pthread_mutex_destroy(&f.lock)
         free(f.threads)
         free(f)
@@ -1567,7 +1753,7 @@ cdef class FastPath:
 
     def frontend(self, uint32_t frontend_id, int fd, PoolRef pool not None, list routes, *,
                  double inspect_delay, uint32_t max_connect_size, uint32_t maxconn,
-                 bint reject_invalid=True, bint allow_bridge=True, bint track_v5=False,
+                 bint reject_invalid=True, bint allow_bridge=True, int track=TRACK_NONE,
                  client_timeout=(False, 240.0, 30.0, 3600.0), bytes refusals=None,
                  AdmissionRef admission=None) -> None:
         """Add a frontend listening on ``fd`` (the engine keeps a dup of it), or change the
@@ -1575,7 +1761,9 @@ cdef class FastPath:
         rule i when it is a route rule, else None. ``client_timeout``: (auto, seconds, min,
         max) as config.ClientTimeout. ``refusals``: FastPath.refusal_table()'s bytes, to
         answer refusals with a CONNACK (reject_with_connack), or None. ``admission``: the
-        frontend's rules and limits, or None (connections holding the old ones keep them)."""
+        frontend's rules and limits, or None (connections holding the old ones keep them).
+        ``track``: 0 none, 1 MQTT 5 clients (drain_disconnect), 2 every MQTT client
+        (track_packets): their relayed streams follow packet boundaries from the start."""
         cdef Listener *lst
         cdef Admission *old
         cdef int slot
@@ -1599,7 +1787,7 @@ cdef class FastPath:
         lst.maxconn = maxconn
         lst.reject_invalid = reject_invalid
         lst.allow_bridge = allow_bridge
-        lst.track_v5 = track_v5
+        lst.track = <uint8_t>track
         lst.client_auto, lst.client_s, lst.client_min, lst.client_max = auto, seconds, low, high
         self._pools[frontend_id] = [pool, *routes]
         pthread_mutex_lock(&lst.lock)
@@ -1706,7 +1894,7 @@ cdef class FastPath:
 
     def goodbye(self, bytes packet not None, uint32_t count) -> None:
         """Send ``packet`` (a DISCONNECT) to at most ``count`` more clients relayed with
-        packet tracking (track_v5), each at its next packet boundary, then close them (the
+        packet tracking (track: MQTT 5 ones only), each at its next packet boundary, then close them (the
         record says "drained"). Call again for more: a rate is the caller's."""
         cdef int i, n = self.f.core.nworkers
         if not 0 < len(packet) <= MAX_BYE:
@@ -1719,6 +1907,125 @@ cdef class FastPath:
         self.f.bye_gen += 1
         pthread_mutex_unlock(&self.f.lock)
         wake_all(self.f)
+
+    # -- find() and leave(): a query every thread answers at its next turn ---------------
+
+    def find(self, bytes key=None, bint prefix=False, uint32_t pool_id=0,
+             uint32_t server_id=0, uint32_t limit=1000) -> None:
+        """Ask every thread for its relayed connections whose client id is ``key`` (or starts
+        so, with ``prefix``; None: any), of backend ``pool_id`` and server ``server_id`` (0:
+        any), ``limit`` at most; ``answered()`` says when ``found()`` has them all."""
+        cdef char *copy = NULL
+        cdef View *views
+        limit = min(limit, MAX_FOUND)
+        if key is not None:
+            copy = <char *>malloc(len(key) + 1)
+            if copy == NULL:
+                raise MemoryError()
+            memcpy(copy, PyBytes_AS_STRING(key), len(key))
+        views = <View *>calloc(max(limit, 1), sizeof(View))
+        if views == NULL:
+            free(copy)
+            raise MemoryError()
+        self._open_query(Q_FIND)
+        self.f.query.key = copy
+        self.f.query.key_len = 0 if key is None else len(key)
+        self.f.query.prefix = prefix
+        self.f.query.pool_id = pool_id
+        self.f.query.server_id = server_id
+        self.f.query.limit = limit
+        self.f.query.views = views
+        self._post()
+
+    def leave(self, ids, bytes packet not None) -> None:
+        """Ask every thread to end the named connections between two packets: MQTT 5 clients
+        get ``packet`` (a DISCONNECT) first, older ones none; untracked ones are closed at
+        once. ``answered()`` says when ``left()`` knows which ids were found."""
+        cdef int64_t *sorted_ids
+        cdef int64_t *asked
+        cdef uint32_t i
+        wanted = sorted(set(ids))
+        if len(wanted) > MAX_LEAVE or len(packet) > MAX_BYE:
+            raise ValueError(f"at most {MAX_LEAVE} ids and a {MAX_BYE}-byte packet")
+        sorted_ids = <int64_t *>malloc(max(len(wanted), 1) * sizeof(int64_t))
+        asked = <int64_t *>malloc(max(len(wanted), 1) * sizeof(int64_t))
+        if sorted_ids == NULL or asked == NULL:
+            free(sorted_ids)
+            free(asked)
+            raise MemoryError()
+        for i in range(len(wanted)):
+            sorted_ids[i] = wanted[i]
+        self._open_query(Q_LEAVE)
+        self.f.query.ids = sorted_ids
+        self.f.query.nids = len(wanted)
+        self.f.query.asked = asked
+        memcpy(self.f.query.packet, PyBytes_AS_STRING(packet), len(packet))
+        self.f.query.packet_len = len(packet)
+        self._post()
+
+    def answered(self) -> bool:
+        """Every engine thread has answered the last find() or leave()."""
+        cdef bint done
+        pthread_mutex_lock(&self.f.lock)
+        done = self.f.query.answered >= <uint32_t>self.f.core.nworkers
+        pthread_mutex_unlock(&self.f.lock)
+        return done
+
+    def found(self) -> tuple:
+        """(complete, views) of the last find(), which this closes: a view is (conn id,
+        frontend id, backend id, server id, client ip, client port, client id, MQTT version,
+        start (epoch seconds), bytes in, bytes out, clean start, session expiry or None,
+        tracked). ``complete`` is False when a thread had not answered (it never will now)."""
+        cdef Query *q = &self.f.query
+        cdef View *v
+        cdef char text[INET6_ADDRSTRLEN + 8]
+        cdef size_t n
+        cdef uint32_t i
+        complete = self._close_query()
+        out = []
+        for i in range(q.nviews):
+            v = &q.views[i]
+            n = peer_text(&v.peer, v.state, text, False)
+            out.append((
+                v.conn_id, v.listener_id, v.pool_id, v.server_id, text[:n].decode("ascii"),
+                ntohs(v.peer.sin6_port), PyUnicode_DecodeUTF8(v.cid, v.cid_len, "replace"),
+                v.version & 0x7F, v.wall_ns / 1e9, v.nbytes[0], v.nbytes[1],
+                bool(v.clean_start), v.session_expiry if v.has_expiry else None,
+                bool(v.tracked),
+            ))
+        free_query(q)
+        return complete, out
+
+    def left(self) -> tuple:
+        """(complete, ids found) of the last leave(), which this closes."""
+        cdef Query *q = &self.f.query
+        complete = self._close_query()
+        out = [q.asked[i] for i in range(q.nasked)]
+        free_query(q)
+        return complete, out
+
+    cdef int _open_query(self, int kind) except -1:
+        free_query(&self.f.query)  # a query never read back (the caller gave up on it)
+        pthread_mutex_lock(&self.f.lock)
+        self.f.query.kind = kind
+        self.f.query.answered = 0
+        self.f.query.open = True
+        pthread_mutex_unlock(&self.f.lock)
+        return 0
+
+    cdef void _post(self):
+        pthread_mutex_lock(&self.f.lock)
+        self.f.query.gen += 1
+        pthread_mutex_unlock(&self.f.lock)
+        wake_all(self.f)
+
+    cdef bint _close_query(self):
+        cdef bint complete
+        pthread_mutex_lock(&self.f.lock)
+        self.f.query.open = False
+        complete = self.f.query.answered >= <uint32_t>self.f.core.nworkers
+        pthread_mutex_unlock(&self.f.lock)
+        return complete
 
     def live_bytes(self, uint32_t frontend_id) -> tuple:
         """(bytes in, bytes out) of the frontend's relayed connections still open."""
@@ -1745,7 +2052,7 @@ cdef class FastPath:
         (frontend id, backend id, server id (0: none), client ip, client port, client id,
         username, MQTT version (0: none), keepalive, CONNACK code (None: none), start
         (epoch seconds), wait ms, connect ms, total ms (-1: not reached), bytes in, bytes out,
-        end reason, denied (counts as a refusal), errno)."""
+        end reason, denied (counts as a refusal), errno, connection id)."""
         cdef Core *core = self.f.core
         cdef Conn *head
         cdef Conn *nxt
@@ -1803,6 +2110,23 @@ cdef inline void swap_pool(Pool **slot, Pool *p) noexcept:
     slot[0] = p
 
 
+cdef void free_query(Query *q) noexcept nogil:
+    """Free what a closed query holds (the threads no longer touch a closed query)."""
+    cdef uint32_t i
+    if q.views != NULL:
+        for i in range(q.nviews):
+            free(q.views[i].cid)
+    free(q.views)
+    free(q.key)
+    free(q.ids)
+    free(q.asked)
+    q.views = NULL
+    q.key = NULL
+    q.ids = NULL
+    q.asked = NULL
+    q.nviews = q.nids = q.nasked = q.key_len = 0
+
+
 cdef void free_record(FastConn *fc) noexcept nogil:
     free(fc.ids)
     free(fc)
@@ -1815,7 +2139,7 @@ cdef inline int ms_between(int64_t start, int64_t t):
 cdef tuple record(FastConn *fc):
     cdef Conn *c = &fc.c
     cdef char text[INET6_ADDRSTRLEN + 8]
-    cdef size_t n = peer_text(fc, text, False)
+    cdef size_t n = peer_text(&fc.peer, fc.state, text, False)
     cdef bint valid = fc.version != 0
     client_id = PyUnicode_DecodeUTF8(fc.ids, fc.cid_len, NULL) if valid or fc.cid_len else None
     username = (PyUnicode_DecodeUTF8(fc.ids + fc.cid_len, fc.user_len, NULL)
@@ -1826,6 +2150,7 @@ cdef tuple record(FastConn *fc):
         None if fc.connack < 0 else fc.connack, fc.wall_ns / 1e9,
         ms_between(fc.accepted_ns, fc.inspected_ns), ms_between(fc.accepted_ns, fc.connected_ns),
         <int>(c.t * 1000), c.nbytes[0], c.nbytes[1], why_word(fc), fc.why in DENIED, c.err,
+        c.conn_id,
     )
 
 

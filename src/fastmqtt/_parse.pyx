@@ -471,8 +471,8 @@ cdef int connack_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
 
 
 cdef Span property_span(const uint8_t *p, Span props, uint32_t wanted) noexcept nogil:
-    # The value of the UTF-8 or binary property <wanted> in a property block that a scan
-    # already validated (for the engine: a CONNACK's assigned client identifier).
+    # The value of property <wanted> in a property block that a scan already validated (for
+    # the engine: a CONNACK's assigned client identifier, a CONNECT's session expiry).
     cdef Cursor c
     cdef Span none = Span(-1, 0)
     cdef Span t = Span(-1, 0)
@@ -495,8 +495,13 @@ cdef Span property_span(const uint8_t *p, Span props, uint32_t wanted) noexcept 
         elif wire == W_UTF8_PAIR:
             if not (cur_span(&c, &t) and cur_span(&c, &t)):
                 break
-        elif wire == W_NONE or not read_int(&c, wire, &value):
-            break
+        else:
+            t.start = c.pos
+            if wire == W_NONE or not read_int(&c, wire, &value):
+                break
+            if pid == wanted:  # an integer property: its bytes, big-endian
+                t.length = c.pos - t.start
+                return t
     return none
 
 

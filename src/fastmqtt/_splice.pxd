@@ -35,6 +35,7 @@ cdef enum:
     MAX_ROUNDS = 16         # reads per direction per turn before yielding to other connections
     PIPE_CAP = 262144       # bulk chunk: fewer splice calls than a default 64 KiB pipe
     MAX_THREADS = 64
+    BYE_IDLE_TICKS = 100    # a goodbye waits at most 10 s without progress for its boundaries
 
 # Connection flags; per-direction bits are shifted by the direction (0 client->server).
 cdef enum:
@@ -47,9 +48,9 @@ cdef enum:
     F_SERVER_FIRST = 1 << 10  # the server's FIN came first
     F_HUP = 1 << 11         # the side's FIN has arrived (EPOLLRDHUP seen): read until EOF
     # bit 12 is F_HUP of the server side
-    F_TRACK = 1 << 13       # follow the server's packet boundaries (add(track_packets=True))
-    F_BYE = 1 << 14         # a goodbye waits for the next boundary (its Bye is in w.waiting)
-    F_FAREWELL = 1 << 15    # the goodbye packet is queued: read no more from the server
+    F_TRACK = 1 << 13       # follow both streams' packet boundaries (add(track_packets=True))
+    F_BYE = 1 << 14         # a goodbye is under way: each stream stops at its next boundary
+    F_FAREWELL = 1 << 15    # the server's stream stopped, the goodbye packet (if any) queued
 
 # What Python asked of a connection; guarded by core.lock (one request of each kind at most).
 # Conn.kind
@@ -102,10 +103,11 @@ cdef struct Conn:
     int fd[2]               # 0 client, 1 server
     uint32_t idle[2]        # ticks, 0 = no timeout
     uint32_t last_rx[2]     # tick of the last progress of each side's bytes
-    uint32_t pkt_left       # tracked: body bytes left, or in a header the length so far
+    uint32_t pkt_left[2]    # tracked, by direction: body bytes left, or in a header the
+                            # length so far
     int16_t err             # errno values fit
     uint16_t flags
-    uint8_t pkt_hdr         # tracked: fixed-header bytes seen (0 = in a body or between)
+    uint8_t pkt_hdr[2]      # tracked: fixed-header bytes seen (0 = in a body or between)
     uint8_t reason
     uint8_t refs            # the engine until drained, plus one per queued close()/goodbye()
     uint8_t asked           # ASK_* bits, under core.lock
@@ -247,8 +249,10 @@ cdef inline void close_fd(int *fd) noexcept nogil:
 
 # An exact-size copy of bytes still to send, or NULL if n is 0 or memory ran out.
 cdef Pending *pending_new(const char *data, size_t n) noexcept nogil
-# Follow the server's stream for packet boundaries (track_packets).
-cdef size_t follow(Conn *c, const uint8_t *data, size_t n, bint stop) noexcept nogil
+# Follow direction d's stream for packet boundaries (track_packets).
+cdef size_t follow(Conn *c, int d, const uint8_t *data, size_t n, bint stop) noexcept nogil
+# Start a goodbye on a tracked connection this thread owns (b: malloc'd, b.conn = c).
+cdef void bye_start(Worker *w, Conn *c, Bye *b) noexcept nogil
 # End a connection and queue its record; returns STEP_ENDED.
 cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil
 # File a connection on the wheel by its deadline (or time it out); refile after it moved.

@@ -24,12 +24,16 @@ Design notes (the WHY; the code says the how):
   does about as well, but would be held by every thread for small packets too.
 - Idle timeouts: a hashed timing wheel of 100 ms ticks. Activity only stores a tick in the
   connection; the wheel re-files a connection when its slot comes round, so there is no scan.
-- Graceful drain: a connection added with ``track_packets`` follows the packet boundaries of
-  the server->client stream by fixed headers only (bodies are skipped by length), in two
-  fields of the connection. ``goodbye`` then ends it at the next boundary: bytes past it are
-  dropped and the given packet goes out after what the client is still owed. splice never
-  shows us the bytes, so on a tracked direction it moves only the rest of a long body (at
-  least ``splice_threshold``) and headers go through recv.
+- Packet boundaries: a connection added with ``track_packets`` follows the packet boundaries
+  of both streams by fixed headers only (bodies are skipped by length), in two fields per
+  direction. ``goodbye`` then ends it between two packets: each stream stops at its next
+  boundary (bytes past it are dropped), the given packet (a DISCONNECT; none for clients
+  older than MQTT 5) goes out after what the client is still owed, and the connection closes
+  once both streams are at their boundary and everything before it is delivered, so no
+  packet is cut in half either way. A goodbye waits at most ``BYE_IDLE_TICKS`` without
+  progress for that (then the idle timeout ends it). splice never shows us the bytes, so on
+  a tracked direction it moves only the rest of a long body (at least ``splice_threshold``)
+  and headers go through recv.
 - Closing: a side that may still be sending when its connection ends (a drain's goodbye, a
   timeout, a kill) is not closed at once: a close with unread bytes makes the kernel answer with
   a reset, which destroys what we sent and the peer has not read yet (the goodbye itself). As
@@ -214,17 +218,17 @@ cdef void pipes_close_all(Core *core) noexcept nogil:
 
 # ---------------------------------------------------------------- packet boundaries
 
-cdef inline bint at_boundary(Conn *c) noexcept nogil:
-    return c.pkt_hdr == 0 and c.pkt_left == 0
+cdef inline bint at_boundary(Conn *c, int d) noexcept nogil:
+    return c.pkt_hdr[d] == 0 and c.pkt_left[d] == 0
 
 
-cdef size_t follow(Conn *c, const uint8_t *data, size_t n, bint stop) noexcept nogil:
-    """Follow n bytes of the server's stream (the twin of framing.PacketBoundary.feed);
+cdef size_t follow(Conn *c, int d, const uint8_t *data, size_t n, bint stop) noexcept nogil:
+    """Follow n bytes of direction d's stream (the twin of framing.PacketBoundary.feed);
     return how many were taken: all, or with ``stop`` only up to the first packet end."""
     # the state lives in locals: data may alias the struct, so fields would be stored and
     # reloaded around every byte read
-    cdef uint32_t left = c.pkt_left
-    cdef uint8_t hdr = c.pkt_hdr, byte
+    cdef uint32_t left = c.pkt_left[d]
+    cdef uint8_t hdr = c.pkt_hdr[d], byte
     cdef size_t i = 0, step
     while i < n:
         if stop and hdr == 0 and left == 0:
@@ -243,13 +247,13 @@ cdef size_t follow(Conn *c, const uint8_t *data, size_t n, bint stop) noexcept n
             hdr += 1
             if not byte & 0x80 or hdr == 5:  # a malformed length ends it too
                 hdr = 0
-    c.pkt_left = left
-    c.pkt_hdr = hdr
+    c.pkt_left[d] = left
+    c.pkt_hdr[d] = hdr
     return i
 
 
 cdef Bye *bye_take(Worker *w, Conn *c) noexcept nogil:
-    """Unlink the goodbye waiting for c (F_BYE) from the worker's list."""
+    """Unlink the goodbye waiting for c's server stream to stop from the worker's list."""
     cdef Bye **link = &w.waiting
     cdef Bye *b
     while link[0] != NULL and link[0].conn != c:
@@ -257,8 +261,23 @@ cdef Bye *bye_take(Worker *w, Conn *c) noexcept nogil:
     b = link[0]
     if b != NULL:
         link[0] = b.next
-    c.flags &= ~F_BYE
     return b
+
+
+cdef void bye_start(Worker *w, Conn *c, Bye *b) noexcept nogil:
+    """Begin a goodbye (F_BYE): both streams stop at their next boundary; waiting for them is
+    bounded by BYE_IDLE_TICKS without progress."""
+    cdef int s
+    b.next = w.waiting
+    w.waiting = b
+    c.flags |= F_BYE
+    for s in range(2):
+        if c.idle[s] == 0 or c.idle[s] > BYE_IDLE_TICKS:
+            c.idle[s] = BYE_IDLE_TICKS
+        c.last_rx[s] = w.now  # the wait starts now, however idle the connection was
+    refile(w, c)
+    if not (c.flags & F_DONE) and not pump(w, c, 1):  # at a boundary already: say it now
+        pump(w, c, 0)
 
 
 # ---------------------------------------------------------------- ending a connection
@@ -366,7 +385,7 @@ cdef int finish(Worker *w, Conn *c, int reason, int err) noexcept nogil:
     """End a connection and queue its completion record; returns STEP_ENDED."""
     c.flags |= F_DONE
     hlist_del(c)
-    if c.flags & F_BYE:
+    if c.flags & F_BYE and not (c.flags & F_FAREWELL):
         free(bye_take(w, c))
     drop_buffers(w, c)
     release_fds(w, c, reason - R_RESET if R_RESET <= reason < R_TIMEOUT else -1)
@@ -555,16 +574,29 @@ cdef int read_failed(Worker *w, Conn *c, int d, ssize_t n) noexcept nogil:
 
 cdef int farewell(Worker *w, Conn *c) noexcept nogil:
     """The client has all the server's bytes up to a packet end and a goodbye waits (F_BYE):
-    queue the goodbye packet; the server is read no more."""
+    queue the goodbye packet (none: a close between packets); the server is read no more."""
     cdef Bye *b = bye_take(w, c)
-    cdef Pending *p = pending_new(<char *>(b + 1), b.len)
-    free(b)
-    if p == NULL:
-        return finish(w, c, R_ERROR, ENOMEM)
-    c.pend[1] = p
+    cdef Pending *p = NULL
     c.flags |= F_FAREWELL
-    fm_add64(&w.buffered, p.len)
+    if b.len:
+        p = pending_new(<char *>(b + 1), b.len)
+        if p == NULL:
+            free(b)
+            return finish(w, c, R_ERROR, ENOMEM)
+        c.pend[1] = p
+        fm_add64(&w.buffered, p.len)
+    free(b)
     return STEP_MORE
+
+
+cdef inline bint delivered(Conn *c, int d) noexcept nogil:
+    return c.pend[d] == NULL and (c.pipe[d] == NULL or c.pipe[d].used == 0)
+
+
+cdef inline bint bye_done(Conn *c) noexcept nogil:
+    """A goodbye's end: both streams stopped at a boundary, all before it delivered."""
+    return (c.flags & F_FAREWELL and at_boundary(c, 0) and delivered(c, 0)
+            and delivered(c, 1))
 
 
 cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
@@ -585,8 +617,8 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
             more = MSG_MORE
         else:
             c.flags &= ~(F_RD << d)  # drained (see the note on edge triggering)
-    if d == 1 and c.flags & F_TRACK:  # bytes past the boundary a goodbye waits for are dropped
-        n = <ssize_t>follow(c, <uint8_t *>w.buf, <size_t>n, (c.flags & F_BYE) != 0)
+    if c.flags & F_TRACK:  # bytes past the boundary a goodbye waits for are dropped
+        n = <ssize_t>follow(c, d, <uint8_t *>w.buf, <size_t>n, (c.flags & F_BYE) != 0)
     if core.threshold and <size_t>n >= core.threshold:
         c.flags |= F_BULK << d
     m = send(c.fd[1 - d], w.buf, <size_t>n, MSG_NOSIGNAL | more)
@@ -604,13 +636,13 @@ cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
 
 
 cdef inline size_t splice_len(Worker *w, Conn *c, int d) noexcept nogil:
-    """How much one splice may move; 0 = use recv. On a tracked server stream only the rest
-    of a long packet body: headers must go through recv to be seen."""
-    if d == 0 or not (c.flags & F_TRACK):
+    """How much one splice may move; 0 = use recv. On a tracked stream only the rest of a
+    long packet body: headers must go through recv to be seen."""
+    if not (c.flags & F_TRACK):
         return PIPE_CAP
-    if c.pkt_hdr or c.pkt_left < w.core.threshold:
+    if c.pkt_hdr[d] or c.pkt_left[d] < w.core.threshold:
         return 0
-    return min(<size_t>c.pkt_left, <size_t>PIPE_CAP)
+    return min(<size_t>c.pkt_left[d], <size_t>PIPE_CAP)
 
 
 cdef int read_splice(Worker *w, Conn *c, int d) noexcept nogil:
@@ -634,8 +666,8 @@ cdef int read_splice(Worker *w, Conn *c, int d) noexcept nogil:
             c.pipe[d] = NULL
         return <int>n
     received(w, c, d, <size_t>n)
-    if d == 1 and c.flags & F_TRACK:
-        c.pkt_left -= <uint32_t>n  # body bytes only (splice_len)
+    if c.flags & F_TRACK:
+        c.pkt_left[d] -= <uint32_t>n  # body bytes only (splice_len)
     p.used += <uint32_t>n
     fm_add64(&w.buffered, <uint64_t>n)
     return STEP_MORE
@@ -671,11 +703,11 @@ cdef bint pump(Worker *w, Conn *c, int d) noexcept nogil:
         r = flush(w, c, d)
         if r != STEP_MORE:
             return r == STEP_ENDED
-        if d == 1 and c.flags & (F_BYE | F_FAREWELL):
-            if c.flags & F_FAREWELL:  # the goodbye packet is out
+        if c.flags & F_BYE:
+            if bye_done(c):
                 finish(w, c, R_DRAINED, 0)
                 return True
-            if at_boundary(c):
+            if d == 1 and not (c.flags & F_FAREWELL) and at_boundary(c, 1):
                 if farewell(w, c) == STEP_ENDED:
                     return True
                 continue  # flush it
@@ -782,10 +814,7 @@ cdef void take_bye(Worker *w, Bye *b) noexcept nogil:
     if c.flags & (F_DONE | (F_EOF << 1)):
         free(b)
     else:
-        b.next = w.waiting
-        w.waiting = b
-        c.flags |= F_BYE
-        pump(w, c, 1)  # at a boundary already, the goodbye follows what the client is owed
+        bye_start(w, c, b)
     unref(w, c)
 
 
@@ -1010,11 +1039,13 @@ cdef bint set_pending(Conn *c, int d, const unsigned char[:] data) noexcept:
 
 
 cdef void track(Conn *c) noexcept nogil:
-    """Follow the server's packets from the start: bytes Python read for the client count."""
+    """Follow both streams' packets from the start: bytes Python read count."""
+    cdef int d
     c.flags |= F_TRACK
     c.asked |= ASK_TRACK
-    if c.pend[1] != NULL:
-        follow(c, <const uint8_t *>(c.pend[1] + 1), c.pend[1].len, False)
+    for d in range(2):
+        if c.pend[d] != NULL:
+            follow(c, d, <const uint8_t *>(c.pend[d] + 1), c.pend[d].len, False)
 
 
 cdef void release_records(Core *core, Conn *c) noexcept nogil:
@@ -1127,7 +1158,7 @@ cdef class Engine:
             double server_idle, const unsigned char[:] to_server=b"",
             const unsigned char[:] to_client=b"", *, bint track_packets=False) -> None:
         """Hand over a connected pair; the engine owns (and will close) both fds.
-        ``track_packets``: follow the server's MQTT packets so that goodbye() can be used."""
+        ``track_packets``: follow both streams' MQTT packets so that goodbye() can be used."""
         cdef Conn *c
         cdef Worker *w
         cdef bint refused
@@ -1218,21 +1249,24 @@ cdef class Engine:
         if not ok:
             raise MemoryError()
 
-    def goodbye(self, int64_t conn_id, const unsigned char[:] packet) -> None:
-        """Send ``packet`` (a DISCONNECT) to the client at the next packet boundary of the
-        server's stream, dropping the server's bytes after it, then close both sides; the
-        record says "drained". Ignored for ids that are unknown, drained, not added with
+    def goodbye(self, int64_t conn_id, const unsigned char[:] packet) -> bool:
+        """End a connection between two packets: send ``packet`` (a DISCONNECT; b"" for
+        none, as MQTT 3.1.1 has no server DISCONNECT) to the client at the next packet
+        boundary of the server's stream, dropping the server's bytes after it, let the
+        client's stream reach its own boundary, then close both sides; the record says
+        "drained". Ignored for ids that are unknown, drained, not added with
         ``track_packets`` or already said goodbye to; a connection that ends before the
-        boundary ends as it would have."""
+        boundary ends as it would have. True if the goodbye was queued."""
         cdef Conn *c
         cdef Worker *w
         cdef Bye *b
         cdef size_t n = <size_t>packet.shape[0]
-        if not 0 < n < 0x10000000:
-            raise ValueError(f"goodbye packet must be 1 byte .. 256 MiB, got {n} bytes")
+        cdef bint queued = False
+        if not n < 0x10000000:
+            raise ValueError(f"goodbye packet must be under 256 MiB, got {n} bytes")
         addr = self._conns.get(conn_id)
         if addr is None or self._stopped:
-            return
+            return False
         c = <Conn *><uintptr_t>addr
         w = &self.core.workers[c.worker]
         b = <Bye *>malloc(sizeof(Bye) + n)
@@ -1240,7 +1274,8 @@ cdef class Engine:
             raise MemoryError()
         b.conn = c
         b.len = <uint32_t>n
-        memcpy(<char *>(b + 1), &packet[0], n)
+        if n:
+            memcpy(<char *>(b + 1), &packet[0], n)
         pthread_mutex_lock(&self.core.lock)
         if c.asked & ASK_TRACK and not (c.asked & ASK_BYE) and not self.core.halting:
             c.asked |= ASK_BYE
@@ -1248,9 +1283,11 @@ cdef class Engine:
             b.next = w.byes
             w.byes = b
             b = NULL
+            queued = True
             wake(w)
         pthread_mutex_unlock(&self.core.lock)
         free(b)
+        return queued
 
     def completions_fd(self) -> int:
         """An eventfd that becomes readable when drain() has records."""

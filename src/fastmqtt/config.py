@@ -106,6 +106,7 @@ class GlobalConfig:
     grace: float = 30.0
     drain_disconnect: bool = False  # MQTT 5 clients get DISCONNECT 0x8B on SIGTERM
     drain_rate: int = 500  # such DISCONNECTs per second, so reconnects arrive spread out
+    track_packets: bool = True  # follow packet boundaries: kick/move between two packets
     stick_dir: str | None = None  # stick table files that outlive a restart (stick.py)
     fast_path: bool = True  # frontends the C engine can serve from accept to close, it does
     log_connections: bool = True  # one line per connection on standard output
@@ -1017,6 +1018,7 @@ GLOBAL_KEYS = {
     "grace": _Key(_duration(allow_zero=True)),
     "drain_disconnect": _Key(_boolean),
     "drain_rate": _Key(_integer(1, MAX_CONNECTIONS)),
+    "track_packets": _Key(_boolean),
     "stick_dir": _Key(_directory),
     "fast_path": _Key(_boolean),
     "log_connections": _Key(_boolean),

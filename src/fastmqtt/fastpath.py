@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
 from fastmqtt.backends import ServerState
 from fastmqtt.balance import Consistent
+from fastmqtt.relay import ConnInfo
 from fastmqtt.session import Session
 from fastmqtt.stick import server_id
 
@@ -46,6 +48,8 @@ SYNC_INTERVAL = 0.25  # seconds between copies of the engine's counters into Pyt
 TICK = 0.1  # the engine's timing wheel
 MAX_RULES = 64  # access rules per frontend on the fast path (_fastpath.MAX_ROUTES)
 STATES = tuple(ServerState)  # the engine's S_* codes, in this order
+QUERY_TIMEOUT = 1.0  # seconds the engine's threads have to answer a find() or leave()
+QUERY_POLL = 0.001
 
 
 def fast_path_reason(
@@ -122,6 +126,8 @@ class FastPathHub:
         self._backend_by_id: dict[int, Backend] = {}
         self._seen: dict[object, tuple] = {}  # counters as last added into Python's
         self._close_reasons: dict[int, str] = {}  # server id -> why close_server() was asked
+        self._leave_reasons: dict[int, str] = {}  # conn id -> why leave() was asked
+        self._query = asyncio.Lock()  # the engine answers one find() or leave() at a time
         self._sync: asyncio.TimerHandle | None = None
 
     # -- configuration ---------------------------------------------------------------
@@ -246,7 +252,7 @@ class FastPathHub:
             maxconn=config.maxconn,
             reject_invalid=config.reject_invalid,
             allow_bridge=config.allow_bridge,
-            track_v5=self.proxy.hub.drain_v5,  # as the process started (drain_disconnect)
+            track=_track(self.proxy.hub),  # as the process started
             client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
             refusals=refusal_table() if config.reject_with_connack else None,
             admission=self._admission(fid, config, min(config.maxconn, global_.maxconn)),
@@ -299,6 +305,81 @@ class FastPathHub:
             self.c.goodbye(packet, batch)
             await asyncio.sleep(batch / rate)
 
+    # -- find and leave ----------------------------------------------------------------
+
+    async def find(
+        self,
+        client_id: str | None,
+        prefix: str | None,
+        backend: str | None,
+        server: str | None,
+        limit: int,
+    ) -> list[ConnInfo]:
+        """RelayHub.find for the engine's relayed fast-path connections."""
+        pool_id = server_id = 0
+        if backend is not None:
+            found = self.proxy.backends.get(backend)
+            pool = self._pools.get(found) if found is not None else None
+            if pool is None:
+                return []
+            pool_id = pool.id
+            if server is not None:
+                named = [s for s in found.servers if s.name == server]  # type: ignore[union-attr]
+                ref = self._servers.get(named[0]) if named else None
+                if ref is None:
+                    return []
+                server_id = ref.id
+        key = client_id if client_id is not None else prefix
+        async with self._query:
+            self.c.find(
+                None if key is None else key.encode(), client_id is None, pool_id, server_id, limit
+            )
+            await self._answers()
+            complete, views = self.c.found()
+        if not complete:
+            log.warning("find: an engine thread did not answer within %.1f s", QUERY_TIMEOUT)
+        return [self._info(view) for view in views]
+
+    def _info(self, view: tuple) -> ConnInfo:
+        (conn_id, fid, pool_id, server_id, ip, port, client_id, version, since, bytes_in,
+         bytes_out, clean_start, expiry, tracked) = view  # fmt: skip
+        backend = self._backend_by_id.get(pool_id)
+        server = self._server_by_id.get(server_id)
+        return ConnInfo(
+            conn_id=conn_id,
+            client_id=client_id,
+            protocol_version=version,
+            frontend=self._frontends[fid].name,
+            backend=backend.name if backend is not None else "",
+            server=server.name if server is not None else None,
+            source=f"{ip}:{port}",
+            since=since,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            path="fast",
+            clean_start=clean_start,
+            session_expiry=expiry,
+            tracked=tracked,
+        )
+
+    async def leave(self, conn_ids: list[int], packet: bytes, reason: str) -> int:
+        """RelayHub.ask_to_leave for fast-path connections; returns how many were found."""
+        for conn_id in conn_ids:  # before asking: a record may come back before the answer
+            self._leave_reasons.setdefault(conn_id, reason)
+        async with self._query:
+            self.c.leave(conn_ids, packet)
+            await self._answers()
+            _, asked = self.c.left()
+        for conn_id in set(conn_ids) - set(asked):
+            self._leave_reasons.pop(conn_id, None)
+        return len(asked)
+
+    async def _answers(self) -> None:
+        """Until every engine thread answered the query, QUERY_TIMEOUT at most."""
+        deadline = time.monotonic() + QUERY_TIMEOUT
+        while not self.c.answered() and time.monotonic() < deadline:
+            await asyncio.sleep(QUERY_POLL)
+
     def python_live_changed(self, server: Server | None = None) -> None:
         """The event-loop path's connections changed: limits in the engine count them."""
         self.c.set_limits(self.proxy.config.global_.maxconn, self.proxy.current)
@@ -330,7 +411,7 @@ class FastPathHub:
     def _session(self, record: tuple) -> Session:
         (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
          wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, _,
-         _) = record  # fmt: skip
+         _, conn_id) = record  # fmt: skip
         fe = self._frontends[fid]
         session = Session(fe.name, (ip, port), fe.counters)
         session.accepted_at = 0.0
@@ -346,7 +427,10 @@ class FastPathHub:
         session.protocol_version = version
         session.keepalive = keepalive
         session.connack_code = connack
-        if reason == "killed" and server_id in self._close_reasons:
+        asked = self._leave_reasons.pop(conn_id, None)
+        if asked is not None and reason in ("killed", "drained"):
+            reason = asked  # leave() said why
+        elif reason == "killed" and server_id in self._close_reasons:
             reason = self._close_reasons[server_id]  # close_server() said why
         session.ended(bytes_in, bytes_out, reason)  # the engine's counts include the CONNECT
         return session
@@ -551,6 +635,12 @@ def _add_histogram(h: Histogram, counts: list[int], seconds: float) -> None:
         h.counts[i] += n
     h.count += sum(counts)
     h.total += seconds
+
+
+def _track(hub: Any) -> int:
+    """Whose packets the engine follows (_fastpath.TRACK_*): every MQTT client
+    (track_packets), MQTT 5 ones (drain_disconnect alone), or none."""
+    return 2 if hub.track_all else 1 if hub.drain_v5 else 0
 
 
 def _ticks(seconds: float) -> int:

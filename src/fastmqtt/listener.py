@@ -448,6 +448,9 @@ class Frontend:
         session.username = connect.username
         session.protocol_version = connect.protocol_version
         session.keepalive = connect.keepalive
+        session.clean_start = connect.clean_start
+        if connect.protocol_version == 5:
+            session.session_expiry = connect.properties.get("session_expiry_interval")
         self.counters.connects_by_version[connect.protocol_version] += 1
 
     def _stick_key(self, session: Session, backend: Backend) -> str | None:

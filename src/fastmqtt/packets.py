@@ -7,7 +7,18 @@ _PROTOCOL = {3: b"\x00\x06MQIsdp", 4: b"\x00\x04MQTT", 5: b"\x00\x04MQTT"}
 
 DISCONNECT = b"\xe0\x00"
 PINGREQ = b"\xc0\x00"
-SERVER_SHUTTING_DOWN = 0x8B  # MQTT 5 DISCONNECT reason code
+# MQTT 5 DISCONNECT reason codes fastmqtt sends
+SERVER_SHUTTING_DOWN = 0x8B
+ADMINISTRATIVE_ACTION = 0x98
+USE_ANOTHER_SERVER = 0x9C
+SERVER_MOVED = 0x9D
+# how the connection log names the end of a client asked to leave with that code
+LEAVE_REASONS = {
+    ADMINISTRATIVE_ACTION: "kicked",
+    USE_ANOTHER_SERVER: "moved",
+    SERVER_MOVED: "moved",
+    SERVER_SHUTTING_DOWN: "moved",
+}
 
 
 def disconnect_v5(reason: int) -> bytes:

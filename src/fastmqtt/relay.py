@@ -1,16 +1,24 @@
 """Where established connections go: the C engine for plain TCP when it is compiled in, the
-event-loop relay otherwise. One interface for both; the choice is `RelayHub.start`."""
+event-loop relay otherwise. One interface for both; the choice is `RelayHub.start`.
+
+`RelayHub` is also the one view over every established connection of the process, whichever
+path holds it (the event-loop relay, the engine's handed-over pairs, the engine's fast path):
+`find` lists them (`ConnInfo`), `ask_to_leave` ends them between two packets (``ctl client``,
+``ctl kick``, rebalance and evacuation).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.relay_loop import CLOSE_LINGER, CLOSE_LINGER_BYTES, Endpoint, LoopRelay
 from fastmqtt.session import Session
@@ -36,6 +44,36 @@ DRAIN_BATCH = 0.02
 # (session, bytes client->server, bytes server->client, end reason)
 FinishCallback = Callable[[Session, int, int, str], None]
 
+FAST_IDS = 1 << 48  # fast-path connection ids start here (_fastpath.FAST_IDS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """One established connection as ``find`` sees it now."""
+
+    conn_id: int  # unique in its process (fast-path ids are >= FAST_IDS)
+    client_id: str | None
+    protocol_version: int
+    frontend: str
+    backend: str
+    server: str | None
+    source: str  # "ip:port" of the client
+    since: float  # wall clock (epoch seconds) of the accept
+    bytes_in: int  # client -> server so far
+    bytes_out: int  # server -> client so far
+    path: str  # "fast" (the engine from accept), "engine" (handed over) or "loop"
+    clean_start: bool | None
+    session_expiry: int | None  # MQTT 5: seconds, when the CONNECT gave one
+    tracked: bool  # packet boundaries followed: it can be asked to leave between two packets
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def leave_reason(reason_code: int) -> str:
+    """How the connection log names the end of a connection asked to leave."""
+    return packets.LEAVE_REASONS.get(reason_code, "asked-to-leave")
+
 
 class RelayHub:
     """Owns every established client/server pair of the process until it ends."""
@@ -52,11 +90,15 @@ class RelayHub:
         self.engine = engine
         self.fast = fast  # its connections end through the same completion eventfd
         self.sessions: dict[int, Session] = {}
-        self.drain_v5 = False  # follow MQTT 5 sessions' packets so a drain can say goodbye
+        # both decided at start: whose packets are followed (a goodbye needs it)
+        self.drain_v5 = False  # drain_disconnect: MQTT 5 sessions, so a drain can say goodbye
+        self.track_all = False  # track_packets: every MQTT session
         self._loop_relays: dict[int, LoopRelay] = {}
-        # session id -> how to say goodbye to it, for the sessions that follow packets
-        self._goodbyes: dict[int, Callable[[bytes], None]] = {}
-        self._close_reasons: dict[int, str] = {}  # why we asked the engine (it says "killed")
+        # session id -> how to say goodbye to it (True: it will), for the sessions that follow
+        # packets
+        self._goodbyes: dict[int, Callable[[bytes], bool]] = {}
+        # why we ended a session (the relays say "killed" or "drained"), until it ends
+        self._close_reasons: dict[int, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._batch: asyncio.TimerHandle | None = None
         self._lingering: set[asyncio.Future[None]] = set()
@@ -84,7 +126,7 @@ class RelayHub:
         broker's stream is MQTT packets (not WebSocket frames passed through), so a goodbye
         can be said between two of them."""
         self.sessions[session.id] = session
-        goodbye = packets and self.drain_v5 and session.protocol_version == 5
+        goodbye = self.tracks(session.protocol_version) and packets
         if self.engine is not None and spliceable:
             assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
             self.engine.add(
@@ -112,6 +154,85 @@ class RelayHub:
             self._goodbyes[session.id] = relay.say_goodbye
         relay.start(client_sock, server_sock, to_server, to_client)
 
+    def tracks(self, protocol_version: int) -> bool:
+        """Whether a session of that MQTT version follows packet boundaries."""
+        v5 = protocol_version & 0x7F == 5
+        return protocol_version != 0 and (self.track_all or (self.drain_v5 and v5))
+
+    # -- where is device X? ----------------------------------------------------------------
+
+    async def find(
+        self,
+        client_id: str | None = None,
+        prefix: str | None = None,
+        backend: str | None = None,
+        server: str | None = None,
+        limit: int = 1000,
+    ) -> list[ConnInfo]:
+        """Established connections whose client id is ``client_id`` (or starts with
+        ``prefix``; neither: any), of ``backend`` and its ``server`` (names), ``limit`` at
+        most. The engine's fast-path connections are asked of its threads (no Python object
+        per connection)."""
+        if server is not None and backend is None:
+            raise ValueError("find: a server is named within its backend")
+        found = []
+        for session in list(self.sessions.values()):
+            if len(found) >= limit:
+                return found
+            if _matches(session, client_id, prefix, backend, server):
+                found.append(self._info(session))
+        if self.fast is not None and len(found) < limit:
+            found += await self.fast.find(client_id, prefix, backend, server, limit - len(found))
+        return found
+
+    def _info(self, session: Session) -> ConnInfo:
+        bytes_in, bytes_out = session.traffic(*self.counters(session))
+        host, port = session.client_addr[:2]
+        return ConnInfo(
+            conn_id=session.id,
+            client_id=session.client_id,
+            protocol_version=session.protocol_version,
+            frontend=session.frontend,
+            backend=session.backend,
+            server=session.server.name if session.server is not None else None,
+            source=f"{host}:{port}",
+            since=session.wall_start,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            path="loop" if session.id in self._loop_relays else "engine",
+            clean_start=session.clean_start,
+            session_expiry=session.session_expiry,
+            tracked=session.id in self._goodbyes,
+        )
+
+    async def ask_to_leave(self, conn_ids: Iterable[int], reason_code: int) -> int:
+        """End these connections between two packets: MQTT 5 clients get DISCONNECT with
+        ``reason_code`` first, older ones are closed between two packets; one that does not
+        follow packets is closed at once. Returns how many were asked (ended ones are
+        skipped); their log lines say `leave_reason`."""
+        reason = leave_reason(reason_code)
+        packet = packets.disconnect_v5(reason_code)
+        asked = 0
+        fast_ids = []
+        for conn_id in conn_ids:
+            if conn_id >= FAST_IDS:
+                fast_ids.append(conn_id)
+                continue
+            session = self.sessions.get(conn_id)
+            if session is None:
+                continue
+            asked += 1
+            if conn_id in self._close_reasons:
+                continue  # asked before: under way
+            self._close_reasons[conn_id] = reason
+            say = self._goodbyes.get(conn_id)
+            v5 = session.protocol_version & 0x7F == 5
+            if say is None or not say(packet if v5 else b""):
+                self.close(conn_id, reason)
+        if fast_ids and self.fast is not None:
+            asked += await self.fast.leave(fast_ids, packet, reason)
+        return asked
+
     def counters(self, session: Session) -> tuple[int, int]:
         """Live bytes (client->server, server->client) of an established session."""
         relay = self._loop_relays.get(session.id)
@@ -132,8 +253,13 @@ class RelayHub:
             self.engine.close(session_id)
 
     async def say_goodbye(self, packet: bytes, rate: float) -> None:
-        """Send ``packet`` to every session that can take one, ``rate`` sessions a second."""
-        goodbyes = list(self._goodbyes.items())
+        """Send ``packet`` (an MQTT 5 DISCONNECT) to every MQTT 5 session that can take one,
+        ``rate`` sessions a second."""
+        goodbyes = [
+            (session_id, say)
+            for session_id, say in self._goodbyes.items()
+            if self.sessions[session_id].protocol_version & 0x7F == 5
+        ]
         batch = max(1, int(rate // 10))
         for start in range(0, len(goodbyes), batch):
             for session_id, say in goodbyes[start : start + batch]:
@@ -188,8 +314,7 @@ class RelayHub:
 
     def _drain_engine(self) -> None:
         for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
-            asked = self._close_reasons.pop(conn_id, None)
-            self._finished(conn_id, c2s, s2c, asked if reason == "killed" and asked else reason)
+            self._finished(conn_id, c2s, s2c, reason)
         if self.fast is not None:  # after engine.drain(), which clears the eventfd
             self.fast.drain()
 
@@ -199,6 +324,26 @@ class RelayHub:
             self._lingering.add(relay.closed)
             relay.closed.add_done_callback(self._lingering.discard)
         self._goodbyes.pop(session_id, None)
+        asked = self._close_reasons.pop(session_id, None)
+        if asked is not None and reason in ("killed", "drained"):
+            reason = asked  # the relays' words for an end we asked for
         session = self.sessions.pop(session_id, None)
         if session is not None:
             self.on_finish(session, c2s, s2c, reason)
+
+
+def _matches(
+    session: Session,
+    client_id: str | None,
+    prefix: str | None,
+    backend: str | None,
+    server: str | None,
+) -> bool:
+    cid = session.client_id
+    if client_id is not None and cid != client_id:
+        return False
+    if prefix is not None and (cid is None or not cid.startswith(prefix)):
+        return False
+    if backend is not None and session.backend != backend:
+        return False
+    return server is None or (session.server is not None and session.server.name == server)

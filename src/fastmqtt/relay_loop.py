@@ -43,6 +43,7 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 CLOSE_LINGER = 2.0  # seconds an ended pair's socket keeps reading (and dropping) before close
 CLOSE_LINGER_BYTES = 1 << 20  # bytes it drops before it closes anyway
+BYE_IDLE = 10.0  # seconds a goodbye waits without progress for the packet boundaries
 
 _PEER_FULL = 1  # why a side is not read: the peer's write buffer is full
 _OWN_FULL = 2  # ... or its own (a side with a codec writes answers to what it reads)
@@ -117,7 +118,7 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None  # a plain socket until its transport exists
         self.codec: Codec | None = None
-        self.boundary: PacketBoundary | None = None  # the broker's side, when it may be drained
+        self.boundary: PacketBoundary | None = None  # where its packets end (track_packets)
         self.received = 0
         self.outbox: list[bytes] = []  # wire bytes for this side until the pair opens
         self.queued = 0  # their length
@@ -188,8 +189,8 @@ class _Side(asyncio.Protocol):
             self.pair.finish(end)
 
     def pass_on(self, data: bytes) -> None:
-        """MQTT bytes from this side for the peer; once a farewell waits, only what completes
-        the packet in progress, then the farewell."""
+        """MQTT bytes from this side for the peer; once a goodbye is under way, only what
+        completes the packet in progress (the rest is dropped)."""
         boundary, pair = self.boundary, self.pair
         if boundary is not None:
             if pair.farewell is None:
@@ -198,8 +199,8 @@ class _Side(asyncio.Protocol):
                 data = data[: boundary.feed(data, stop_at_boundary=True)]
         if data:
             self.peer.send(data)
-        if pair.farewell is not None and boundary is not None and boundary.at_boundary:
-            pair.send_farewell()
+        if pair.farewell is not None:
+            pair.goodbye_step()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -308,27 +309,41 @@ class LoopRelay:
         return self.opened and self.on_done is None
 
     def track_packets(self) -> None:
-        """Follow the broker's packet boundaries so that `say_goodbye` can be used; call it
-        before `start` (the bytes routing read from the broker count)."""
+        """Follow both streams' packet boundaries so that `say_goodbye` can be used; call it
+        before `start` (the bytes routing read count)."""
         self.server.boundary = PacketBoundary()
+        self.client.boundary = PacketBoundary()
 
-    def say_goodbye(self, packet: bytes) -> None:
-        """Send ``packet`` (a DISCONNECT) to the client between two of the broker's packets,
-        then end the pair as "drained". Ignored unless `track_packets` was called."""
-        boundary = self.server.boundary
-        if boundary is None or self.farewell is not None or self.on_done is None:
-            return
+    def say_goodbye(self, packet: bytes) -> bool:
+        """End the pair between two packets, as "drained": ``packet`` (a DISCONNECT; b"" for
+        none) goes to the client between two of the broker's packets, and the pair ends once
+        the client's stream is between two packets too; each stream's bytes past its boundary
+        are dropped. Waits at most BYE_IDLE seconds without progress (then the idle timeout
+        ends it). False (ignored) unless `track_packets` was called, or once said."""
+        if self.server.boundary is None or self.farewell is not None or self.on_done is None:
+            return False
         self.farewell = packet
-        if boundary.at_boundary:
-            self.send_farewell()
+        now = time.monotonic()
+        for side in (self.client, self.server):
+            side.last_read = now
+        self.client_idle = min(self.client_idle or BYE_IDLE, BYE_IDLE)
+        self.server_idle = min(self.server_idle or BYE_IDLE, BYE_IDLE)
+        if self.opened:  # else _open arms it
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm_timer()
+        self.goodbye_step()
+        return True
 
-    def send_farewell(self) -> None:
-        if self._farewell_sent:
-            return
-        self._farewell_sent = True
-        assert self.farewell is not None
-        self.client.send(self.farewell)
-        self.finish("drained")
+    def goodbye_step(self) -> None:
+        """The goodbye packet once the broker's stream is at a boundary; the end once the
+        client's is too."""
+        assert self.farewell is not None and self.server.boundary and self.client.boundary
+        if not self._farewell_sent and self.server.boundary.at_boundary:
+            self._farewell_sent = True
+            self.client.send(self.farewell)
+        if self._farewell_sent and self.client.boundary.at_boundary:
+            self.finish("drained")
 
     def start(
         self,
@@ -344,8 +359,8 @@ class LoopRelay:
         for side, endpoint in sides:
             if isinstance(endpoint, Framed):
                 side.codec = endpoint.codec
-        self.server.send(to_server)
-        self.server.pass_on(to_client)  # the broker's bytes: the boundary follows them too
+        self.client.pass_on(to_server)  # each stream's boundary follows what routing read
+        self.server.pass_on(to_client)
         # bytes handed over count as relayed, as in the C engine (Session.traffic)
         self.client.received += len(to_server)
         self.server.received += len(to_client)

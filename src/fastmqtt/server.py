@@ -58,6 +58,7 @@ class Proxy:
         self.fast = FastPathHub(self, self.engine) if self.engine is not None else None
         self.hub = RelayHub(loop, self._relay_finished, self.engine, self.fast)
         self.hub.drain_v5 = config.global_.drain_disconnect
+        self.hub.track_all = config.global_.track_packets
         self._conn_stream = conn_log
         self.conn_log = self._connection_log(config)
         self.current = 0
@@ -173,6 +174,8 @@ class Proxy:
         self.conn_log = self._connection_log(config)
         if config.global_.drain_disconnect != self.hub.drain_v5:  # decided as connections start
             log.warning("drain_disconnect: the change takes effect at the next restart")
+        if config.global_.track_packets != self.hub.track_all:
+            log.warning("track_packets: the change takes effect at the next restart")
         self.health = {
             name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
         }

@@ -26,6 +26,7 @@ class Session:
         "bytes_in",
         "bytes_out",
         "client_addr",
+        "clean_start",
         "client_id",
         "connack_code",
         "connected_at",
@@ -39,6 +40,7 @@ class Session:
         "protocol_version",
         "routed_in",
         "server",
+        "session_expiry",
         "stick_key",
         "username",
         "wall_start",
@@ -62,6 +64,8 @@ class Session:
         self.username: str | None = None
         self.protocol_version = 0
         self.keepalive = 0
+        self.clean_start: bool | None = None
+        self.session_expiry: int | None = None  # MQTT 5, seconds, when the CONNECT said
         self.stick_key: str | None = None
         self.connack_code: int | None = None
         self.routed_in = 0  # client bytes routing wrote to the server itself (the CONNECT)

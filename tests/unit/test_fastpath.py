@@ -49,6 +49,7 @@ FIELDS = [
     "reason",
     "denied",
     "errno",
+    "conn_id",
 ]
 
 
