@@ -54,12 +54,14 @@ def connect(
     clean: bool = True,
     username: str | None = None,
     password: bytes | None = None,
+    session_expiry: int | None = None,
 ) -> bytes:
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
     flags |= 0x40 if password is not None else 0
     body = _PROTOCOL[version] + bytes([version, flags]) + keepalive.to_bytes(2, "big")
-    if version == 5:
-        body += b"\x00"  # no properties
+    if version == 5:  # the session expiry interval, or no properties
+        expiry = b"" if session_expiry is None else b"\x11" + session_expiry.to_bytes(4, "big")
+        body += varint(len(expiry)) + expiry
     body += utf8(client_id)
     if username is not None:
         body += utf8(username)

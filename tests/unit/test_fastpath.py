@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tests.support.hostile import MisbehavingBroker, read_until_closed
+from tests.support.lb import wait_until
 from tests.vectors import CONNECT_VECTORS, VALID
 
 from fastmqtt import _choose, packets, proxy_protocol
 from fastmqtt._admit import AdmissionRef
-from fastmqtt._fastpath import FastPath, proxy_header
+from fastmqtt._fastpath import FAST_IDS, FastPath, proxy_header
 from fastmqtt._parse import inspect_connect
 from fastmqtt._splice import Engine
 from fastmqtt.access import malformed_connack
@@ -62,9 +63,10 @@ class Lane:
     settings: dict = field(default_factory=dict)
     backend: dict = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        self.engine = Engine(threads=1)
+        self.engine = Engine(threads=self.threads)
         self.fast = FastPath(self.engine, self.settings.pop("global_maxconn", 1000))
         self.refs = [
             _choose.ServerRef(i + 1, socket.AF_INET, host, port)
@@ -407,3 +409,110 @@ def test_half_sent_connects_hold_at_most_max_connect_size_and_go_at_inspect_dela
             read_until_closed(sock)
     assert {r["reason"] for r in fast.wait(700)[500:]} == {"packet-too-large"}
     assert _rss_kib() - before < 4096
+
+
+# ---------------------------------------------------------------- find() and leave()
+
+
+def _open_client(fast: Lane, client_id: str, version: int = 4, **kwargs: object) -> socket.socket:
+    """A client that stays connected through the lane, its CONNACK read."""
+    sock = socket.create_connection(("127.0.0.1", fast.port), timeout=5)
+    sock.sendall(packets.connect(client_id, version=version, **kwargs))  # type: ignore[arg-type]
+    data = b""
+    while inspect_connack(data, version) is None:
+        chunk = sock.recv(256)
+        assert chunk, f"{client_id}: closed before its CONNACK"
+        data += chunk
+    return sock
+
+
+def _ask(fast: Lane, call: Callable[[], None]) -> None:
+    call()
+    assert wait_until(fast.fast.answered, 2.0), "the engine's threads did not answer"
+
+
+VIEW = ["conn_id", "frontend", "backend", "server", "ip", "port", "client_id", "version",
+        "start", "bytes_in", "bytes_out", "clean_start", "session_expiry", "tracked"]  # fmt: skip
+
+
+def _found(fast: Lane, *args: object) -> list[dict]:
+    _ask(fast, lambda: fast.fast.find(*args))
+    complete, views = fast.fast.found()
+    assert complete
+    return [dict(zip(VIEW, v, strict=True)) for v in views]
+
+
+def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) -> None:
+    """Two engine threads: both answer. A view says what the connection's record says once it
+    ends (id, frontend, backend, server, address, client id, version, start, bytes), plus the
+    CONNECT's clean start and session expiry."""
+    nodes = brokers(3)
+    fast = lane(_addresses(nodes), threads=2, settings={"track": 2})
+    socks = {f"dev-{i}": _open_client(fast, f"dev-{i}") for i in range(4)}
+    socks["other"] = _open_client(fast, "other", version=5, clean=False, session_expiry=300)
+    [view] = _found(fast, b"dev-2")
+    assert view["conn_id"] >= FAST_IDS and view["client_id"] == "dev-2"
+    assert (view["frontend"], view["backend"], view["ip"]) == (7, 1, "127.0.0.1")
+    assert view["port"] == socks["dev-2"].getsockname()[1]
+    assert (view["version"], view["clean_start"], view["session_expiry"]) == (4, True, None)
+    assert view["bytes_in"] == len(packets.connect("dev-2")) and view["bytes_out"] == 4
+    assert view["tracked"] and abs(view["start"] - time.time()) < 30
+    [v5] = _found(fast, b"other")
+    assert (v5["version"], v5["clean_start"], v5["session_expiry"]) == (5, False, 300)
+    assert sorted(v["client_id"] for v in _found(fast, b"dev-", True)) == [
+        f"dev-{i}" for i in range(4)
+    ]
+    assert len(_found(fast, b"dev-", True, 0, 0, 2)) == 2  # the limit
+    assert _found(fast, b"dev") == []  # exact unless a prefix is asked for
+    everyone = _found(fast)
+    assert len(everyone) == 5
+    for server in (1, 2, 3):
+        on_it = _found(fast, None, False, 1, server)
+        assert {v["conn_id"] for v in on_it} == {
+            v["conn_id"] for v in everyone if v["server"] == server
+        }
+    assert _found(fast, None, False, 2) == []  # another backend
+    for sock in socks.values():
+        sock.close()
+    records = {r["client_id"]: r for r in fast.wait(5)}
+    for view in everyone:
+        record = records[view["client_id"]]
+        assert record["conn_id"] == view["conn_id"] and record["server"] == view["server"]
+        assert (record["port"], record["start"]) == (view["port"], view["start"])
+
+
+def test_leave_ends_connections_between_two_packets(brokers, lane) -> None:
+    """leave(): the v5 client gets the packet, the 3.1.1 one a close (its half-sent PUBLISH
+    completes first), an unknown id is not found, an untracked connection is closed at once."""
+    nodes = brokers(1)
+    fast = lane(_addresses(nodes), threads=2, settings={"track": 1})  # drain_disconnect alone
+    v5 = _open_client(fast, "five", version=5)
+    v4 = _open_client(fast, "four")
+    ids = {v["client_id"]: v["conn_id"] for v in _found(fast)}
+    assert not any(v["tracked"] for v in _found(fast, b"four"))
+    bye = packets.disconnect_v5(packets.ADMINISTRATIVE_ACTION)
+    _ask(fast, lambda: fast.fast.leave([ids["five"], ids["four"], 12345], bye))
+    assert sorted(fast.fast.left()[1]) == sorted([ids["five"], ids["four"]])
+    assert v5.recv(16) == bye
+    assert v4.recv(16) == b""  # untracked: closed at once
+    reasons = {r["client_id"]: r["reason"] for r in fast.wait(2)}
+    assert reasons == {"five": "drained", "four": "killed"}
+    v5.close()
+    v4.close()
+    tracked = lane(_addresses(nodes), settings={"track": 2})
+    v4 = _open_client(tracked, "four")
+    [view] = _found(tracked, b"four")
+    body = packets.utf8("t") + b"\x00\x01" + b"x" * 2000  # QoS 1, packet id 1
+    publish = b"\x32" + packets.varint(len(body)) + body
+    v4.sendall(publish[:700])
+    _ask(tracked, lambda: tracked.fast.leave([view["conn_id"]], bye))
+    time.sleep(0.2)
+    assert tracked.wait(0, 0.1) == []  # still waiting for the rest of the PUBLISH
+    v4.sendall(publish[700:])
+    v4.settimeout(5)
+    assert v4.recv(16) == b""  # no DISCONNECT for 3.1.1: a close after the PUBLISH
+    v4.close()
+    [record] = tracked.wait(1)
+    assert record["reason"] == "drained" and record["bytes_in"] == len(
+        packets.connect("four")
+    ) + len(publish)
