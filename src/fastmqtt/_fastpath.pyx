@@ -1893,9 +1893,9 @@ cdef class FastPath:
         return ok
 
     def goodbye(self, bytes packet not None, uint32_t count) -> None:
-        """Send ``packet`` (a DISCONNECT) to at most ``count`` more clients relayed with
-        packet tracking (track: MQTT 5 ones only), each at its next packet boundary, then close them (the
-        record says "drained"). Call again for more: a rate is the caller's."""
+        """Send ``packet`` (a DISCONNECT) to at most ``count`` more MQTT 5 clients relayed
+        with packet tracking, each at its next packet boundary, then close them (the record
+        says "drained"). Call again for more: a rate is the caller's."""
         cdef int i, n = self.f.core.nworkers
         if not 0 < len(packet) <= MAX_BYE:
             raise ValueError(f"goodbye packet must be 1..{MAX_BYE} bytes")

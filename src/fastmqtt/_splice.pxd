@@ -103,8 +103,7 @@ cdef struct Conn:
     int fd[2]               # 0 client, 1 server
     uint32_t idle[2]        # ticks, 0 = no timeout
     uint32_t last_rx[2]     # tick of the last progress of each side's bytes
-    uint32_t pkt_left[2]    # tracked, by direction: body bytes left, or in a header the
-                            # length so far
+    uint32_t pkt_left[2]    # tracked, by direction: body bytes left (in a header: length)
     int16_t err             # errno values fit
     uint16_t flags
     uint8_t pkt_hdr[2]      # tracked: fixed-header bytes seen (0 = in a body or between)

@@ -31,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastmqtt.demo", "start three local brokers and a balancer in front of them"),
     "bench": ("fastmqtt.bench", "load generator: connection churn and publish echo"),
     "convert": ("fastmqtt.convert", "translate an HAProxy MQTT config into lb.toml"),
-    "ctl": ("fastmqtt.ctl", "drain, maint, ready, weight or show a server of a running fastmqtt"),
+    "ctl": (
+        "fastmqtt.ctl",
+        "drain, maint, ready, weight or show a server; find, kick or unstick a client",
+    ),
 }
 
 

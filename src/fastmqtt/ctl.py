@@ -1,15 +1,20 @@
 """`fastmqtt ctl`: steer a running fastmqtt through its admin API (see stats.py).
 
     fastmqtt ctl [--url URL | --socket PATH] [--user USER] [--password-env VAR] [--cafile PEM]
-                 ACTION [BACKEND/SERVER] [N]
+                 ACTION [BACKEND/SERVER | CLIENT_ID] [N] [--prefix] [--limit N]
 
 ACTION is ``drain``, ``maint`` or ``ready`` (admin state), ``weight`` (with N), ``show``
 (one server, or every server without a target) or ``reload`` (re-read the config file, as
-SIGHUP does; its errors are printed and the old config keeps running). The password is read
-from the environment variable named by ``--password-env`` (default FASTMQTT_STATS_PASSWORD),
-never from the command line, where other users could read it. ``--socket`` talks to the
-``[stats] socket`` instead, where the file's permissions stand for the password; ``--cafile``
-verifies an HTTPS stats listener against a private CA. Exit status: 0 done, 1 refused or
+SIGHUP does; its errors are printed and the old config keeps running). Where is device X:
+``client CLIENT_ID`` lists its live connections (every worker) and its stick-table entries
+(``--prefix``: connections whose id starts so, ``--limit`` of them), ``kick CLIENT_ID`` ends
+its connections between two packets (MQTT 5 clients get DISCONNECT 0x98 first), ``unstick
+CLIENT_ID`` removes its stick-table entries; an unknown id is an error (exit 1).
+
+The password is read from the environment variable named by ``--password-env`` (default
+FASTMQTT_STATS_PASSWORD), never from the command line, where other users could read it.
+``--socket`` talks to the ``[stats] socket`` instead, where the file's permissions stand for
+the password; ``--cafile`` verifies an HTTPS stats listener against a private CA. Exit status: 0 done, 1 refused or
 unreachable, 2 usage error.
 """
 
@@ -28,7 +33,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-ACTIONS = ("drain", "maint", "ready", "weight", "show", "reload")
+ACTIONS = ("drain", "maint", "ready", "weight", "show", "reload", "client", "kick", "unstick")
+CLIENT_ACTIONS = ("client", "kick", "unstick")
 DEFAULT_URL = "http://127.0.0.1:8888"
 DEFAULT_PASSWORD_ENV = "FASTMQTT_STATS_PASSWORD"
 TIMEOUT = 10.0
@@ -49,8 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"environment variable holding the password (default {DEFAULT_PASSWORD_ENV})",
     )
     parser.add_argument("action", choices=ACTIONS)
-    parser.add_argument("target", nargs="?", help="BACKEND/SERVER")
+    parser.add_argument(
+        "target", nargs="?", help="BACKEND/SERVER, or CLIENT_ID (client, kick, unstick)"
+    )
     parser.add_argument("weight", nargs="?", type=int, help="new weight (0..256) for `weight`")
+    parser.add_argument(
+        "--prefix", action="store_true", help="client: CLIENT_ID is a prefix of the ids to list"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="client --prefix: at most N (100)"
+    )
 
 
 def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
@@ -59,6 +73,10 @@ def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
         if args.target is not None:
             raise ValueError(f"reload: unexpected argument {args.target!r}")
         return "POST", "/api/reload", {}
+    if args.action in CLIENT_ACTIONS:
+        return _client_request(args)
+    if args.prefix:
+        raise ValueError(f"{args.action}: --prefix is for `client`")
     if args.action == "show" and args.target is None:
         return "GET", "/api/servers", None
     if args.target is None or args.target.count("/") != 1 or "" in args.target.split("/"):
@@ -75,6 +93,24 @@ def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     if args.weight is not None:
         raise ValueError(f"{args.action}: unexpected argument {args.weight}")
     return "POST", path, {"state": args.action}
+
+
+def _client_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    if args.target is None:
+        raise ValueError(f"{args.action}: expected CLIENT_ID")
+    if args.weight is not None:
+        raise ValueError(f"{args.action}: unexpected argument {args.weight}")
+    if args.prefix:
+        if args.action != "client":
+            raise ValueError(f"{args.action}: --prefix is for `client`")
+        if not 1 <= args.limit <= 10000:
+            raise ValueError(f"--limit {args.limit}: expected 1..10000")
+        query = urllib.parse.urlencode({"prefix": args.target, "limit": args.limit})
+        return "GET", f"/api/clients?{query}", None
+    path = "/api/clients/" + urllib.parse.quote(args.target, safe="")
+    if args.action == "client":
+        return "GET", path, None
+    return "POST", f"{path}/{args.action}", {}
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str]:
@@ -122,7 +158,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except (urllib.error.URLError, OSError) as exc:
         where = args.socket or args.url
-        print(f"fastmqtt ctl: {where}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        reason = getattr(exc, "reason", exc)
+        hint = ""
+        if isinstance(reason, (ConnectionRefusedError, FileNotFoundError)):
+            key = "[stats] socket" if args.socket else "[stats] bind in the config"
+            hint = f" (nothing listens there: the admin API is the stats listener, {key})"
+        print(f"fastmqtt ctl: {where}: {reason}{hint}", file=sys.stderr)
         return 1
     return 0
 

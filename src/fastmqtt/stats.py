@@ -9,6 +9,11 @@ the runtime admin API.
 - ``GET /api/servers[/{backend}/{server}]`` and ``POST /api/servers/{backend}/{server}`` with
   ``{"state": "drain"|"maint"|"ready"}`` and/or ``{"weight": N}``; ``POST /api/reload``. Every
   POST must say ``Content-Type: application/json`` (no cross-site form can).
+- ``GET /api/clients/{client_id}``: the live connections of that client id and its stick-table
+  entries; ``GET /api/clients?prefix=P&limit=N``: connections whose id starts with P;
+  ``POST /api/clients/{client_id}/kick`` ends its connections between two packets (MQTT 5
+  clients get DISCONNECT 0x98 first); ``POST /api/clients/{client_id}/unstick`` removes its
+  stick-table entries. Client ids are percent-encoded in the path.
 
 With ``auth`` configured every path but ``/healthz`` needs HTTP basic auth (the password is
 read from the environment variable ``password_env`` at start), ``/metrics`` too unless
@@ -36,10 +41,12 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from fastmqtt import packets
 from fastmqtt.config import MAX_WEIGHT, StatsConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.health import Admin
@@ -61,6 +68,9 @@ REQUEST_DEADLINE = 10.0  # seconds to read a request and write the answer
 RATE_TICK = 1.0  # seconds between session-rate samples
 API = "/api/servers"
 RELOAD = "/api/reload"
+CLIENTS = "/api/clients"
+DEFAULT_LIMIT = 100  # connections /api/clients?prefix= lists unless asked for more
+MAX_LIMIT = 10000
 
 
 class Request(NamedTuple):
@@ -147,6 +157,24 @@ class Source(Protocol):
     def reload(self) -> list[str]:
         """Re-read the config file (as SIGHUP does); the errors, empty when applied."""
 
+    async def find(
+        self,
+        client_id: str | None = None,
+        prefix: str | None = None,
+        backend: str | None = None,
+        server: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """RelayHub.find of every process, as dicts (ConnInfo.as_dict() and ``worker``: the
+        worker's index, None in a single process)."""
+
+    async def leave(self, conn_ids: dict[int | None, list[int]], reason_code: int) -> int:
+        """RelayHub.ask_to_leave, ids by the ``worker`` their find() gave; how many."""
+
+    async def stick(self, client_id: str, remove: bool) -> list[dict[str, Any]]:
+        """The stick-table entries of ``client_id`` (tables sticking on client ids), removed
+        with ``remove``."""
+
 
 class LocalSource:
     """This process's own proxy; also what a worker reports to its supervisor."""
@@ -186,6 +214,42 @@ class LocalSource:
 
     def reload(self) -> list[str]:
         return self.proxy.reload_file()
+
+    async def find(
+        self,
+        client_id: str | None = None,
+        prefix: str | None = None,
+        backend: str | None = None,
+        server: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        found = await self.proxy.hub.find(client_id, prefix, backend, server, limit)
+        return [{**conn.as_dict(), "worker": self.proxy.worker} for conn in found]
+
+    async def leave(self, conn_ids: dict[int | None, list[int]], reason_code: int) -> int:
+        ids = [conn_id for some in conn_ids.values() for conn_id in some]
+        return await self.proxy.hub.ask_to_leave(ids, reason_code)
+
+    async def stick(self, client_id: str, remove: bool) -> list[dict[str, Any]]:
+        entries = []
+        for backend in self.proxy.backends.values():
+            table, config = backend.stick, backend.config.stick
+            if table is None or config is None or config.on != "client_id":
+                continue
+            entry = table.entry(client_id)
+            if entry is None:
+                continue
+            if remove:
+                table.remove(client_id)
+            entries.append(
+                {
+                    "backend": backend.name,
+                    "server": entry.server,
+                    "live": entry.live,
+                    "expires_in": entry.expires_in,
+                }
+            )
+        return entries
 
     def _tick(self) -> None:
         for fe in self.proxy.frontends:
@@ -317,6 +381,8 @@ class StatsServer:
             return await self._admin(request)
         if request.path == RELOAD:
             return self._reload(request)
+        if request.path == CLIENTS or request.path.startswith(CLIENTS + "/"):
+            return await self._clients(request)
         if self._needs_auth(request) and not self._authorized(request):
             return _unauthorized()
         route = self.routes.get(request.path)
@@ -400,6 +466,63 @@ class StatsServer:
         user = "" if request.via_socket else f"{self.config.auth_user} from "
         who = f"admin API ({user}{request.peer})"
         await self.source.change(backend, server, state, weight, who)
+
+    async def _clients(self, request: Request) -> Response:
+        """Where is device X: GET its connections and stick entries, POST kick or unstick."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        parts = request.path[len(CLIENTS) :].split("/")[1:]
+        if not parts:
+            return await self._prefix(request)
+        action = parts[1] if len(parts) == 2 else None
+        if len(parts) > 2 or not parts[0] or action not in (None, "kick", "unstick"):
+            return Response(404, f"use {CLIENTS}/CLIENT_ID[/kick|/unstick] or ?prefix=\n")
+        client_id = urllib.parse.unquote(parts[0])
+        want = "GET" if action is None else "POST"
+        if request.method != want:
+            return Response(405, f"use {want}\n", headers=(("Allow", want),))
+        if action is not None:
+            _require_json(request)
+        if action == "unstick":
+            removed = await self.source.stick(client_id, remove=True)
+            if not removed:
+                raise HTTPError(404, f"no stick-table entry for client id {client_id!r}")
+            return _json(200, {"client_id": client_id, "removed": removed})
+        conns = await self.source.find(client_id=client_id, limit=MAX_LIMIT)
+        if action == "kick":
+            if not conns:
+                raise HTTPError(404, f"no connection of client id {client_id!r}")
+            by_worker: dict[int | None, list[int]] = {}
+            for conn in conns:
+                by_worker.setdefault(conn["worker"], []).append(conn["conn_id"])
+            asked = await self.source.leave(by_worker, packets.ADMINISTRATIVE_ACTION)
+            log.info(
+                "kick: client id %r, %d connection(s), asked by %s",
+                client_id,
+                asked,
+                request.peer,
+                extra={"client_id": client_id, "asked": asked},
+            )
+            at_boundary = all(conn["tracked"] for conn in conns)
+            return _json(200, {"client_id": client_id, "asked": asked, "at_boundary": at_boundary})
+        stick = await self.source.stick(client_id, remove=False)
+        if not conns and not stick:
+            raise HTTPError(404, f"no connection and no stick-table entry for {client_id!r}")
+        return _json(200, {"client_id": client_id, "connections": conns, "stick": stick})
+
+    async def _prefix(self, request: Request) -> Response:
+        if request.method != "GET":
+            return Response(405, "use GET\n", headers=(("Allow", "GET"),))
+        query = urllib.parse.parse_qs(request.query)
+        prefix = query.get("prefix", [None])[0]
+        limit = query.get("limit", [str(DEFAULT_LIMIT)])[0]
+        if prefix is None:
+            raise HTTPError(400, f"use {CLIENTS}/CLIENT_ID or {CLIENTS}?prefix=P[&limit=N]")
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+            raise HTTPError(400, f"limit must be an integer 1..{MAX_LIMIT}")
+        conns = await self.source.find(prefix=prefix, limit=int(limit))
+        return _json(200, {"prefix": prefix, "connections": conns})
 
 
 def _open_tcp(host: str, port: int) -> socket.socket:

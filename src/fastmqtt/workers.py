@@ -11,9 +11,13 @@ worker the kernel hands its reconnect to.
 The supervisor serves ``[stats]`` itself (the workers bind no stats port). Each worker answers
 on its own socketpair (JSON lines, one answer per request id): ``snapshot`` returns its
 stats_rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
-checkers. A page asks every live worker and shows the sum (stats_rows.merge_snapshots); an
-admin change goes to every worker, and is replayed to a worker started later until a reload
-resets admin states, as it does in a single process.
+checkers, ``find`` lists its connections (RelayHub.find), ``leave`` asks some of them to leave
+(RelayHub.ask_to_leave) and ``stick`` reads or removes a client id's stick-table entries. A
+page asks every live worker and shows the sum (stats_rows.merge_snapshots); an admin change
+goes to every worker, and is replayed to a worker started later until a reload resets admin
+states, as it does in a single process. A find goes to every worker (each connection says its
+worker), a leave to the workers holding the connections, and a stick lookup to one worker (the
+tables are shared).
 """
 
 from __future__ import annotations
@@ -88,14 +92,14 @@ async def _answer(source: LocalSource, sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_REQUEST)
     try:
         while line := await reader.readline():
-            writer.write(json.dumps(_handle_line(source, line)).encode() + b"\n")
+            writer.write(json.dumps(await _handle_line(source, line)).encode() + b"\n")
             await writer.drain()
     finally:
         source.close()
         writer.close()
 
 
-def _handle_line(source: LocalSource, line: bytes) -> dict[str, Any]:
+async def _handle_line(source: LocalSource, line: bytes) -> dict[str, Any]:
     """The answer to one request; a bad line or a bug of ours must not end the channel."""
     try:
         request = json.loads(line)
@@ -103,18 +107,27 @@ def _handle_line(source: LocalSource, line: bytes) -> dict[str, Any]:
         log.error("unreadable request from the supervisor")
         return {"id": None, "error": "unreadable request"}
     try:
-        return _handle(source, request)
+        return await _handle(source, request)
     except Exception:
         log.exception("error answering the supervisor")
         return {"id": request["id"], "error": "internal error"}
 
 
-def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any]:
-    if request["op"] == "admin":
+async def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any]:
+    op, ident = request["op"], request["id"]
+    if op == "admin":
         if not _apply(source, request):
-            return {"id": request["id"], "error": "no such server here"}
-        return {"id": request["id"], "ok": True}
-    return {"id": request["id"], "snapshot": source.snapshot_now()}
+            return {"id": ident, "error": "no such server here"}
+        return {"id": ident, "ok": True}
+    if op == "find":
+        query = {k: request[k] for k in ("client_id", "prefix", "backend", "server", "limit")}
+        return {"id": ident, "conns": await source.find(**query)}
+    if op == "leave":
+        asked = await source.leave({None: request["conn_ids"]}, request["reason_code"])
+        return {"id": ident, "asked": asked}
+    if op == "stick":
+        return {"id": ident, "stick": await source.stick(request["client_id"], request["remove"])}
+    return {"id": ident, "snapshot": source.snapshot_now()}
 
 
 def _apply(source: LocalSource, command: dict[str, Any]) -> bool:
@@ -280,6 +293,50 @@ class WorkerStats:
 
     def reload(self) -> list[str]:
         return self.supervisor.reload()
+
+    async def find(
+        self,
+        client_id: str | None = None,
+        prefix: str | None = None,
+        backend: str | None = None,
+        server: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        query = {"client_id": client_id, "prefix": prefix, "backend": backend, "server": server}
+        answers = await self._ask_all({"op": "find", **query, "limit": limit})
+        return [conn for answer in answers for conn in answer["conns"]][:limit]
+
+    async def leave(self, conn_ids: dict[int | None, list[int]], reason_code: int) -> int:
+        by_index = {w.index: w for w in self.supervisor.live_workers()}
+        asking = [(by_index[i], ids) for i, ids in conn_ids.items() if i in by_index]
+        answers = await asyncio.gather(
+            *(
+                w.channel.call({"op": "leave", "conn_ids": ids, "reason_code": reason_code})
+                for w, ids in asking
+            )
+        )
+        failed = [w.index for (w, _), a in zip(asking, answers, strict=True) if a is None]
+        if failed:
+            raise HTTPError(503, f"workers {failed} did not answer")
+        return sum(answer["asked"] for answer in answers if answer is not None)
+
+    async def stick(self, client_id: str, remove: bool) -> list[dict[str, Any]]:
+        request = {"op": "stick", "client_id": client_id, "remove": remove}
+        for worker in self.supervisor.live_workers():  # one answer is enough: shared tables
+            answer = await worker.channel.call(request)
+            if answer is not None and "stick" in answer:
+                return answer["stick"]
+        raise HTTPError(503, "no worker answered")
+
+    async def _ask_all(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every live worker's answer; HTTPError when one did not answer (a partial list
+        would say a client is not connected when it is)."""
+        live = self.supervisor.live_workers()
+        answers = await asyncio.gather(*(w.channel.call(request) for w in live))
+        failed = [w.index for w, a in zip(live, answers, strict=True) if a is None or "error" in a]
+        if failed:
+            raise HTTPError(503, f"workers {failed} did not answer")
+        return [a for a in answers if a is not None]
 
 
 class Supervisor:
