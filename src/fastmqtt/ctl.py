@@ -14,8 +14,8 @@ CLIENT_ID`` removes its stick-table entries; an unknown id is an error (exit 1).
 The password is read from the environment variable named by ``--password-env`` (default
 FASTMQTT_STATS_PASSWORD), never from the command line, where other users could read it.
 ``--socket`` talks to the ``[stats] socket`` instead, where the file's permissions stand for
-the password; ``--cafile`` verifies an HTTPS stats listener against a private CA. Exit status: 0 done, 1 refused or
-unreachable, 2 usage error.
+the password; ``--cafile`` verifies an HTTPS stats listener against a private CA. Exit
+status: 0 done, 1 refused, unknown or unreachable, 2 usage error.
 """
 
 from __future__ import annotations
