@@ -134,13 +134,22 @@ class FastMQTTTarget:
 
     name = "fastmqtt"
 
-    def __init__(self, brokers: Sequence[Mosquitto], workdir: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        brokers: Sequence[Mosquitto],
+        workdir: Path,
+        workers: int = 1,
+        settings: Sequence[str] = (),
+    ) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.workers = workers
         self.config = workdir / "fastmqtt.toml"
         text = fill("fastmqtt.toml", brokers, self.address)
-        self.config.write_text(text.replace("[global]\n", f"[global]\nworkers = {workers}\n", 1))
+        extra = "".join(f"{line}\n" for line in settings)  # --set KEY=VALUE, into [global]
+        self.config.write_text(
+            text.replace("[global]\n", f"[global]\nworkers = {workers}\n{extra}", 1)
+        )
         self.log = workdir / "fastmqtt.log"
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
@@ -375,7 +384,12 @@ def versions() -> str:
 
 
 def run_rounds(
-    chosen: list[str], plan: Plan, rounds: int, workdir: Path, workers: int = 1
+    chosen: list[str],
+    plan: Plan,
+    rounds: int,
+    workdir: Path,
+    workers: int = 1,
+    settings: Sequence[str] = (),
 ) -> Rounds:
     results: Rounds = []
     brokers = start_nodes()
@@ -383,7 +397,7 @@ def run_rounds(
         targets = {
             "direct": lambda: Direct(brokers),
             "haproxy": lambda: HAProxyTarget(brokers),
-            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir, workers),
+            "fastmqtt": lambda: FastMQTTTarget(brokers, workdir, workers, settings),
         }
         print(f"plan: {plan}; brokers: {[b.address for b in brokers]}", file=sys.stderr)
         for number in range(1, rounds + 1):
@@ -413,18 +427,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="fastmqtt worker processes (SO_REUSEPORT)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [global] line for fastmqtt, e.g. --set track_packets=false (repeatable)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastmqtt-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    rounds = run_rounds(args.only.split(","), plan, args.rounds, workdir, args.workers)
+    rounds = run_rounds(args.only.split(","), plan, args.rounds, workdir, args.workers, args.set)
     print(table(rounds, plan))
     for line in failures(rounds):
         print(f"note: {line}")
     elapsed = time.monotonic() - began
     done = f"{len(rounds)} round(s) in {elapsed:.0f} s"
-    print(f"{versions()}; fastmqtt workers: {args.workers}; {done}")
+    settings = f"; fastmqtt [global] {', '.join(args.set)}" if args.set else ""
+    print(f"{versions()}; fastmqtt workers: {args.workers}{settings}; {done}")
     print(load_range(rounds))
     if args.json:
         Path(args.json).write_text(json.dumps({"plan": asdict(plan), "rounds": rounds}, indent=1))
