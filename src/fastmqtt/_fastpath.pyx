@@ -2005,16 +2005,17 @@ cdef class FastPath:
         return complete, out
 
     cdef int _open_query(self, int kind) except -1:
-        free_query(&self.f.query)  # a query never read back (the caller gave up on it)
-        pthread_mutex_lock(&self.f.lock)
+        """A new query, filled in while closed (no thread reads a closed query)."""
+        self._close_query()  # one never read back: its caller gave up on it
+        free_query(&self.f.query)
         self.f.query.kind = kind
-        self.f.query.answered = 0
-        self.f.query.open = True
-        pthread_mutex_unlock(&self.f.lock)
         return 0
 
     cdef void _post(self):
+        """Open the filled-in query; every thread answers it at its next turn."""
         pthread_mutex_lock(&self.f.lock)
+        self.f.query.answered = 0
+        self.f.query.open = True
         self.f.query.gen += 1
         pthread_mutex_unlock(&self.f.lock)
         wake_all(self.f)
