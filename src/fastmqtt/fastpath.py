@@ -356,7 +356,7 @@ class FastPathHub:
     def add_live_bytes(
         self, frontends: dict[str, list[int]], servers: dict[int, list[int]]
     ) -> None:
-        """Bytes of the engine's connections still open, into stats_rows._live_bytes' sums
+        """Bytes of the engine's connections still open, into stats.rows._live_bytes' sums
         (per frontend name, per server id): their records credit them once they end."""
         for fe, fid in self._frontend_ids.items():
             row = frontends[fe.name]

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmqtt import stats
 from fastmqtt.config import (
     BACKEND_KEYS,
     DEFAULTS_KEYS,
@@ -33,6 +32,7 @@ from fastmqtt.config import (
 )
 from fastmqtt.errors import ConfigError
 from fastmqtt.listener import open_listener
+from fastmqtt.stats import http as stats_http
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lb.toml"
 
@@ -758,7 +758,7 @@ def test_weight_zero_takes_no_new_clients_as_in_the_admin_api() -> None:
     config = load_config_text(minimal(server="weight = 0") + SECOND_SERVER)
     assert [s.weight for s in config.backends["emqx"].servers] == [0, 1]
     assert config.warnings == ()
-    assert stats.MAX_WEIGHT == MAX_WEIGHT == 256
+    assert stats_http.MAX_WEIGHT == MAX_WEIGHT == 256
     assert warnings_of(minimal(server="weight = 0")) == (
         "lb.toml: backend.emqx.server: every server has weight 0: no new client gets in",
     )

@@ -20,7 +20,7 @@ file's mode and owner decide who may connect, as with HAProxy's stats socket.
 
 A small HTTP/1.1 server on asyncio streams: one request per connection, bounded head and
 body sizes and a deadline per request. No web framework, no new runtime dependency. The
-rows come from stats_rows.py, the page from stats_html.py, the metrics from prometheus.py.
+rows come from rows.py, the page from html.py, the metrics from prometheus.py.
 
 The listener reads its numbers and applies admin changes through a `Source`: LocalSource for
 a single process, the supervisor's view of every worker with ``workers > 1`` (workers.py).
@@ -44,11 +44,11 @@ from fastmqtt.config import MAX_WEIGHT, StatsConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.health import Admin
 from fastmqtt.listener import open_listener
-from fastmqtt.prometheus import render_metrics
-from fastmqtt.stats_html import render_html
-from fastmqtt.stats_rows import Rates, render_csv, snapshot
+from fastmqtt.stats.html import render_html
+from fastmqtt.stats.prometheus import render_metrics
+from fastmqtt.stats.rows import Rates, render_csv, snapshot
+from fastmqtt.stats.unix_listener import UnixListener, peer
 from fastmqtt.tls import ServerTLS
-from fastmqtt.unix_listener import UnixListener, peer
 
 if TYPE_CHECKING:
     from fastmqtt.server import Proxy
@@ -137,7 +137,7 @@ class Source(Protocol):
     def close(self) -> None: ...
 
     async def snapshot(self) -> dict[str, Any]:
-        """stats_rows.snapshot() data; HTTPError when there is nothing to show."""
+        """rows.snapshot() data; HTTPError when there is nothing to show."""
 
     async def change(
         self, backend: str, server: str, state: str | None, weight: int | None, who: str
