@@ -13,11 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastmqtt.config import (
-    BACKEND_KEYS,
-    DEFAULTS_KEYS,
-    FRONTEND_KEYS,
-    GLOBAL_KEYS,
-    MAX_WEIGHT,
     BackendConfig,
     ClientTimeout,
     Config,
@@ -29,6 +24,13 @@ from fastmqtt.config import (
     load_config_text,
     parse_duration,
     validate,
+)
+from fastmqtt.config.schema import (
+    BACKEND_KEYS,
+    DEFAULTS_KEYS,
+    FRONTEND_KEYS,
+    GLOBAL_KEYS,
+    MAX_WEIGHT,
 )
 from fastmqtt.errors import ConfigError
 from fastmqtt.listener import open_listener
