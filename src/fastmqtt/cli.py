@@ -27,7 +27,7 @@ class _Version(argparse.Action):
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("fastmqtt.server", "run the load balancer from a TOML config"),
-    "check": ("fastmqtt.config.schema", "validate a config file without binding anything"),
+    "check": ("fastmqtt.config.command", "validate a config file without binding anything"),
     "demo": ("fastmqtt.tools.demo", "start three local brokers and a balancer in front of them"),
     "bench": ("fastmqtt.tools.bench", "load generator: connection churn and publish echo"),
     "convert": ("fastmqtt.tools.convert", "translate an HAProxy MQTT config into lb.toml"),

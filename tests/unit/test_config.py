@@ -25,12 +25,12 @@ from fastmqtt.config import (
     parse_duration,
     validate,
 )
+from fastmqtt.config.model import MAX_WEIGHT
 from fastmqtt.config.schema import (
     BACKEND_KEYS,
     DEFAULTS_KEYS,
     FRONTEND_KEYS,
     GLOBAL_KEYS,
-    MAX_WEIGHT,
 )
 from fastmqtt.errors import ConfigError
 from fastmqtt.listener import open_listener

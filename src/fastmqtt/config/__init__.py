@@ -2,7 +2,8 @@
 imports the runtime (the `check` command, which also loads TLS material and looks up names,
 calls the runtime's own validators lazily)."""
 
-from fastmqtt.config.schema import (
+from fastmqtt.config.load import load_config, load_config_text, validate
+from fastmqtt.config.model import (
     BackendConfig,
     BackendTLSConfig,
     CheckConfig,
@@ -20,11 +21,8 @@ from fastmqtt.config.schema import (
     StatsConfig,
     StatsSocketConfig,
     StickConfig,
-    load_config,
-    load_config_text,
-    parse_duration,
-    validate,
 )
+from fastmqtt.config.values import parse_duration
 
 __all__ = [
     "BackendConfig",

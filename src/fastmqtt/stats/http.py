@@ -41,7 +41,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from fastmqtt.config import StatsConfig
-from fastmqtt.config.schema import MAX_WEIGHT
+from fastmqtt.config.model import MAX_WEIGHT
 from fastmqtt.deadline import Deadline
 from fastmqtt.health import Admin
 from fastmqtt.listener import open_listener
