@@ -24,7 +24,8 @@ from fastmqtt.listener import Frontend
 from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
-from fastmqtt.stats.http import LocalSource, StatsServer
+from fastmqtt.stats.http import StatsServer
+from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import StickStore
 from fastmqtt.tls import TLSMaterialError, client_context
 

@@ -35,8 +35,9 @@ from fastmqtt import notify
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
-from fastmqtt.stats.http import HTTPError, LocalSource, StatsServer
+from fastmqtt.stats.http import HTTPError, StatsServer
 from fastmqtt.stats.rows import merge_snapshots, process_row
+from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
