@@ -38,10 +38,10 @@ from fastmqtt.mqtt_spec import BAD_PROTOCOL_VERSION, BAD_UTF8, PACKET_TOO_LARGE
 from fastmqtt.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from fastmqtt.backends import Backend
+    from fastmqtt.backend import Backend
     from fastmqtt.config import FrontendConfig
     from fastmqtt.parse import Connect
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
     from fastmqtt.session import Session
 
 log = logging.getLogger("fastmqtt.access")

@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
-from fastmqtt.backends import ServerState
+from fastmqtt.backend import ServerState
 from fastmqtt.balance import Consistent
 from fastmqtt.session import Session
 from fastmqtt.stick import server_id
 
 if TYPE_CHECKING:
-    from fastmqtt.backends import Backend, Server
+    from fastmqtt.backend import Backend, Server
     from fastmqtt.config import BackendConfig, FrontendConfig
-    from fastmqtt.listener import Frontend
+    from fastmqtt.frontend import Frontend
     from fastmqtt.metrics import Histogram
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt")
 

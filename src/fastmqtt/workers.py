@@ -41,7 +41,7 @@ from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt.workers")
 

@@ -33,7 +33,7 @@ from fastmqtt.config.schema import (
     GLOBAL_KEYS,
 )
 from fastmqtt.errors import ConfigError
-from fastmqtt.listener import open_listener
+from fastmqtt.frontend import open_listener
 from fastmqtt.stats import http as stats_http
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lb.toml"

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from fastmqtt.config import StatsConfig
 from fastmqtt.config.model import MAX_WEIGHT
 from fastmqtt.deadline import Deadline
+from fastmqtt.frontend import open_listener
 from fastmqtt.health import Admin
-from fastmqtt.listener import open_listener
 from fastmqtt.stats.html import render_html
 from fastmqtt.stats.prometheus import render_metrics
 from fastmqtt.stats.rows import render_csv

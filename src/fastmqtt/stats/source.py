@@ -11,7 +11,7 @@ from fastmqtt.health import Admin
 from fastmqtt.stats.rows import Rates, snapshot
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 RATE_TICK = 1.0  # seconds between session-rate samples
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastmqtt.access import Guard
-from fastmqtt.backends import Backend, NoServerAvailable, Server
+from fastmqtt.backend import Backend, NoServerAvailable, Server
 from fastmqtt.config import BackendConfig, FrontendConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.errors import MalformedPacket, Refused
@@ -44,7 +44,7 @@ from fastmqtt.websocket import (
 )
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt")
 

@@ -14,13 +14,13 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
 from fastmqtt import IMPLEMENTATION, __version__, logs, notify, packets, workers
-from fastmqtt.backends import Backend, Server
+from fastmqtt.backend import Backend, Server
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.discovery import Discovery
 from fastmqtt.errors import ConfigError
 from fastmqtt.fastpath import FastPathHub, describe
+from fastmqtt.frontend import Frontend
 from fastmqtt.health import HealthChecker
-from fastmqtt.listener import Frontend
 from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
