@@ -26,7 +26,7 @@ class _Version(argparse.Action):
 
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("fastmqtt.runtime", "run the load balancer from a TOML config"),
+    "serve": ("fastmqtt.serve", "run the load balancer from a TOML config"),
     "check": ("fastmqtt.config.command", "validate a config file without binding anything"),
     "demo": ("fastmqtt.tools.demo", "start three local brokers and a balancer in front of them"),
     "bench": ("fastmqtt.tools.bench", "load generator: connection churn and publish echo"),
