@@ -29,9 +29,8 @@ from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
 from fastmqtt.backend import ServerState
-from fastmqtt.balance import Consistent
+from fastmqtt.balance import Consistent, server_id
 from fastmqtt.session import Session
-from fastmqtt.stick import server_id
 
 if TYPE_CHECKING:
     from fastmqtt.backend import Backend, Server

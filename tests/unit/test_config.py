@@ -951,7 +951,7 @@ def test_stick_dir_is_an_absolute_directory(tmp_path: Path) -> None:
 
 
 def test_two_servers_whose_stick_ids_collide_are_refused() -> None:
-    from fastmqtt.stick import server_id
+    from fastmqtt.balance import server_id
 
     assert server_id("node342") == server_id("node32734")  # found by search, 32-bit ids
     text = minimal(backend="stick = true").replace('name = "emqx1"', 'name = "node342"') + (

@@ -8,6 +8,7 @@ import ipaddress
 import resource
 from collections.abc import Callable
 
+from fastmqtt.balance import id_collisions  # the ids stick tables name servers by
 from fastmqtt.config.model import (
     FD_MARGIN,
     FDS_PER_CONNECTION,
@@ -136,8 +137,6 @@ def _check_rule_backends(config: Config, report: _Report) -> None:
 
 def _check_stick_ids(config: Config, report: _Report) -> None:
     """Stick entries name servers by a 32-bit hash of the name: two in one backend must differ."""
-    from fastmqtt.stick import id_collisions  # the hash the tables use
-
     for backend in config.backends.values():
         if backend.stick is None:
             continue

@@ -5,15 +5,15 @@ the vocabularies and limits their values come from.
 from __future__ import annotations
 
 import ipaddress
+import re
 import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 
-from fastmqtt.access import Rule
-from fastmqtt.ratelimit import RateLimitConfig
-
 PROTOCOLS = ("mqtt", "tcp", "ws")
+ACTIONS = ("allow", "deny", "route")  # what a [[frontend.NAME.rule]] does
 BALANCES = ("roundrobin", "leastconn", "source", "consistent", "random")
 HASH_KEYS = ("client_id", "username", "source")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -133,6 +133,63 @@ class BackendTLSConfig:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` events per ``per`` seconds, with bursts of up to ``burst`` events."""
+
+    count: int
+    per: float
+    burst: int
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``[frontend.NAME] rate_limit = {...}``; None = no limit of that kind."""
+
+    per_source: Rate | None = None  # new connections per source address
+    max_per_source: int | None = None  # live connections per source address
+    connect_rate: Rate | None = None  # CONNECTs admitted per second, whole frontend
+    per_client_id: Rate | None = None  # reconnects per client id, beyond the burst delayed
+    max_delay: float = 5.0  # longest a reconnecting client is held before being refused
+    tracked: int = 100_000  # sources and client ids remembered (LRU)
+    ipv6_prefix: int = 64  # IPv6 sources sharing this many leading bits count as one
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ``[[frontend.NAME.rule]]``; a condition left out matches anything."""
+
+    action: str
+    sources: tuple[Network, ...] = ()
+    client_id: str | None = None
+    client_id_regex: re.Pattern[str] | None = None
+    username: str | None = None
+    backend: str | None = None  # where a "route" rule sends the client
+
+    @property
+    def reads_connect(self) -> bool:
+        return not (
+            self.client_id is None and self.client_id_regex is None and self.username is None
+        )
+
+    def matches_source(self, ip: IPAddress) -> bool:
+        return not self.sources or any(ip in net for net in self.sources)
+
+    def matches_connect(self, client_id: str, username: str | None) -> bool:
+        if self.client_id is not None and not fnmatchcase(client_id, self.client_id):
+            return False
+        if self.client_id_regex is not None and not self.client_id_regex.fullmatch(client_id):
+            return False
+        return self.username is None or (
+            username is not None and fnmatchcase(username, self.username)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from fastmqtt.access import ACTIONS, Rule
 from fastmqtt.config.model import (
     _CLIENT_TIMEOUT,
+    ACTIONS,
     BALANCES,
     CHECK_TYPES,
     DEFAULT_PROTOCOL,
@@ -55,7 +55,10 @@ from fastmqtt.config.model import (
     FrontendConfig,
     FrontendTLSConfig,
     GlobalConfig,
+    Rate,
+    RateLimitConfig,
     ResolversConfig,
+    Rule,
     ServerConfig,
     ServerTemplateConfig,
     SNICert,
@@ -97,7 +100,6 @@ from fastmqtt.config.values import (
     _words,
     _workers,
 )
-from fastmqtt.ratelimit import Rate, RateLimitConfig
 
 _NAME_ONLY_SERVER_KEYS = ("resolvers", "resolve_prefer", "init_addr")
 
