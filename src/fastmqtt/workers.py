@@ -10,8 +10,8 @@ worker the kernel hands its reconnect to.
 
 The supervisor serves ``[stats]`` itself (the workers bind no stats port). Each worker answers
 on its own socketpair (JSON lines, one answer per request id): ``snapshot`` returns its
-stats_rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
-checkers. A page asks every live worker and shows the sum (stats_rows.merge_snapshots); an
+stats.rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
+checkers. A page asks every live worker and shows the sum (stats.rows.merge_snapshots); an
 admin change goes to every worker, and is replayed to a worker started later until a reload
 resets admin states, as it does in a single process.
 """
@@ -35,12 +35,13 @@ from fastmqtt import notify
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
-from fastmqtt.stats import HTTPError, LocalSource, StatsServer
-from fastmqtt.stats_rows import merge_snapshots, process_row
+from fastmqtt.stats.http import HTTPError, StatsServer
+from fastmqtt.stats.rows import merge_snapshots, process_row
+from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt.workers")
 

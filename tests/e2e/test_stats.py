@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmqtt import IMPLEMENTATION, __version__
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.haproxy import HAProxy
 from tests.support.lb import closed_by_peer, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
