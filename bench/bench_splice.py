@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fastmqtt._splice import Engine
-from fastmqtt.brokers import free_port
 from fastmqtt.packets import varint
+from fastmqtt.tools.brokers import free_port
 
 # bench/ is not a package: make tests.support importable from the repository root
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -38,7 +38,7 @@ from tests.support.hostile import (  # noqa: E402
 from tests.support.lb import Client, FastMQTT, raw_connect, recipe  # noqa: E402
 
 from fastmqtt import packets  # noqa: E402
-from fastmqtt.brokers import free_port, start_brokers  # noqa: E402
+from fastmqtt.tools.brokers import free_port, start_brokers  # noqa: E402
 
 HOSTILE = [case for case in catalogue() if not case.hold]
 

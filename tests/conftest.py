@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
-from fastmqtt.brokers import Mosquitto, start_brokers
+from fastmqtt.tools.brokers import Mosquitto, start_brokers
 from tests.support.lb import FastMQTT
 from tests.support.twins import IMPLEMENTATIONS, Implementation
 

@@ -16,7 +16,7 @@ import pytest
 
 from fastmqtt import cli_docs
 from fastmqtt.build_info import git_commit
-from fastmqtt.config import tomllib
+from fastmqtt.config.load import tomllib
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(300)]
 

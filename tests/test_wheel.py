@@ -22,7 +22,7 @@ import zipfile
 import pytest
 
 from fastmqtt import cli_docs
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.test_sdist import quick_subset
 
 # 50-200 s measured here (2 cores shared with other builds): compiling is CPU-bound.

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # tests.support.haproxy: the same launcher the te
 from tests.support.haproxy import HAProxy, find_haproxy  # noqa: E402
 
 import fastmqtt  # noqa: E402
-from fastmqtt.brokers import Mosquitto, find_mosquitto, free_port, wait_for_port  # noqa: E402
+from fastmqtt.tools.brokers import Mosquitto, find_mosquitto, free_port, wait_for_port  # noqa: E402
 
 MAXCONN = 9600  # two fds per proxied connection, 20,000 files per process
 

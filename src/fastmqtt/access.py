@@ -25,11 +25,8 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import re
 import socket
 from collections import Counter
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol
 
 from fastmqtt import packets
@@ -38,15 +35,15 @@ from fastmqtt.mqtt_spec import BAD_PROTOCOL_VERSION, BAD_UTF8, PACKET_TOO_LARGE
 from fastmqtt.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from fastmqtt.backends import Backend
+    from fastmqtt.backend import Backend
     from fastmqtt.config import FrontendConfig
+    from fastmqtt.config.model import Rule
     from fastmqtt.parse import Connect
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
     from fastmqtt.session import Session
 
 log = logging.getLogger("fastmqtt.access")
 
-ACTIONS = ("allow", "deny", "route")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,36 +55,6 @@ V5_MALFORMED = 0x81
 V5_UNSUPPORTED_VERSION = 0x84
 V5_PACKET_TOO_LARGE = 0x95
 V3_UNACCEPTABLE_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One ``[[frontend.NAME.rule]]``; a condition left out matches anything."""
-
-    action: str
-    sources: tuple[IPNetwork, ...] = ()
-    client_id: str | None = None
-    client_id_regex: re.Pattern[str] | None = None
-    username: str | None = None
-    backend: str | None = None  # where a "route" rule sends the client
-
-    @property
-    def reads_connect(self) -> bool:
-        return not (
-            self.client_id is None and self.client_id_regex is None and self.username is None
-        )
-
-    def matches_source(self, ip: IPAddress) -> bool:
-        return not self.sources or any(ip in net for net in self.sources)
-
-    def matches_connect(self, client_id: str, username: str | None) -> bool:
-        if self.client_id is not None and not fnmatchcase(client_id, self.client_id):
-            return False
-        if self.client_id_regex is not None and not self.client_id_regex.fullmatch(client_id):
-            return False
-        return self.username is None or (
-            username is not None and fnmatchcase(username, self.username)
-        )
 
 
 class Writable(Protocol):

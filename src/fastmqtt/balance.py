@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from fastmqtt._accel import NO_EXTENSIONS
 
@@ -304,3 +304,22 @@ def make_balancer(
         balancer.algorithm = algorithm  # same policy; the caller hashes the client address
         return balancer
     raise ValueError(f"unknown balance algorithm {algorithm!r}; expected one of {ALGORITHMS}")
+
+
+_ID_SPACE = 0xFFFFFFFF
+
+
+def server_id(name: str) -> int:
+    """A server's id in table entries: the same in every process and after restarts."""
+    return hash64(name.encode()) % _ID_SPACE + 1
+
+
+def id_collisions(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of server names (of one backend) that would share an id."""
+    seen: dict[int, str] = {}
+    pairs = []
+    for name in names:
+        other = seen.setdefault(server_id(name), name)
+        if other != name:
+            pairs.append((other, name))
+    return pairs

@@ -26,13 +26,13 @@ class _Version(argparse.Action):
 
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("fastmqtt.server", "run the load balancer from a TOML config"),
-    "check": ("fastmqtt.config", "validate a config file without binding anything"),
-    "demo": ("fastmqtt.demo", "start three local brokers and a balancer in front of them"),
-    "bench": ("fastmqtt.bench", "load generator: connection churn and publish echo"),
-    "convert": ("fastmqtt.convert", "translate an HAProxy MQTT config into lb.toml"),
+    "serve": ("fastmqtt.serve", "run the load balancer from a TOML config"),
+    "check": ("fastmqtt.config.command", "validate a config file without binding anything"),
+    "demo": ("fastmqtt.tools.demo", "start three local brokers and a balancer in front of them"),
+    "bench": ("fastmqtt.tools.bench", "load generator: connection churn and publish echo"),
+    "convert": ("fastmqtt.tools.convert", "translate an HAProxy MQTT config into lb.toml"),
     "ctl": (
-        "fastmqtt.ctl",
+        "fastmqtt.tools.ctl",
         "drain, maint, ready, weight or show a server; find, kick or unstick a client",
     ),
 }

@@ -27,7 +27,7 @@ import socket
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from fastmqtt.backends import Backend, Endpoint, Server, endpoint, is_ip
+from fastmqtt.backend import Backend, Endpoint, Server, endpoint, is_ip
 from fastmqtt.config import Config, ResolversConfig
 
 log = logging.getLogger("fastmqtt.discovery")

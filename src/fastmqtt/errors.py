@@ -39,3 +39,11 @@ class Refused(FastMQTTError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Rejected(FastMQTTError):
+    """The connection is closed before (or instead of) reaching a server; ``reason`` counts it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

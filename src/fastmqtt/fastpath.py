@@ -29,18 +29,17 @@ from typing import TYPE_CHECKING, Any
 from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
-from fastmqtt.backends import ServerState
-from fastmqtt.balance import Consistent
+from fastmqtt.backend import ServerState
+from fastmqtt.balance import Consistent, server_id
 from fastmqtt.relay import ConnInfo
 from fastmqtt.session import Session
-from fastmqtt.stick import server_id
 
 if TYPE_CHECKING:
-    from fastmqtt.backends import Backend, Server
+    from fastmqtt.backend import Backend, Server
     from fastmqtt.config import BackendConfig, FrontendConfig
-    from fastmqtt.listener import Frontend
+    from fastmqtt.frontend import Frontend
     from fastmqtt.metrics import Histogram
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt")
 
@@ -440,7 +439,7 @@ class FastPathHub:
     def add_live_bytes(
         self, frontends: dict[str, list[int]], servers: dict[int, list[int]]
     ) -> None:
-        """Bytes of the engine's connections still open, into stats_rows._live_bytes' sums
+        """Bytes of the engine's connections still open, into stats.rows._live_bytes' sums
         (per frontend name, per server id): their records credit them once they end."""
         for fe, fid in self._frontend_ids.items():
             row = frontends[fe.name]

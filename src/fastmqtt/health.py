@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from fastmqtt import packets
-from fastmqtt.backends import Backend, Server, ServerState
+from fastmqtt.backend import Backend, Server, ServerState
 from fastmqtt.config import BackendConfig, CheckConfig, ServerConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.errors import MalformedPacket
@@ -33,7 +33,7 @@ from fastmqtt.parse import inspect_connack
 from fastmqtt.proxy_protocol import encode_v2_local
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt.health")
 

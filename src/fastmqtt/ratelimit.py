@@ -18,34 +18,10 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``count`` events per ``per`` seconds, with bursts of up to ``burst`` events."""
-
-    count: int
-    per: float
-    burst: int
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.per
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    """``[frontend.NAME] rate_limit = {...}``; None = no limit of that kind."""
-
-    per_source: Rate | None = None  # new connections per source address
-    max_per_source: int | None = None  # live connections per source address
-    connect_rate: Rate | None = None  # CONNECTs admitted per second, whole frontend
-    per_client_id: Rate | None = None  # reconnects per client id, beyond the burst delayed
-    max_delay: float = 5.0  # longest a reconnecting client is held before being refused
-    tracked: int = 100_000  # sources and client ids remembered (LRU)
-    ipv6_prefix: int = 64  # IPv6 sources sharing this many leading bits count as one
-
+if TYPE_CHECKING:
+    from fastmqtt.config.model import Rate, RateLimitConfig
 
 # Memory one remembered key (source or client id) may take, measured with tracemalloc in
 # tests/unit/test_access.py (a bucket, its fixed-size key and the LRU entry: about 300 bytes);

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 from fastmqtt.logs import one_line
 
 if TYPE_CHECKING:
-    from fastmqtt.backends import Server
+    from fastmqtt.backend import Server
     from fastmqtt.metrics import FrontendCounters, ServerCounters
 
 _ids = itertools.count(1)

@@ -45,7 +45,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from fastmqtt import stick_file
-from fastmqtt.balance import hash64
+from fastmqtt.balance import server_id
 
 if TYPE_CHECKING:
     from fastmqtt._stick import Table
@@ -56,23 +56,6 @@ log = logging.getLogger("fastmqtt.stick")
 STICK_DIR_ENV = "FASTMQTT_STICK_DIR"  # the supervisor's table directory, for its workers
 PRIVATE_PREFIX = "fastmqtt-stick-"
 PURGE_SLICES = 12  # purge_step covers the table in this many calls (a minute at 5 s)
-_ID_SPACE = 0xFFFFFFFF
-
-
-def server_id(name: str) -> int:
-    """A server's id in table entries: the same in every process and after restarts."""
-    return hash64(name.encode()) % _ID_SPACE + 1
-
-
-def id_collisions(names: Iterable[str]) -> list[tuple[str, str]]:
-    """Pairs of server names (of one backend) that would share an id."""
-    seen: dict[int, str] = {}
-    pairs = []
-    for name in names:
-        other = seen.setdefault(server_id(name), name)
-        if other != name:
-            pairs.append((other, name))
-    return pairs
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ worker the kernel hands its reconnect to.
 
 The supervisor serves ``[stats]`` itself (the workers bind no stats port). Each worker answers
 on its own socketpair (JSON lines, one answer per request id): ``snapshot`` returns its
-stats_rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
+stats.rows.snapshot(), ``admin`` applies a drain/maint/ready/weight change through its health
 checkers, ``find`` lists its connections (RelayHub.find), ``leave`` asks some of them to leave
 (RelayHub.ask_to_leave) and ``stick`` reads or removes a client id's stick-table entries. A
-page asks every live worker and shows the sum (stats_rows.merge_snapshots); an admin change
+page asks every live worker and shows the sum (stats.rows.merge_snapshots); an admin change
 goes to every worker, and is replayed to a worker started later until a reload resets admin
 states, as it does in a single process. A find goes to every worker (each connection says its
 worker), a leave to the workers holding the connections, and a stick lookup to one worker (the
@@ -39,12 +39,13 @@ from fastmqtt import notify
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
-from fastmqtt.stats import HTTPError, LocalSource, StatsServer
-from fastmqtt.stats_rows import merge_snapshots, process_row
+from fastmqtt.stats.http import HTTPError, StatsServer
+from fastmqtt.stats.rows import merge_snapshots, process_row
+from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt.workers")
 

@@ -30,7 +30,9 @@ def assert_path(lb: FastMQTT, path: str | None) -> None:
     """The start-up line names each frontend's path: the expected one was taken."""
     if path is None:
         return
-    assert wait_until(lambda: " listening: " in lb.read("stderr.log"), timeout=10)
+    assert wait_until(lambda: " listening: " in lb.read("stderr.log"), timeout=10), lb.read(
+        "stderr.log"
+    )
     line = next(x for x in lb.read("stderr.log").splitlines() if " listening: " in x)
     expected = "(fast path)" if path == "fast" else "(event-loop path"
     assert expected in line, line

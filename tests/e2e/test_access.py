@@ -16,8 +16,8 @@ import pytest
 
 from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
-from fastmqtt.brokers import Mosquitto, free_port, start_brokers
 from fastmqtt.proxy_protocol import encode_v2
+from fastmqtt.tools.brokers import Mosquitto, free_port, start_brokers
 from tests.e2e.conftest import PATHS, assert_path, on_path
 from tests.support.hostile import read_until_closed, rss_kib
 from tests.support.lb import FastMQTT, landed, raw_connect, recipe, servers_toml, wait_until

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from fastmqtt.brokers import free_port, wait_for_port
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.support.hostile import read_until_closed
 from tests.support.lb import Client, landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe

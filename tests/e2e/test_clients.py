@@ -12,7 +12,7 @@ import pytest
 
 from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
-from fastmqtt.brokers import free_port, wait_for_port
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.e2e.test_admin import PASSWORD, ctl
 from tests.support.lb import Client, closed_by_peer, landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmqtt import packets
-from fastmqtt.brokers import free_port, wait_for_port
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.support.hostile import read_until_closed
 from tests.support.lb import lb_port, recipe, wait_until
 from tests.support.stats import Stats, stats_toml

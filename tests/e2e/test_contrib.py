@@ -12,7 +12,7 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.lb import closed_by_peer, lb_port, raw_connect, wait_until
 from tests.support.promql import (
     ALERTS,

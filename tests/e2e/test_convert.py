@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from fastmqtt.convert import convert
+from fastmqtt.tools.convert import convert
 from tests.support.haproxy import HAProxy
 from tests.support.lb import closed_by_peer, landed, lb_port, raw_connect, wait_until
 

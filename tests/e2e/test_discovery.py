@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import Mosquitto, free_port
-from fastmqtt.convert import convert
+from fastmqtt.tools.brokers import Mosquitto, free_port
+from fastmqtt.tools.convert import convert
 from tests.support.dns import DnsServer, brokers_on_one_port
 from tests.support.haproxy import HAProxy
 from tests.support.lb import closed_by_peer, landed, lb_port, raw_connect, wait_until

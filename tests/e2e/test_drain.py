@@ -13,7 +13,7 @@ import time
 import pytest
 import uvloop
 
-from fastmqtt import packets, server
+from fastmqtt import packets, runtime
 from fastmqtt._splice import Engine
 from fastmqtt.config import load_config
 from tests.support.certs import Certs, make_certs, tls_line
@@ -270,7 +270,7 @@ def test_goodbyes_stop_before_the_engine_stops(brokers, monkeypatch, tmp_path):
         engines.append(_SlowStoppingEngine(threads=threads))
         return engines[-1]
 
-    monkeypatch.setattr(server, "make_engine", make_engine)
+    monkeypatch.setattr(runtime, "make_engine", make_engine)
     [node] = brokers(1)
     port = lb_port()
     text = recipe([node], port).replace('grace = "2s"', "drain_disconnect = true\ndrain_rate = 5")
@@ -280,7 +280,7 @@ def test_goodbyes_stop_before_the_engine_stops(brokers, monkeypatch, tmp_path):
 
     async def drain() -> list[Client]:
         loop = asyncio.get_running_loop()
-        proxy = server.Proxy(config, loop)
+        proxy = runtime.Proxy(config, loop)
         proxy.start()
         clients = await loop.run_in_executor(
             None, lambda: [Client(f"v5-{i}", port, version=5, reconnect_on_failure=False)

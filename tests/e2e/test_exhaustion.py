@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import Mosquitto, free_port
+from fastmqtt.tools.brokers import Mosquitto, free_port
 from tests.e2e.conftest import assert_path, on_path
 from tests.support.hostile import (
     MisbehavingBroker,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import Mosquitto
+from fastmqtt.tools.brokers import Mosquitto
 from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import Client, FastMQTT, lb_port, recipe, wait_until
 from tests.support.wire import Wire

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from fastmqtt import parse
-from fastmqtt.brokers import free_port
 from fastmqtt.errors import MalformedPacket
+from fastmqtt.tools.brokers import free_port
 from tests.support.corpus import INCOMPLETE, LONG_CLIENT_ID, VALID, Vector, by_name, corpus
 from tests.support.haproxy import HAProxy
 from tests.support.twins import Implementation

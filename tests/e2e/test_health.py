@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from fastmqtt.brokers import free_port, wait_for_port
 from fastmqtt.proxy_protocol import encode_v2_local
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.support.haproxy import HAProxy
 from tests.support.lb import (
     Client,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import Mosquitto, free_port, start_brokers
 from fastmqtt.packets import utf8
 from fastmqtt.parse import inspect_connack
+from fastmqtt.tools.brokers import Mosquitto, free_port, start_brokers
 from tests.support.hostile import (
     Case,
     catalogue,

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.lb import lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
 

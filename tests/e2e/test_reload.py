@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.brokers import free_port, wait_for_port
 from fastmqtt.parse import inspect_connack
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.e2e.conftest import PATHS, on_path
 from tests.support.certs import Certs, make_certs, tls_line
 from tests.support.lb import landed, lb_port, raw_connect, servers_toml, wait_until

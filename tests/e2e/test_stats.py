@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmqtt import IMPLEMENTATION, __version__
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.haproxy import HAProxy
 from tests.support.lb import closed_by_peer, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
@@ -122,7 +122,11 @@ def test_metrics_parse_and_count_mqtt_level_events(brokers, fastmqtt, path):
         http.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert closed_by_peer(http)
 
-    text = Stats(stats_port).get("/metrics")
+    # the engine's records reach Python in batches: the refusal is counted within moments of
+    # the close the client saw, not necessarily before it
+    stats = Stats(stats_port)
+    assert wait_until(lambda: 'reason="http-request"' in stats.get("/metrics"))
+    text = stats.get("/metrics")
     families = _families(text)
     fe, be = {"frontend": "mqtt"}, {"backend": "cluster"}
     connects = families["fastmqtt_frontend_mqtt_connects"]

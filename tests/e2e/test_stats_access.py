@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmqtt.brokers import free_port, wait_for_port
-from fastmqtt.stats import REQUEST_DEADLINE
+from fastmqtt.stats.http import REQUEST_DEADLINE
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.support.certs import make_certs
 from tests.support.lb import closed_by_peer, lb_port, raw_connect, recipe, wait_until
 from tests.support.stats import Stats

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.hostile import rss_kib
 from tests.support.lb import (
     Client,

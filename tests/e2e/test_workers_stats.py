@@ -11,7 +11,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 from tests.support.lb import landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats, checked_recipe
 

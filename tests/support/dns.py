@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dnslib import AAAA, QTYPE, RCODE, RR, SRV, A, DNSError, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
 
-from fastmqtt.brokers import Mosquitto, free_port
+from fastmqtt.tools.brokers import Mosquitto, free_port
 
 
 class _Quiet:

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from fastmqtt.brokers import BrokerUnavailable, stop_process, wait_for_port
+from fastmqtt.tools.brokers import BrokerUnavailable, stop_process, wait_for_port
 
 
 def find_haproxy() -> str:

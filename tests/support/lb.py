@@ -17,8 +17,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fastmqtt import packets
-from fastmqtt.brokers import Mosquitto, free_port, wait_for_port
 from fastmqtt.parse import inspect_connack
+from fastmqtt.tools.brokers import Mosquitto, free_port, wait_for_port
 
 
 def servers_toml(backend: str, brokers: Sequence[Mosquitto], **extra: object) -> str:

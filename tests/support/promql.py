@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fastmqtt.brokers import free_port, wait_for_port
+from fastmqtt.tools.brokers import free_port, wait_for_port
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 DASHBOARD = CONTRIB / "grafana" / "fastmqtt.json"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fastmqtt.brokers import Mosquitto, free_port
+from fastmqtt.tools.brokers import Mosquitto, free_port
 from tests.support.lb import recipe
 
 

@@ -9,18 +9,13 @@ import tracemalloc
 import pytest
 
 from fastmqtt import packets
-from fastmqtt.access import Rule, client_ip, decide, malformed_connack
+from fastmqtt.access import client_ip, decide, malformed_connack
 from fastmqtt.config import load_config_text
+from fastmqtt.config.model import Rate, RateLimitConfig, Rule
 from fastmqtt.errors import ConfigError, MalformedPacket
 from fastmqtt.mqtt_spec import BAD_PROTOCOL_VERSION
 from fastmqtt.parse import inspect_connect
-from fastmqtt.ratelimit import (
-    BYTES_PER_TRACKED_KEY,
-    Rate,
-    RateLimitConfig,
-    RateLimiter,
-    TokenBucket,
-)
+from fastmqtt.ratelimit import BYTES_PER_TRACKED_KEY, RateLimiter, TokenBucket
 
 
 class Clock:

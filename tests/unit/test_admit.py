@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastmqtt._admit import AdmissionRef
-from fastmqtt.access import Rule, client_ip, decide
+from fastmqtt.access import client_ip, decide
+from fastmqtt.config.model import Rate, RateLimitConfig, Rule
 from fastmqtt.fastpath import _id_pattern
-from fastmqtt.ratelimit import Rate, RateLimitConfig, RateLimiter
+from fastmqtt.ratelimit import RateLimiter
 
 NETS = ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.7/32", "0.0.0.0/0"]
 IDS = ["tenant-a/*", "tenant-b/7", "dev*", "*"]

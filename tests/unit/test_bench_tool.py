@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastmqtt.bench import Client, Histogram, Stats
-from fastmqtt.brokers import Mosquitto, free_port
 from fastmqtt.packets import publish_header
+from fastmqtt.tools.bench import Client, Histogram, Stats
+from fastmqtt.tools.brokers import Mosquitto, free_port
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""fastmqtt.brokers.free_port under many test processes at once (pytest -n 4, two runs)."""
+"""fastmqtt.tools.brokers.free_port under many test processes at once (pytest -n 4, two runs)."""
 
 from __future__ import annotations
 
 import socket
 
-from fastmqtt.brokers import EPHEMERAL_RANGE, free_port
+from fastmqtt.tools.brokers import EPHEMERAL_RANGE, free_port
 
 
 def test_free_ports_come_from_below_the_ephemeral_range() -> None:

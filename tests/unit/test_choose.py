@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 
 from fastmqtt import _balance, _choose, _stick
 from fastmqtt.balance import Consistent as _Consistent
-from fastmqtt.balance import LeastConn, RoundRobin
+from fastmqtt.balance import LeastConn, RoundRobin, server_id
 from fastmqtt.fastpath import consistent_tables
-from fastmqtt.stick import server_id
 from fastmqtt.stick_file import create as create_stick_file
 
 UP, DOWN, DRAIN, MAINT = range(4)

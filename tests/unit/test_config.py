@@ -12,13 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmqtt import stats
 from fastmqtt.config import (
-    BACKEND_KEYS,
-    DEFAULTS_KEYS,
-    FRONTEND_KEYS,
-    GLOBAL_KEYS,
-    MAX_WEIGHT,
     BackendConfig,
     ClientTimeout,
     Config,
@@ -31,8 +25,16 @@ from fastmqtt.config import (
     parse_duration,
     validate,
 )
+from fastmqtt.config.model import MAX_WEIGHT
+from fastmqtt.config.schema import (
+    BACKEND_KEYS,
+    DEFAULTS_KEYS,
+    FRONTEND_KEYS,
+    GLOBAL_KEYS,
+)
 from fastmqtt.errors import ConfigError
-from fastmqtt.listener import open_listener
+from fastmqtt.frontend import open_listener
+from fastmqtt.stats import http as stats_http
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lb.toml"
 
@@ -758,7 +760,7 @@ def test_weight_zero_takes_no_new_clients_as_in_the_admin_api() -> None:
     config = load_config_text(minimal(server="weight = 0") + SECOND_SERVER)
     assert [s.weight for s in config.backends["emqx"].servers] == [0, 1]
     assert config.warnings == ()
-    assert stats.MAX_WEIGHT == MAX_WEIGHT == 256
+    assert stats_http.MAX_WEIGHT == MAX_WEIGHT == 256
     assert warnings_of(minimal(server="weight = 0")) == (
         "lb.toml: backend.emqx.server: every server has weight 0: no new client gets in",
     )
@@ -949,7 +951,7 @@ def test_stick_dir_is_an_absolute_directory(tmp_path: Path) -> None:
 
 
 def test_two_servers_whose_stick_ids_collide_are_refused() -> None:
-    from fastmqtt.stick import server_id
+    from fastmqtt.balance import server_id
 
     assert server_id("node342") == server_id("node32734")  # found by search, 32-bit ids
     text = minimal(backend="stick = true").replace('name = "emqx1"', 'name = "node342"') + (

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastmqtt.config import ServerConfig, _validate_text, load_config_text
+from fastmqtt.config import ServerConfig, load_config_text
+from fastmqtt.config.load import _validate_text
 
 HEAD = '[frontend.f]\nbind = "127.0.0.1:1883"\nbackend = "b"\n[backend.b]\n'
 DNS = '[resolvers.dns]\nnameservers = ["127.0.0.1:5353", "10.96.0.10", "[fd00::53]:53"]\n'

@@ -18,9 +18,9 @@ import pytest
 import trustme
 from tests.support.haproxy import find_haproxy
 
-from fastmqtt import convert as cv
-from fastmqtt.brokers import free_port, stop_process
 from fastmqtt.config import Config, load_config_text
+from fastmqtt.tools import convert as cv
+from fastmqtt.tools.brokers import free_port, stop_process
 
 ROOT = pathlib.Path(__file__).parents[2]
 DATA = ROOT / "tests" / "data" / "haproxy"

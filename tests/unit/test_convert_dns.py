@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tests.unit.test_convert import assert_haproxy_accepts, convert_and_check
 
-from fastmqtt import convert as cv
+from fastmqtt.tools import convert as cv
 
 # init-addr none / an IP: `haproxy -c` looks names up with the libc otherwise
 K8S = """\

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fastmqtt.brokers import free_port
+from fastmqtt.tools.brokers import free_port
 
 
 def ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

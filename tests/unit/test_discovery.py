@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.support.dns import DnsServer
 
-from fastmqtt.backends import Backend, Server
+from fastmqtt.backend import Backend, Server
 from fastmqtt.config import Config, ResolversConfig, load_config_text
 from fastmqtt.discovery import (
     Libc,

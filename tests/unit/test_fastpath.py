@@ -25,10 +25,10 @@ from fastmqtt._fastpath import FAST_IDS, FastPath, proxy_header
 from fastmqtt._parse import inspect_connect
 from fastmqtt._splice import Engine
 from fastmqtt.access import malformed_connack
-from fastmqtt.brokers import Mosquitto
 from fastmqtt.errors import MalformedPacket
 from fastmqtt.fastpath import refusal_table
 from fastmqtt.parse import inspect_connack
+from fastmqtt.tools.brokers import Mosquitto
 
 FIELDS = [
     "frontend",

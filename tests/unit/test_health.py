@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastmqtt.backends import Server, ServerState
+from fastmqtt.backend import Server, ServerState
 from fastmqtt.config import BackendConfig, CheckConfig, ServerConfig
 from fastmqtt.health import Admin, ServerHealth, check_for
 from fastmqtt.metrics import Histogram

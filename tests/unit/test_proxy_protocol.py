@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from tests.support.haproxy import HAProxy
 
 from fastmqtt import proxy_protocol as pp
-from fastmqtt.brokers import free_port
 from fastmqtt.errors import MalformedPacket
+from fastmqtt.tools.brokers import free_port
 
 SIG = bytes.fromhex("0d0a0d0a000d0a515549540a")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fastmqtt.prometheus import render_metrics
-from fastmqtt.stats_rows import merge_snapshots, render_csv
+from fastmqtt.stats.prometheus import render_metrics
+from fastmqtt.stats.rows import merge_snapshots, render_csv
 
 
 def _server(name: str, scur: int, **extra: Any) -> dict[str, Any]:

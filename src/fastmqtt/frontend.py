@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastmqtt.access import Guard
-from fastmqtt.backends import Backend, NoServerAvailable, Server
-from fastmqtt.config import BackendConfig, FrontendConfig
+from fastmqtt.backend import Backend, NoServerAvailable
+from fastmqtt.config import FrontendConfig
 from fastmqtt.deadline import Deadline
-from fastmqtt.errors import MalformedPacket, Refused
+from fastmqtt.errors import MalformedPacket, Refused, Rejected
 from fastmqtt.metrics import FrontendCounters
-from fastmqtt.parse import Connack, Connect, inspect_connack, inspect_connect
+from fastmqtt.parse import Connect, inspect_connect
 from fastmqtt.proxy_accept import ProxyRefused, read_header, refuse_header, trusted
-from fastmqtt.proxy_protocol import PP2_TYPE_AUTHORITY, encode_v1, encode_v2
 from fastmqtt.session import Session
 from fastmqtt.streams import (
     WS_FRAMING_ALLOWANCE,
@@ -31,9 +30,9 @@ from fastmqtt.streams import (
     TransportStream,
     WsBridge,
     WsPassthrough,
-    WsUpstream,
 )
-from fastmqtt.tls import ServerTLS, TLSInfo, TLSMaterialError, client_context, ssl_tlv
+from fastmqtt.tls import ServerTLS, TLSMaterialError
+from fastmqtt.upstream import HungUp
 from fastmqtt.websocket import (
     HandshakeError,
     accept_response,
@@ -44,29 +43,13 @@ from fastmqtt.websocket import (
 )
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt")
 
 ACCEPT_BATCH = 64  # accepts per wakeup, so one busy listener cannot starve the loop
 RESOURCE_BACKOFF = 0.1  # seconds accepting pauses after EMFILE/ENFILE/ENOBUFS/ENOMEM
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class Rejected(Exception):
-    """The connection is closed before (or instead of) reaching a server; ``reason`` counts it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _HungUp(Exception):
-    """The server closed before answering the CONNECT (dying, or not speaking MQTT)."""
-
-    def __init__(self, server: Server) -> None:
-        super().__init__(server.name)
-        self.server = server
 
 
 @dataclass(slots=True)
@@ -233,7 +216,7 @@ class Frontend:
         except (Rejected, Refused, ProxyRefused) as exc:
             session.end_reason = exc.reason
             self.counters.denied[exc.reason] += 1
-        except _HungUp:
+        except HungUp:
             session.end_reason = "server-closed"
         except OSError as exc:
             session.end_reason = f"error:{errno.errorcode.get(exc.errno or 0, 'EIO')}"
@@ -248,24 +231,12 @@ class Frontend:
         session.inspected_at = time.monotonic()
         backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
         session.backend = backend.name
-        stick_key = self._stick_key(session, backend)
-        failed: list[int] = []  # servers that hung up without a word: the client never knows
-        while True:
-            try:
-                server, upstream, to_client = await self._open(
-                    session, link, backend, connect, bytes(data), stick_key, failed
-                )
-                break
-            except _HungUp as exc:  # HAProxy: retry-on empty-response
-                if not self._may_retry(backend, failed):
-                    raise
-                exc.server.counters.retries += 1
-                failed.append(exc.server.index)
-        if connect is not None and not connect.client_id and session.client_id:
-            stick_key = self._stick_key(session, backend)  # the broker assigned an id: learn it
-            backend.counters.learned_ids += stick_key is not None
-        if session.connack_code in (None, 0):
-            backend.learn(stick_key, server)
+        try:
+            server, upstream, to_client, stick_key = await backend.open(
+                session, connect, bytes(data), link.client, link.dst
+            )
+        except NoServerAvailable:
+            raise Rejected("no-server") from None
         session.routed_in = len(data)  # to_client: counted by the relay that sends it
         self.proxy.session_established(session, server, stick_key)
         self.proxy.hub.start(
@@ -279,48 +250,6 @@ class Frontend:
             packets=connect is not None and upstream.packets,
         )
         return True
-
-    async def _open(
-        self,
-        session: Session,
-        link: _Link,
-        backend: Backend,
-        connect: Connect | None,
-        data: bytes,
-        stick_key: str | None,
-        failed: list[int],
-    ) -> tuple[Server, Stream, bytes]:
-        """Connect to a server, send the buffered bytes, read its CONNACK (if MQTT)."""
-        try:
-            server, sock = await backend.connect(
-                self._hash_key(session, backend), stick_key, failed
-            )
-        except NoServerAvailable:
-            raise Rejected("no-server") from None
-        session.server = server
-        session.connected_at = time.monotonic()
-        backend.counters.connect_latency.observe(session.connected_at - session.inspected_at)
-        upstream = await self._open_upstream(sock, server, backend)
-        try:
-            header = self._proxy_header(session, link, backend)
-            await upstream.write(header + link.client.wire(data))
-            to_client = b""
-            if connect is not None:
-                to_client = await self._read_connack(upstream, server, session, backend)
-        except (ConnectionResetError, BrokenPipeError):
-            upstream.close()
-            raise _HungUp(server) from None
-        except BaseException:
-            upstream.close()
-            raise
-        if connect is not None and not to_client:
-            upstream.close()
-            raise _HungUp(server)
-        return server, upstream, to_client
-
-    @staticmethod
-    def _may_retry(backend: Backend, failed: list[int]) -> bool:
-        return backend.config.redispatch and len(failed) < backend.config.retries
 
     async def _receive(
         self, session: Session, conn: socket.socket, link: _Link, data: bytearray
@@ -401,28 +330,6 @@ class Frontend:
             return WsPassthrough(client, forward, early, limit)
         return WsBridge(client, early)
 
-    async def _open_upstream(self, sock: socket.socket, server: Server, backend: Backend) -> Stream:
-        """The broker's side: TLS if the backend asks for it, WebSocket for passthrough."""
-        upstream: Stream = SocketStream(self.proxy.loop, sock)
-        tls = backend.config.tls
-        if tls is not None:
-            try:
-                upstream = await TransportStream.connect(
-                    self.proxy.loop,
-                    sock,
-                    client_context(tls),
-                    tls.sni or server.hostname,
-                    backend.config.timeout_connect,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                sock.close()
-                server.counters.connect_errors += 1
-                reason = getattr(exc, "reason", None) or "handshake"
-                raise Rejected("server-tls-" + str(reason).lower().replace("_", "-")) from None
-        if backend.config.ws_backend == "passthrough":
-            upstream = WsUpstream(upstream)
-        return upstream
-
     async def _inspect(self, client: Stream, data: bytearray) -> Connect | None:
         """Read until a complete CONNECT arrives (None: invalid but forwarded as is)."""
         try:
@@ -452,80 +359,3 @@ class Frontend:
         if connect.protocol_version == 5:
             session.session_expiry = connect.properties.get("session_expiry_interval")
         self.counters.connects_by_version[connect.protocol_version] += 1
-
-    def _stick_key(self, session: Session, backend: Backend) -> str | None:
-        stick = backend.config.stick
-        if stick is None:
-            return None
-        if stick.on == "source":
-            return session.client_addr[0]
-        # empty ids (broker-assigned) must not all stick to one server
-        return (session.username if stick.on == "username" else session.client_id) or None
-
-    def _hash_key(self, session: Session, backend: Backend) -> bytes:
-        config = backend.config
-        if config.balance == "source" or config.hash_key == "source":
-            return session.client_addr[0].encode()
-        value = session.username if config.hash_key == "username" else session.client_id
-        if value:
-            return value.encode()
-        # no id to hash on: spread by address and port rather than piling onto one server
-        return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
-
-    def _proxy_header(self, session: Session, link: _Link, backend: Backend) -> bytes:
-        version = backend.config.send_proxy
-        if version is None:
-            return b""
-        src, dst = session.client_addr, link.dst
-        if version == "v1":
-            return encode_v1(src, dst)
-        return encode_v2(src, dst, self._tlvs(session, link.client.tls, backend.config))
-
-    def _tlvs(
-        self, session: Session, tls: TLSInfo | None, config: BackendConfig
-    ) -> list[tuple[int, bytes]]:
-        """PROXY v2 TLVs the backend asked for (``proxy_tlvs``), where there is a value."""
-        wanted = config.proxy_tlvs
-        tlvs = []
-        if "ssl" in wanted and tls is not None:
-            tlvs.append(ssl_tlv(tls))
-        if "authority" in wanted and tls is not None and tls.sni:
-            tlvs.append((PP2_TYPE_AUTHORITY, tls.sni.encode()))
-        if "client_id" in wanted and session.client_id:
-            tlvs.append((config.proxy_client_id_tlv, session.client_id.encode()))
-        return tlvs
-
-    async def _read_connack(
-        self, upstream: Stream, server: Server, session: Session, backend: Backend
-    ) -> bytes:
-        """Read the broker's first answer; bytes beyond the CONNACK travel on with it."""
-        data = bytearray()
-        try:
-            with Deadline(self.proxy.loop, backend.config.timeout_server):
-                while True:
-                    chunk = await upstream.read()
-                    if not chunk:
-                        break  # broker closed: forward whatever it said, the relay sees the EOF
-                    data += chunk
-                    connack = inspect_connack(data, session.protocol_version)
-                    if connack is not None:
-                        self._note_connack(session, server, connack)
-                        latency = time.monotonic() - session.inspected_at  # type: ignore[operator]
-                        backend.counters.connack_latency.observe(latency)
-                        return upstream.wire(bytes(data))
-        except TimeoutError:
-            server.counters.response_errors += 1
-            raise Rejected("server-timeout") from None
-        except (StreamClosed, HandshakeError) as exc:
-            server.counters.response_errors += 1
-            raise Rejected(getattr(exc, "reason", None) or str(exc)) from None
-        except MalformedPacket:
-            pass  # not ours to judge the broker: relay it, count it
-        server.counters.response_errors += 1
-        return upstream.wire(bytes(data))
-
-    def _note_connack(self, session: Session, server: Server, connack: Connack) -> None:
-        session.connack_code = connack.reason_code
-        server.counters.connack_codes[connack.reason_code] += 1
-        if connack.assigned_client_identifier and not session.client_id:
-            session.client_id = connack.assigned_client_identifier

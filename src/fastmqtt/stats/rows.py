@@ -24,14 +24,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastmqtt import IMPLEMENTATION, __version__
-from fastmqtt.backends import Backend, Server, ServerState
+from fastmqtt.backend import Backend, Server, ServerState
+from fastmqtt.frontend import Frontend
 from fastmqtt.health import DESCRIPTIONS, ServerHealth
-from fastmqtt.listener import Frontend
 from fastmqtt.metrics import Histogram, ReloadCounters
 from fastmqtt.procfs import read_process
 
 if TYPE_CHECKING:
-    from fastmqtt.server import Proxy
+    from fastmqtt.runtime import Proxy
 
 # HAProxy 2.6's leading `show stat` columns, in its order (the rest are HTTP/H2/SSL ones).
 CSV_COLUMNS = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from fastmqtt.stats_rows import SERVER_STATES
+from fastmqtt.stats.rows import SERVER_STATES
 
 
 def _escape(value: object) -> str:

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from fastmqtt.config import addresses_overlap
+from fastmqtt.config.checks import addresses_overlap
 
 # --- reading HAProxy's file: sections of word lists --------------------------------------------
 

@@ -1,30 +1,26 @@
-"""The running balancer: frontends and backends from a config, limits, lifecycle and signals.
-Also the `fastmqtt serve` command."""
+"""The running balancer: frontends and backends from a config, limits, lifecycle, reload."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import resource
-import signal
-import sys
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
 
-from fastmqtt import IMPLEMENTATION, __version__, logs, notify, packets, workers
-from fastmqtt.backends import Backend, Server
+from fastmqtt import IMPLEMENTATION, __version__, notify, packets
+from fastmqtt.backend import Backend, Server
 from fastmqtt.config import Config, FrontendConfig, load_config
 from fastmqtt.discovery import Discovery
 from fastmqtt.errors import ConfigError
 from fastmqtt.fastpath import FastPathHub, describe
+from fastmqtt.frontend import Frontend
 from fastmqtt.health import HealthChecker
-from fastmqtt.listener import Frontend
 from fastmqtt.metrics import ReloadCounters
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
-from fastmqtt.stats import LocalSource, StatsServer
+from fastmqtt.stats.http import StatsServer
+from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import StickStore
 from fastmqtt.tls import TLSMaterialError, client_context
 
@@ -354,104 +350,3 @@ class _Reload:
                 fe.close()
             raise
         self.new_by_bind = {_bind(fe.config): fe for fe in self.opened}
-
-
-# -- the `serve` command -----------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="path of the TOML config (see examples/lb.toml)")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{args.config}: {exc.strerror}", file=sys.stderr)
-        return 1
-    logs.setup(config.global_.log_level, config.global_.log_format, args.worker)
-    if args.worker is not None:
-        workers.become_worker()
-        return serve(config, worker=args.worker)
-    for warning in config.warnings:
-        log.warning("%s", warning)
-    if config.global_.workers > 1:
-        return workers.Supervisor(args.config, config).run()
-    return serve(config)
-
-
-def raise_fd_limit() -> None:
-    """Use every file descriptor the hard limit allows (the soft limit is often 1024)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def serve(config: Config, worker: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT: then drain for the configured grace; a second signal exits now.
-    ``worker`` is set in the processes a supervisor starts (they share the listeners)."""
-    import uvloop
-
-    raise_fd_limit()
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_serve(config, loop, worker))
-    finally:
-        loop.close()
-
-
-async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | None) -> int:
-    proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
-    await proxy.find_servers()
-    stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            raise SystemExit(0)
-        name, count = signal.Signals(signum).name, len(proxy.hub)
-        log.info(
-            "%s: draining %d connections for up to %.0fs",
-            name,
-            count,
-            proxy.config.global_.grace,
-            extra={"signal": name, "connections": count},
-        )
-        notify.stopping()
-        stop.set()
-
-    # before the listeners open: a SIGHUP sent once the port answers (or after READY=1) must
-    # reload, not kill us; one that comes while start() runs is handled right after it
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload_file)
-    try:
-        proxy.start()
-    except OSError as exc:
-        for sig in (*signals, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        proxy.discovery.stop()
-        log.error("%s", exc.strerror or exc)
-        return 1
-    if worker is None:
-        notify.ready(f"serving {len(proxy.frontends)} frontends")
-        channel = None
-    else:
-        channel = workers.attach(proxy)
-    try:
-        await stop.wait()
-        await proxy.shutdown(proxy.config.global_.grace)
-    finally:
-        for sig in (*signals, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if channel is not None:
-            channel.cancel()
-    log.info("stopped")
-    return 0

@@ -11,10 +11,10 @@ import socket
 import sys
 
 from fastmqtt import packets
-from fastmqtt.brokers import BrokerUnavailable, Mosquitto, free_port, start_brokers
 from fastmqtt.config import load_config_text
 from fastmqtt.parse import inspect_connack
-from fastmqtt.server import Proxy
+from fastmqtt.runtime import Proxy
+from fastmqtt.tools.brokers import BrokerUnavailable, Mosquitto, free_port, start_brokers
 
 PING_EVERY = 30.0
 

@@ -1,5 +1,5 @@
-"""Backends and their servers: live state, server choice (stickiness, balancing, backups)
-and connecting with retries and redispatch."""
+"""Backends and their servers: live state, and where a server is chosen and opened for a
+client (keys, stick table, balancer, backups, the one retry/redispatch loop)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ import enum
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fastmqtt.balance import Balancer, make_balancer
 from fastmqtt.config import BackendConfig, ServerConfig
 from fastmqtt.deadline import Deadline
 from fastmqtt.metrics import BackendCounters, ServerCounters
 from fastmqtt.stick import StickStore, StickTable
+from fastmqtt.upstream import HungUp, open_upstream
+
+if TYPE_CHECKING:
+    from fastmqtt.parse import Connect
+    from fastmqtt.session import Session
+    from fastmqtt.streams import Stream
 
 
 class ServerState(enum.Enum):
@@ -209,38 +216,118 @@ class Backend:
         if self.stick is not None and stick_key:
             self.stick.put(stick_key, server.name)
 
-    # -- connecting ------------------------------------------------------------------
+    # -- opening: the one retry loop ------------------------------------------------------
 
-    async def connect(
-        self, key: bytes | None, stick_key: str | None, avoid: Sequence[int] = ()
-    ) -> tuple[Server, socket.socket]:
-        """Connect to a server, retrying ``retries`` times; with ``redispatch`` each retry
-        goes to another server, so a dead node never fails a client another node can serve.
-        ``avoid``: servers that already failed this client (they answered nothing)."""
-        loop = asyncio.get_running_loop()
-        tried: list[int] = list(avoid)
-        server = self.choose(key, None if avoid else stick_key, tried)
-        for attempt in range(self.config.retries + 1):
-            sock = socket.socket(server.family, socket.SOCK_STREAM)
-            sock.setblocking(False)
+    async def open(
+        self,
+        session: Session,
+        connect: Connect | None,
+        hello: bytes,
+        client: Stream,
+        dst: tuple[str, int],
+    ) -> Established:
+        """Choose a server for this client and open it: the hash and stick keys, the stick
+        table, the balancer (backups when no primary can serve), then one attempt after another
+        (upstream.open_upstream). One retry loop, as the engine's fast path runs it
+        (_fastpath.pyx retry()): a connect error, a connect timeout and a server that hangs up
+        before its CONNACK (HAProxy's retry-on empty-response) all spend ``retries``; with
+        ``redispatch`` each retry goes to another server, without it a connect error tries the
+        same server again and a hang-up is not retried. NoServerAvailable when no server could
+        be connected, HungUp when the last one hung up."""
+        key, stick_key = self.hash_key(session), self.stick_key(session)
+        tried: list[int] = []
+        server = self.choose(key, stick_key, tried)
+        failures = 0
+        while True:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                with Deadline(loop, self.config.timeout_connect):
-                    await connect_socket(loop, sock, server.sockaddr)
-                return server, sock
-            except (OSError, TimeoutError) as exc:
-                sock.close()
-                server.counters.connect_errors += 1
-                if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-                    raise  # our own limit, not the server's fault: don't burn retries
-                if attempt == self.config.retries:
-                    break
-                server.counters.retries += 1
-                if self.config.redispatch:
-                    server.counters.redispatches += 1
-                    tried.append(server.index)
-                    server = self.choose(key, None, tried)
-        raise NoServerAvailable(self.name)
+                upstream, to_client = await self._attempt(
+                    server, session, hello, client, dst, connect is not None
+                )
+                break
+            except _ConnectFailed:
+                connect_error = True
+            except HungUp:
+                connect_error = False
+            failures += 1
+            if failures > self.config.retries or not (connect_error or self.config.redispatch):
+                if connect_error:
+                    raise NoServerAvailable(self.name)
+                raise HungUp(server)
+            server.counters.retries += 1
+            if self.config.redispatch:
+                server.counters.redispatches += 1
+                tried.append(server.index)
+                server = self.choose(key, None, tried)
+        if connect is not None and not connect.client_id and session.client_id:
+            stick_key = self.stick_key(session)  # the broker assigned an id: learn it
+            self.counters.learned_ids += stick_key is not None
+        if session.connack_code in (None, 0):
+            self.learn(stick_key, server)
+        return Established(server, upstream, to_client, stick_key)
+
+    async def _attempt(
+        self,
+        server: Server,
+        session: Session,
+        hello: bytes,
+        client: Stream,
+        dst: tuple[str, int],
+        mqtt: bool,
+    ) -> tuple[Stream, bytes]:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(server.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with Deadline(loop, self.config.timeout_connect):
+                await connect_socket(loop, sock, server.sockaddr)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            server.counters.connect_errors += 1
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise  # our own limit, not the server's fault: don't burn retries
+            raise _ConnectFailed from None
+        session.server = server
+        session.connected_at = time.monotonic()
+        latency = session.connected_at - session.inspected_at  # type: ignore[operator]
+        self.counters.connect_latency.observe(latency)
+        return await open_upstream(session, sock, server, self, hello, client, dst, mqtt)
+
+    # -- the keys a client is known by ------------------------------------------------------
+
+    def stick_key(self, session: Session) -> str | None:
+        """What the stick table remembers this client by, or None (no table, no id)."""
+        stick = self.config.stick
+        if stick is None:
+            return None
+        if stick.on == "source":
+            return session.client_addr[0]
+        # empty ids (broker-assigned) must not all stick to one server
+        return (session.username if stick.on == "username" else session.client_id) or None
+
+    def hash_key(self, session: Session) -> bytes:
+        """The bytes the balancer hashes (consistent hashing, source)."""
+        config = self.config
+        if config.balance == "source" or config.hash_key == "source":
+            return session.client_addr[0].encode()
+        value = session.username if config.hash_key == "username" else session.client_id
+        if value:
+            return value.encode()
+        # no id to hash on: spread by address and port rather than piling onto one server
+        return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
+
+
+class Established(NamedTuple):
+    """An opened connection to a server, ready for the relay."""
+
+    server: Server
+    upstream: Stream
+    to_client: bytes  # the broker's CONNACK (and anything after it): the relay sends it first
+    stick_key: str | None  # what the stick table knows this client by (learned ids included)
+
+
+class _ConnectFailed(Exception):
+    """The server could not be connected (counted on the server)."""
 
 
 async def connect_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: tuple) -> None:
