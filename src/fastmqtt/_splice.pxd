@@ -113,6 +113,7 @@ cdef struct Conn:
     uint8_t worker
     uint8_t kind            # K_RELAY: handed over by add(); K_FAST: accepted by the engine
     uint8_t phase           # K_FAST: its setup step (_fastpath.pyx) while not yet relaying
+    bint told               # a goodbye packet was queued: the client closes; end once sent
 
 
 cdef struct Linger:

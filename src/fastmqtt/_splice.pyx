@@ -27,10 +27,11 @@ Design notes (the WHY; the code says the how):
 - Packet boundaries: a connection added with ``track_packets`` follows the packet boundaries
   of both streams by fixed headers only (bodies are skipped by length), in two fields per
   direction. ``goodbye`` then ends it between two packets: each stream stops at its next
-  boundary (bytes past it are dropped), the given packet (a DISCONNECT; none for clients
-  older than MQTT 5) goes out after what the client is still owed, and the connection closes
-  once both streams are at their boundary and everything before it is delivered, so no
-  packet is cut in half either way. A goodbye waits at most ``BYE_IDLE_TICKS`` without
+  boundary (bytes past it are dropped): the given packet (a DISCONNECT) goes out after what the
+  client is still owed, and the connection closes once it is delivered (the client was told
+  to go); without a packet (clients older than MQTT 5 have no server DISCONNECT) it closes
+  once the client's stream is at its boundary too and everything before it is delivered, so
+  no packet is cut in half either way. A goodbye waits at most ``BYE_IDLE_TICKS`` without
   progress for that (then the idle timeout ends it). splice never shows us the bytes, so on
   a tracked direction it moves only the rest of a long body (at least ``splice_threshold``)
   and headers go through recv.
@@ -578,6 +579,7 @@ cdef int farewell(Worker *w, Conn *c) noexcept nogil:
     cdef Bye *b = bye_take(w, c)
     cdef Pending *p = NULL
     c.flags |= F_FAREWELL
+    c.told = b.len != 0
     if b.len:
         p = pending_new(<char *>(b + 1), b.len)
         if p == NULL:
@@ -594,9 +596,11 @@ cdef inline bint delivered(Conn *c, int d) noexcept nogil:
 
 
 cdef inline bint bye_done(Conn *c) noexcept nogil:
-    """A goodbye's end: both streams stopped at a boundary, all before it delivered."""
-    return (c.flags & F_FAREWELL and at_boundary(c, 0) and delivered(c, 0)
-            and delivered(c, 1))
+    """A goodbye's end: the goodbye packet delivered (the client was told to go and closes
+    by itself), or without one both streams stopped at a boundary, all before it delivered."""
+    if not (c.flags & F_FAREWELL and delivered(c, 1)):
+        return False
+    return c.told or (at_boundary(c, 0) and delivered(c, 0))
 
 
 cdef int read_copy(Worker *w, Conn *c, int d) noexcept nogil:
@@ -1250,13 +1254,13 @@ cdef class Engine:
             raise MemoryError()
 
     def goodbye(self, int64_t conn_id, const unsigned char[:] packet) -> bool:
-        """End a connection between two packets: send ``packet`` (a DISCONNECT; b"" for
-        none, as MQTT 3.1.1 has no server DISCONNECT) to the client at the next packet
-        boundary of the server's stream, dropping the server's bytes after it, let the
-        client's stream reach its own boundary, then close both sides; the record says
-        "drained". Ignored for ids that are unknown, drained, not added with
-        ``track_packets`` or already said goodbye to; a connection that ends before the
-        boundary ends as it would have. True if the goodbye was queued."""
+        """End a connection between two packets: send ``packet`` (a DISCONNECT) to the client
+        at the next packet boundary of the server's stream, dropping the server's bytes after
+        it, then close both sides; with b"" (MQTT 3.1.1 has no server DISCONNECT) close once
+        the client's stream reached its own boundary too; the record says "drained". Ignored
+        for ids that are unknown, drained, not added with ``track_packets`` or already said
+        goodbye to; a connection that ends before the boundary ends as it would have. True if
+        the goodbye was queued."""
         cdef Conn *c
         cdef Worker *w
         cdef Bye *b

@@ -47,6 +47,7 @@ SYNC_INTERVAL = 0.25  # seconds between copies of the engine's counters into Pyt
 TICK = 0.1  # the engine's timing wheel
 MAX_RULES = 64  # access rules per frontend on the fast path (_fastpath.MAX_ROUTES)
 STATES = tuple(ServerState)  # the engine's S_* codes, in this order
+DENIED = 17  # the record's field: refused before reaching a server (_fastpath.Record)
 QUERY_TIMEOUT = 1.0  # seconds the engine's threads have to answer a find() or leave()
 QUERY_POLL = 0.001
 
@@ -399,7 +400,7 @@ class FastPathHub:
         log = self.proxy.conn_log
         for record in self.c.drain():
             session = self._session(record)
-            if record[-2]:  # refused before reaching a server (Frontend._serve counts those)
+            if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
                 session.frontend_counters.denied[session.end_reason] += 1
             if log is not None:
                 log.write(session)

@@ -315,11 +315,12 @@ class LoopRelay:
         self.client.boundary = PacketBoundary()
 
     def say_goodbye(self, packet: bytes) -> bool:
-        """End the pair between two packets, as "drained": ``packet`` (a DISCONNECT; b"" for
-        none) goes to the client between two of the broker's packets, and the pair ends once
-        the client's stream is between two packets too; each stream's bytes past its boundary
-        are dropped. Waits at most BYE_IDLE seconds without progress (then the idle timeout
-        ends it). False (ignored) unless `track_packets` was called, or once said."""
+        """End the pair between two packets, as "drained": ``packet`` (a DISCONNECT) goes to the
+        client between two of the broker's packets and the pair ends (the client was told to
+        go); with b"" (MQTT 3.1.1) the pair ends once the client's stream is between two
+        packets too. Each stream's bytes past its boundary are dropped. Waits at most BYE_IDLE
+        seconds without progress (then the idle timeout ends it). False (ignored) unless
+        `track_packets` was called, or once said."""
         if self.server.boundary is None or self.farewell is not None or self.on_done is None:
             return False
         self.farewell = packet
@@ -336,13 +337,13 @@ class LoopRelay:
         return True
 
     def goodbye_step(self) -> None:
-        """The goodbye packet once the broker's stream is at a boundary; the end once the
-        client's is too."""
+        """The goodbye packet once the broker's stream is at a boundary, then the end (without
+        a packet, once the client's stream is at a boundary too)."""
         assert self.farewell is not None and self.server.boundary and self.client.boundary
         if not self._farewell_sent and self.server.boundary.at_boundary:
             self._farewell_sent = True
             self.client.send(self.farewell)
-        if self._farewell_sent and self.client.boundary.at_boundary:
+        if self._farewell_sent and (self.farewell or self.client.boundary.at_boundary):
             self.finish("drained")
 
     def start(
