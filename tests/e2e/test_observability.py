@@ -18,7 +18,9 @@ from tests.support.stats import Stats, checked_recipe, stats_toml
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+# Checks run, but no test here is about them: a timeout a busy machine does not miss (with
+# 150 ms, both loopback brokers went DOWN under load and clients were closed: no-server).
+CHECK = 'type = "tcp", interval = "200ms", timeout = "5s"'
 HELD = 60
 
 
@@ -105,20 +107,28 @@ def test_connections_by_path_and_connack_latency(brokers, fastmqtt):
     assert value(first, "fastmqtt_backend_connack_latency_seconds_count", **be) == 0
     accepted = value(first, "fastmqtt_frontend_path_sessions_total", path="loop", **fe)
 
-    held = [raw_connect(port, f"path-{i}") for i in range(5)]
-    text = stats.get("/metrics")
+    held, waited = [], []  # waited: CONNECT sent -> CONNACK read, as each client saw it
+    try:
+        for i in range(5):
+            started = time.monotonic()
+            held.append(raw_connect(port, f"path-{i}"))
+            waited.append(time.monotonic() - started)
+        text = stats.get("/metrics")
+    finally:
+        for sock in held:
+            sock.close()
     assert value(text, "fastmqtt_frontend_path_current_sessions", path="loop", **fe) == 5
     assert value(text, "fastmqtt_frontend_path_current_sessions", path="fast", **fe) == 0
     assert value(text, "fastmqtt_frontend_path_sessions_total", path="loop", **fe) == accepted + 5
     assert value(text, "fastmqtt_frontend_path_sessions_total", path="fast", **fe) == 0
-    # Every CONNACK is timed; a broker on loopback answers within the 1 s bucket.
+    # Every CONNACK is timed, within the time its client waited: one the client had within 1 s
+    # is in the 1 s bucket (all five, unless the machine is very busy).
     assert value(text, "fastmqtt_backend_connack_latency_seconds_count", **be) == 5
-    assert value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be) == 5
+    within = value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be)
+    assert sum(w < 1.0 for w in waited) <= within <= 5, waited
     connack_sum = value(text, "fastmqtt_backend_connack_latency_seconds_sum", **be)
     connect_sum = value(text, "fastmqtt_backend_connect_latency_seconds_sum", **be)
-    assert 0 < connect_sum < connack_sum < 5  # the CONNACK comes after the connect
-    for sock in held:
-        sock.close()
+    assert 0 < connect_sum < connack_sum < sum(waited)  # the CONNACK comes after the connect
     name = "fastmqtt_frontend_path_current_sessions"
     assert wait_until(lambda: value(stats.get("/metrics"), name, path="loop", **fe) == 0)
 
