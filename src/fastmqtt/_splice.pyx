@@ -1391,9 +1391,9 @@ cdef class Engine:
               double server_idle, double client_quiet, double server_quiet, uint32_t pkt_left,
               uint32_t pkt_hdr, double age) -> None:
         """Take over a connection another process's engine relayed (an ``export()`` row from
-        the bytes onwards, read from another process: every value is checked). The engine owns both fds, also
-        when this raises. ``*_quiet``: seconds since each side last made progress (its idle
-        clock goes on); ``age``: how long the connection has existed."""
+        the bytes onwards, read from another process: every value is checked). The engine
+        owns both fds, also when this raises. ``*_quiet``: seconds since each side last made
+        progress (its idle clock goes on); ``age``: how long the connection has existed."""
         cdef Conn *c
         cdef uint32_t shut_without_eof = (state >> 2) & ~state & 3
         try:

@@ -479,7 +479,9 @@ class Incoming:
             for fd in fds:
                 os.close(fd)
             raise TakeoverError("an unreadable offer") from None
-        self.sockets = [(entry, socket.socket(fileno=fd)) for entry, fd in zip(listeners, fds)]
+        self.sockets = [
+            (entry, socket.socket(fileno=fd)) for entry, fd in zip(listeners, fds, strict=True)
+        ]
         self._place(proxy)
         return True
 

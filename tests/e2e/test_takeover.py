@@ -149,7 +149,9 @@ def test_a_tls_client_drains_in_the_old_process_not_dropped(brokers, fastmqtt, t
     [broker] = brokers(1)
     certs = make_certs(tmp_path)
     port, tls_port, stats_port, sock = lb_port(), lb_port(), lb_port(), socket_path()
-    config = takeover_config([broker], port, stats_port, sock).replace('grace = "2s"', 'grace = "4s"')
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "4s"'
+    )
     config += (
         f'\n[frontend.secure]\nbind = "127.0.0.1:{tls_port}"\nbackend = "cluster"\n'
         + tls_line(cert=certs.server)
@@ -182,7 +184,9 @@ def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
 ) -> None:
     [broker] = brokers(1)
     port, stats_port, sock = lb_port(), lb_port(), socket_path()
-    config = takeover_config([broker], port, stats_port, sock).replace('grace = "2s"', 'grace = "3s"')
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "3s"'
+    )
     old = fastmqtt(config, port=port)
     clients = [Client(f"old-{i}", port) for i in range(3)]
     lb = new_process(config, port, sock, FASTMQTT_TAKEOVER_FORMAT="99")
@@ -208,7 +212,9 @@ def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
 def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
     [broker] = brokers(1)
     port, stats_port, sock = lb_port(), lb_port(), socket_path()
-    config = takeover_config([broker], port, stats_port, sock).replace('grace = "2s"', 'grace = "3s"')
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "3s"'
+    )
     old = fastmqtt(config, port=port)
     clients = [Client(f"old-{i}", port) for i in range(3)]
     lb = new_process(config, port, sock)

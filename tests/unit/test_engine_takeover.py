@@ -18,7 +18,7 @@ from fastmqtt._accel import NO_EXTENSIONS
 if NO_EXTENSIONS:
     pytest.skip("the C engine is not built (FASTMQTT_NO_EXTENSIONS=1)", allow_module_level=True)
 
-from fastmqtt._splice import Engine  # noqa: E402
+from fastmqtt._splice import Engine
 
 MiB = 1 << 20
 BYE = b"\xe0\x01\x8b"

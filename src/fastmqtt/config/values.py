@@ -222,7 +222,7 @@ def _directory(value: object) -> str:
 
 def _socket_path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > 107:
-        raise _expected('an absolute path of at most 107 bytes like "/run/fastmqtt/takeover"', value)
+        raise _expected('an absolute path (at most 107 bytes) like "/run/fastmqtt/to.sock"', value)
     return os.path.normpath(value)
 
 
