@@ -82,7 +82,10 @@ async def run_swarm(
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
-@pytest.mark.parametrize(("path", "clients"), [("fast", 2000), ("loop", 200)])
+@pytest.mark.parametrize(
+    ("path", "clients"),
+    [pytest.param("fast", 2000, marks=pytest.mark.serial), ("loop", 200)],  # 2,000: alone
+)
 def test_a_new_process_takes_every_connection_over_without_a_reconnect(
     brokers, fastmqtt, path: str, clients: int
 ) -> None:
