@@ -30,8 +30,8 @@ from tests.support.swarm import (
     ping_loop,
 )
 
-from fastmqtt.tools.brokers import start_brokers
 from fastmqtt.serve import raise_fd_limit
+from fastmqtt.tools.brokers import start_brokers
 
 PING_EVERY = 2.0
 
