@@ -751,7 +751,23 @@ cdef void on_received(Conn *c, int d, size_t n) noexcept nogil:
 
 
 cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
-    """finish() is ending a fast-path connection: give back what it holds."""
+    """finish() is ending a fast-path connection: give back what it holds; its record waits
+    for drain()."""
+    cdef FastConn *fc = <FastConn *>c
+    cdef Fast *f = fast_of(w)
+    atomic_add32(&f.undrained, 1)  # until drain() took its record
+    atomic_inc64(&f.undrained_bytes, fc.cid_len + fc.user_len)
+    give_back(w, c)
+
+
+cdef void on_released(Worker *w, Conn *c) noexcept nogil:
+    """A relayed connection moved to another process (Engine.release): give back what it
+    holds, and free it without a record."""
+    give_back(w, c)
+    free_record(<FastConn *>c)
+
+
+cdef void give_back(Worker *w, Conn *c) noexcept nogil:
     cdef FastConn *fc = <FastConn *>c
     cdef Fast *f = fast_of(w)
     cdef int d
@@ -776,8 +792,6 @@ cdef void on_ended(Worker *w, Conn *c) noexcept nogil:
         fc.pool = NULL
     atomic_add32(&fc.listener.live, -1)
     atomic_add32(&f.live, -1)
-    atomic_add32(&f.undrained, 1)  # until drain() took its record
-    atomic_inc64(&f.undrained_bytes, fc.cid_len + fc.user_len)
     listener_unref(fc.listener)
     fc.listener = NULL
     resume_freed(f)
@@ -1692,6 +1706,7 @@ HOOKS.ended = on_ended
 HOOKS.count_bytes = on_received
 HOOKS.turn = on_turn
 HOOKS.exit = on_exit
+HOOKS.released = on_released
 
 
 # ---------------------------------------------------------------- Python's side
@@ -2047,6 +2062,15 @@ cdef class FastPath:
 
     # -- records ---------------------------------------------------------------------
 
+    def facts(self, uintptr_t handle) -> tuple:
+        """A relayed connection of the frozen engine (a fast-path row of Engine.export()) as
+        drain() would record it now, total time -1 (it goes on elsewhere)."""
+        cdef Conn *c = <Conn *>handle
+        if not self.engine._frozen or self.engine._exported is None or (
+                handle not in self.engine._exported) or c.kind != K_FAST:
+            raise ValueError("not an exported fast-path connection")
+        return record(<FastConn *>c, -1)
+
     def drain(self) -> list:
         """One record per ended connection since the last drain (the relay's drain() clears
         the completion eventfd; call that first):
@@ -2071,7 +2095,7 @@ cdef class FastPath:
             held += (<FastConn *>head).cid_len + (<FastConn *>head).user_len
             if error is None:
                 try:
-                    out.append(record(<FastConn *>head))
+                    out.append(record(<FastConn *>head, <int>(head.t * 1000)))
                 except BaseException as e:  # noqa: B036 (raised below, once all are freed)
                     error = e
             free_record(<FastConn *>head)
@@ -2137,7 +2161,7 @@ cdef inline int ms_between(int64_t start, int64_t t):
     return -1 if t == 0 else <int>((t - start) // 1000000)
 
 
-cdef tuple record(FastConn *fc):
+cdef tuple record(FastConn *fc, int total_ms):
     cdef Conn *c = &fc.c
     cdef char text[INET6_ADDRSTRLEN + 8]
     cdef size_t n = peer_text(&fc.peer, fc.state, text, False)
@@ -2150,8 +2174,7 @@ cdef tuple record(FastConn *fc):
         ntohs(fc.peer.sin6_port), client_id, username, fc.version, fc.keepalive,
         None if fc.connack < 0 else fc.connack, fc.wall_ns / 1e9,
         ms_between(fc.accepted_ns, fc.inspected_ns), ms_between(fc.accepted_ns, fc.connected_ns),
-        <int>(c.t * 1000), c.nbytes[0], c.nbytes[1], why_word(fc), fc.why in DENIED, c.err,
-        c.conn_id,
+        total_ms, c.nbytes[0], c.nbytes[1], why_word(fc), fc.why in DENIED, c.err, c.conn_id,
     )
 
 

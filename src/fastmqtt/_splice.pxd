@@ -163,6 +163,9 @@ cdef struct FastHooks:
     void (*turn)(Worker *w) noexcept nogil
     # the worker is exiting: give back what the fast path holds on this thread
     void (*exit)(Worker *w) noexcept nogil
+    # a relayed K_FAST connection moved to another process (Engine.release): give back what
+    # it holds and free it, without a record
+    void (*released)(Worker *w, Conn *c) noexcept nogil
 
 
 cdef struct Worker:
@@ -195,6 +198,7 @@ cdef struct Worker:
     Bye *byes               # goodbye() requests not yet taken
     bint wake_pending
     bint stop
+    bint freeze             # with stop: keep the connections for export (Engine.freeze)
     bint running            # its thread was created
     void *fast              # the fast path's per-thread state (_fastpath.pyx), or NULL
     uint32_t alarm          # a tick the fast path wants a turn at even with no connection
@@ -274,8 +278,11 @@ cdef class Engine:
     cdef bint _started
     cdef bint _closing
     cdef bint _stopped
+    cdef bint _frozen
+    cdef dict _exported  # handle -> conn id, from export() until release()
 
     cdef _check_add(self, int64_t conn_id, int client_fd, int server_fd)
+    cdef _queue(self, Conn *c)
     cdef Conn *_new_conn(self, int64_t conn_id, int client_fd, int server_fd,
                          uint32_t client_idle, uint32_t server_idle,
                          const unsigned char[:] to_server,

@@ -32,6 +32,28 @@ class Engine:
         *,
         track_packets: bool = False,
     ) -> None: ...
+    def adopt(
+        self,
+        conn_id: int,
+        client_fd: int,
+        server_fd: int,
+        bytes_in: int,
+        bytes_out: int,
+        to_server: bytes,
+        to_client: bytes,
+        state: int,
+        client_idle: float,
+        server_idle: float,
+        client_quiet: float,
+        server_quiet: float,
+        pkt_left: int,
+        pkt_hdr: int,
+        age: float,
+    ) -> None: ...
+    def freeze(self) -> None: ...
+    # (handle, conn id, fast path?, client fd, server fd, then adopt()'s arguments from bytes_in)
+    def export(self) -> list[tuple]: ...
+    def release(self, handle: int) -> None: ...
     def close(self, conn_id: int) -> None: ...
     def goodbye(self, conn_id: int, packet: bytes) -> bool: ...
     def completions_fd(self) -> int: ...

@@ -42,6 +42,12 @@ Design notes (the WHY; the code says the how):
   until the peer closes, or for ``linger_seconds`` / ``linger_bytes`` at most. Such a
   socket is a small ``Linger`` of its worker, no longer part of the connection, which has been
   reported already. A side that sent FIN is closed at once (nothing more can come from it).
+- Moving to another process (takeover.py): ``freeze`` stops the threads but keeps every relayed
+  connection; ``export`` reads each one's state (bytes still held either way, pipes emptied
+  into them, counters, half-close and packet-boundary state, idle clocks); ``release`` then
+  forgets one that the other process holds, closing our fds without a FIN or a reset (a plain
+  close of one reference); ``adopt`` is the other side's ``add`` of such a state. Connections
+  still in a setup phase or waiting for a goodbye at the freeze end ("shutdown").
 - A connection's struct is freed by ``drain`` (which holds the GIL, as do ``counters`` and
   ``close``), so Python may keep its address in a dict while the record is undrained; queued
   ``close`` and ``goodbye`` requests hold a reference so the engine never touches a freed
@@ -52,6 +58,8 @@ from libc.errno cimport (
     EAGAIN, ECONNABORTED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINTR, ENETDOWN,
     ENETUNREACH, ENOMEM, ENOTCONN, EPIPE, ETIMEDOUT, errno,
 )
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.math cimport isfinite
 from libc.stdint cimport (
     int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t,
 )
@@ -81,6 +89,17 @@ REASONS = (
 CONN_SIZE = sizeof(Conn)
 # the most a direction holds in bulk mode (a read in copy mode holds at most buffer_size)
 PIPE_SIZE = PIPE_CAP
+
+# The state bits of export()/adopt(): a stable numbering, not the engine's flag layout.
+cdef enum:
+    X_CLIENT_EOF = 1 << 0       # the client sent FIN
+    X_SERVER_EOF = 1 << 1       # the server sent FIN
+    X_CLIENT_FIN_SENT = 1 << 2  # the client's FIN was passed on to the server
+    X_SERVER_FIN_SENT = 1 << 3  # the server's FIN was passed on to the client
+    X_SERVER_FIRST = 1 << 4     # the server's FIN came first
+    X_TRACK = 1 << 5            # the server's packet boundaries are followed
+    X_ALL = (1 << 6) - 1
+    MAX_HELD = (1 << 24) + PIPE_CAP  # the most a direction can hold (buffer_size + a pipe)
 
 
 # ---------------------------------------------------------------- time (mono_ns, tick_of: .pxd)
@@ -783,7 +802,8 @@ cdef void open_conn(Worker *w, Conn *c) noexcept nogil:
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, c.fd[s], &ev) < 0:
             finish(w, c, R_ERROR, errno)
             return
-    c.last_rx[0] = c.last_rx[1] = w.now
+    for s in range(2):  # until now last_rx held how long ago (0, or adopt()'s quiet time)
+        c.last_rx[s] = w.now - c.last_rx[s]
     for s in range(2):
         if c.pend[s] != NULL:
             fm_add64(&w.buffered, c.pend[s].len)
@@ -830,7 +850,7 @@ cdef bint take_inbox(Worker *w) noexcept nogil:
     cdef Bye *b
     cdef Bye *bnext
     cdef size_t i, nkills
-    cdef bint stop
+    cdef bint stop, freeze
     clear_fd(w.wakefd)  # before taking: a later add() then signals again (see add())
     pthread_mutex_lock(&w.core.lock)
     c = w.in_head
@@ -843,11 +863,12 @@ cdef bint take_inbox(Worker *w) noexcept nogil:
     w.nkills = w.capkills = 0
     w.wake_pending = False
     stop = w.stop
+    freeze = w.freeze
     pthread_mutex_unlock(&w.core.lock)
     while c != NULL:
         nxt = c.next
         c.next = NULL
-        if stop:
+        if stop and not freeze:
             w.live += 1
             finish(w, c, R_SHUTDOWN, 0)
         else:
@@ -900,6 +921,32 @@ cdef void worker_exit(Worker *w) noexcept nogil:
     linger_out(w)
 
 
+cdef void end_unexportable(Worker *w, Conn *c) noexcept nogil:
+    """Freezing: end the connections of a list that cannot move (still in a setup phase, or
+    waiting for their goodbye); the rest stays filed for export."""
+    cdef Conn *nxt
+    while c != NULL:
+        nxt = c.next
+        if c.phase or c.flags & (F_BYE | F_FAREWELL):
+            finish(w, c, R_SHUTDOWN, 0)
+        c = nxt
+
+
+cdef void worker_freeze(Worker *w) noexcept nogil:
+    """Stop this thread but keep its relayed connections filed (Engine.freeze): the fast
+    path lets go of the listeners, what cannot move ends, lingering sockets close."""
+    cdef int slot
+    if w.core.fast != NULL:
+        w.core.fast.exit(w)
+    for slot in range(NSLOTS):
+        end_unexportable(w, w.wheel[slot])
+    end_unexportable(w, w.untimed)
+    while w.lingers != NULL:
+        linger_end(w, w.lingers)
+    publish(w)
+    w.nready = 0
+
+
 cdef int poll_timeout(Worker *w) noexcept nogil:
     if w.nready:
         return 0
@@ -922,7 +969,10 @@ cdef void *worker_main(void *arg) noexcept nogil:
         # Requests first: a goodbye() is taken before this turn reads the server bytes after it.
         for i in range(n):
             if events[i].data.u64 == 0 and take_inbox(w):
-                worker_exit(w)
+                if w.freeze:
+                    worker_freeze(w)
+                else:
+                    worker_exit(w)
                 return NULL
         for i in range(n):
             tag = events[i].data.u64
@@ -981,6 +1031,84 @@ cdef void halt(Core *core) noexcept nogil:
         w.wheel = NULL
         w.ready = NULL
     pipes_close_all(core)
+
+
+cdef void freeze_all(Core *core) noexcept nogil:
+    """Stop every worker thread, keeping the connections (worker_freeze)."""
+    cdef int i
+    pthread_mutex_lock(&core.lock)
+    core.halting = True
+    for i in range(core.nworkers):
+        core.workers[i].stop = True
+        core.workers[i].freeze = True
+        wake(&core.workers[i])
+    pthread_mutex_unlock(&core.lock)
+    for i in range(core.nworkers):
+        if core.workers[i].running:
+            pthread_join(core.workers[i].tid, NULL)
+            core.workers[i].running = False
+
+
+cdef uint32_t state_bits(uint16_t flags) noexcept nogil:
+    cdef uint32_t x = 0
+    if flags & F_EOF:
+        x |= X_CLIENT_EOF
+    if flags & (F_EOF << 1):
+        x |= X_SERVER_EOF
+    if flags & F_SHUT:
+        x |= X_CLIENT_FIN_SENT
+    if flags & (F_SHUT << 1):
+        x |= X_SERVER_FIN_SENT
+    if flags & F_SERVER_FIRST:
+        x |= X_SERVER_FIRST
+    if flags & F_TRACK:
+        x |= X_TRACK
+    return x
+
+
+cdef uint16_t flags_of(uint32_t x) noexcept nogil:
+    cdef uint16_t f = 0
+    if x & X_CLIENT_EOF:
+        f |= F_EOF
+    if x & X_SERVER_EOF:
+        f |= F_EOF << 1
+    if x & X_CLIENT_FIN_SENT:
+        f |= F_SHUT
+    if x & X_SERVER_FIN_SENT:
+        f |= F_SHUT << 1
+    if x & X_SERVER_FIRST:
+        f |= F_SERVER_FIRST
+    if x & X_TRACK:
+        f |= F_TRACK
+    return f
+
+
+cdef bytes held(Worker *w, Conn *c, int d):
+    """What direction d still holds for its receiver (remainder, then pipe), taken out of the
+    pipe (a frozen engine: no thread touches it)."""
+    cdef Pending *p = c.pend[d]
+    cdef Pipe *pp = c.pipe[d]
+    cdef size_t first = p.len - p.off if p != NULL else 0
+    cdef size_t n = first + (pp.used if pp != NULL else 0)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    cdef ssize_t got
+    if first:
+        memcpy(dst, <char *>(p + 1) + p.off, first)
+    while pp != NULL and pp.used:
+        got = read(pp.rfd, dst + n - pp.used, pp.used)
+        if got <= 0:
+            raise OSError(errno, "reading a relay pipe")
+        pp.used -= <uint32_t>got
+        fm_sub64(&w.buffered, <uint64_t>got)
+    return out
+
+
+cdef int64_t exported_list(Conn *c, list out) except -1:
+    while c != NULL:
+        out.append(<uintptr_t>c)
+        c = c.next
+    return 0
 
 
 cdef int init_worker(Core *core, Worker *w) noexcept nogil:
@@ -1164,8 +1292,6 @@ cdef class Engine:
         """Hand over a connected pair; the engine owns (and will close) both fds.
         ``track_packets``: follow both streams' MQTT packets so that goodbye() can be used."""
         cdef Conn *c
-        cdef Worker *w
-        cdef bint refused
         try:
             self._check_add(conn_id, client_fd, server_fd)
             c = self._new_conn(conn_id, client_fd, server_fd, idle_ticks(client_idle),
@@ -1175,7 +1301,14 @@ cdef class Engine:
         except BaseException:
             close_pair(client_fd, server_fd)
             raise
-        w = &self.core.workers[self._next]
+        self._queue(c)
+
+    cdef _queue(self, Conn *c):
+        """Give a new connection to the next worker (round robin)."""
+        cdef Worker *w = &self.core.workers[self._next]
+        cdef bint refused
+        cdef int client_fd = c.fd[0], server_fd = c.fd[1]
+        cdef int64_t conn_id = c.conn_id
         c.worker = <uint8_t>(w - self.core.workers)
         pthread_mutex_lock(&self.core.lock)
         refused = self.core.halting
@@ -1292,6 +1425,115 @@ cdef class Engine:
         pthread_mutex_unlock(&self.core.lock)
         free(b)
         return queued
+
+    def adopt(self, int64_t conn_id, int client_fd, int server_fd, uint64_t bytes_in,
+              uint64_t bytes_out, const unsigned char[:] to_server,
+              const unsigned char[:] to_client, uint32_t state, double client_idle,
+              double server_idle, double client_quiet, double server_quiet, uint32_t pkt_left,
+              uint32_t pkt_hdr, double age) -> None:
+        """Take over a connection another process's engine relayed (an ``export()`` row from
+        the bytes onwards, read from another process: every value is checked). The engine
+        owns both fds, also when this raises. ``*_quiet``: seconds since each side last made
+        progress (its idle clock goes on); ``age``: how long the connection has existed;
+        ``pkt_*``: the server's stream's packet-boundary state (the client's stream is taken
+        to be between two packets: the handover format carries one direction)."""
+        cdef Conn *c
+        cdef uint32_t shut_without_eof = (state >> 2) & ~state & 3
+        try:
+            self._check_add(conn_id, client_fd, server_fd)
+            if state & ~(<uint32_t>X_ALL) or shut_without_eof or (state & 0xC) == 0xC:
+                raise ValueError(f"bad connection state bits {state:#x}")
+            if pkt_hdr > 4 or pkt_left >= (1 << 28) or (
+                    pkt_hdr and pkt_left >= (<uint32_t>1 << (7 * (pkt_hdr - 1)))):
+                raise ValueError(f"bad packet-boundary state ({pkt_left}, {pkt_hdr})")
+            if max(to_server.shape[0], to_client.shape[0]) > MAX_HELD:
+                raise ValueError(f"more than {MAX_HELD} bytes held in a direction")
+            for value in (client_quiet, server_quiet, age):
+                if not (isfinite(value) and 0 <= value < 1e8):
+                    raise ValueError(f"bad duration {value}")
+            c = self._new_conn(conn_id, client_fd, server_fd, idle_ticks(client_idle),
+                               idle_ticks(server_idle), to_server, to_client)
+        except BaseException:
+            close_pair(client_fd, server_fd)
+            raise
+        c.nbytes[0] = bytes_in
+        c.nbytes[1] = bytes_out
+        c.flags = flags_of(state)
+        if state & X_TRACK:
+            c.asked |= ASK_TRACK
+        c.pkt_left[1] = pkt_left
+        c.pkt_hdr[1] = <uint8_t>pkt_hdr
+        c.last_rx[0] = <uint32_t>(client_quiet * 10)  # ticks ago: open_conn() makes it a tick
+        c.last_rx[1] = <uint32_t>(server_quiet * 10)
+        c.t = mono_s() - age
+        self._queue(c)
+
+    def freeze(self) -> None:
+        """Stop the relay threads, keeping every relayed connection for ``export()``: the
+        fast path stops accepting, connections still in setup or waiting for a goodbye end
+        ("shutdown", records in ``drain()``), lingering sockets close, and every request is
+        refused from now on. ``stop()`` later closes what was not released."""
+        if not self._started or self._stopped or self._frozen:
+            raise RuntimeError("only a running engine can be frozen")
+        self._closing = True
+        with nogil:
+            freeze_all(self.core)
+        self._frozen = True
+
+    def export(self) -> list:
+        """The state of every relayed connection of a frozen engine, one row each: (handle,
+        conn id, fast path?, client fd, server fd, bytes client->server, bytes
+        server->client, held for the server, held for the client, state bits, client idle s,
+        server idle s, client quiet s, server quiet s, packet bytes left, header bytes,
+        age s). The bytes held are taken out of the engine's pipes: export once."""
+        cdef list handles = [], out = []
+        cdef Worker *w
+        cdef Conn *c
+        cdef uint32_t now = tick_of(self.core)
+        cdef double t = mono_s()
+        cdef int i, slot
+        if not self._frozen or self._stopped:
+            raise RuntimeError("export() needs a frozen engine")
+        for i in range(self.core.nworkers):
+            w = &self.core.workers[i]
+            handles.clear()
+            exported_list(w.untimed, handles)
+            for slot in range(NSLOTS):
+                exported_list(w.wheel[slot], handles)
+            for handle in handles:
+                c = <Conn *><uintptr_t>handle
+                out.append((
+                    handle, c.conn_id, c.kind == K_FAST, c.fd[0], c.fd[1], c.nbytes[0],
+                    c.nbytes[1], held(w, c, 0), held(w, c, 1), state_bits(c.flags),
+                    c.idle[0] / 10, c.idle[1] / 10, <uint32_t>(now - c.last_rx[0]) / 10,
+                    <uint32_t>(now - c.last_rx[1]) / 10, c.pkt_left[1], c.pkt_hdr[1], t - c.t,
+                ))
+        self._exported = {row[0]: row[1] for row in out}
+        return out
+
+    def release(self, uintptr_t handle) -> None:
+        """Forget an exported connection that another process now relays: our references
+        to its sockets close without a FIN or a reset (the other process holds them), its
+        buffers are freed, and no record is made."""
+        cdef Conn *c
+        cdef Worker *w
+        cdef int s
+        if self._exported is None or self._exported.pop(handle, None) is None:
+            raise ValueError("not an exported connection")
+        c = <Conn *>handle
+        w = &self.core.workers[c.worker]
+        for s in range(2):
+            epoll_ctl(w.epfd, EPOLL_CTL_DEL, c.fd[s], NULL)
+            close_fd(&c.fd[s])
+        drop_buffers(w, c)
+        hlist_del(c)
+        w.live -= 1
+        if c.kind == K_FAST:
+            self.core.fast.released(w, c)
+        else:
+            self._conns.pop(c.conn_id, None)
+            self._added -= 1
+            free(c)
 
     def completions_fd(self) -> int:
         """An eventfd that becomes readable when drain() has records."""

@@ -47,7 +47,10 @@ SYNC_INTERVAL = 0.25  # seconds between copies of the engine's counters into Pyt
 TICK = 0.1  # the engine's timing wheel
 MAX_RULES = 64  # access rules per frontend on the fast path (_fastpath.MAX_ROUTES)
 STATES = tuple(ServerState)  # the engine's S_* codes, in this order
-DENIED = 17  # the record's field: refused before reaching a server (_fastpath.Record)
+# fields of a record (_fastpath.Record)
+REASON = 16
+DENIED = 17  # refused before reaching a server
+CONN_ID = 19
 QUERY_TIMEOUT = 1.0  # seconds the engine's threads have to answer a find() or leave()
 QUERY_POLL = 0.001
 
@@ -394,11 +397,13 @@ class FastPathHub:
 
     # -- records ---------------------------------------------------------------------
 
-    def drain(self) -> None:
+    def drain(self) -> int:
         """Every connection the engine ended since the last drain: the Session the event-loop
-        path would have had (Session.ended credits its bytes), its refusal count, its line."""
+        path would have had (Session.ended credits its bytes), its refusal count, its line.
+        Returns how many."""
         log = self.proxy.conn_log
-        for record in self.c.drain():
+        records = self.c.drain()
+        for record in records:
             session = self._session(record)
             if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
                 session.frontend_counters.denied[session.end_reason] += 1
@@ -407,11 +412,23 @@ class FastPathHub:
         for fe in self.proxy.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
+        return len(records)
 
     def _session(self, record: tuple) -> Session:
+        session = self.session_of(record)
+        reason, server_id = record[REASON], record[2]
+        asked = self._leave_reasons.pop(record[CONN_ID], None)
+        if asked is not None and reason in ("killed", "drained"):
+            reason = asked  # leave() said why
+        elif reason == "killed" and server_id in self._close_reasons:
+            reason = self._close_reasons[server_id]  # close_server() said why
+        session.ended(record[14], record[15], reason)  # the engine's counts include the CONNECT
+        return session
+
+    def session_of(self, record: tuple) -> Session:
+        """The Session of an engine record (drain(), or facts() of a live connection)."""
         (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
-         wall_start, wait_ms, connect_ms, total_ms, bytes_in, bytes_out, reason, _,
-         _, conn_id) = record  # fmt: skip
+         wall_start, wait_ms, connect_ms, total_ms, *_) = record  # fmt: skip
         fe = self._frontends[fid]
         session = Session(fe.name, (ip, port), fe.counters)
         session.accepted_at = 0.0
@@ -427,12 +444,6 @@ class FastPathHub:
         session.protocol_version = version
         session.keepalive = keepalive
         session.connack_code = connack
-        asked = self._leave_reasons.pop(conn_id, None)
-        if asked is not None and reason in ("killed", "drained"):
-            reason = asked  # leave() said why
-        elif reason == "killed" and server_id in self._close_reasons:
-            reason = self._close_reasons[server_id]  # close_server() said why
-        session.ended(bytes_in, bytes_out, reason)  # the engine's counts include the CONNECT
         return session
 
     # -- counters --------------------------------------------------------------------
@@ -486,7 +497,9 @@ class FastPathHub:
                 "frontend %s: accept failed (%s), pausing", fe.name, os.strerror(accept_errno)
             )
         c.accept_errors += errors
-        c.current = c.fast_path_current = now[2]  # the engine has all of its connections
+        # the engine's connections, and those Python holds (adopted at a takeover)
+        c.current += now[2] - c.fast_path_current
+        c.fast_path_current = now[2]
         c.max_current = max(c.max_current, c.current)
         c.connects_by_version.update(versions)
         c.invalid_forwarded.update(invalid)

@@ -57,9 +57,11 @@ def _state(assignments: list[str], status: str | None) -> bool:
     return notify(*assignments, *([_status(status)] if status else []))
 
 
-def ready(status: str | None = None) -> bool:
-    """Startup (or a reload) is complete: listeners are bound and serving."""
-    return _state(["READY=1"], status)
+def ready(status: str | None = None, main_pid: bool = False) -> bool:
+    """Startup (or a reload) is complete: listeners are bound and serving. ``main_pid``: this
+    process is the service's main process from now on (it took over from the one systemd
+    started; the unit needs ``NotifyAccess=all`` for systemd to take it)."""
+    return _state(["READY=1", *([f"MAINPID={os.getpid()}"] if main_pid else [])], status)
 
 
 def reloading(status: str | None = None) -> bool:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from fastmqtt.fastpath import FastPathHub
 
 
+STATE_TRACK = 1 << 5  # Engine.export()'s state bit: the server's packets are followed
+
+
 def make_engine(threads: int) -> Any:
     """The C relay engine, or None where connections stay on the event loop."""
     if NO_EXTENSIONS:
@@ -233,6 +236,20 @@ class RelayHub:
             asked += await self.fast.leave(fast_ids, packet, reason)
         return asked
 
+    def adopt(self, session: Session, client_fd: int, server_fd: int, state: tuple) -> None:
+        """A connection another process's engine relayed (takeover.py): ``state`` is the rest
+        of its Engine.export() row; ValueError (fds closed) when the engine refuses it."""
+        self.engine.adopt(session.id, client_fd, server_fd, *state)
+        self.sessions[session.id] = session
+        if state[4] & STATE_TRACK:  # whatever its version: followed where it came from
+            self._goodbyes[session.id] = functools.partial(self.engine.goodbye, session.id)
+
+    def forget(self, session_id: int) -> Session | None:
+        """A session another process relays now: no record, no line here."""
+        self._goodbyes.pop(session_id, None)
+        self._close_reasons.pop(session_id, None)
+        return self.sessions.pop(session_id, None)
+
     def counters(self, session: Session) -> tuple[int, int]:
         """Live bytes (client->server, server->client) of an established session."""
         relay = self._loop_relays.get(session.id)
@@ -307,16 +324,17 @@ class RelayHub:
         self._batch = None
         self._drain_engine()
 
-    def take_records(self) -> None:
-        """Account for what the engine ended so far, now (stats read the counters next)."""
-        if self.engine is not None:
-            self._drain_engine()
+    def take_records(self) -> int:
+        """Account for what the engine ended so far, now (stats read the counters next);
+        returns how many connections."""
+        return self._drain_engine() if self.engine is not None else 0
 
-    def _drain_engine(self) -> None:
-        for conn_id, c2s, s2c, _duration, reason, _errno in self.engine.drain():
-            self._finished(conn_id, c2s, s2c, reason)
-        if self.fast is not None:  # after engine.drain(), which clears the eventfd
-            self.fast.drain()
+    def _drain_engine(self) -> int:
+        records = self.engine.drain()
+        for conn_id, c2s, s2c, _duration, reason, _errno in records:
+            self._finished(conn_id, c2s, s2c, reason)  # which says why we ended it, if we did
+        # after engine.drain(), which clears the eventfd
+        return len(records) + (self.fast.drain() if self.fast is not None else 0)
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
         relay = self._loop_relays.pop(session_id, None)

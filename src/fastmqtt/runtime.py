@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TextIO
@@ -64,6 +65,8 @@ class Proxy:
         self._purger: asyncio.TimerHandle | None = None
         self.health = {name: HealthChecker(b, self) for name, b in self.backends.items()}
         self.stats: StatsServer | None = None
+        # listening sockets given by the process this one takes over from (takeover.py)
+        self.inherited: dict[str, socket.socket] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -87,8 +90,12 @@ class Proxy:
         try:
             # stats first: once a client port answers, so does the stats port
             if self.config.stats is not None and self.worker is None:  # else the supervisor's
-                self.stats = StatsServer(LocalSource(self), self.config.stats, self.loop)
+                self.stats = StatsServer(
+                    LocalSource(self), self.config.stats, self.loop, self.inherited
+                )
             for fe in self.frontends:
+                if fe.sock is not None:  # taken over from the previous process
+                    continue
                 try:
                     fe.open(self.reuse_port)
                 except OSError as exc:
@@ -256,6 +263,38 @@ class Proxy:
             self.stats.close()
         if self.conn_log is not None:
             self.conn_log.flush()
+
+    def setting_up(self) -> bool:
+        """Connections of the event loop still being inspected or connected."""
+        return bool(self._tasks)
+
+    def adopt(self, session: Session, client_fd: int, server_fd: int, state: tuple) -> None:
+        """A connection taken over from another process (takeover.py): relayed, counted,
+        stuck and logged as one of ours from now on (not counted as accepted here)."""
+        self.hub.adopt(session, client_fd, server_fd, state)
+        self.current += 1
+        session.frontend_counters.current += 1
+        server = session.server
+        if server is not None:
+            server.counters.current += 1
+            backend = self.backends.get(session.backend)
+            if backend is not None and backend.stick is not None and session.stick_key:
+                backend.learn(session.stick_key, server)
+                backend.stick.connected(session.stick_key)
+        if self.fast is not None:
+            self.fast.python_live_changed(server)
+
+    def session_moved(self, session: Session) -> None:
+        """A session another process relays now (takeover.py): no longer counted here."""
+        self.current -= 1
+        session.frontend_counters.current -= 1
+        if session.server is not None:
+            session.server.counters.current -= 1
+        backend = self.backends.get(session.backend)
+        if backend is not None and backend.stick is not None and session.stick_key:
+            backend.stick.disconnected(session.stick_key)
+        if self.fast is not None:
+            self.fast.python_live_changed(session.server)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

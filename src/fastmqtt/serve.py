@@ -10,7 +10,7 @@ import resource
 import signal
 import sys
 
-from fastmqtt import logs, notify, workers
+from fastmqtt import logs, notify, takeover, workers
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.runtime import Proxy
@@ -21,6 +21,13 @@ log = logging.getLogger("fastmqtt")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="path of the TOML config (see examples/lb.toml)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--takeover",
+        metavar="PATH",
+        default=None,
+        help="take the listeners and connections over from the fastmqtt process offering them "
+        "on this Unix socket (its [global] takeover_socket); without one, start afresh",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     if config.global_.workers > 1:
+        if args.takeover:
+            log.error("--takeover: not supported with workers > 1 yet (docs/running.md)")
+            return 1
         return workers.Supervisor(args.config, config).run()
-    return serve(config)
+    return serve(config, takeover_from=args.takeover)
 
 
 def raise_fd_limit() -> None:
@@ -51,23 +61,28 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(config: Config, worker: int | None = None) -> int:
+def serve(config: Config, worker: int | None = None, takeover_from: str | None = None) -> int:
     """Run until SIGTERM/SIGINT: then drain for the configured grace; a second signal exits now.
-    ``worker`` is set in the processes a supervisor starts (they share the listeners)."""
+    ``worker`` is set in the processes a supervisor starts (they share the listeners).
+    ``takeover_from``: the takeover socket of a running process whose listeners and
+    connections this one takes over (takeover.py)."""
     import uvloop
 
     raise_fd_limit()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, loop, worker))
+        return loop.run_until_complete(_serve(config, loop, worker, takeover_from))
     finally:
         loop.close()
 
 
-async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | None) -> int:
+async def _serve(
+    config: Config, loop: asyncio.AbstractEventLoop, worker: int | None, takeover_from: str | None
+) -> int:
     proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
     await proxy.find_servers()
+    incoming = _take_listeners(proxy, takeover_from) if takeover_from else None
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -99,13 +114,22 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
         proxy.discovery.stop()
         log.error("%s", exc.strerror or exc)
         return 1
+    if incoming is not None:
+        try:
+            incoming.connections(proxy)
+        except (OSError, takeover.TakeoverError) as exc:
+            log.error("takeover: connections not taken over: %s", exc)
+    offer = _offer(proxy, stop) if worker is None else None
     if worker is None:
-        notify.ready(f"serving {len(proxy.frontends)} frontends")
+        # MAINPID: under systemd, a process started to take over becomes the unit's main one
+        notify.ready(f"serving {len(proxy.frontends)} frontends", main_pid=incoming is not None)
         channel = None
     else:
         channel = workers.attach(proxy)
     try:
         await stop.wait()
+        if offer is not None:
+            offer.close()
         await proxy.shutdown(proxy.config.global_.grace)
     finally:
         for sig in (*signals, signal.SIGHUP):
@@ -114,3 +138,31 @@ async def _serve(config: Config, loop: asyncio.AbstractEventLoop, worker: int | 
             channel.cancel()
     log.info("stopped")
     return 0
+
+
+def _take_listeners(proxy: Proxy, path: str) -> takeover.Incoming | None:
+    """The listening sockets of the process at ``path``, placed in ``proxy``; None (logged)
+    when there is none to take over from, or it failed: this process then binds its own."""
+    incoming = takeover.Incoming(path)
+    try:
+        return incoming if incoming.listeners(proxy) else None
+    except (OSError, takeover.TakeoverError) as exc:
+        log.error("takeover from %s failed, starting afresh: %s", path, exc)
+        return None
+
+
+def _offer(proxy: Proxy, stop: asyncio.Event) -> takeover.Offer | None:
+    """Offer this process's sockets on ``[global] takeover_socket``, if set."""
+    path = proxy.config.global_.takeover_socket
+    if path is None:
+        return None
+
+    def handed_over() -> None:
+        notify.stopping()
+        stop.set()
+
+    try:
+        return takeover.Offer(proxy, path, handed_over)
+    except OSError as exc:
+        log.error("takeover_socket: %s", exc.strerror or exc)
+        return None

@@ -149,9 +149,10 @@ def test_slowstart_ramps_a_returning_server_up(cluster_slowstart):
     third = len(shares) // 3
     assert sum(shares[:third]) < sum(shares[-third:])  # its share grows with its weight
     # Smooth round robin carries its running counters across the weight change at the end
-    # of the ramp, which skews the next ~16 picks; after that the split is even again.
+    # of the ramp, which skews the next ~16 picks; after that the split is even again (within
+    # one pick: the last weight step may reach the engine a tick after the page showed 100 %).
     _new_clients(port, "settle", 20, nodes)
-    assert _new_clients(port, "even", 10, nodes)["node1"] == 5
+    assert 9 <= _new_clients(port, "even", 20, nodes)["node1"] <= 11
 
 
 def test_ctl_reload_applies_a_new_config_and_refuses_a_broken_one(cluster):

@@ -13,12 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
 from fastmqtt.tools.brokers import free_port
-from tests.support.lb import lb_port, raw_connect, wait_until
-from tests.support.stats import Stats, checked_recipe
+from tests.support.lb import lb_port, raw_connect, recipe, wait_until
+from tests.support.stats import Stats, checked_recipe, stats_toml
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+# Checks run, but no test here is about them: a timeout a busy machine does not miss (with
+# 150 ms, both loopback brokers went DOWN under load and clients were closed: no-server).
+CHECK = 'type = "tcp", interval = "200ms", timeout = "5s"'
 HELD = 60
 
 
@@ -44,31 +46,53 @@ def oracle(pid: int) -> dict[str, float]:
 def test_process_metrics_are_what_prometheus_client_reads_for_the_process(brokers, fastmqtt):
     nodes = brokers(2)
     port, stats_port = lb_port(), free_port()
-    lb = fastmqtt(checked_recipe(nodes, port, stats_port, CHECK), port=port)
+    # No health checks: their sockets come and go, and the fd counts below are exact.
+    lb = fastmqtt(recipe(nodes, port) + stats_toml(stats_port), port=port)
     stats = Stats(stats_port)
-    before = stats.get("/metrics")
+    before = _scrape_when_idle(stats)
     held = [raw_connect(port, f"held-{i}") for i in range(HELD)]
-    try:
+    try:  # memory and fds move while we look: readings right before and after the scrape
+        around = [oracle(lb.proc.pid)]
         during = stats.get("/metrics")
-        reference = oracle(lb.proc.pid)
+        around.append(oracle(lb.proc.pid))
     finally:  # a failure below must not leave sockets for the garbage collector to warn about
         for sock in held:
             sock.close()
 
-    for name in ("process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes"):
+    def lowest(name: str) -> float:
+        return min(reading[name] for reading in around)
+
+    def highest(name: str) -> float:
+        return max(reading[name] for reading in around)
+
+    reference = around[-1]
+    for name in ("process_max_fds", "process_start_time_seconds"):
         assert value(during, name) == pytest.approx(reference[name], rel=0.05), name
     assert value(during, "process_start_time_seconds") == pytest.approx(time.time(), abs=60)
-    rss = value(during, "process_resident_memory_bytes")
-    assert rss == pytest.approx(reference["process_resident_memory_bytes"], rel=0.2)
-    assert 10 << 20 < rss < 500 << 20
+    for name in ("process_virtual_memory_bytes", "process_resident_memory_bytes"):
+        assert lowest(name) <= value(during, name) <= highest(name), (name, around)
+    assert 10 << 20 < value(during, "process_resident_memory_bytes") < 500 << 20
     cpu = value(during, "process_cpu_seconds_total")
     assert 0 < value(before, "process_cpu_seconds_total") <= cpu
     # the same clock ticks: (utime + stime) / hz here, utime / hz + stime / hz there (floats)
     assert cpu <= reference["process_cpu_seconds_total"] + 1e-9
+    # fastmqtt also counts its own listing of /proc/self/fd and the scrape's connection (which
+    # the reading after may still see, or not).
+    fds = value(during, "process_open_fds")
+    assert lowest("process_open_fds") <= fds - 2 <= highest("process_open_fds"), around
     # Each held client costs a client socket and a broker socket in fastmqtt.
-    grown = value(during, "process_open_fds") - value(before, "process_open_fds")
+    grown = fds - value(before, "process_open_fds")
     assert 2 * HELD <= grown <= 2 * HELD + 10, grown
-    assert abs(value(during, "process_open_fds") - reference["process_open_fds"]) <= 10
+
+
+def _scrape_when_idle(stats: Stats) -> str:
+    """/metrics once no session holds a socket (the start-up probe's may still be open)."""
+    for _ in range(100):
+        text = stats.get("/metrics")
+        if value(text, "fastmqtt_frontend_current_sessions", frontend="mqtt") == 0:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"sessions still open:\n{text}")
 
 
 def test_connections_by_path_and_connack_latency(brokers, fastmqtt, path):
@@ -84,20 +108,28 @@ def test_connections_by_path_and_connack_latency(brokers, fastmqtt, path):
     assert value(first, "fastmqtt_backend_connack_latency_seconds_count", **be) == 0
     accepted = value(first, "fastmqtt_frontend_path_sessions_total", path=path, **fe)
 
-    held = [raw_connect(port, f"path-{i}") for i in range(5)]
-    text = stats.get("/metrics")
+    held, waited = [], []  # waited: CONNECT sent -> CONNACK read, as each client saw it
+    try:
+        for i in range(5):
+            started = time.monotonic()
+            held.append(raw_connect(port, f"path-{i}"))
+            waited.append(time.monotonic() - started)
+        text = stats.get("/metrics")
+    finally:
+        for sock in held:
+            sock.close()
     assert value(text, "fastmqtt_frontend_path_current_sessions", path=path, **fe) == 5
     assert value(text, "fastmqtt_frontend_path_current_sessions", path=other, **fe) == 0
     assert value(text, "fastmqtt_frontend_path_sessions_total", path=path, **fe) == accepted + 5
     assert value(text, "fastmqtt_frontend_path_sessions_total", path=other, **fe) == 0
-    # Every CONNACK is timed; a broker on loopback answers within the 1 s bucket.
+    # Every CONNACK is timed, within the time its client waited: one the client had within 1 s
+    # is in the 1 s bucket (all five, unless the machine is very busy).
     assert value(text, "fastmqtt_backend_connack_latency_seconds_count", **be) == 5
-    assert value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be) == 5
+    within = value(text, "fastmqtt_backend_connack_latency_seconds_bucket", le="1.0", **be)
+    assert sum(w < 1.0 for w in waited) <= within <= 5, waited
     connack_sum = value(text, "fastmqtt_backend_connack_latency_seconds_sum", **be)
     connect_sum = value(text, "fastmqtt_backend_connect_latency_seconds_sum", **be)
-    assert 0 < connect_sum < connack_sum < 5  # the CONNACK comes after the connect
-    for sock in held:
-        sock.close()
+    assert 0 < connect_sum < connack_sum < sum(waited)  # the CONNACK comes after the connect
     name = "fastmqtt_frontend_path_current_sessions"
     assert wait_until(lambda: value(stats.get("/metrics"), name, path=path, **fe) == 0)
 

@@ -247,24 +247,16 @@ def test_accepted_client_sockets_have_nodelay(brokers, fastmqtt, implementation)
     nodes = brokers(1)
     port = lb_port()
     env = {"FASTMQTT_NO_EXTENSIONS": "1" if implementation == "python" else "0"}
-    lb = fastmqtt(recipe(nodes, port), port=port, env=env)
+    # Inspection outlasts the test (pytest's timeout is 5 min): a 2 s inspect_delay closed
+    # the CONNECT-less socket before a busy machine got to read it.
+    lb = fastmqtt(recipe(nodes, port, inspect_delay="10m"), port=port, env=env)
     assert wait_until(lambda: f"({implementation}) listening" in lb.logs())
     inspecting = socket.create_connection(("127.0.0.1", port), timeout=5)  # no CONNECT yet
     relayed = raw_connect(port, "nodelay")  # handed over to the relay
     try:
         for client in (inspecting, relayed):
-            assert wait_until(lambda c=client: _held(lb, c))
-            held = process_socket(lb.proc.pid, port, client.getsockname()[1])
-            with held:
+            with process_socket(lb.proc.pid, port, client.getsockname()[1]) as held:
                 assert held.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         inspecting.close()
         relayed.close()
-
-
-def _held(lb, client: socket.socket) -> bool:
-    try:
-        process_socket(lb.proc.pid, lb.port, client.getsockname()[1]).close()
-    except LookupError:
-        return False
-    return True

@@ -348,26 +348,48 @@ class MisbehavingBroker:
 _SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 (generic table) alike; Linux 5.6+
 
 
-def process_socket(pid: int, local_port: int, remote_port: int) -> socket.socket:
+def process_socket(
+    pid: int, local_port: int, remote_port: int, timeout: float = 10.0
+) -> socket.socket:
     """A duplicate of the TCP socket that process ``pid`` holds for the connection
     127.0.0.1:``local_port`` <-> 127.0.0.1:``remote_port`` (pidfd_getfd(2): the same open
-    socket, so its options can be read as the process set them)."""
-    inode = _tcp_inode(local_port, remote_port)
+    socket, so its options can be read as the process set them). Waits up to ``timeout``
+    seconds for the process to accept it; the caller keeps its end open meanwhile."""
+    deadline = time.monotonic() + timeout
+    while (sock := _held_socket(pid, local_port, remote_port)) is None:
+        if time.monotonic() > deadline:
+            raise LookupError(f"pid {pid} holds no socket {local_port}<->{remote_port}")
+        time.sleep(0.05)
+    return sock
+
+
+def _held_socket(pid: int, local_port: int, remote_port: int) -> socket.socket | None:
+    inodes = _tcp_inodes(local_port, remote_port)
+    want = (("127.0.0.1", local_port), ("127.0.0.1", remote_port))
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                return _steal(pid, int(fd))
-    raise LookupError(f"pid {pid} holds no socket {local_port}<->{remote_port}")
+        with contextlib.suppress(OSError):  # that fd closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                sock = _steal(pid, int(fd))
+                if _addresses(sock) == want:  # not an inode number reused meanwhile
+                    return sock
+                sock.close()
+    return None
 
 
-def _tcp_inode(local_port: int, remote_port: int) -> str:
+def _tcp_inodes(local_port: int, remote_port: int) -> set[str]:
+    """``socket:[inode]`` of the TCP sockets listed for that pair; inode 0 (still in the
+    accept queue, or TIME_WAIT) is left out: no process holds those."""
     want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
     with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if (fields[1], fields[2]) == want:
-                return fields[9]
-    raise LookupError(f"no TCP socket {local_port}<->{remote_port}")
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {f"socket:[{r[9]}]" for r in rows if (r[1], r[2]) == want and r[9] != "0"}
+
+
+def _addresses(sock: socket.socket) -> tuple[object, object] | None:
+    try:
+        return sock.getsockname(), sock.getpeername()
+    except OSError:  # no longer connected
+        return None
 
 
 def _steal(pid: int, fd: int) -> socket.socket:

@@ -69,6 +69,7 @@ class FastMQTT:
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     preexec_fn: Callable[[], None] | None = None  # runs in the child before exec (rlimits)
+    args: Sequence[str] = ()  # more `serve` arguments (--takeover PATH)
     proc: subprocess.Popen | None = None
     workdir: str = ""
 
@@ -80,7 +81,7 @@ class FastMQTT:
         self.stdout = open(os.path.join(self.workdir, "stdout.log"), "wb")  # noqa: SIM115
         self.stderr = open(os.path.join(self.workdir, "stderr.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastmqtt", "serve", path],
+            [sys.executable, "-m", "fastmqtt", "serve", path, *self.args],
             stdout=self.stdout,
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,

@@ -76,7 +76,8 @@ def test_client_ids_are_tracked_in_a_fixed_size_whatever_their_length() -> None:
     """``tracked`` keys cost at most BYTES_PER_TRACKED_KEY each (docs/hardening.md), also
     when every id is as long as MQTT allows."""
     tracked = 500
-    limiter = RateLimiter(RateLimitConfig(per_client_id=Rate(1, 60.0, 1), tracked=tracked))
+    config = RateLimitConfig(per_client_id=Rate(1, 60.0, 1), tracked=tracked)
+    limiter = RateLimiter(config, Clock())  # no refill, however long the loop takes
     tail = "x" * 65_000
     tracemalloc.start()
     try:
@@ -109,7 +110,7 @@ def test_ipv6_sources_are_grouped_by_prefix(prefix: int, same: tuple, other: str
 
 
 def test_ipv4_sources_stay_per_address() -> None:
-    limiter = RateLimiter(RateLimitConfig(per_source=Rate(1, 60.0, 1)))
+    limiter = RateLimiter(RateLimitConfig(per_source=Rate(1, 60.0, 1)), Clock())
     assert limiter.open_source("10.0.0.1") is None
     assert limiter.open_source("10.0.0.1") == "rate-per-source"
     assert limiter.open_source("10.0.0.2") is None  # its /24 neighbour has its own bucket
@@ -118,7 +119,10 @@ def test_ipv4_sources_stay_per_address() -> None:
 
 
 def test_an_ipv6_flood_from_one_prefix_holds_one_key() -> None:
-    limiter = RateLimiter(RateLimitConfig(per_source=Rate(5, 1.0, 5), tracked=100))
+    # The clock stands still: on time.monotonic a loop slower than 0.2 s (a busy machine)
+    # had a sixth token back.
+    config = RateLimitConfig(per_source=Rate(5, 1.0, 5), tracked=100)
+    limiter = RateLimiter(config, Clock())
     admitted = 0
     for i in range(10_000):  # one address per connection, all in 2001:db8:1:2::/64
         source = f"2001:db8:1:2:{i >> 16:x}:{i & 0xFFFF:x}::1"

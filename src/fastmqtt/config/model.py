@@ -88,6 +88,7 @@ class GlobalConfig:
     stick_dir: str | None = None  # stick table files that outlive a restart (stick.py)
     fast_path: bool = True  # frontends the C engine can serve from accept to close, it does
     log_connections: bool = True  # one line per connection on standard output
+    takeover_socket: str | None = None  # offer listeners and connections to a new process
 
 
 @dataclass(frozen=True, slots=True)

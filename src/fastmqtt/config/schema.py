@@ -94,6 +94,7 @@ from fastmqtt.config.values import (
     _server_name,
     _show,
     _size,
+    _socket_path,
     _template_address,
     _text,
     _uri,
@@ -412,6 +413,7 @@ GLOBAL_KEYS = {
     "stick_dir": _Key(_directory),
     "fast_path": _Key(_boolean),
     "log_connections": _Key(_boolean),
+    "takeover_socket": _Key(_socket_path),
 }
 DEFAULTS_KEYS = {
     "timeout_connect": _Key(_duration()),

@@ -220,6 +220,12 @@ def _directory(value: object) -> str:
     return os.path.normpath(value)
 
 
+def _socket_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > 107:
+        raise _expected('an absolute path (at most 107 bytes) like "/run/fastmqtt/to.sock"', value)
+    return os.path.normpath(value)
+
+
 def _workers(value: object) -> int:
     if value == "auto":
         return _cpu_count()

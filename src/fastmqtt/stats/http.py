@@ -143,8 +143,14 @@ class StatsServer:
     """The ``[stats]`` listener."""
 
     def __init__(
-        self, source: Source, config: StatsConfig, loop: asyncio.AbstractEventLoop
+        self,
+        source: Source,
+        config: StatsConfig,
+        loop: asyncio.AbstractEventLoop,
+        inherited: dict[str, socket.socket] | None = None,
     ) -> None:
+        """``inherited``: listening sockets taken over from another process (takeover.py),
+        ``"stats"`` (TCP) and ``"stats_unix"``, used instead of binding."""
         self.source = source
         self.config = config
         self.loop = loop
@@ -155,11 +161,16 @@ class StatsServer:
                 "stats: environment variable %s is not set: authenticated requests are refused", env
             )
         self.tls = None if config.tls is None else ServerTLS(config.tls, "stats.tls")
-        self.sock = (
-            None if config.bind_host is None else _open_tcp(config.bind_host, config.bind_port)
-        )
+        inherited = inherited or {}
+        self.sock = None if config.bind_host is None else inherited.pop("stats", None)
+        if self.sock is None and config.bind_host is not None:
+            self.sock = _open_tcp(config.bind_host, config.bind_port)
         try:
-            self.unix = None if config.socket is None else UnixListener(config.socket)
+            self.unix = None
+            if config.socket is not None and "stats_unix" in inherited:
+                self.unix = UnixListener.adopt(config.socket.path, inherited.pop("stats_unix"))
+            elif config.socket is not None:
+                self.unix = UnixListener(config.socket)
         except OSError as exc:
             if self.sock is not None:
                 self.sock.close()

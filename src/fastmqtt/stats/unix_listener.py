@@ -51,6 +51,21 @@ class UnixListener:
                 os.unlink(temporary)
             raise OSError(exc.errno, f"{self.path}: {exc.strerror}") from None
 
+    @classmethod
+    def adopt(cls, path: str, sock: socket.socket) -> UnixListener:
+        """The socket listening at ``path`` that another process gave us (takeover.py)."""
+        self = cls.__new__(cls)
+        self.path = path
+        self.sock = sock
+        self.inode = os.stat(path).st_ino
+        atexit.register(self.remove)
+        return self
+
+    def handed_over(self) -> None:
+        """Another process serves this path now (takeover.py): never remove the file."""
+        atexit.unregister(self.remove)
+        self.inode = -1
+
     def remove(self) -> None:
         """Remove the file, unless another process has put its own socket there meanwhile."""
         atexit.unregister(self.remove)

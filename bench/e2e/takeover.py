@@ -1,0 +1,100 @@
+"""How long a takeover takes (takeover.py): N pinging clients and 20 QoS 1 publishers through
+fastmqtt, then `serve --takeover` starts a new process.
+
+Reports the old process's "stopped accepting -> every connection handed over" time, the new
+process's "stopped accepting -> every connection adopted" time (both from their logs), and the
+longest round trip of any ping sent around the takeover (the gap a relayed connection saw).
+
+    PYTHONPATH=src python bench/e2e/takeover.py --clients 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from tests.support.lb import FastMQTT, lb_port, recipe, wait_until
+from tests.support.swarm import (
+    Peer,
+    Publisher,
+    Subscriber,
+    connect_all,
+    longest_gap,
+    ping_loop,
+)
+
+from fastmqtt.serve import raise_fd_limit
+from fastmqtt.tools.brokers import start_brokers
+
+PING_EVERY = 2.0
+
+
+async def main(clients: int) -> None:
+    raise_fd_limit()  # this process and the brokers it starts hold a socket per client
+    brokers = start_brokers(1)  # the subscriber sees every publisher
+    port, path = lb_port(), os.path.join(tempfile.mkdtemp(), "takeover.sock")
+    config = recipe(brokers, port).replace(
+        "[global]\n", f'[global]\ntakeover_socket = "{path}"\n', 1
+    )
+    old = FastMQTT(config, port=port).start()
+    new: FastMQTT | None = None
+    try:
+        stop = asyncio.Event()
+        pingers = [Peer(f"ping-{i}") for i in range(clients)]
+        pubs = [Publisher(f"pub-{i}") for i in range(20)]
+        sub = Subscriber("sub")
+        await connect_all([sub, *pubs, *pingers], port)
+        await sub.subscribe("load/#")
+        reading = asyncio.ensure_future(sub.run())
+        tasks = [asyncio.ensure_future(ping_loop(p, PING_EVERY, stop)) for p in pingers]
+        tasks += [asyncio.ensure_future(p.run("load/t", 0.05, stop)) for p in pubs]
+        await asyncio.sleep(2 * PING_EVERY)
+        started = time.monotonic()
+        new = await asyncio.to_thread(
+            lambda: FastMQTT(config, port=port, args=["--takeover", path]).start()
+        )
+        await asyncio.to_thread(lambda: wait_until(lambda: old.proc.poll() is not None, 60))
+        ended = time.monotonic()
+        await asyncio.sleep(3 * PING_EVERY)
+        stop.set()
+        await asyncio.gather(*tasks)
+        for _ in range(50):  # the last messages reach the subscriber (bounded: 10 s)
+            if sum(sub.received.values()) >= sum(len(p.acked) for p in pubs):
+                break
+            await asyncio.sleep(0.2)
+        reading.cancel()
+        handed = re.search(r"handed over to pid \d+ \(\d+ adopted\) in (\d+) ms", old.logs())
+        adopted = re.search(r"adopted (\d+) connections in (\d+) ms", new.logs())
+        lost = sum(1 for p in [*pingers, *pubs] if p.lost)
+        acked = [m for p in pubs for m in p.acked]
+        exact = all(sub.received[m] == 1 for m in acked) and len(sub.received) == len(acked)
+        print(f"connections: {clients + 21}")
+        print(f"old: handed over in {handed and handed.group(1)} ms")
+        print(f"new: adopted {adopted and adopted.group(1)} in {adopted and adopted.group(2)} ms")
+        gap = longest_gap(pingers, started - PING_EVERY, ended)
+        print(f"longest ping round trip around the takeover: {gap * 1000:.0f} ms")
+        print(
+            f"clients that lost their connection: {lost}; QoS 1 exactly once: {exact} "
+            f"({len(acked)} acknowledged, {sum(sub.received.values())} received)"
+        )
+        for peer in [*pingers, *pubs, sub]:
+            peer.close()
+    finally:
+        for lb in (old, new):
+            if lb is not None:
+                lb.stop()
+        for broker in brokers:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2000)
+    asyncio.run(main(parser.parse_args().clients))

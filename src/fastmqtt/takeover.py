@@ -1,0 +1,599 @@
+"""Upgrade without a reconnect: a new fastmqtt process takes over from a running one.
+
+The running process offers its sockets on ``[global] takeover_socket`` (a Unix socket, mode
+0600); ``fastmqtt serve lb.toml --takeover PATH`` connects there and is given, over SCM_RIGHTS:
+
+1. the listening sockets of the frontends and of ``[stats]`` (TCP and Unix). The old process
+   stops accepting as it sends them and the new one accepts from the same sockets, so no
+   client is refused meanwhile (new clients wait in the backlog for a moment);
+2. once the new one listens, every connection the C engine relays: both fds, the bytes held
+   either way, counters, half-close and packet-boundary state, idle clocks, and the session
+   facts its log line and the stats need (frontend, backend, server, client id, user name,
+   start time...). The old engine freezes (_splice.Engine.freeze), exports, sends them in
+   batches and releases them; the new process adopts each batch as it arrives, as a session
+   of its own whose log line is written when it ends, with the bytes of its whole life.
+
+Connections on the old process's event loop (TLS, WebSocket, and every connection without the
+compiled engine) stay there and drain as SIGTERM drains them; fast-path connections still in
+setup, or waiting for a goodbye, are closed ("shutdown": their clients reconnect at once, to
+the new process). Then the old process exits.
+
+The stream is frames: kind (u8), payload length (u32), fd count (u16), fds attached to the
+frame's first byte. It comes from another process: every length is checked against a bound
+before anything is read or allocated, and a record's values are checked again by the engine.
+``HELLO`` names the connection formats the new process reads; the old one picks its own if it
+is among them, or none: then the listeners still move and its connections drain (a version
+that cannot read the other's handover refuses it cleanly).
+
+    new -> old  HELLO  {"magic", "formats": [..], "pid", "version"}
+    old -> new  OFFER  {"format": n | null, "listeners": [{"kind", "name", "bind"}..]} + fds
+    new -> old  READY  {}                                   (listening: send the connections)
+    old -> new  CONNS  records, 2 fds each (client, server)
+    old -> new  DONE   {"moved", "draining", "closed", "stopped_at"}
+    new -> old  ACK    {"adopted"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastmqtt import __version__
+from fastmqtt.config import StatsSocketConfig
+from fastmqtt.metrics import FrontendCounters
+from fastmqtt.session import Session
+from fastmqtt.stats.unix_listener import UnixListener
+
+if TYPE_CHECKING:
+    from fastmqtt.runtime import Proxy
+
+log = logging.getLogger("fastmqtt.takeover")
+
+MAGIC = "fastmqtt-takeover"
+FORMAT = 1  # the connection records below; bump on any change to them
+FORMAT_ENV = "FASTMQTT_TAKEOVER_FORMAT"  # tests: pretend another format
+
+HELLO, OFFER, READY, CONNS, DONE, ACK = range(1, 7)
+HEAD = struct.Struct("!BIH")  # kind, payload length, fd count
+# bytes_in, bytes_out, held for the server, held for the client, state bits, client idle,
+# server idle, client quiet, server quiet, packet bytes left, header bytes, age, facts length
+RECORD = struct.Struct("!QQIIIddddIBdI")
+MAX_HELD = (1 << 24) + 262144  # what one direction of the engine can hold (_splice MAX_HELD)
+MAX_FACTS = 1 << 20  # two MQTT strings of 65535 characters, as JSON
+MAX_CONTROL = 1 << 20  # HELLO, OFFER, READY, DONE, ACK
+MAX_BATCH_BYTES = 4 << 20  # a CONNS frame holds records up to this ...
+MAX_BATCH = 120  # ... and at most this many (2 fds each: SCM_RIGHTS takes 253)
+MAX_PAYLOAD = 2 * MAX_HELD + MAX_FACTS + RECORD.size + MAX_BATCH_BYTES
+MAX_FDS = 2 * MAX_BATCH + 16
+STEP_TIMEOUT = 10.0  # seconds for any one frame
+START_TIMEOUT = 60.0  # seconds the new process may take to start listening
+SETUP_WAIT = 2.0  # seconds the old process waits for event-loop setups to reach the engine
+
+
+class TakeoverError(Exception):
+    """The other process broke the protocol or went away."""
+
+
+# ---------------------------------------------------------------- frames
+
+
+def send_frame(sock: socket.socket, kind: int, payload: bytes, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    head = HEAD.pack(kind, len(payload), len(fds))
+    sent = socket.send_fds(sock, [head], list(fds)) if fds else 0
+    sock.sendall(head[sent:] + payload)
+
+
+def send_json(sock: socket.socket, kind: int, value: Any, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    send_frame(sock, kind, json.dumps(value).encode(), fds)
+
+
+def recv_frame(
+    sock: socket.socket, *kinds: int, limit: int = MAX_CONTROL
+) -> tuple[int, bytes, list[int]]:
+    """One frame of one of ``kinds``: (kind, payload, fds). The fds are ours to close."""
+    head, fds, flags, _ = socket.recv_fds(sock, HEAD.size, MAX_FDS)
+    try:
+        if not head:
+            raise TakeoverError("the other process closed the handover")
+        if flags & socket.MSG_CTRUNC:
+            raise TakeoverError("too many file descriptors in one frame")
+        head += _recv_exactly(sock, HEAD.size - len(head))
+        kind, length, nfds = HEAD.unpack(head)
+        if kind not in kinds or length > limit or nfds != len(fds):
+            raise TakeoverError(f"unexpected frame (kind {kind}, {length} bytes, {nfds} fds)")
+        return kind, _recv_exactly(sock, length), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def recv_json(sock: socket.socket, want: int) -> dict[str, Any]:
+    _, payload, fds = recv_frame(sock, want)
+    for fd in fds:
+        os.close(fd)
+    return _json_object(payload)
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        raise TakeoverError("a control frame is not JSON") from None
+    if not isinstance(value, dict):
+        raise TakeoverError("a control frame is not a JSON object")
+    return value
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise TakeoverError("the other process closed the handover")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def formats_read() -> list[int]:
+    """The connection formats this process can adopt (none without the C engine)."""
+    from fastmqtt._accel import NO_EXTENSIONS
+
+    if NO_EXTENSIONS:
+        return []
+    return [int(os.environ.get(FORMAT_ENV, FORMAT))]
+
+
+# ---------------------------------------------------------------- connection records
+
+
+@dataclass(slots=True)
+class Moved:
+    """One connection of the handover, as the stream carries it."""
+
+    state: tuple  # Engine.adopt()'s arguments after the fds
+    facts: dict[str, Any]
+
+
+def pack_record(row: tuple, facts: dict[str, Any]) -> bytes:
+    """An Engine.export() row (without handle, id, kind and fds) and its session facts."""
+    c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr, age = row
+    blob = json.dumps(facts, ensure_ascii=False).encode()
+    head = RECORD.pack(
+        c2s, s2c, len(to_server), len(to_client), state, c_idle, s_idle, c_quiet, s_quiet,
+        left, hdr, age, len(blob),
+    )  # fmt: skip
+    return head + to_server + to_client + blob
+
+
+def unpack_records(payload: bytes, count: int) -> list[Moved]:
+    """``count`` records filling ``payload`` exactly; TakeoverError on anything else."""
+    out = []
+    view = memoryview(payload)
+    at = 0
+    for _ in range(count):
+        if len(view) - at < RECORD.size:
+            raise TakeoverError("a connection record is cut short")
+        (c2s, s2c, n_server, n_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr,
+         age, n_facts) = RECORD.unpack_from(view, at)  # fmt: skip
+        at += RECORD.size
+        if n_server > MAX_HELD or n_client > MAX_HELD or n_facts > MAX_FACTS:
+            raise TakeoverError("a connection record is larger than any the engine makes")
+        if len(view) - at < n_server + n_client + n_facts:
+            raise TakeoverError("a connection record is cut short")
+        to_server = bytes(view[at : at + n_server])
+        at += n_server
+        to_client = bytes(view[at : at + n_client])
+        at += n_client
+        facts = _facts(bytes(view[at : at + n_facts]))
+        at += n_facts
+        state_args = (c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet,
+                      left, hdr, age)  # fmt: skip
+        out.append(Moved(state_args, facts))
+    if at != len(view):
+        raise TakeoverError("bytes after the last connection record")
+    return out
+
+
+_FACT_TYPES: dict[str, tuple[type, ...]] = {
+    "frontend": (str,),
+    "backend": (str,),
+    "server": (str, type(None)),
+    "ip": (str,),
+    "port": (int,),
+    "client_id": (str, type(None)),
+    "username": (str, type(None)),
+    "version": (int,),
+    "keepalive": (int,),
+    "connack": (int, type(None)),
+    "wall_start": (float, int),
+    "wait_ms": (int,),
+    "connect_ms": (int,),
+    "routed_in": (int,),
+    "stick_key": (str, type(None)),
+}
+
+
+def _facts(blob: bytes) -> dict[str, Any]:
+    try:
+        facts = json.loads(blob)
+    except ValueError:
+        raise TakeoverError("session facts are not JSON") from None
+    if not isinstance(facts, dict) or facts.keys() != _FACT_TYPES.keys():
+        raise TakeoverError("session facts have other keys than expected")
+    for key, types in _FACT_TYPES.items():
+        value = facts[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise TakeoverError(f"session fact {key!r} has the wrong type")
+        if isinstance(value, int) and not -1 <= value < 1 << 63:
+            raise TakeoverError(f"session fact {key!r} is out of range")
+    return facts
+
+
+def facts_of(session: Session) -> dict[str, Any]:
+    """What the new process needs to log and count a session it adopts."""
+
+    def ms(t: float | None) -> int:
+        return -1 if t is None else max(0, int((t - session.accepted_at) * 1000))
+
+    return {
+        "frontend": session.frontend,
+        "backend": session.backend,
+        "server": session.server.name if session.server is not None else None,
+        "ip": session.client_addr[0],
+        "port": session.client_addr[1],
+        "client_id": session.client_id,
+        "username": session.username,
+        "version": session.protocol_version,
+        "keepalive": session.keepalive,
+        "connack": session.connack_code,
+        "wall_start": session.wall_start,
+        "wait_ms": ms(session.inspected_at),
+        "connect_ms": ms(session.connected_at),
+        "routed_in": session.routed_in,
+        "stick_key": session.stick_key,
+    }
+
+
+# ---------------------------------------------------------------- the old process
+
+
+class Offer:
+    """The running process's side: listens on ``takeover_socket`` and hands everything over
+    to the first process that asks, then calls ``done`` (which drains the rest and exits)."""
+
+    def __init__(self, proxy: Proxy, path: str, done: Callable[[], None]) -> None:
+        self.proxy = proxy
+        self.done = done
+        self.listener: UnixListener | None = UnixListener(StatsSocketConfig(path))
+        self.listener.sock.setblocking(False)
+        self._task: asyncio.Task | None = None
+        proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.proxy.loop.remove_reader(self.listener.sock.fileno())
+            self.listener.sock.close()
+            self.listener.remove()
+            self.listener = None
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.sock.accept()
+        except OSError:
+            return
+        if self._task is not None:  # one handover at a time
+            conn.close()
+            return
+        self._task = self.proxy.loop.create_task(self._run(conn))
+
+    async def _run(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(STEP_TIMEOUT)
+            try:
+                gave_listeners = await self._handover(conn)
+            except (OSError, TakeoverError) as exc:
+                log.error("takeover failed: %s", exc)
+                gave_listeners = self.listener is None
+            if not gave_listeners:  # nothing moved: keep serving, and offer again
+                self._task = None
+                return
+        self.done()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.proxy.loop.run_in_executor(None, fn, *args)
+
+    async def _handover(self, conn: socket.socket) -> bool:
+        """Returns True once the listeners were given (this process then drains)."""
+        proxy = self.proxy
+        hello = await self._call(recv_json, conn, HELLO)
+        if hello.get("magic") != MAGIC or not isinstance(hello.get("formats"), list):
+            raise TakeoverError("not a fastmqtt takeover request")
+        pid = hello.get("pid")
+        ours = int(os.environ.get(FORMAT_ENV, FORMAT))
+        fmt = ours if ours in hello["formats"] else None
+        stopped_at = time.time()
+        listeners, fds = self._listeners()
+        log.info(
+            "takeover by pid %s (fastmqtt %s): stopped accepting, handing over %d listeners",
+            pid,
+            hello.get("version"),
+            len(fds),
+        )
+        await self._call(send_json, conn, OFFER, {"format": fmt, "listeners": listeners}, fds)
+        self.close()  # the new process offers the next takeover
+        proxy.stop_accepting()
+        if proxy.stats is not None:  # the new process serves the stats port and socket
+            if proxy.stats.unix is not None:
+                proxy.stats.unix.handed_over()
+            proxy.stats.close()
+            proxy.stats = None
+        if fmt is None:
+            log.warning(
+                "takeover: pid %s reads connection formats %s, this process writes %d: "
+                "connections are not handed over, %d drain",
+                pid,
+                hello["formats"],
+                ours,
+                len(proxy.hub),
+            )
+            return True
+        await self._call(_recv_ready, conn)
+        moved, closed = await self._send_connections(conn)
+        draining = len(proxy.hub)
+        done = {"moved": moved, "draining": draining, "closed": closed, "stopped_at": stopped_at}
+        await self._call(send_json, conn, DONE, done)
+        ack = await self._call(recv_json, conn, ACK)
+        log.info(
+            "takeover: %d connections handed over to pid %s (%s adopted) in %.0f ms; "
+            "%d on the event loop drain (TLS, WebSocket); %d closed in setup",
+            moved,
+            pid,
+            ack.get("adopted"),
+            (time.time() - stopped_at) * 1000,
+            draining,
+            closed,
+            extra={"moved": moved, "draining": draining, "closed": closed},
+        )
+        return True
+
+    def _listeners(self) -> tuple[list[dict[str, Any]], list[int]]:
+        proxy = self.proxy
+        listeners, fds = [], []
+        for fe in proxy.frontends:
+            if fe.sock is not None:
+                fe.pause()
+                bind = [fe.config.bind_host, fe.config.bind_port]
+                listeners.append({"kind": "frontend", "name": fe.name, "bind": bind})
+                fds.append(fe.sock.fileno())
+        stats = proxy.stats
+        if stats is not None and stats.sock is not None:
+            listeners.append({"kind": "stats", "name": "stats", "bind": None})
+            fds.append(stats.sock.fileno())
+        if stats is not None and stats.unix is not None:
+            listeners.append({"kind": "stats_unix", "name": stats.unix.path, "bind": None})
+            fds.append(stats.unix.sock.fileno())
+        return listeners, fds
+
+    async def _send_connections(self, conn: socket.socket) -> tuple[int, int]:
+        """Freeze the engine, send what it relays, release what was sent: (moved, closed)."""
+        proxy, hub = self.proxy, self.proxy.hub
+        deadline = proxy.loop.time() + SETUP_WAIT
+        while proxy.setting_up() and proxy.loop.time() < deadline:
+            await asyncio.sleep(0.01)  # event-loop setups about to hand a pair to the engine
+        engine = proxy.engine
+        if engine is None:
+            return 0, 0
+        engine.freeze()
+        rows = engine.export()
+        closed = hub.take_records()  # ended at the freeze (in setup, saying goodbye): logged
+        batches: list[tuple[bytes, list[int], list[tuple[int, Session | None]]]] = []
+        payload, fds, handles = bytearray(), [], []
+        for handle, conn_id, fast, cfd, sfd, *state in rows:
+            if fast:
+                assert proxy.fast is not None
+                session = proxy.fast.session_of(proxy.fast.c.facts(handle))
+                backend = proxy.backends.get(session.backend)
+                if backend is not None:
+                    session.stick_key = backend.stick_key(session)
+                owned = None
+            else:
+                session = owned = hub.sessions.get(conn_id)
+                if session is None:
+                    continue  # not ours to move (cannot happen): closed at stop()
+            payload += pack_record(tuple(state), facts_of(session))
+            fds += [cfd, sfd]
+            handles.append((handle, owned))
+            if len(handles) == MAX_BATCH or len(payload) >= MAX_BATCH_BYTES:
+                batches.append((bytes(payload), fds, handles))
+                payload, fds, handles = bytearray(), [], []
+        if handles:
+            batches.append((bytes(payload), fds, handles))
+        moved = 0
+        for payload_, fds_, handles_ in batches:
+            await self._call(send_frame, conn, CONNS, payload_, fds_)
+            for handle, session in handles_:  # the other process holds them now
+                engine.release(handle)
+                if session is not None:
+                    hub.forget(session.id)
+                    proxy.session_moved(session)
+            moved += len(handles_)
+        return moved, closed
+
+
+def _recv_ready(conn: socket.socket) -> None:
+    conn.settimeout(START_TIMEOUT)
+    recv_json(conn, READY)
+    conn.settimeout(STEP_TIMEOUT)
+
+
+# ---------------------------------------------------------------- the new process
+
+
+class Incoming:
+    """The new process's side, in two steps around Proxy.start(): ``listeners`` (before it:
+    the sockets to serve on), ``connections`` (after it: adopt what the engine relayed)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.format: int | None = None
+        self.sockets: list[tuple[dict[str, Any], socket.socket]] = []
+
+    def listeners(self, proxy: Proxy) -> bool:
+        """Ask the running process; give its listening sockets to ``proxy``'s frontends and
+        stats server. False (logged) when there is no running process to take over from."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(STEP_TIMEOUT)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            log.warning("takeover: nothing to take over at %s (%s): starting afresh",
+                        self.path, exc.strerror)  # fmt: skip
+            return False
+        self.sock = sock
+        hello = {"magic": MAGIC, "formats": formats_read(), "pid": os.getpid(),
+                 "version": __version__}  # fmt: skip
+        send_json(sock, HELLO, hello)
+        _, payload, fds = recv_frame(sock, OFFER)
+        try:
+            offer = json.loads(payload)
+            listeners = offer["listeners"]
+            if not isinstance(listeners, list) or len(listeners) != len(fds):
+                raise TakeoverError("the listeners do not match their sockets")
+            fmt = offer["format"]
+            self.format = fmt if isinstance(fmt, int) and fmt in formats_read() else None
+        except (ValueError, KeyError, TypeError, TakeoverError):
+            for fd in fds:
+                os.close(fd)
+            raise TakeoverError("an unreadable offer") from None
+        self.sockets = [
+            (entry, socket.socket(fileno=fd)) for entry, fd in zip(listeners, fds, strict=True)
+        ]
+        self._place(proxy)
+        return True
+
+    def _place(self, proxy: Proxy) -> None:
+        by_bind = {}
+        for entry, sock in self.sockets:
+            sock.setblocking(False)
+            if isinstance(entry, dict) and entry.get("kind") == "frontend":
+                bind = entry.get("bind")
+                by_bind[tuple(bind) if isinstance(bind, list) else None] = sock
+                by_bind.setdefault(entry.get("name"), sock)  # type: ignore[call-overload]
+            elif isinstance(entry, dict) and entry.get("kind") in ("stats", "stats_unix"):
+                proxy.inherited[entry["kind"]] = sock
+        used = set()
+        for fe in proxy.frontends:
+            sock = by_bind.get((fe.config.bind_host, fe.config.bind_port))
+            if sock is None or sock in used:
+                sock = by_bind.get(fe.name)
+            if sock is not None and sock not in used:
+                fe.sock = sock
+                used.add(sock)
+        inherited = set(proxy.inherited.values())
+        for entry, sock in self.sockets:
+            if sock not in used and sock not in inherited:
+                log.info("takeover: listener %s is not in this config: closed", entry)
+                sock.close()
+        log.info("takeover: took %d listening sockets", len(used) + len(inherited))
+
+    def connections(self, proxy: Proxy) -> None:
+        """Adopt every connection the old engine relayed (blocking: the handover is short,
+        and this process's engine threads serve meanwhile)."""
+        sock = self.sock
+        if sock is None:
+            return
+        with sock:
+            if self.format is None:
+                log.warning(
+                    "takeover: connection formats differ (this process reads %s): the old "
+                    "process drains its connections",
+                    formats_read(),
+                )
+                return
+            send_json(sock, READY, {})
+            adopted = 0
+            started = time.time()
+            while True:
+                kind, payload, fds = recv_frame(sock, CONNS, DONE, limit=MAX_PAYLOAD)
+                if kind == DONE:
+                    for fd in fds:
+                        os.close(fd)
+                    done = _json_object(payload)
+                    break
+                adopted += self._adopt(proxy, payload, fds)
+            send_json(sock, ACK, {"adopted": adopted})
+        stopped_at = done.get("stopped_at")
+        took = time.time() - stopped_at if isinstance(stopped_at, float) else float("nan")
+        log.info(
+            "takeover: adopted %d connections in %.0f ms (from the old process's last accept; "
+            "receiving took %.0f ms); %s drain in the old process",
+            adopted,
+            took * 1000,
+            (time.time() - started) * 1000,
+            done.get("draining"),
+            extra={"adopted": adopted, "takeover_ms": round(took * 1000, 1)},
+        )
+
+    def _adopt(self, proxy: Proxy, payload: bytes, fds: list[int]) -> int:
+        try:
+            if len(fds) % 2:
+                raise TakeoverError("an odd number of sockets in a batch")
+            records = unpack_records(payload, len(fds) // 2)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        adopted = 0
+        for i, moved in enumerate(records):
+            session = session_from(proxy, moved.facts, moved.state[-1])
+            try:
+                proxy.adopt(session, fds[2 * i], fds[2 * i + 1], moved.state)
+            except ValueError as exc:  # the engine refused the state (and closed the fds)
+                log.error("takeover: connection of %s:%s refused: %s", *session.client_addr, exc)
+                continue
+            adopted += 1
+        return adopted
+
+
+def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:
+    """The Session of an adopted connection, as if this process had accepted it ``age``
+    seconds ago (the log line's times and the start are the old process's)."""
+    fe = next((fe for fe in proxy.frontends if fe.name == facts["frontend"]), None)
+    counters = fe.counters if fe is not None else FrontendCounters()
+    session = Session(facts["frontend"], (facts["ip"], facts["port"]), counters)
+    session.accepted_at = time.monotonic() - max(0.0, age)
+    session.wall_start = float(facts["wall_start"])
+    for name, ms in (("inspected_at", facts["wait_ms"]), ("connected_at", facts["connect_ms"])):
+        setattr(session, name, None if ms < 0 else session.accepted_at + ms / 1000)
+    backend = proxy.backends.get(facts["backend"])
+    session.backend = facts["backend"]
+    if backend is not None and facts["server"] is not None:
+        session.server = next((s for s in backend.servers if s.name == facts["server"]), None)
+    session.client_id = facts["client_id"]
+    session.username = facts["username"]
+    session.protocol_version = facts["version"]
+    session.keepalive = facts["keepalive"]
+    session.connack_code = facts["connack"]
+    session.routed_in = facts["routed_in"]
+    session.stick_key = facts["stick_key"]
+    return session
+
+
+def close_quietly(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -1,0 +1,235 @@
+"""Upgrade without a reconnect (takeover.py, docs/running.md): a new `fastmqtt serve --takeover
+PATH` takes the listeners and the engine's connections over from the running process, which
+then exits. Real Mosquitto, real sockets; the clients run in one asyncio loop (tests/support/
+swarm.py) so that 2,000 of them fit in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+
+import pytest
+
+from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.tools.brokers import Mosquitto
+from tests.support.certs import make_certs, tls_line
+from tests.support.lb import Client, FastMQTT, lb_port, recipe, wait_until
+from tests.support.stats import Stats, stats_toml
+from tests.support.swarm import Peer, Publisher, Subscriber, connect_all, ping_loop
+
+PING_EVERY = 3.0
+
+
+def takeover_config(
+    brokers: list[Mosquitto], port: int, stats_port: int, path: str, extra: str = ""
+) -> str:
+    config = recipe(brokers, port, frontend=extra) + stats_toml(stats_port)
+    return config.replace("[global]\n", f'[global]\ntakeover_socket = "{path}"\n', 1)
+
+
+def socket_path() -> str:
+    return os.path.join(tempfile.mkdtemp(prefix="fmq-takeover-"), "takeover.sock")
+
+
+def new_process(config: str, port: int, path: str, **env: str) -> FastMQTT:
+    return FastMQTT(config, port=port, args=["--takeover", path], env=env).start()
+
+
+def one_line(lb: FastMQTT, pattern: str, timeout: float = 20.0) -> re.Match:
+    found: list[re.Match] = []
+
+    def seen() -> bool:
+        found[:] = [m for m in [re.search(pattern, lb.read("stderr.log"))] if m]
+        return bool(found)
+
+    assert wait_until(seen, timeout), f"no {pattern!r} in:\n{lb.logs()[-3000:]}"
+    return found[0]
+
+
+async def run_swarm(
+    port: int, clients: int, publishers: int, during: Callable[[], None]
+) -> tuple[list[Peer], list[Publisher], Subscriber, float, float]:
+    """Pingers, QoS 1 publishers and a subscriber through ``port``; ``during()`` (blocking,
+    run in a thread) is the takeover. Returns them and when ``during`` started and ended."""
+    stop = asyncio.Event()
+    pingers = [Peer(f"ping-{i}") for i in range(clients)]
+    pubs = [Publisher(f"pub-{i}") for i in range(publishers)]
+    sub = Subscriber("sub-0")
+    await connect_all([sub, *pubs, *pingers], port)
+    await sub.subscribe("load/#")
+    reading = asyncio.ensure_future(sub.run())
+    tasks = [asyncio.ensure_future(ping_loop(p, PING_EVERY, stop)) for p in pingers]
+    tasks += [asyncio.ensure_future(p.run("load/t", 0.1, stop)) for p in pubs]
+    await asyncio.sleep(PING_EVERY + 1)  # every pinger has pinged once
+    started = time.monotonic()
+    await asyncio.to_thread(during)
+    ended = time.monotonic()
+    await asyncio.sleep(2 * PING_EVERY + 1)  # every pinger pings through the new process
+    stop.set()
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(1)  # the last messages reach the subscriber
+    for peer in [*pingers, *pubs]:
+        peer.close()
+    reading.cancel()
+    sub.close()
+    await asyncio.gather(reading, return_exceptions=True)
+    return pingers, pubs, sub, started, ended
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+@pytest.mark.parametrize(
+    ("path", "clients"),
+    [pytest.param("fast", 2000, marks=pytest.mark.serial), ("loop", 200)],  # 2,000: alone
+)
+def test_a_new_process_takes_every_connection_over_without_a_reconnect(
+    brokers, fastmqtt, path: str, clients: int
+) -> None:
+    """2,000 pinging clients and 20 QoS 1 publishers: no disconnect, no new broker
+    connection, every message exactly once, and the new process logs and counts them."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock)
+    if path == "loop":
+        config = config.replace("[global]\n", "[global]\nfast_path = false\n", 1)
+    old = fastmqtt(config, port=port)
+    assert wait_until(lambda: os.path.exists(sock), 10)
+    new: list[FastMQTT] = []
+    frontends: list[dict] = []
+
+    def take_over() -> None:
+        new.append(new_process(config, port, sock))
+        assert wait_until(lambda: old.proc.poll() is not None, 30), old.logs()[-3000:]
+        time.sleep(0.5)  # the new process's counters are synced every 0.25 s
+        frontends.extend(Stats(stats_port).json()["frontends"])
+
+    pingers, pubs, sub, _, ended = asyncio.run(run_swarm(port, clients, 20, take_over))
+    [lb] = new
+    try:
+        assert old.proc.returncode == 0
+        moved = int(one_line(old, r"takeover: (\d+) connections handed over").group(1))
+        adopted = int(one_line(lb, r"takeover: adopted (\d+) connections").group(1))
+        assert moved == adopted == clients + 21, (moved, adopted)
+        lost = [p for p in [*pingers, *pubs, sub] if p.lost]
+        assert not lost, [(p.client_id, p.lost) for p in lost[:5]]
+        after = [p for p in pingers if not any(sent > ended for sent, _ in p.answered)]
+        assert not after, "some pingers were not answered after the takeover"
+        ids = broker.connected_client_ids()
+        assert len(ids) == clients + 21 and len(set(ids)) == clients + 21, len(ids)
+        acked = [m for p in pubs for m in p.acked]
+        assert len(acked) > 20 * 50  # ~10 s at 10 a second each
+        assert sub.received == dict.fromkeys(acked, 1), "lost or duplicated QoS 1 messages"
+        # the new process counts them (stats, read right after the takeover) ...
+        [frontend] = [fe for fe in frontends if fe["pxname"] == "mqtt"]
+        assert frontend["scur"] == clients + 21, frontend
+        # ... and logs each of them when it ends, with the bytes of its whole life
+        assert wait_until(lambda: len(lines_of(lb, "ping-")) == clients, 20)
+        for line in lines_of(lb, "pub-"):
+            assert int(re.search(r" in=(\d+)", line).group(1)) > 40 * 20, line
+        assert not old.connection_log() or all(
+            'cid="ping-' not in x for x in old.connection_log()
+        )  # fmt: skip
+    finally:
+        lb.stop()
+
+
+def lines_of(lb: FastMQTT, prefix: str) -> list[str]:
+    return [x for x in lb.connection_log() if f'cid="{prefix}' in x]
+
+
+def tls_client(client_id: str, port: int, context: ssl.SSLContext) -> Client:
+    client = Client(client_id, port, connect=False)
+    client.mqtt.tls_set_context(context)
+    return client.connect()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the plain connections are the C engine's")
+def test_a_tls_client_drains_in_the_old_process_not_dropped(brokers, fastmqtt, tmp_path) -> None:
+    [broker] = brokers(1)
+    certs = make_certs(tmp_path)
+    port, tls_port, stats_port, sock = lb_port(), lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "4s"'
+    )
+    config += (
+        f'\n[frontend.secure]\nbind = "127.0.0.1:{tls_port}"\nbackend = "cluster"\n'
+        + tls_line(cert=certs.server)
+    )
+    old = fastmqtt(config, port=port)
+    plain = [Client(f"plain-{i}", port) for i in range(5)]
+    secure = tls_client("tls-0", tls_port, certs.client_context())
+    secure.subscribe("t/secure", 1)
+    lb = new_process(config, port, sock)
+    try:
+        line = one_line(old, r"takeover: (\d+) connections handed over .*; (\d+) on the event")
+        assert (line.group(1), line.group(2)) == ("5", "1")
+        secure.publish("t/secure", b"still here", 1)  # through the old process, draining
+        assert secure.wait_message(5) and not secure.disconnected.is_set()
+        assert wait_until(lambda: old.proc.poll() is not None, 15)
+        assert wait_until(secure.disconnected.is_set, 5)  # closed when the grace ended
+        assert any('cid="tls-0"' in x and x.endswith(" shutdown") for x in old.connection_log())
+        assert not any(c.disconnected.is_set() for c in plain)
+        tls_client("tls-1", tls_port, certs.client_context()).close()  # to the new process
+        assert wait_until(lambda: any('cid="tls-1"' in x for x in lb.connection_log()), 10)
+    finally:
+        for c in [*plain, secure]:
+            c.close()
+        lb.stop()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="compares two connection formats of the C engine")
+def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
+    brokers, fastmqtt
+) -> None:
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "3s"'
+    )
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(3)]
+    lb = new_process(config, port, sock, FASTMQTT_TAKEOVER_FORMAT="99")
+    try:
+        one_line(old, r"connections are not handed over, 3 drain")
+        one_line(lb, r"connection formats differ")
+        fresh = Client("new-0", port)  # the listener moved all the same
+        clients[0].publish("t", b"x", 1)  # the old connections still work while they drain
+        assert not any(c.disconnected.is_set() for c in clients)
+        assert wait_until(lambda: old.proc.poll() is not None, 15)
+        assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), 5)
+        assert not fresh.disconnected.is_set()
+        fresh.close()
+        assert wait_until(lambda: any('cid="new-0"' in x for x in lb.connection_log()), 10)
+        assert sorted(broker.connected_client_ids()) == ["new-0", "old-0", "old-1", "old-2"]
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop()
+
+
+@pytest.mark.skipif(not NO_EXTENSIONS, reason="without the C engine only listeners move")
+def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "3s"'
+    )
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(3)]
+    lb = new_process(config, port, sock)
+    try:
+        one_line(old, r"connections are not handed over, 3 drain")
+        fresh = Client("new-0", port)
+        assert wait_until(lambda: old.proc.poll() is not None, 15)
+        assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), 5)
+        assert not fresh.disconnected.is_set()
+        assert Stats(stats_port).json()  # the stats port moved too
+        fresh.close()
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop()
