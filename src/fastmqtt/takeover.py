@@ -274,11 +274,17 @@ class Offer:
 
     def __init__(self, proxy: Proxy, path: str, done: Callable[[], None]) -> None:
         self.proxy = proxy
+        self.path = path
         self.done = done
-        self.listener: UnixListener | None = UnixListener(StatsSocketConfig(path))
-        self.listener.sock.setblocking(False)
+        self.listener: UnixListener | None = None
         self._task: asyncio.Task | None = None
-        proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
+        self._frozen = False  # this process's engine is frozen: what it relayed moves or ends
+        self._listen()
+
+    def _listen(self) -> None:
+        self.listener = UnixListener(StatsSocketConfig(self.path))
+        self.listener.sock.setblocking(False)
+        self.proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
 
     def close(self) -> None:
         if self.listener is not None:
@@ -302,14 +308,45 @@ class Offer:
         with conn:
             conn.settimeout(STEP_TIMEOUT)
             try:
-                gave_listeners = await self._handover(conn)
+                handed_over = await self._handover(conn)
             except (OSError, TakeoverError) as exc:
                 log.error("takeover failed: %s", exc)
-                gave_listeners = self.listener is None
-            if not gave_listeners:  # nothing moved: keep serving, and offer again
-                self._task = None
-                return
+                handed_over = await self._failed()
+        if not handed_over:  # keep serving, and offer again
+            self._task = None
+            return
+        self._let_go()
         self.done()
+
+    async def _failed(self) -> bool:
+        """After a handover broke off (the new process died, or broke the protocol): True
+        when this process must drain, False when it serves on as before."""
+        proxy = self.proxy
+        if self.listener is not None:
+            return False  # nothing was given
+        if not self._frozen:  # nothing moved yet: serve on (alongside it, if it lives)
+            for fe in proxy.frontends:
+                fe.resume()
+            self._listen()
+            log.warning("takeover: no connection was handed over: serving on")
+            return False
+        if proxy.engine is not None:
+            # a frozen engine cannot relay again (its pipes were read out): what was not
+            # sent ends now rather than waiting frozen for the grace; clients reconnect at once
+            await self._call(proxy.engine.stop, 0.0)
+            closed = proxy.hub.take_records()
+            log.warning("takeover: %d connections not handed over were closed", closed)
+        return True
+
+    def _let_go(self) -> None:
+        """Handed over: the new process serves the listeners and the stats port."""
+        proxy = self.proxy
+        proxy.stop_accepting()
+        if proxy.stats is not None:
+            if proxy.stats.unix is not None:
+                proxy.stats.unix.handed_over()
+            proxy.stats.close()
+            proxy.stats = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.proxy.loop.run_in_executor(None, fn, *args)
@@ -333,12 +370,6 @@ class Offer:
         )
         await self._call(send_json, conn, OFFER, {"format": fmt, "listeners": listeners}, fds)
         self.close()  # the new process offers the next takeover
-        proxy.stop_accepting()
-        if proxy.stats is not None:  # the new process serves the stats port and socket
-            if proxy.stats.unix is not None:
-                proxy.stats.unix.handed_over()
-            proxy.stats.close()
-            proxy.stats = None
         if fmt is None:
             log.warning(
                 "takeover: pid %s reads connection formats %s, this process writes %d: "
@@ -396,6 +427,7 @@ class Offer:
         if engine is None:
             return 0, 0
         engine.freeze()
+        self._frozen = True
         rows = engine.export()
         closed = hub.take_records()  # ended at the freeze (in setup, saying goodbye): logged
         batches: list[tuple[bytes, list[int], list[tuple[int, Session | None]]]] = []

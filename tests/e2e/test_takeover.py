@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 import tempfile
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from fastmqtt import takeover
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.tools.brokers import Mosquitto
 from tests.support.certs import make_certs, tls_line
@@ -233,3 +235,75 @@ def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
         for c in clients:
             c.close()
         lb.stop()
+
+
+def die_during_handover(path: str, after_ready: bool) -> float:
+    """Play a new process that dies during the handover: HELLO, take the listeners, then
+    close everything (before READY, or right after it). Returns when it died."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        hello = {"magic": takeover.MAGIC, "formats": [takeover.FORMAT], "pid": os.getpid()}
+        takeover.send_json(sock, takeover.HELLO, hello)
+        _, _, fds = takeover.recv_frame(sock, takeover.OFFER)
+        for fd in fds:
+            os.close(fd)
+        if after_ready:
+            takeover.send_json(sock, takeover.READY, {})
+    return time.monotonic()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_a_new_process_that_dies_before_taking_connections_leaves_the_old_one_serving(
+    brokers, fastmqtt
+) -> None:
+    """Nothing was handed over yet: the old process accepts again, relays on, offers again."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock)
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(5)]
+    clients[0].subscribe("t/x", 1)
+    die_during_handover(sock, after_ready=False)
+    one_line(old, r"no connection was handed over: serving on")
+    assert wait_until(lambda: os.path.exists(sock), 5)  # offered again
+    clients[1].publish("t/x", b"still relayed", 1)
+    assert clients[0].wait_message(5)
+    fresh = Client("fresh-0", port)  # accepted by the old process again
+    fresh.close()
+    assert wait_until(lambda: any('cid="fresh-0"' in x for x in old.connection_log()), 10)
+    assert old.proc.poll() is None and not any(c.disconnected.is_set() for c in clients)
+    lb = new_process(config, port, sock)  # and a later takeover moves them all
+    try:
+        assert one_line(lb, r"takeover: adopted (\d+) connections").group(1) == "5"
+        assert wait_until(lambda: old.proc.poll() is not None, 15)
+        assert not any(c.disconnected.is_set() for c in clients)
+        assert len(broker.connected_client_ids()) == 6
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_a_new_process_that_dies_mid_handover_does_not_leave_connections_frozen(
+    brokers, fastmqtt
+) -> None:
+    """The engine froze for the handover and cannot relay again: what was not sent is closed
+    at once (its clients reconnect), not held frozen until the grace ends."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "30s"'
+    )
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(20)]
+    died = die_during_handover(sock, after_ready=True)
+    one_line(old, r"takeover failed")
+    closed = int(one_line(old, r"takeover: (\d+) connections not handed over were closed")[1])
+    assert closed > 0  # the new process died before the first batch could be sent
+    assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), 5)
+    assert wait_until(lambda: old.proc.poll() is not None, 10)  # nothing left to drain
+    assert time.monotonic() - died < 15 and old.proc.returncode == 0
+    for c in clients:
+        c.close()
