@@ -307,3 +307,45 @@ def test_a_new_process_that_dies_mid_handover_does_not_leave_connections_frozen(
     assert time.monotonic() - died < 15 and old.proc.returncode == 0
     for c in clients:
         c.close()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_workers_are_taken_over_by_the_new_workers_of_the_same_index(brokers, fastmqtt) -> None:
+    """workers = 2: the supervisor gives its stats port, each worker its listeners and the
+    engine's connections to the new worker of its index: no disconnect, no new broker
+    connection, every QoS 1 message exactly once; the old supervisor and workers exit."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock)
+    config = config.replace("[global]\n", "[global]\nworkers = 2\n", 1)
+    clients, publishers = 300, 4
+    old = fastmqtt(config, port=port)
+    assert wait_until(lambda: os.path.exists(sock), 10)
+    new: list[FastMQTT] = []
+
+    def take_over() -> None:
+        new.append(new_process(config, port, sock))
+        assert wait_until(lambda: old.proc.poll() is not None, 30), old.logs()[-3000:]
+
+    pingers, pubs, sub, _, ended = asyncio.run(run_swarm(port, clients, publishers, take_over))
+    [lb] = new
+    try:
+        total = clients + publishers + 1
+        assert old.proc.returncode == 0
+        log_old, log_new = old.read("stderr.log"), lb.read("stderr.log")
+        moved = [int(n) for n in re.findall(r"takeover: (\d+) connections handed over", log_old)]
+        adopted = [int(n) for n in re.findall(r"takeover: adopted (\d+) connections", log_new)]
+        assert len(moved) == len(adopted) == 2 and sum(moved) == sum(adopted) == total
+        assert "handed over to supervisor pid" in log_old
+        lost = [p for p in [*pingers, *pubs, sub] if p.lost]
+        assert not lost, [(p.client_id, p.lost) for p in lost[:5]]
+        after = [p for p in pingers if not any(sent > ended for sent, _ in p.answered)]
+        assert not after, "some pingers were not answered after the takeover"
+        ids = broker.connected_client_ids()
+        assert len(ids) == total and len(set(ids)) == total, len(ids)
+        acked = [m for p in pubs for m in p.acked]
+        assert acked and sub.received == dict.fromkeys(acked, 1), "lost or duplicated QoS 1"
+        assert Stats(stats_port).json()["frontends"]  # the stats port moved too
+        assert wait_until(lambda: len(lines_of(lb, "ping-")) == clients, 20)
+    finally:
+        lb.stop()
