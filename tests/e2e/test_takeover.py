@@ -194,6 +194,8 @@ def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
     )
     old = fastmqtt(config, port=port)
     clients = [Client(f"old-{i}", port) for i in range(3)]
+    for c in clients:  # closed at the drain's end: no reconnect within the test (paho: 1 s)
+        c.mqtt.reconnect_delay_set(60, 60)
     lb = new_process(config, port, sock, FASTMQTT_TAKEOVER_FORMAT="99")
     try:
         one_line(old, r"connections are not handed over, 3 drain")
@@ -240,6 +242,7 @@ def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
 def die_during_handover(path: str, after_ready: bool) -> float:
     """Play a new process that dies during the handover: HELLO, take the listeners, then
     close everything (before READY, or right after it). Returns when it died."""
+    assert wait_until(lambda: os.path.exists(path), 10)  # offered once the process serves
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(path)
