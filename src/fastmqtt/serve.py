@@ -43,14 +43,11 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(config.global_.log_level, config.global_.log_format, args.worker)
     if args.worker is not None:
         workers.become_worker()
-        return serve(config, worker=args.worker)
+        return serve(config, worker=args.worker, takeover_from=args.takeover)
     for warning in config.warnings:
         log.warning("%s", warning)
     if config.global_.workers > 1:
-        if args.takeover:
-            log.error("--takeover: not supported with workers > 1 yet (docs/running.md)")
-            return 1
-        return workers.Supervisor(args.config, config).run()
+        return workers.Supervisor(args.config, config, args.takeover).run()
     return serve(config, takeover_from=args.takeover)
 
 
@@ -119,7 +116,7 @@ async def _serve(
             incoming.connections(proxy)
         except (OSError, takeover.TakeoverError) as exc:
             log.error("takeover: connections not taken over: %s", exc)
-    offer = _offer(proxy, stop) if worker is None else None
+    offer = _offer(proxy, stop, worker)
     if worker is None:
         # MAINPID: under systemd, a process started to take over becomes the unit's main one
         notify.ready(f"serving {len(proxy.frontends)} frontends", main_pid=incoming is not None)
@@ -151,11 +148,14 @@ def _take_listeners(proxy: Proxy, path: str) -> takeover.Incoming | None:
         return None
 
 
-def _offer(proxy: Proxy, stop: asyncio.Event) -> takeover.Offer | None:
-    """Offer this process's sockets on ``[global] takeover_socket``, if set."""
+def _offer(proxy: Proxy, stop: asyncio.Event, worker: int | None) -> takeover.Offer | None:
+    """Offer this process's sockets on ``[global] takeover_socket``, if set (a worker: on
+    its own path beside it, for the new worker of the same index)."""
     path = proxy.config.global_.takeover_socket
     if path is None:
         return None
+    if worker is not None:
+        path = takeover.worker_path(path, worker)
 
     def handed_over() -> None:
         notify.stopping()

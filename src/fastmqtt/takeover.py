@@ -55,6 +55,7 @@ from fastmqtt.stats.unix_listener import UnixListener
 
 if TYPE_CHECKING:
     from fastmqtt.runtime import Proxy
+    from fastmqtt.stats.http import StatsServer
 
 log = logging.getLogger("fastmqtt.takeover")
 
@@ -81,6 +82,11 @@ SETUP_WAIT = 2.0  # seconds the old process waits for event-loop setups to reach
 
 class TakeoverError(Exception):
     """The other process broke the protocol or went away."""
+
+
+def worker_path(path: str, index: int) -> str:
+    """Where worker ``index`` of a supervisor offers its own listeners and connections."""
+    return f"{path}.{index}"
 
 
 # ---------------------------------------------------------------- frames
@@ -274,11 +280,17 @@ class Offer:
 
     def __init__(self, proxy: Proxy, path: str, done: Callable[[], None]) -> None:
         self.proxy = proxy
+        self.path = path
         self.done = done
-        self.listener: UnixListener | None = UnixListener(StatsSocketConfig(path))
-        self.listener.sock.setblocking(False)
+        self.listener: UnixListener | None = None
         self._task: asyncio.Task | None = None
-        proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
+        self._frozen = False  # this process's engine is frozen: what it relayed moves or ends
+        self._listen()
+
+    def _listen(self) -> None:
+        self.listener = UnixListener(StatsSocketConfig(self.path))
+        self.listener.sock.setblocking(False)
+        self.proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
 
     def close(self) -> None:
         if self.listener is not None:
@@ -302,14 +314,45 @@ class Offer:
         with conn:
             conn.settimeout(STEP_TIMEOUT)
             try:
-                gave_listeners = await self._handover(conn)
+                handed_over = await self._handover(conn)
             except (OSError, TakeoverError) as exc:
                 log.error("takeover failed: %s", exc)
-                gave_listeners = self.listener is None
-            if not gave_listeners:  # nothing moved: keep serving, and offer again
-                self._task = None
-                return
+                handed_over = await self._failed()
+        if not handed_over:  # keep serving, and offer again
+            self._task = None
+            return
+        self._let_go()
         self.done()
+
+    async def _failed(self) -> bool:
+        """After a handover broke off (the new process died, or broke the protocol): True
+        when this process must drain, False when it serves on as before."""
+        proxy = self.proxy
+        if self.listener is not None:
+            return False  # nothing was given
+        if not self._frozen:  # nothing moved yet: serve on (alongside it, if it lives)
+            for fe in proxy.frontends:
+                fe.resume()
+            self._listen()
+            log.warning("takeover: no connection was handed over: serving on")
+            return False
+        if proxy.engine is not None:
+            # a frozen engine cannot relay again (its pipes were read out): what was not
+            # sent ends now rather than waiting frozen for the grace; clients reconnect at once
+            await self._call(proxy.engine.stop, 0.0)
+            closed = proxy.hub.take_records()
+            log.warning("takeover: %d connections not handed over were closed", closed)
+        return True
+
+    def _let_go(self) -> None:
+        """Handed over: the new process serves the listeners and the stats port."""
+        proxy = self.proxy
+        proxy.stop_accepting()
+        if proxy.stats is not None:
+            if proxy.stats.unix is not None:
+                proxy.stats.unix.handed_over()
+            proxy.stats.close()
+            proxy.stats = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.proxy.loop.run_in_executor(None, fn, *args)
@@ -333,12 +376,6 @@ class Offer:
         )
         await self._call(send_json, conn, OFFER, {"format": fmt, "listeners": listeners}, fds)
         self.close()  # the new process offers the next takeover
-        proxy.stop_accepting()
-        if proxy.stats is not None:  # the new process serves the stats port and socket
-            if proxy.stats.unix is not None:
-                proxy.stats.unix.handed_over()
-            proxy.stats.close()
-            proxy.stats = None
         if fmt is None:
             log.warning(
                 "takeover: pid %s reads connection formats %s, this process writes %d: "
@@ -396,6 +433,7 @@ class Offer:
         if engine is None:
             return 0, 0
         engine.freeze()
+        self._frozen = True
         rows = engine.export()
         closed = hub.take_records()  # ended at the freeze (in setup, saying goodbye): logged
         batches: list[tuple[bytes, list[int], list[tuple[int, Session | None]]]] = []
@@ -445,8 +483,9 @@ class Incoming:
     """The new process's side, in two steps around Proxy.start(): ``listeners`` (before it:
     the sockets to serve on), ``connections`` (after it: adopt what the engine relayed)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, workers: int | None = None) -> None:
         self.path = path
+        self.workers = workers  # a supervisor asks for its workers' sake
         self.sock: socket.socket | None = None
         self.format: int | None = None
         self.sockets: list[tuple[dict[str, Any], socket.socket]] = []
@@ -454,6 +493,14 @@ class Incoming:
     def listeners(self, proxy: Proxy) -> bool:
         """Ask the running process; give its listening sockets to ``proxy``'s frontends and
         stats server. False (logged) when there is no running process to take over from."""
+        if not self.ask():
+            return False
+        self._place(proxy)
+        return True
+
+    def ask(self) -> bool:
+        """Connect, say HELLO, take the OFFER's sockets into ``sockets``; False (logged) when
+        nothing offers at ``path``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(STEP_TIMEOUT)
         try:
@@ -465,7 +512,7 @@ class Incoming:
             return False
         self.sock = sock
         hello = {"magic": MAGIC, "formats": formats_read(), "pid": os.getpid(),
-                 "version": __version__}  # fmt: skip
+                 "version": __version__, "workers": self.workers}  # fmt: skip
         send_json(sock, HELLO, hello)
         _, payload, fds = recv_frame(sock, OFFER)
         try:
@@ -482,7 +529,6 @@ class Incoming:
         self.sockets = [
             (entry, socket.socket(fileno=fd)) for entry, fd in zip(listeners, fds, strict=True)
         ]
-        self._place(proxy)
         return True
 
     def _place(self, proxy: Proxy) -> None:
@@ -567,6 +613,129 @@ class Incoming:
                 continue
             adopted += 1
         return adopted
+
+
+# ---------------------------------------------------------------- supervisors (workers > 1)
+
+
+class SupervisorOffer:
+    """A running supervisor's side: on ``takeover_socket`` it gives the stats listeners to a
+    new supervisor, whose worker N then takes the listeners and connections of our worker N
+    (each offers them on ``worker_path``). Once the new supervisor's workers are ready, ours
+    that were not taken over drain (``leftover``), and ``done`` is called: this supervisor
+    stops restarting workers and exits when the last one has."""
+
+    def __init__(
+        self,
+        path: str,
+        stats: StatsServer | None,
+        loop: asyncio.AbstractEventLoop,
+        done: Callable[[bool], None],
+        leftover: Callable[[int], None],
+    ) -> None:
+        self.path = path
+        self.stats = stats
+        self.loop = loop
+        self.done = done  # True: handed over; False: it broke off, keep supervising
+        self.leftover = leftover  # drain our workers from this index on (no new one took them)
+        self.listener: UnixListener | None = None
+        self._task: asyncio.Task | None = None
+        self.listen()
+
+    def listen(self) -> None:
+        self.listener = UnixListener(StatsSocketConfig(self.path))
+        self.listener.sock.setblocking(False)
+        self.loop.add_reader(self.listener.sock.fileno(), self._accept)
+
+    @property
+    def busy(self) -> bool:
+        """A handover is under way (the supervisor waits for it before exiting)."""
+        return self._task is not None and not self._task.done()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.loop.remove_reader(self.listener.sock.fileno())
+            self.listener.sock.close()
+            self.listener.remove()
+            self.listener = None
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.sock.accept()
+        except OSError:
+            return
+        if self._task is not None:
+            conn.close()
+            return
+        self._task = self.loop.create_task(self._run(conn))
+
+    async def _run(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(STEP_TIMEOUT)
+            try:
+                await self._handover(conn)
+            except (OSError, TakeoverError) as exc:
+                log.error("takeover of the workers failed: %s; supervising on", exc)
+                self.done(False)
+                if self.listener is None:
+                    self.listen()
+                self._task = None
+                return
+        self.done(True)
+
+    async def _handover(self, conn: socket.socket) -> None:
+        call = self.loop.run_in_executor
+        hello = await call(None, recv_json, conn, HELLO)
+        workers = hello.get("workers")
+        if hello.get("magic") != MAGIC or not isinstance(workers, int) or workers < 1:
+            raise TakeoverError("not a fastmqtt takeover request from a supervisor")
+        listeners, fds = [], []
+        stats = self.stats
+        if stats is not None and stats.sock is not None:
+            listeners.append({"kind": "stats", "name": "stats", "bind": None})
+            fds.append(stats.sock.fileno())
+        if stats is not None and stats.unix is not None:
+            listeners.append({"kind": "stats_unix", "name": stats.unix.path, "bind": None})
+            fds.append(stats.unix.sock.fileno())
+        log.info("takeover by supervisor pid %s: its workers take over ours", hello.get("pid"))
+        self.done(True)  # from now on, a worker of ours that exits has handed over
+        await call(None, send_json, conn, OFFER, {"format": None, "listeners": listeners}, fds)
+        self.close()
+        if stats is not None and stats.unix is not None:
+            stats.unix.handed_over()  # the new supervisor serves this path: never remove it
+        await call(None, _recv_ready, conn)  # every new worker serves
+        self.leftover(workers)
+        if stats is not None:
+            stats.close()
+        log.info("takeover: handed over to supervisor pid %s", hello.get("pid"))
+
+
+def take_stats(path: str, workers: int) -> tuple[Incoming | None, dict[str, socket.socket]]:
+    """A new supervisor's first step: the running supervisor's stats listeners (for its
+    StatsServer), and the handover to answer READY on once the workers serve; (None, {})
+    (logged) when nothing offers at ``path`` or it failed."""
+    incoming = Incoming(path, workers)
+    try:
+        if not incoming.ask():
+            return None, {}
+    except (OSError, TakeoverError) as exc:
+        log.error("takeover from %s failed, starting afresh: %s", path, exc)
+        return None, {}
+    inherited = {}
+    for entry, sock in incoming.sockets:
+        if isinstance(entry, dict) and entry.get("kind") in ("stats", "stats_unix"):
+            inherited[entry["kind"]] = sock
+        else:
+            sock.close()
+    return incoming, inherited
+
+
+def workers_serve(incoming: Incoming) -> None:
+    """A new supervisor whose workers all serve: the old one lets go of the rest."""
+    if incoming.sock is not None:
+        with incoming.sock:
+            send_json(incoming.sock, READY, {})
 
 
 def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastmqtt import notify
+from fastmqtt import notify, takeover
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
@@ -208,7 +208,12 @@ class Worker:
     """One child process and the pipe on which it says it is ready."""
 
     def __init__(
-        self, index: int, path: str, admin: list[dict[str, Any]], stick_dir: str | None
+        self,
+        index: int,
+        path: str,
+        admin: list[dict[str, Any]],
+        stick_dir: str | None,
+        takeover_from: str | None = None,
     ) -> None:
         self.index = index
         read_fd, write_fd = os.pipe()
@@ -221,7 +226,10 @@ class Worker:
             **({STICK_DIR_ENV: stick_dir} if stick_dir else {}),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastmqtt", "serve", path, "--worker", str(index)],
+            [
+                *(sys.executable, "-m", "fastmqtt", "serve", path, "--worker", str(index)),
+                *(("--takeover", takeover_from) if takeover_from else ()),
+            ],
             stdin=subprocess.DEVNULL,
             pass_fds=(write_fd, theirs.fileno()),
             env={**os.environ, **env},
@@ -343,11 +351,13 @@ class WorkerStats:
 class Supervisor:
     """Keeps ``workers`` copies of `fastmqtt serve` running until told to stop."""
 
-    def __init__(self, path: str, config: Config) -> None:
+    def __init__(self, path: str, config: Config, takeover_from: str | None = None) -> None:
         self.path = path
         self.config = config
+        self.takeover_from = takeover_from  # a running supervisor's takeover_socket
         self.workers: list[Worker] = []
         self.stopping = False
+        self.handed_over = False  # a new supervisor's workers took ours over: no restarts
         self.restarts = 0
         self.admin: dict[tuple[str, str], dict[str, Any]] = {}  # since the last reload
         self.stats: StatsServer | None = None
@@ -363,9 +373,9 @@ class Supervisor:
         old = self.admin.get(key, {})
         self.admin[key] = {k: old.get(k) if v is None else v for k, v in command.items()}
 
-    def _spawn(self, index: int) -> Worker:
+    def _spawn(self, index: int, takeover_from: str | None = None) -> Worker:
         stick_dir = self.sticks.directory if self.sticks is not None else None
-        return Worker(index, self.path, list(self.admin.values()), stick_dir)
+        return Worker(index, self.path, list(self.admin.values()), stick_dir, takeover_from)
 
     def run(self) -> int:
         import uvloop
@@ -375,37 +385,74 @@ class Supervisor:
     async def _run(self) -> int:
         count = self.config.global_.workers
         loop = asyncio.get_running_loop()
+        incoming, inherited = None, {}
+        if self.takeover_from is not None:  # its stats listeners now, its workers' below
+            incoming, inherited = takeover.take_stats(self.takeover_from, count)
         try:
             self.sticks = StickStore.for_supervisor(self.config)
             self.sticks.sync(self.config)
             if self.config.stats is not None:
-                self.stats = StatsServer(WorkerStats(self), self.config.stats, loop)
+                self.stats = StatsServer(WorkerStats(self), self.config.stats, loop, inherited)
         except OSError as exc:
             log.error("%s", exc.strerror or exc)
             self._close_stats()
             return 1
-        self.workers = [self._spawn(i) for i in range(count)]
+        self.workers = [
+            self._spawn(i, incoming and takeover.worker_path(incoming.path, i))
+            for i in range(count)
+        ]
         if not await self._wait_ready(self.workers):
             log.error("workers failed to start; stopping")
             await self._stop_all(signal.SIGINT)
             return 1
         if self.stats is not None:
             self.stats.start()
+        if incoming is not None:
+            takeover.workers_serve(incoming)
         log.info("%d workers serving %s", count, self.path, extra={"workers": count})
-        notify.ready(f"{count} workers")
+        # MAINPID: under systemd, a supervisor started to take over becomes the unit's main one
+        notify.ready(f"{count} workers", main_pid=incoming is not None)
+        offer = self._offer(loop)
         done = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig, done)
-        while not (self.stopping and all(w.proc.poll() is not None for w in self.workers)):
-            if not self.stopping:
+        ending = False
+        while not (
+            ending
+            and all(w.proc.poll() is not None for w in self.workers)
+            and not (offer is not None and offer.busy)
+        ):
+            ending = self.stopping or self.handed_over
+            if not ending:
                 self._respawn_dead()
             await asyncio.sleep(POLL_INTERVAL)
+        if offer is not None:
+            offer.close()
         for worker in self.workers:
             worker.close()
         self._close_stats()
         log.info("all workers stopped")
         return 0
+
+    def _offer(self, loop: asyncio.AbstractEventLoop) -> takeover.SupervisorOffer | None:
+        """Offer our workers to a new supervisor on ``[global] takeover_socket``, if set."""
+        path = self.config.global_.takeover_socket
+        if path is None:
+            return None
+
+        def handing_over(yes: bool) -> None:
+            self.handed_over = yes
+
+        def drain_from(index: int) -> None:
+            for worker in self.workers[index:]:
+                worker.signal(signal.SIGTERM)
+
+        try:
+            return takeover.SupervisorOffer(path, self.stats, loop, handing_over, drain_from)
+        except OSError as exc:
+            log.error("takeover_socket: %s", exc.strerror or exc)
+            return None
 
     async def _wait_ready(self, workers: list[Worker]) -> bool:
         deadline = time.monotonic() + START_TIMEOUT

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 import tempfile
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from fastmqtt import takeover
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.tools.brokers import Mosquitto
 from tests.support.certs import make_certs, tls_line
@@ -192,6 +194,8 @@ def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
     )
     old = fastmqtt(config, port=port)
     clients = [Client(f"old-{i}", port) for i in range(3)]
+    for c in clients:  # closed at the drain's end: no reconnect within the test (paho: 1 s)
+        c.mqtt.reconnect_delay_set(60, 60)
     lb = new_process(config, port, sock, FASTMQTT_TAKEOVER_FORMAT="99")
     try:
         one_line(old, r"connections are not handed over, 3 drain")
@@ -232,4 +236,119 @@ def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
     finally:
         for c in clients:
             c.close()
+        lb.stop()
+
+
+def die_during_handover(path: str, after_ready: bool) -> float:
+    """Play a new process that dies during the handover: HELLO, take the listeners, then
+    close everything (before READY, or right after it). Returns when it died."""
+    assert wait_until(lambda: os.path.exists(path), 10)  # offered once the process serves
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        hello = {"magic": takeover.MAGIC, "formats": [takeover.FORMAT], "pid": os.getpid()}
+        takeover.send_json(sock, takeover.HELLO, hello)
+        _, _, fds = takeover.recv_frame(sock, takeover.OFFER)
+        for fd in fds:
+            os.close(fd)
+        if after_ready:
+            takeover.send_json(sock, takeover.READY, {})
+    return time.monotonic()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_a_new_process_that_dies_before_taking_connections_leaves_the_old_one_serving(
+    brokers, fastmqtt
+) -> None:
+    """Nothing was handed over yet: the old process accepts again, relays on, offers again."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock)
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(5)]
+    clients[0].subscribe("t/x", 1)
+    die_during_handover(sock, after_ready=False)
+    one_line(old, r"no connection was handed over: serving on")
+    assert wait_until(lambda: os.path.exists(sock), 5)  # offered again
+    clients[1].publish("t/x", b"still relayed", 1)
+    assert clients[0].wait_message(5)
+    fresh = Client("fresh-0", port)  # accepted by the old process again
+    fresh.close()
+    assert wait_until(lambda: any('cid="fresh-0"' in x for x in old.connection_log()), 10)
+    assert old.proc.poll() is None and not any(c.disconnected.is_set() for c in clients)
+    lb = new_process(config, port, sock)  # and a later takeover moves them all
+    try:
+        assert one_line(lb, r"takeover: adopted (\d+) connections").group(1) == "5"
+        assert wait_until(lambda: old.proc.poll() is not None, 15)
+        assert not any(c.disconnected.is_set() for c in clients)
+        assert len(broker.connected_client_ids()) == 6
+    finally:
+        for c in clients:
+            c.close()
+        lb.stop()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_a_new_process_that_dies_mid_handover_does_not_leave_connections_frozen(
+    brokers, fastmqtt
+) -> None:
+    """The engine froze for the handover and cannot relay again: what was not sent is closed
+    at once (its clients reconnect), not held frozen until the grace ends."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock).replace(
+        'grace = "2s"', 'grace = "30s"'
+    )
+    old = fastmqtt(config, port=port)
+    clients = [Client(f"old-{i}", port) for i in range(20)]
+    died = die_during_handover(sock, after_ready=True)
+    one_line(old, r"takeover failed")
+    closed = int(one_line(old, r"takeover: (\d+) connections not handed over were closed")[1])
+    assert closed > 0  # the new process died before the first batch could be sent
+    assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), 5)
+    assert wait_until(lambda: old.proc.poll() is not None, 10)  # nothing left to drain
+    assert time.monotonic() - died < 15 and old.proc.returncode == 0
+    for c in clients:
+        c.close()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_workers_are_taken_over_by_the_new_workers_of_the_same_index(brokers, fastmqtt) -> None:
+    """workers = 2: the supervisor gives its stats port, each worker its listeners and the
+    engine's connections to the new worker of its index: no disconnect, no new broker
+    connection, every QoS 1 message exactly once; the old supervisor and workers exit."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock)
+    config = config.replace("[global]\n", "[global]\nworkers = 2\n", 1)
+    clients, publishers = 300, 4
+    old = fastmqtt(config, port=port)
+    assert wait_until(lambda: os.path.exists(sock), 10)
+    new: list[FastMQTT] = []
+
+    def take_over() -> None:
+        new.append(new_process(config, port, sock))
+        assert wait_until(lambda: old.proc.poll() is not None, 30), old.logs()[-3000:]
+
+    pingers, pubs, sub, _, ended = asyncio.run(run_swarm(port, clients, publishers, take_over))
+    [lb] = new
+    try:
+        total = clients + publishers + 1
+        assert old.proc.returncode == 0
+        log_old, log_new = old.read("stderr.log"), lb.read("stderr.log")
+        moved = [int(n) for n in re.findall(r"takeover: (\d+) connections handed over", log_old)]
+        adopted = [int(n) for n in re.findall(r"takeover: adopted (\d+) connections", log_new)]
+        assert len(moved) == len(adopted) == 2 and sum(moved) == sum(adopted) == total
+        assert "handed over to supervisor pid" in log_old
+        lost = [p for p in [*pingers, *pubs, sub] if p.lost]
+        assert not lost, [(p.client_id, p.lost) for p in lost[:5]]
+        after = [p for p in pingers if not any(sent > ended for sent, _ in p.answered)]
+        assert not after, "some pingers were not answered after the takeover"
+        ids = broker.connected_client_ids()
+        assert len(ids) == total and len(set(ids)) == total, len(ids)
+        acked = [m for p in pubs for m in p.acked]
+        assert acked and sub.received == dict.fromkeys(acked, 1), "lost or duplicated QoS 1"
+        assert Stats(stats_port).json()["frontends"]  # the stats port moved too
+        assert wait_until(lambda: len(lines_of(lb, "ping-")) == clients, 20)
+    finally:
         lb.stop()
