@@ -20,7 +20,7 @@ from tests.support.stats import Stats, checked_recipe
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+CHECK = 'type = "tcp", interval = "200ms", timeout = "2s"'
 PASSWORD = "adm1n-pw"
 
 

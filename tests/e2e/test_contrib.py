@@ -27,7 +27,7 @@ from tests.support.stats import Stats, checked_recipe
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms"'
+CHECK = 'type = "tcp", interval = "200ms", timeout = "2s"'
 STICKY = "stick = true\n"
 # Families labelled by what happened (a reason, a CONNACK code): no sample until it happens.
 BY_EVENT = {"fastmqtt_frontend_denied_connections_total"}

@@ -15,7 +15,7 @@ from tests.support.lb import lb_port, raw_connect, recipe, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'check = { type = "tcp", interval = "200ms", timeout = "150ms", fall = 1, rise = 1 }\n'
+CHECK = 'check = { type = "tcp", interval = "200ms", timeout = "2s", fall = 1, rise = 1 }\n'
 # A value that line-based collectors would split three times: NEL, LINE SEPARATOR, a newline.
 HOSTILE_BIND = 'bind = "a\u0085b\u2028c\\nd"'
 

@@ -23,7 +23,7 @@ from tests.support.stats import Stats, checked_recipe
 
 pytestmark = pytest.mark.e2e
 
-CHECK = 'type = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 1'
+CHECK = 'type = "tcp", interval = "200ms", timeout = "2s", rise = 1, fall = 1'
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
     "--headless",

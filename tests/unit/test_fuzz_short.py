@@ -20,7 +20,7 @@ from fastmqtt import _ws_py, packets
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "fuzz_parse.py"
 CORPUS = ROOT / "tests" / "corpus" / "fuzz_parse"
-RUNS = 60_000
+RUNS = 20_000
 
 
 def _tool() -> ModuleType:
@@ -63,13 +63,13 @@ def test_short_fuzz_run_finds_no_crash(tmp_path: pathlib.Path) -> None:
             sys.executable,
             str(TOOL),
             f"-runs={RUNS}",
-            "-max_total_time=20",
+            "-max_total_time=90",
             str(tmp_path),
             str(CORPUS),
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=tmp_path,  # a crash-<sha1> file would land here, not in the repository
     )
     assert result.returncode == 0, result.stderr[-3000:]
