@@ -6,6 +6,7 @@ supervisor's ``rebalance`` requests with its own LocalView (`answer`)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -172,12 +173,15 @@ class WorkerView:
         return [merged[s.name] for s in config.servers if s.name in merged]
 
     async def candidates(self, backend: str, server: str, limit: int) -> list[Candidate]:
+        """Every worker's, taken in turn (one of each, then the next of each): a second's
+        quota is spread over the workers that hold candidates, not spent on the first."""
         request = {"call": "candidates", "backend": backend, "server": server, "limit": limit}
-        return [
-            Candidate(*row)._replace(holder=w.index)
+        per_worker = [
+            [Candidate(*row)._replace(holder=w.index) for row in result or ()]
             for w, result in await self._ask(request)
-            for row in result or ()
         ]
+        turns = itertools.zip_longest(*per_worker)
+        return [c for turn in turns for c in turn if c is not None]
 
     async def locate(self, backend: str, client_ids: Sequence[str]) -> dict[str, str]:
         request = {"call": "locate", "backend": backend, "client_ids": list(client_ids)}

@@ -26,9 +26,12 @@ _LEFT = re.compile(r"^(\d+): Client (\S+) (?:closed its connection|disconnected)
 _JOINED = re.compile(r"^(\d+): New client connected from \S+ as (\S+) ", re.M)
 
 
-def _config(nodes: list[Mosquitto], port: int, stats_port: int, rebalance: str = "") -> str:
+def _config(
+    nodes: list[Mosquitto], port: int, stats_port: int, rebalance: str = "", workers: int = 1
+) -> str:
     backend = CHECK + "stick = true\n" + (f"rebalance = {{ {rebalance} }}\n" if rebalance else "")
-    return recipe(nodes, port, backend=backend) + stats_toml(stats_port, "ops")
+    config = recipe(nodes, port, backend=backend) + stats_toml(stats_port, "ops")
+    return config.replace("[global]\n", f"[global]\nworkers = {workers}\n", 1)
 
 
 def _left(node: Mosquitto) -> list[tuple[int, str]]:
@@ -45,13 +48,16 @@ def _current(stats: Stats) -> dict[str, int]:
     return {sv["svname"]: sv["scur"] for be in snap["backends"] for sv in be["servers"]}
 
 
-def _start(brokers, fastmqtt, devices: list[Device], count: int, rebalance: str = ""):
+def _start(
+    brokers, fastmqtt, devices: list[Device], count: int, rebalance: str = "", workers: int = 1
+):
     nodes = brokers(count)
     port, stats_port = lb_port(), free_port()
-    lb = fastmqtt(
-        _config(nodes[:3], port, stats_port, rebalance), port=port, env={"STATS_PW": PASSWORD}
-    )
+    config = _config(nodes[:3], port, stats_port, rebalance, workers)
+    lb = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
     wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
+    if workers > 1:  # every worker accepts (SO_REUSEPORT) before the clients come
+        assert wait_until(lambda: f"{workers} workers serving" in lb.logs(), 10), lb.logs()
     swarm = Swarm(port, devices).start()
     return nodes, port, stats_port, lb, swarm
 
@@ -72,12 +78,39 @@ def _assert_paced(moves: list[tuple[int, str]], rate: int) -> None:
 
 
 def test_rebalance_after_a_reload_adds_a_fourth_broker(brokers, fastmqtt, path) -> None:
+    _rebalance_onto_a_fourth_broker(brokers, fastmqtt)
+
+
+def test_rebalance_under_two_workers(brokers, fastmqtt) -> None:
+    """The supervisor runs the plan: loads summed over the workers, each second's quota spread
+    over the workers holding candidates, each move asked of the worker holding it."""
+    moved, holders = _rebalance_onto_a_fourth_broker(brokers, fastmqtt, workers=2)
+    assert set(holders.values()) == {0, 1}, collections.Counter(holders.values())
+    by_worker = collections.Counter(holders[cid] for cid in moved)
+    # taken in turn from both workers: equal but for the odd one of each node and second
+    print(f"moved per worker: {dict(by_worker)}")
+    assert abs(by_worker[0] - by_worker[1]) <= 6, by_worker
+
+
+def _holders(stats: Stats) -> dict[str, tuple[int | None, str]]:
+    """client id -> (the worker holding it, its server), from the admin API."""
+    found = json.loads(stats.get("/api/clients?prefix=dev-&limit=1000"))["connections"]
+    return {c["client_id"]: (c["worker"], c["server"]) for c in found}
+
+
+def _rebalance_onto_a_fourth_broker(
+    brokers, fastmqtt, workers: int = 1
+) -> tuple[list[str], dict[str, int | None]]:
+    """300 clients on 3 brokers, a reload adds a 4th, `ctl rebalance --rate 50/s --wait`:
+    the moved client ids, and which worker held each client before."""
     devices = _fleet(300)
-    nodes, port, stats_port, lb, swarm = _start(brokers, fastmqtt, devices, 4)
+    nodes, port, stats_port, lb, swarm = _start(brokers, fastmqtt, devices, 4, workers=workers)
     stats = Stats(stats_port, "ops", PASSWORD)
     try:
         assert wait_until(lambda: sum(_current(stats).values()) == 300, 20), _current(stats)
-        assert lb.reload(_config(nodes, port, stats_port))
+        before = _holders(stats)
+        assert len(before) == 300
+        assert lb.reload(_config(nodes, port, stats_port, workers=workers))
         assert wait_until(lambda: "node4" in _current(stats), 10)
         time.sleep(0.6)  # node4's health check: up after rise = 2 checks of 200 ms
         started = time.monotonic()
@@ -113,6 +146,9 @@ def test_rebalance_after_a_reload_adds_a_fourth_broker(brokers, fastmqtt, path) 
         )
         log = lb.connection_log()
         assert sum(" moved" in line for line in log) == len(moved)
+        after = _holders(stats)
+        assert {cid: after[cid][1] for cid in moved} == {cid: "node4" for cid in moved}
+        return moved, {cid: worker for cid, (worker, _) in before.items()}
     finally:
         swarm.stop()
 
