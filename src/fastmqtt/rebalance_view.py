@@ -43,9 +43,7 @@ class _Client(NamedTuple):
 
 def _client(info: ConnInfo) -> _Client:
     host, _, port = info.source.rpartition(":")
-    return _Client(
-        info.client_id, getattr(info, "username", None), (host.strip("[]"), int(port or 0))
-    )
+    return _Client(info.client_id, info.username, (host.strip("[]"), int(port or 0)))
 
 
 class LocalView:

@@ -27,9 +27,16 @@ _JOINED = re.compile(r"^(\d+): New client connected from \S+ as (\S+) ", re.M)
 
 
 def _config(
-    nodes: list[Mosquitto], port: int, stats_port: int, rebalance: str = "", workers: int = 1
+    nodes: list[Mosquitto],
+    port: int,
+    stats_port: int,
+    rebalance: str = "",
+    workers: int = 1,
+    stick: str = "true",
 ) -> str:
-    backend = CHECK + "stick = true\n" + (f"rebalance = {{ {rebalance} }}\n" if rebalance else "")
+    backend = (
+        CHECK + f"stick = {stick}\n" + (f"rebalance = {{ {rebalance} }}\n" if rebalance else "")
+    )
     config = recipe(nodes, port, backend=backend) + stats_toml(stats_port, "ops")
     return config.replace("[global]\n", f"[global]\nworkers = {workers}\n", 1)
 
@@ -49,11 +56,17 @@ def _current(stats: Stats) -> dict[str, int]:
 
 
 def _start(
-    brokers, fastmqtt, devices: list[Device], count: int, rebalance: str = "", workers: int = 1
+    brokers,
+    fastmqtt,
+    devices: list[Device],
+    count: int,
+    rebalance: str = "",
+    workers: int = 1,
+    stick: str = "true",
 ):
     nodes = brokers(count)
     port, stats_port = lb_port(), free_port()
-    config = _config(nodes[:3], port, stats_port, rebalance, workers)
+    config = _config(nodes[:3], port, stats_port, rebalance, workers, stick)
     lb = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
     wait_for_port("127.0.0.1", stats_port, 10, lb.proc)
     if workers > 1:  # every worker accepts (SO_REUSEPORT) before the clients come
@@ -149,6 +162,34 @@ def _rebalance_onto_a_fourth_broker(
         after = _holders(stats)
         assert {cid: after[cid][1] for cid in moved} == {cid: "node4" for cid in moved}
         return moved, {cid: worker for cid, (worker, _) in before.items()}
+    finally:
+        swarm.stop()
+
+
+def test_rebalance_sticking_on_usernames(brokers, fastmqtt, path) -> None:
+    """stick on = "username": a moved client's entry is its username (ConnInfo.username, on
+    every path), re-pointed to node4 before it is asked, so its reconnect lands there."""
+    devices = [
+        Device(f"dev-{i:03d}", 5 if i % 2 else 4, False, username=f"user-{i:03d}")
+        for i in range(120)
+    ]
+    stick = '{ on = "username" }'
+    nodes, port, stats_port, lb, swarm = _start(brokers, fastmqtt, devices, 4, stick=stick)
+    stats = Stats(stats_port, "ops", PASSWORD)
+    try:
+        assert wait_until(lambda: sum(_current(stats).values()) == 120, 20), _current(stats)
+        assert lb.reload(_config(nodes, port, stats_port, stick=stick))
+        assert wait_until(lambda: "node4" in _current(stats), 10)
+        time.sleep(0.6)  # node4's health check: up after rise = 2 checks of 200 ms
+        done = ctl(stats_port, "rebalance", "cluster", "--rate", "100/s", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        moved = [cid for node in nodes[:3] for _, cid in _left(node)]
+        assert len(moved) == len(set(moved)) and 27 <= len(moved) <= 33, moved
+        assert wait_until(swarm.all_connected, 5)
+        assert all(27 <= n <= 33 for n in _current(stats).values()), _current(stats)
+        assert sorted(cid for _, cid in _joined(nodes[3])) == sorted(moved)
+        where = _holders(stats)
+        assert {where[cid][1] for cid in moved} == {"node4"}
     finally:
         swarm.stop()
 

@@ -27,6 +27,7 @@ class Device:
     client_id: str
     version: int  # 4 or 5
     persistent: bool  # v3.1.1: clean session 0; v5: session expiry 3600 s
+    username: str | None = None
     mqtt: paho.Client = field(init=False)
     connects: int = 0
     disconnects: list[int] = field(default_factory=list)  # reason codes (v5: the server's)
@@ -62,6 +63,8 @@ class Swarm:
             device.disconnects.append(reason_code.value)
             device.reconnect_at = time.monotonic() + RECONNECT_DELAY
 
+        if device.username is not None:
+            mqtt.username_pw_set(device.username)
         mqtt.on_connect = on_connect
         mqtt.on_disconnect = on_disconnect
         return mqtt
