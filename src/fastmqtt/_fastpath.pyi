@@ -21,8 +21,10 @@ Record = tuple[
 
 # (connection id, frontend id, backend id, server id, client ip, client port, client id,
 #  MQTT version, start (epoch seconds), bytes in, bytes out, clean start,
-#  session expiry or None, tracked)
-View = tuple[int, int, int, int, str, int, str, int, float, int, int, bool, int | None, bool]
+#  session expiry or None, tracked, username or None)
+View = tuple[
+    int, int, int, int, str, int, str, int, float, int, int, bool, int | None, bool, str | None
+]
 
 def proxy_header(
     version: int,

@@ -187,7 +187,8 @@ cdef struct View:
     bint has_expiry
     bint tracked
     uint16_t cid_len
-    char *cid                   # malloc'd, cid_len bytes
+    uint16_t user_len
+    char *ids                   # malloc'd: client id then username, cid_len + user_len bytes
 
 
 cdef struct Fast:
@@ -467,6 +468,7 @@ cdef bint named(Query *q, int64_t conn_id) noexcept nogil:
 
 cdef void view_of(View *v, FastConn *fc) noexcept nogil:
     cdef Conn *c = &fc.c
+    cdef uint32_t n = fc.cid_len + fc.user_len
     v.conn_id = c.conn_id
     v.listener_id = fc.listener_id
     v.pool_id = fc.pool_id
@@ -481,10 +483,11 @@ cdef void view_of(View *v, FastConn *fc) noexcept nogil:
     v.state = fc.state
     v.clean_start = fc.clean_start
     v.tracked = (c.flags & F_TRACK) != 0
-    v.cid = <char *>malloc(fc.cid_len) if fc.cid_len else NULL
-    v.cid_len = fc.cid_len if v.cid != NULL else 0
-    if v.cid != NULL:
-        memcpy(v.cid, fc.ids, fc.cid_len)
+    v.ids = <char *>malloc(n) if n else NULL
+    v.cid_len = fc.cid_len if v.ids != NULL else 0
+    v.user_len = fc.user_len if v.ids != NULL else 0
+    if v.ids != NULL:
+        memcpy(v.ids, fc.ids, n)
 
 
 cdef void leave(Worker *w, Conn *c, const uint8_t *packet, uint32_t n) noexcept nogil:
@@ -1990,7 +1993,8 @@ cdef class FastPath:
         """(complete, views) of the last find(), which this closes: a view is (conn id,
         frontend id, backend id, server id, client ip, client port, client id, MQTT version,
         start (epoch seconds), bytes in, bytes out, clean start, session expiry or None,
-        tracked). ``complete`` is False when a thread had not answered (it never will now)."""
+        tracked, username or None). ``complete`` is False when a thread had not answered (it
+        never will now)."""
         cdef Query *q = &self.f.query
         cdef View *v
         cdef char text[INET6_ADDRSTRLEN + 8]
@@ -2003,10 +2007,12 @@ cdef class FastPath:
             n = peer_text(&v.peer, v.state, text, False)
             out.append((
                 v.conn_id, v.listener_id, v.pool_id, v.server_id, text[:n].decode("ascii"),
-                ntohs(v.peer.sin6_port), PyUnicode_DecodeUTF8(v.cid, v.cid_len, "replace"),
+                ntohs(v.peer.sin6_port), PyUnicode_DecodeUTF8(v.ids, v.cid_len, "replace"),
                 v.version & 0x7F, v.wall_ns / 1e9, v.nbytes[0], v.nbytes[1],
                 bool(v.clean_start), v.session_expiry if v.has_expiry else None,
                 bool(v.tracked),
+                PyUnicode_DecodeUTF8(v.ids + v.cid_len, v.user_len, "replace")
+                if v.user_len else None,
             ))
         free_query(q)
         return complete, out
@@ -2140,7 +2146,7 @@ cdef void free_query(Query *q) noexcept nogil:
     cdef uint32_t i
     if q.views != NULL:
         for i in range(q.nviews):
-            free(q.views[i].cid)
+            free(q.views[i].ids)
     free(q.views)
     free(q.key)
     free(q.ids)

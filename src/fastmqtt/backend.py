@@ -10,7 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from fastmqtt.balance import Balancer, make_balancer
 from fastmqtt.config import BackendConfig, ServerConfig
@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from fastmqtt.parse import Connect
     from fastmqtt.session import Session
     from fastmqtt.streams import Stream
+
+
+class Known(Protocol):
+    """What a client is known by: a Session, or a connection seen by a rebalance."""
+
+    @property
+    def client_id(self) -> str | None: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def client_addr(self) -> tuple[str, int]: ...
 
 
 class ServerState(enum.Enum):
@@ -295,7 +306,7 @@ class Backend:
 
     # -- the keys a client is known by ------------------------------------------------------
 
-    def stick_key(self, session: Session) -> str | None:
+    def stick_key(self, session: Known) -> str | None:
         """What the stick table remembers this client by, or None (no table, no id)."""
         stick = self.config.stick
         if stick is None:
@@ -305,7 +316,7 @@ class Backend:
         # empty ids (broker-assigned) must not all stick to one server
         return (session.username if stick.on == "username" else session.client_id) or None
 
-    def hash_key(self, session: Session) -> bytes:
+    def hash_key(self, session: Known) -> bytes:
         """The bytes the balancer hashes (consistent hashing, source)."""
         config = self.config
         if config.balance == "source" or config.hash_key == "source":
@@ -315,6 +326,12 @@ class Backend:
             return value.encode()
         # no id to hash on: spread by address and port rather than piling onto one server
         return f"{session.client_addr[0]}:{session.client_addr[1]}".encode()
+
+    def home(self, key: bytes) -> Server | None:
+        """Where the balancer sends a new client with ``key`` now, among the primaries."""
+        eligible = [not s.backup and s.accepts_new() for s in self.servers]
+        index = self.balancer.pick(key, eligible, [s.counters.current for s in self.servers])
+        return None if index is None else self.servers[index]
 
 
 class Established(NamedTuple):

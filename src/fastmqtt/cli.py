@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("fastmqtt.tools.convert", "translate an HAProxy MQTT config into lb.toml"),
     "ctl": (
         "fastmqtt.tools.ctl",
-        "drain, maint, ready, weight or show a server; find, kick or unstick a client",
+        "server states, reload, find, kick or unstick a client, rebalance, evacuate",
     ),
 }
 

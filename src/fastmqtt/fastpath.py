@@ -345,12 +345,13 @@ class FastPathHub:
 
     def _info(self, view: tuple) -> ConnInfo:
         (conn_id, fid, pool_id, server_id, ip, port, client_id, version, since, bytes_in,
-         bytes_out, clean_start, expiry, tracked) = view  # fmt: skip
+         bytes_out, clean_start, expiry, tracked, username) = view  # fmt: skip
         backend = self._backend_by_id.get(pool_id)
         server = self._server_by_id.get(server_id)
         return ConnInfo(
             conn_id=conn_id,
             client_id=client_id,
+            username=username,
             protocol_version=version,
             frontend=self._frontends[fid].name,
             backend=backend.name if backend is not None else "",

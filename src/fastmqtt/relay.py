@@ -56,6 +56,7 @@ class ConnInfo:
 
     conn_id: int  # unique in its process (fast-path ids are >= FAST_IDS)
     client_id: str | None
+    username: str | None
     protocol_version: int
     frontend: str
     backend: str
@@ -194,6 +195,7 @@ class RelayHub:
         return ConnInfo(
             conn_id=session.id,
             client_id=session.client_id,
+            username=session.username,
             protocol_version=session.protocol_version,
             frontend=session.frontend,
             backend=session.backend,

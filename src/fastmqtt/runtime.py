@@ -18,6 +18,8 @@ from fastmqtt.fastpath import FastPathHub, describe
 from fastmqtt.frontend import Frontend
 from fastmqtt.health import HealthChecker
 from fastmqtt.metrics import ReloadCounters
+from fastmqtt.rebalance import Rebalancer, added_servers
+from fastmqtt.rebalance_view import LocalView
 from fastmqtt.relay import RelayHub, make_engine
 from fastmqtt.session import ConnectionLog, Session
 from fastmqtt.stats.http import StatsServer
@@ -65,6 +67,7 @@ class Proxy:
         self._purger: asyncio.TimerHandle | None = None
         self.health = {name: HealthChecker(b, self) for name, b in self.backends.items()}
         self.stats: StatsServer | None = None
+        self.rebalancer = Rebalancer(LocalView(self))
         # listening sockets given by the process this one takes over from (takeover.py)
         self.inherited: dict[str, socket.socket] = {}
 
@@ -137,6 +140,7 @@ class Proxy:
         fails or new TLS material is unusable, it raises and nothing changed (health checks
         never stopped, no new listener left open)."""
         plan = _Reload(self, config)
+        added = added_servers(self.config, config)
         for checker in self.health.values():
             checker.stop()
         try:
@@ -151,6 +155,8 @@ class Proxy:
             for fe in self.frontends:
                 fe.resume()
         log.info("reloaded %s: %s", config.path, self._summary(), extra={"path": config.path})
+        if self.worker is None:  # under workers, the supervisor rebalances
+            self.rebalancer.servers_added(added)
 
     def _apply(self, plan: _Reload) -> None:
         """Swap the prepared objects in; builds nothing that can fail on bad input."""
@@ -244,6 +250,7 @@ class Proxy:
         """Stop accepting, let established connections finish for ``grace`` seconds, close."""
         self.stop_accepting()
         self.discovery.stop()
+        await self.rebalancer.close()
         for checker in self.health.values():
             checker.stop()
         for task in list(self._tasks):

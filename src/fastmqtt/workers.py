@@ -39,6 +39,8 @@ from fastmqtt import notify, takeover
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
 from fastmqtt.metrics import ReloadCounters
+from fastmqtt.rebalance import Rebalancer, added_servers
+from fastmqtt.rebalance_view import LocalView, WorkerView, answer
 from fastmqtt.stats.http import HTTPError, StatsServer
 from fastmqtt.stats.rows import merge_snapshots, process_row
 from fastmqtt.stats.source import LocalSource
@@ -128,6 +130,8 @@ async def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any
         return {"id": ident, "asked": asked}
     if op == "stick":
         return {"id": ident, "stick": await source.stick(request["client_id"], request["remove"])}
+    if op == "rebalance":  # the supervisor's rebalance asks this worker
+        return {"id": ident, **await answer(LocalView(source.proxy), request)}
     return {"id": ident, "snapshot": source.snapshot_now()}
 
 
@@ -281,6 +285,7 @@ class WorkerStats:
             {"worker": w.index, "pid": w.proc.pid, "current": snap["current"] if snap else None}
             for w, snap in zip(live, snaps, strict=True)
         ]  # current is null for a worker that did not answer in time
+        merged["moves"] = self.supervisor.rebalancer.snapshot()  # the supervisor runs them
         return merged
 
     async def change(
@@ -302,6 +307,10 @@ class WorkerStats:
 
     def reload(self) -> list[str]:
         return self.supervisor.reload()
+
+    @property
+    def rebalancer(self) -> Rebalancer:
+        return self.supervisor.rebalancer
 
     async def find(
         self,
@@ -363,6 +372,7 @@ class Supervisor:
         self.stats: StatsServer | None = None
         self.reloads = ReloadCounters(time.time())  # the files it validated for the workers
         self.sticks: StickStore | None = None
+        self.rebalancer = Rebalancer(WorkerView(self, WorkerStats(self).change))
 
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.proc.poll() is None]
@@ -484,7 +494,7 @@ class Supervisor:
             config = load_config(self.path)
             if self.sticks is not None:
                 self.sticks.sync(config)  # the tables exist before the workers look
-            self.config = config
+            old, self.config = self.config, config
         except (ConfigError, OSError) as exc:
             lines = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
             self.reloads.record(False, time.time())
@@ -492,6 +502,7 @@ class Supervisor:
                 log.error("reload refused: %s", line, extra={"path": self.path, "error": line})
             return lines
         self.reloads.record(True, time.time())
+        self.rebalancer.servers_added(added_servers(old, config))
         self.admin.clear()  # the workers reset admin states on reload
         for worker in self.workers:
             worker.signal(signal.SIGHUP)
@@ -502,6 +513,8 @@ class Supervisor:
         if not self.stopping:
             notify.stopping()
         self.stopping = True
+        for backend in list(self.rebalancer.runs):
+            self.rebalancer.stop(backend)
         for worker in self.workers:
             worker.signal(signum)
         done.set()

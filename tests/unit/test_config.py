@@ -18,6 +18,7 @@ from fastmqtt.config import (
     Config,
     FrontendConfig,
     FrontendTLSConfig,
+    RebalanceConfig,
     ServerConfig,
     StickConfig,
     load_config,
@@ -962,3 +963,38 @@ def test_two_servers_whose_stick_ids_collide_are_refused() -> None:
         "table id: rename one"
     ]
     assert load_config_text(text.replace("stick = true", "stick = false"))  # no table, no issue
+
+
+# --- [backend.NAME.rebalance]-----------------------------------------------------------------
+
+
+def test_rebalance_table_and_its_defaults() -> None:
+    config = load_config_text(minimal(), "lb.toml")
+    assert config.backends["emqx"].rebalance == RebalanceConfig()
+    text = (
+        'rebalance = { rate = "3000/m", tolerance = 0.2, only_clean_sessions = true, '
+        "reason = 0x8B, automatic = true }\n"
+    )
+    rebalance = load_config_text(minimal(backend=text), "lb.toml").backends["emqx"].rebalance
+    assert rebalance == RebalanceConfig(50, 0.2, True, 0x8B, True)
+
+
+RATE = 'expected whole clients per second 1..100000, such as 50 or "50/s"'
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("rate = 0", f"rate: {RATE}, got 0"),
+        ('rate = "7/m"', f'rate: {RATE}, got "7/m"'),
+        ("tolerance = 1.5", "tolerance: expected a fraction above 0 and below 1, such as 0.1 "
+         "(+-10%), got 1.5"),
+        ("reason = 0x98", "reason: expected 0x9C (use another server) or 0x8B (server shutting "
+         "down), got 152"),
+        ("only_clean_sessions = 1", "only_clean_sessions: expected a boolean (true or false), "
+         "got 1"),
+    ],
+)  # fmt: skip
+def test_rebalance_errors_name_the_key(line: str, error: str) -> None:
+    expected = f"lb.toml: backend.emqx.rebalance.{error}"
+    assert errors_of(minimal(backend=f"rebalance = {{ {line} }}\n")) == [expected]

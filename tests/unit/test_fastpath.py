@@ -432,7 +432,8 @@ def _ask(fast: Lane, call: Callable[[], None]) -> None:
 
 
 VIEW = ["conn_id", "frontend", "backend", "server", "ip", "port", "client_id", "version",
-        "start", "bytes_in", "bytes_out", "clean_start", "session_expiry", "tracked"]  # fmt: skip
+        "start", "bytes_in", "bytes_out", "clean_start", "session_expiry", "tracked",
+        "username"]  # fmt: skip
 
 
 def _found(fast: Lane, *args: object) -> list[dict]:
@@ -445,11 +446,13 @@ def _found(fast: Lane, *args: object) -> list[dict]:
 def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) -> None:
     """Two engine threads: both answer. A view says what the connection's record says once it
     ends (id, frontend, backend, server, address, client id, version, start, bytes), plus the
-    CONNECT's clean start and session expiry."""
+    CONNECT's clean start, session expiry and username."""
     nodes = brokers(3)
     fast = lane(_addresses(nodes), threads=2, settings={"track": 2})
     socks = {f"dev-{i}": _open_client(fast, f"dev-{i}") for i in range(4)}
-    socks["other"] = _open_client(fast, "other", version=5, clean=False, session_expiry=300)
+    socks["other"] = _open_client(
+        fast, "other", version=5, clean=False, session_expiry=300, username="fleet-7"
+    )
     [view] = _found(fast, b"dev-2")
     assert view["conn_id"] >= FAST_IDS and view["client_id"] == "dev-2"
     assert (view["frontend"], view["backend"], view["ip"]) == (7, 1, "127.0.0.1")
@@ -457,8 +460,10 @@ def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) ->
     assert (view["version"], view["clean_start"], view["session_expiry"]) == (4, True, None)
     assert view["bytes_in"] == len(packets.connect("dev-2")) and view["bytes_out"] == 4
     assert view["tracked"] and abs(view["start"] - time.time()) < 30
+    assert view["username"] is None
     [v5] = _found(fast, b"other")
     assert (v5["version"], v5["clean_start"], v5["session_expiry"]) == (5, False, 300)
+    assert v5["username"] == "fleet-7"
     assert sorted(v["client_id"] for v in _found(fast, b"dev-", True)) == [
         f"dev-{i}" for i in range(4)
     ]

@@ -12,9 +12,10 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "src" / "fastmqtt"
 
-# What fastmqtt.config may import besides itself and the standard library: the error type, and
-# the hash that names servers in stick tables (arithmetic, no runtime state).
-CONFIG_MAY_IMPORT = {"fastmqtt.errors", "fastmqtt.balance"}
+# What fastmqtt.config may import besides itself and the standard library: the error type, the
+# hash that names servers in stick tables (arithmetic, no runtime state), and the MQTT reason
+# codes a config may name (wire constants, no imports of their own).
+CONFIG_MAY_IMPORT = {"fastmqtt.errors", "fastmqtt.balance", "fastmqtt.packets"}
 # `fastmqtt check` also loads TLS material and looks names up: the runtime's own validators,
 # imported inside the command's functions, never at module level.
 CONFIG_COMMAND = "fastmqtt.config.command"

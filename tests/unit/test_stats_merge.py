@@ -41,6 +41,7 @@ def _snap(pid: int, servers: list[dict[str, Any]], denied: dict[str, int]) -> di
             "rate_max": 1,
         }],
         "processes": [_process(str(pid - 11), open_fds=pid)],
+        "moves": {"runs": [], "asked": []},
     }  # fmt: skip
 
 

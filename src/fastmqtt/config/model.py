@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 
+from fastmqtt.packets import SERVER_SHUTTING_DOWN, USE_ANOTHER_SERVER
+
 PROTOCOLS = ("mqtt", "tcp", "ws")
 ACTIONS = ("allow", "deny", "route")  # what a [[frontend.NAME.rule]] does
 BALANCES = ("roundrobin", "leastconn", "source", "consistent", "random")
@@ -40,6 +42,12 @@ MAX_CONNECTIONS = 10_000_000
 MAX_DURATION = 7 * 86400.0  # keeps millisecond timers of the C relay within 32 bits
 MQTT_MAX_PACKET = 256 * 1024 * 1024
 MAX_WEIGHT = 256  # as HAProxy: 0..256, and 0 takes no new connections (admin API alike)
+MAX_MOVE_RATE = 100_000  # clients a rebalance or an evacuation may ask to leave per second
+# the MQTT 5 DISCONNECT reason codes that tell a moved client to come back
+MOVE_REASONS = {
+    USE_ANOTHER_SERVER: "use another server",
+    SERVER_SHUTTING_DOWN: "server shutting down",
+}
 
 
 # --- the objects the rest of fastmqtt reads ---------------------------------------------------
@@ -268,6 +276,17 @@ class StickConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RebalanceConfig:
+    """``[backend.NAME.rebalance]``: how clients are moved between servers (rebalance.py)."""
+
+    rate: int = 100  # clients asked to leave per second, spread evenly over the second
+    tolerance: float = 0.1  # done when every usable server is within +-10% of its share
+    only_clean_sessions: bool = False  # move no client whose session outlives its connection
+    reason: int = USE_ANOTHER_SERVER  # the MQTT 5 DISCONNECT reason code (or 0x8B)
+    automatic: bool = False  # rebalance once a server added by a reload or DNS takes clients
+
+
+@dataclass(frozen=True, slots=True)
 class ServerTemplateConfig:
     """``[[backend.NAME.server_template]]``: ``count`` servers named ``prefix`` + number, one
     per address (A/AAAA) or SRV record of ``host`` (discovery.py keeps each in its slot)."""
@@ -354,6 +373,7 @@ class BackendConfig:
     ws_backend: str = "bridge"
     proxy_tlvs: tuple[str, ...] = ()
     proxy_client_id_tlv: int = PP2_TYPE_MIN_CUSTOM
+    rebalance: RebalanceConfig = RebalanceConfig()
 
 
 @dataclass(frozen=True, slots=True)

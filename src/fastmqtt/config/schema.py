@@ -32,8 +32,10 @@ from fastmqtt.config.model import (
     LOG_LEVELS,
     MAX_CONNECTIONS,
     MAX_DURATION,
+    MAX_MOVE_RATE,
     MAX_TEMPLATE_SERVERS,
     MAX_WEIGHT,
+    MOVE_REASONS,
     MQTT_MAX_PACKET,
     ON_MARKED_DOWN,
     PP2_TYPE_MAX_CUSTOM,
@@ -57,6 +59,7 @@ from fastmqtt.config.model import (
     GlobalConfig,
     Rate,
     RateLimitConfig,
+    RebalanceConfig,
     ResolversConfig,
     Rule,
     ServerConfig,
@@ -85,6 +88,7 @@ from fastmqtt.config.values import (
     _integer,
     _ip,
     _is_ip,
+    _is_number,
     _join,
     _name,
     _nameservers,
@@ -274,6 +278,42 @@ def _rate(value: object) -> Rate:
     if match is None or not 1 <= int(match[1]) <= MAX_CONNECTIONS or not 0.0 < per <= MAX_DURATION:
         raise _expected('a rate like "50/s", "1000/m" or "3/10s"', value)
     return Rate(count=int(match[1]), per=per, burst=int(match[1]))
+
+
+def _rebalance(value: object, path: str, report: _Report) -> RebalanceConfig:
+    if not isinstance(value, dict):
+        report.error(path, str(_expected("a table like { rate = 50, tolerance = 0.1 }", value)))
+        return RebalanceConfig()
+    return RebalanceConfig(**_walk(value, REBALANCE_KEYS, path, report))
+
+
+def rate_per_second(value: object) -> int:
+    """``50``, ``"50/s"`` or ``"3000/m"``: whole clients per second (the config and ``ctl``)."""
+    per_second = value
+    if isinstance(value, str):
+        try:
+            rate = _rate(value)
+            per_second = rate.count / rate.per
+        except _Bad:
+            pass
+    if isinstance(per_second, float) and per_second.is_integer():
+        per_second = int(per_second)
+    if type(per_second) is not int or not 1 <= per_second <= MAX_MOVE_RATE:
+        raise _expected(f'whole clients per second 1..{MAX_MOVE_RATE}, such as 50 or "50/s"', value)
+    return per_second
+
+
+def tolerance(value: object) -> float:
+    """A fraction of the fair share, above 0 and below 1 (``ctl --tolerance`` too)."""
+    if not _is_number(value) or not 0.0 < float(value) < 1.0:  # type: ignore[arg-type]
+        raise _expected("a fraction above 0 and below 1, such as 0.1 (+-10%)", value)
+    return float(value)  # type: ignore[arg-type]
+
+
+def _move_reason(value: object) -> int:
+    if isinstance(value, bool) or value not in MOVE_REASONS:
+        raise _expected("0x9C (use another server) or 0x8B (server shutting down)", value)
+    return value  # type: ignore[return-value]
 
 
 def _rate_limit(value: object, path: str, report: _Report) -> RateLimitConfig:
@@ -549,6 +589,13 @@ CHECK_KEYS = {
     "on_marked_down": _Key(_choice(*ON_MARKED_DOWN)),
     "slowstart": _Key(_duration(allow_zero=True)),
 }
+REBALANCE_KEYS = {
+    "rate": _Key(rate_per_second),
+    "tolerance": _Key(tolerance),
+    "only_clean_sessions": _Key(_boolean),
+    "reason": _Key(_move_reason),
+    "automatic": _Key(_boolean),
+}
 BACKEND_KEYS = {
     "balance": _Key(_choice(*BALANCES)),
     "hash_key": _Key(_choice(*HASH_KEYS)),
@@ -567,6 +614,7 @@ BACKEND_KEYS = {
     "ws_backend": _Key(_choice(*WS_BACKENDS)),
     "proxy_tlvs": _Key(_words(*PROXY_TLVS)),
     "proxy_client_id_tlv": _Key(_integer(PP2_TYPE_MIN_CUSTOM, PP2_TYPE_MAX_CUSTOM)),
+    "rebalance": _Key(_rebalance, nested=True),
 }
 AUTH_KEYS = {
     "user": _Key(_text, required=True),

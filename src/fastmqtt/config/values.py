@@ -16,7 +16,7 @@ from fastmqtt.config.model import MAX_DURATION
 from fastmqtt.errors import ConfigError
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """A value that does not fit its key; the text says what was expected."""
 
 

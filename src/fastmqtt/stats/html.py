@@ -107,6 +107,33 @@ def _frontend_html(fe: dict[str, Any]) -> str:
     return _tr(values, "class=frontend")
 
 
+_MOVE_HEADINGS = ("backend", "kind", "state", "rate", "asked", "back", "in flight", "lost", "time")
+
+
+def _moves_html(runs: list[dict[str, Any]]) -> str:
+    """Each backend's last rebalance or evacuation (``ctl rebalance ... --stop`` stops one)."""
+    if not runs:
+        return ""
+    rows = "".join(
+        _tr(
+            [
+                r["backend"] + (f"/{r['server']}" if "server" in r else ""),
+                r["kind"],
+                f"{r['state']}: {r['why']}" if r["why"] else r["state"],
+                f"{r['rate']}/s",
+                r["asked"],
+                r["arrived"],
+                r["in_flight"],
+                r["lost"],
+                _duration(r["seconds"]),
+            ],
+            f"class={'running' if r['state'] == 'running' else 'ended'}",
+        )
+        for r in runs
+    )
+    return "<h2>rebalance</h2>" + _table(_MOVE_HEADINGS, rows, "id=moves")
+
+
 def render_html(snap: dict[str, Any], refresh: float, uri: str) -> str:
     about = {
         "version": snap["version"],
@@ -127,6 +154,7 @@ def render_html(snap: dict[str, Any], refresh: float, uri: str) -> str:
         f"<h1>fastmqtt statistics</h1><dl>{facts}</dl><p>{links}</p><h2>frontends</h2>"
         + _table(_FRONTEND_HEADINGS, frontends)
         + "".join(_backend_html(be) for be in snap["backends"])
+        + _moves_html(snap["moves"]["runs"])
     )
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"

@@ -14,6 +14,9 @@ the runtime admin API.
   ``POST /api/clients/{client_id}/kick`` ends its connections between two packets (MQTT 5
   clients get DISCONNECT 0x98 first); ``POST /api/clients/{client_id}/unstick`` removes its
   stick-table entries. Client ids are percent-encoded in the path.
+- ``GET /api/rebalance[/{backend}]``, ``POST /api/rebalance/{backend}`` with ``{"rate": N,
+  "tolerance": T}`` (both optional) or ``{"stop": true}``, ``POST /api/evacuate/{backend}/{server}``
+  with ``{"rate": N}`` or ``{"stop": true}`` (rebalance.py).
 
 With ``auth`` configured every path but ``/healthz`` needs HTTP basic auth (the password is
 read from the environment variable ``password_env`` at start), ``/metrics`` too unless
@@ -49,9 +52,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from fastmqtt import packets
 from fastmqtt.config import StatsConfig
 from fastmqtt.config.model import MAX_WEIGHT
+from fastmqtt.config.schema import rate_per_second, tolerance
 from fastmqtt.deadline import Deadline
 from fastmqtt.frontend import open_listener
 from fastmqtt.health import Admin
+from fastmqtt.rebalance import RefusedError
 from fastmqtt.stats.html import render_html
 from fastmqtt.stats.prometheus import render_metrics
 from fastmqtt.stats.rows import render_csv
@@ -69,6 +74,8 @@ REQUEST_DEADLINE = 10.0  # seconds to read a request and write the answer
 API = "/api/servers"
 RELOAD = "/api/reload"
 CLIENTS = "/api/clients"
+REBALANCE = "/api/rebalance"
+EVACUATE = "/api/evacuate"
 DEFAULT_LIMIT = 100  # connections /api/clients?prefix= lists unless asked for more
 MAX_LIMIT = 10000
 
@@ -270,6 +277,8 @@ class StatsServer:
             return self._reload(request)
         if request.path == CLIENTS or request.path.startswith(CLIENTS + "/"):
             return await self._clients(request)
+        if request.path.split("/")[:3] in (REBALANCE.split("/"), EVACUATE.split("/")):
+            return self._moves(request)
         if self._needs_auth(request) and not self._authorized(request):
             return _unauthorized()
         route = self.routes.get(request.path)
@@ -354,6 +363,48 @@ class StatsServer:
         who = f"admin API ({user}{request.peer})"
         await self.source.change(backend, server, state, weight, who)
 
+    def _moves(self, request: Request) -> Response:
+        """/api/rebalance[/BACKEND] and /api/evacuate/BACKEND/SERVER."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        evacuate = request.path.startswith(EVACUATE)
+        names = [
+            p for p in request.path[len(EVACUATE if evacuate else REBALANCE) :].split("/") if p
+        ]
+        rebalancer = self.source.rebalancer
+        if request.method == "GET" and len(names) <= 1:
+            runs = rebalancer.progress(names[0] if names else None)
+            return _json(200, runs) if runs or not names else Response(404, "no run yet\n")
+        if request.method != "POST":
+            return Response(405, "use GET or POST\n", headers=(("Allow", "GET, POST"),))
+        if len(names) != (2 if evacuate else 1):
+            usage = f"{EVACUATE}/BACKEND/SERVER" if evacuate else f"{REBALANCE}/BACKEND"
+            return Response(404, f"use POST {usage}\n")
+        body = _json_object(request, {"rate", "stop"} | (set() if evacuate else {"tolerance"}))
+        if body.get("stop"):
+            run = rebalancer.stop(names[0])
+            if run is None:
+                return Response(404, f"no rebalance or evacuation of {names[0]}\n")
+            return _json(200, run.progress())
+        try:
+            rate = None if body.get("rate") is None else rate_per_second(body["rate"])
+            tol = None if body.get("tolerance") is None else tolerance(body["tolerance"])
+        except ValueError as exc:  # the config's own words for a bad value
+            raise HTTPError(400, str(exc)) from None
+        user = "" if request.via_socket else f"{self.config.auth_user} from "
+        try:
+            run = rebalancer.start(
+                names[0],
+                names[1] if evacuate else None,
+                f"admin API ({user}{request.peer})",
+                rate,
+                tol,
+            )
+        except RefusedError as exc:
+            raise HTTPError(409, str(exc)) from None
+        return _json(202, run.progress())
+
     async def _clients(self, request: Request) -> Response:
         """Where is device X: GET its connections and stick entries, POST kick or unstick."""
         refused = self._refused(request)
@@ -410,6 +461,18 @@ class StatsServer:
             raise HTTPError(400, f"limit must be an integer 1..{MAX_LIMIT}")
         conns = await self.source.find(prefix=prefix, limit=int(limit))
         return _json(200, {"prefix": prefix, "connections": conns})
+
+
+def _json_object(request: Request, keys: set[str]) -> dict[str, Any]:
+    """The request's JSON object, of ``keys`` only; HTTPError otherwise."""
+    _require_json(request)
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        raise HTTPError(400, "body must be JSON") from None
+    if not isinstance(body, dict) or set(body) - keys:
+        raise HTTPError(400, "expected a JSON object with " + ", ".join(sorted(keys)))
+    return body
 
 
 def _open_tcp(host: str, port: int) -> socket.socket:

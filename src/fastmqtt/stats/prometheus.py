@@ -190,7 +190,43 @@ def render_metrics(snap: dict[str, Any]) -> str:
     ]
     _backend_metrics(out, backends)
     _server_metrics(out, servers)
+    _move_metrics(out, snap["moves"])
     return out.text()
+
+
+def _move_metrics(out: _Exposition, moves: dict[str, Any]) -> None:
+    """Rebalances and evacuations (rebalance.py): each backend's last run, and totals."""
+    runs = [({"backend": r["backend"], "kind": r["kind"]}, r) for r in moves["runs"]]
+    out.family(
+        "fastmqtt_rebalance_asked_total",
+        "counter",
+        "Clients asked to leave by rebalances and evacuations, since the process started",
+        [({"backend": a["backend"], "kind": a["kind"]}, a["asked"]) for a in moves["asked"]],
+    )
+    out.family(
+        "fastmqtt_rebalance_running",
+        "gauge",
+        "1 while a rebalance or evacuation of the backend runs",
+        [(labels, int(r["state"] == "running")) for labels, r in runs],
+    )
+    out.family(
+        "fastmqtt_rebalance_in_flight",
+        "gauge",
+        "Clients asked to leave that have not connected again yet",
+        [(labels, r["in_flight"]) for labels, r in runs],
+    )
+    out.family(
+        "fastmqtt_rebalance_share",
+        "gauge",
+        "A running rebalance's fair share of each usable server (clients)",
+        (
+            ({"backend": r["backend"], "server": name}, s["share"])
+            for _, r in runs
+            if r["state"] == "running"
+            for name, s in r["servers"].items()
+            if "share" in s
+        ),
+    )
 
 
 def _frontend_metrics(out: _Exposition, rows: list) -> None:

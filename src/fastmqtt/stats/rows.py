@@ -281,6 +281,7 @@ def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
         "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in proxy.frontends],
         "backends": backends,
         "processes": [process_row(proxy.reloads, proxy.worker)],
+        "moves": proxy.rebalancer.snapshot(),
     }
 
 

@@ -11,6 +11,7 @@ from fastmqtt.health import Admin
 from fastmqtt.stats.rows import Rates, snapshot
 
 if TYPE_CHECKING:
+    from fastmqtt.rebalance import Rebalancer
     from fastmqtt.runtime import Proxy
 
 RATE_TICK = 1.0  # seconds between session-rate samples
@@ -33,6 +34,10 @@ class Source(Protocol):
 
     def reload(self) -> list[str]:
         """Re-read the config file (as SIGHUP does); the errors, empty when applied."""
+
+    @property
+    def rebalancer(self) -> Rebalancer:
+        """Where rebalances and evacuations run (the supervisor's, under workers)."""
 
     async def find(
         self,
@@ -67,6 +72,10 @@ class LocalSource:
     def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+
+    @property
+    def rebalancer(self) -> Rebalancer:
+        return self.proxy.rebalancer
 
     def snapshot_now(self) -> dict[str, Any]:
         return snapshot(self.proxy, self.rates)
