@@ -283,6 +283,28 @@ class ServerHealth:
         self.health = 0
         self.up = False
 
+    def observe(self) -> int:
+        """Count failed connects of real clients since the last look (any success resets);
+        at ``error_limit`` the server goes down and the count is returned, else 0. Only
+        failures seen while it is up count: those of a server already down (attempts begun
+        before, or counts that reach Python late from the engine) would take it down again
+        as soon as its checks bring it back."""
+        assert self.check is not None
+        counters = self.server.counters
+        errors = counters.connect_errors - self.seen[0]
+        successes = counters.total - self.seen[1]
+        self.seen = (counters.connect_errors, counters.total)
+        if successes or not self.up:
+            self.observed_errors = 0
+            return 0
+        self.observed_errors += errors
+        if self.observed_errors < self.check.error_limit:
+            return 0
+        count, self.observed_errors = self.observed_errors, 0
+        self.health = 0
+        self.up = False
+        return count
+
     def next_interval(self) -> float:
         check = self.check
         assert check is not None
@@ -467,17 +489,8 @@ class HealthChecker:
                 self._observe_one(health)
 
     def _observe_one(self, health: ServerHealth) -> None:
-        """Count failed connects of real clients since the last look; any success resets."""
-        assert health.check is not None
-        counters = health.server.counters
-        errors = counters.connect_errors - health.seen[0]
-        successes = counters.total - health.seen[1]
-        health.seen = (counters.connect_errors, counters.total)
-        health.observed_errors = 0 if successes else health.observed_errors + errors
-        if health.up and health.observed_errors >= health.check.error_limit:
-            count, health.observed_errors = health.observed_errors, 0
-            health.health = 0
-            health.up = False
+        count = health.observe()
+        if count:
             info = f"{count} consecutive connect errors"
             health.last = CheckResult(False, "OBSERVE", None, info, 0.0)
             self._update(health, f"{DESCRIPTIONS['OBSERVE']}: {info}")

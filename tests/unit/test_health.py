@@ -44,6 +44,26 @@ def test_a_failure_while_coming_up_starts_over():
     assert h.status_text() == "DOWN 1/2"
 
 
+def test_observed_errors_take_it_down_only_while_it_is_up():
+    h = _health(CheckConfig(rise=2, fall=1, observe=True, error_limit=2))
+    counters = h.server.counters
+    counters.connect_errors += 1
+    assert h.observe() == 0 and h.up  # 1 of 2
+    counters.connect_errors += 1
+    assert h.observe() == 2 and not h.up
+    counters.connect_errors += 3  # attempts begun before, or counted late: it is down already
+    assert h.observe() == 0
+    h.passed()
+    h.passed()
+    assert h.up
+    assert h.observe() == 0 and h.up  # back up: the old failures do not take it down again
+    counters.connect_errors += 1
+    counters.total += 1
+    assert h.observe() == 0  # a success in the same look resets the count
+    counters.connect_errors += 2
+    assert h.observe() == 2 and not h.up
+
+
 def test_intervals_follow_the_state():
     h = _health()
     h.passed()
