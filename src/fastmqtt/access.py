@@ -173,7 +173,8 @@ class Guard:
             await asyncio.sleep(delay)  # held, not refused: the device retries less often
 
     def release(self, session: Session) -> None:
-        """Every session ends here once (Proxy.session_ended): give back its per-source slot."""
+        """Every session of this frontend ends here once (Session.ended): give back its
+        per-source slot."""
         if self.limits is not None and session.id in self._counted:
             self._counted.discard(session.id)
             self.limits.close_source(session.client_addr[0])

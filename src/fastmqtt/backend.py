@@ -211,6 +211,23 @@ class Backend:
         self.counters.no_server += 1
         raise NoServerAvailable(self.name)
 
+    def connected(self, stick_key: str | None) -> None:
+        """A client known by ``stick_key`` is relayed: its entry stops expiring."""
+        if self.stick is not None and stick_key:
+            self.stick.connected(stick_key)
+
+    def disconnected(self, stick_key: str | None) -> None:
+        """That client's connection ended; the last one starts its entry's expiry clock."""
+        if self.stick is not None and stick_key:
+            self.stick.disconnected(stick_key)
+
+    def retire(self) -> None:
+        """A reload removed this backend: its stick table (mapping and file) goes; its
+        established connections end without touching it."""
+        if self.stick is not None:
+            self.stick.close()
+            self.stick = None
+
     def learn(self, stick_key: str | None, server: Server) -> None:
         """Remember where this client's session lives (the entry follows the client)."""
         if self.stick is not None and stick_key:

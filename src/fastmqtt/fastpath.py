@@ -406,7 +406,7 @@ class FastPathHub:
         for record in records:
             session = self._session(record)
             if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
-                session.frontend_counters.denied[session.end_reason] += 1
+                session.frontend.counters.denied[session.end_reason] += 1
             if log is not None:
                 log.write(session)
         for fe in self.proxy.frontends:
@@ -430,14 +430,13 @@ class FastPathHub:
         (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
          wall_start, wait_ms, connect_ms, total_ms, *_) = record  # fmt: skip
         fe = self._frontends[fid]
-        session = Session(fe.name, (ip, port), fe.counters)
+        session = Session(fe, (ip, port))
         session.accepted_at = 0.0
         session.wall_start = wall_start
         session.inspected_at = _at(wait_ms)
         session.connected_at = _at(connect_ms)
         session.ended_at = _at(total_ms)
-        backend = self._backend_by_id.get(pool_id)
-        session.backend = backend.name if backend is not None else ""
+        session.backend = self._backend_by_id.get(pool_id)
         session.server = self._server_by_id.get(server_id)
         session.client_id = client_id
         session.username = username

@@ -93,6 +93,10 @@ class Frontend:
         self.guard = Guard(config, proxy)  # access rules and rate limits (access.py)
         self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls") if config.tls else None
 
+    def release(self, session: Session) -> None:
+        """``session`` (accepted here) ended: its per-source slot goes back (Session.ended)."""
+        self.guard.release(session)
+
     def reloaded_tls(self, config: FrontendConfig) -> ServerTLS | None:
         """The TLS contexts of ``config``, built aside for a reload (certificates read again:
         new handshakes use them, established connections keep theirs). Unusable material keeps
@@ -201,8 +205,8 @@ class Frontend:
         self._backoff = self.proxy.loop.call_later(RESOURCE_BACKOFF, retry)
 
     def _spawn(self, conn: socket.socket, addr: tuple) -> None:
-        session = Session(self.name, (addr[0], addr[1]), self.counters)
-        self.counters.opened()
+        session = Session(self, (addr[0], addr[1]))
+        session.accepted()
         self.proxy.session_opened()
         self.proxy.spawn(self._serve(session, conn))
 
@@ -223,6 +227,7 @@ class Frontend:
         finally:
             if not handed_over:
                 link.client.close()
+                session.ended(0, 0, session.end_reason)
                 self.proxy.session_ended(session)
 
     async def _route(self, session: Session, conn: socket.socket, link: _Link) -> bool:
@@ -230,15 +235,16 @@ class Frontend:
         connect = await self._receive(session, conn, link, data)
         session.inspected_at = time.monotonic()
         backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
-        session.backend = backend.name
+        session.backend = backend
         try:
             server, upstream, to_client, stick_key = await backend.open(
                 session, connect, bytes(data), link.client, link.dst
             )
         except NoServerAvailable:
             raise Rejected("no-server") from None
-        session.routed_in = len(data)  # to_client: counted by the relay that sends it
-        self.proxy.session_established(session, server, stick_key)
+        session.established(server, stick_key, len(data))  # to_client: the relay counts it
+        if self.proxy.fast is not None:
+            self.proxy.fast.python_live_changed(server)  # the engine's limits count it
         self.proxy.hub.start(
             session,
             link.client.endpoint(),  # type: ignore[arg-type]

@@ -195,8 +195,8 @@ class RelayHub:
             conn_id=session.id,
             client_id=session.client_id,
             protocol_version=session.protocol_version,
-            frontend=session.frontend,
-            backend=session.backend,
+            frontend=session.frontend_name,
+            backend=session.backend.name if session.backend is not None else "",
             server=session.server.name if session.server is not None else None,
             source=f"{host}:{port}",
             since=session.wall_start,
@@ -362,6 +362,6 @@ def _matches(
         return False
     if prefix is not None and (cid is None or not cid.startswith(prefix)):
         return False
-    if backend is not None and session.backend != backend:
+    if backend is not None and (session.backend is None or session.backend.name != backend):
         return False
     return server is None or (session.server is not None and session.server.name == server)

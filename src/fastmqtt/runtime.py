@@ -168,8 +168,7 @@ class Proxy:
         for fe in plan.kept.values():
             fe.close()  # its established connections stay until they end
         for name in self.backends.keys() - plan.backends.keys():
-            if self.backends[name].stick is not None:
-                self.backends[name].stick.close()  # removed: its mapping and file go
+            self.backends[name].retire()  # removed: its stick table's mapping and file go
         self.sticks.retain(name for name, bc in config.backends.items() if bc.stick)
         self.config, self.backends, self.frontends = config, plan.backends, frontends
         if self.conn_log is not None:
@@ -273,26 +272,14 @@ class Proxy:
         stuck and logged as one of ours from now on (not counted as accepted here)."""
         self.hub.adopt(session, client_fd, server_fd, state)
         self.current += 1
-        session.frontend_counters.current += 1
-        server = session.server
-        if server is not None:
-            server.counters.current += 1
-            backend = self.backends.get(session.backend)
-            if backend is not None and backend.stick is not None and session.stick_key:
-                backend.learn(session.stick_key, server)
-                backend.stick.connected(session.stick_key)
+        session.adopted()
         if self.fast is not None:
-            self.fast.python_live_changed(server)
+            self.fast.python_live_changed(session.server)
 
     def session_moved(self, session: Session) -> None:
         """A session another process relays now (takeover.py): no longer counted here."""
         self.current -= 1
-        session.frontend_counters.current -= 1
-        if session.server is not None:
-            session.server.counters.current -= 1
-        backend = self.backends.get(session.backend)
-        if backend is not None and backend.stick is not None and session.stick_key:
-            backend.stick.disconnected(session.stick_key)
+        session.moved()
         if self.fast is not None:
             self.fast.python_live_changed(session.server)
 
@@ -312,38 +299,20 @@ class Proxy:
         if self.fast is not None:
             self.fast.python_live_changed()
 
-    def session_established(self, session: Session, server: Server, stick_key: str | None) -> None:
-        session.stick_key = stick_key
-        server.counters.opened()
-        if self.fast is not None:
-            self.fast.python_live_changed(server)
-        stick = self.backends[session.backend].stick
-        if stick is not None and stick_key:
-            stick.connected(stick_key)
-
     def _relay_finished(self, session: Session, c2s: int, s2c: int, reason: str) -> None:
         session.ended(c2s, s2c, reason)
-        if session.server is not None:
-            session.server.counters.current -= 1
-            if self.fast is not None:
-                self.fast.python_live_changed(session.server)
-        backend = self.backends.get(session.backend)  # gone if a reload removed it
-        stick = backend.stick if backend is not None else None
-        if stick is not None and session.stick_key:
-            stick.disconnected(session.stick_key)
         self.session_ended(session)
 
     def session_ended(self, session: Session) -> None:
-        """Every accepted connection passes here exactly once, relayed or rejected."""
-        session.ended_at = time.monotonic()
+        """Every accepted connection passes here exactly once, relayed or refused, once
+        Session.ended gave back what it held: the process's count, the log line, and
+        accepting again where a limit held it back."""
         self.current -= 1
-        session.frontend_counters.current -= 1
         if self.fast is not None:
-            self.fast.python_live_changed()
+            self.fast.python_live_changed(session.server)
         if self.conn_log is not None:
             self.conn_log.write(session)
         for fe in self.frontends:
-            fe.guard.release(session)  # before resume: a per-source slot may have freed up
             if not fe.accepting:
                 fe.resume()
 

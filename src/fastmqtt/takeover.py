@@ -253,8 +253,8 @@ def facts_of(session: Session) -> dict[str, Any]:
         return -1 if t is None else max(0, int((t - session.accepted_at) * 1000))
 
     return {
-        "frontend": session.frontend,
-        "backend": session.backend,
+        "frontend": session.frontend_name,
+        "backend": session.backend.name if session.backend is not None else "",
         "server": session.server.name if session.server is not None else None,
         "ip": session.client_addr[0],
         "port": session.client_addr[1],
@@ -442,9 +442,8 @@ class Offer:
             if fast:
                 assert proxy.fast is not None
                 session = proxy.fast.session_of(proxy.fast.c.facts(handle))
-                backend = proxy.backends.get(session.backend)
-                if backend is not None:
-                    session.stick_key = backend.stick_key(session)
+                if session.backend is not None:
+                    session.stick_key = session.backend.stick_key(session)
                 owned = None
             else:
                 session = owned = hub.sessions.get(conn_id)
@@ -742,14 +741,12 @@ def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:
     """The Session of an adopted connection, as if this process had accepted it ``age``
     seconds ago (the log line's times and the start are the old process's)."""
     fe = next((fe for fe in proxy.frontends if fe.name == facts["frontend"]), None)
-    counters = fe.counters if fe is not None else FrontendCounters()
-    session = Session(facts["frontend"], (facts["ip"], facts["port"]), counters)
+    session = Session(fe or _Departed(facts["frontend"]), (facts["ip"], facts["port"]))
     session.accepted_at = time.monotonic() - max(0.0, age)
     session.wall_start = float(facts["wall_start"])
     for name, ms in (("inspected_at", facts["wait_ms"]), ("connected_at", facts["connect_ms"])):
         setattr(session, name, None if ms < 0 else session.accepted_at + ms / 1000)
-    backend = proxy.backends.get(facts["backend"])
-    session.backend = facts["backend"]
+    backend = session.backend = proxy.backends.get(facts["backend"])
     if backend is not None and facts["server"] is not None:
         session.server = next((s for s in backend.servers if s.name == facts["server"]), None)
     session.client_id = facts["client_id"]
@@ -760,6 +757,18 @@ def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:
     session.routed_in = facts["routed_in"]
     session.stick_key = facts["stick_key"]
     return session
+
+
+class _Departed:
+    """The frontend of an adopted session that this process's config does not have: its
+    counters go nowhere, it holds no per-source limit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counters = FrontendCounters()
+
+    def release(self, session: Session) -> None:
+        pass
 
 
 def close_quietly(sock: socket.socket | None) -> None:

@@ -75,7 +75,7 @@ def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]
     servers: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for session in proxy.hub.sessions.values():
         traffic = session.traffic(*proxy.hub.counters(session))
-        rows = [frontends[session.frontend]]
+        rows = [frontends[session.frontend.name]]
         if session.server is not None:
             rows.append(servers[id(session.server)])
         for row in rows:
