@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol
 
 from fastmqtt import packets
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from fastmqtt.config import FrontendConfig
     from fastmqtt.config.model import Rule
     from fastmqtt.parse import Connect
-    from fastmqtt.runtime import Proxy
     from fastmqtt.session import Session
 
 log = logging.getLogger("fastmqtt.access")
@@ -108,9 +108,9 @@ def client_ip(host: str) -> IPAddress:
 class Guard:
     """Access rules and admission limits of one frontend."""
 
-    def __init__(self, config: FrontendConfig, proxy: Proxy) -> None:
+    def __init__(self, config: FrontendConfig, backend_named: Callable[[str], Backend]) -> None:
         self.config = config
-        self.proxy = proxy
+        self.backend_named = backend_named  # the backend a route rule names (Runtime's)
         self.limits = None if config.rate_limit is None else RateLimiter(config.rate_limit)
         self.decisions: Counter[str] = Counter()  # "rule-N:action" / "default:action"
         self._counted: set[int] = set()  # sessions holding a per-source slot
@@ -148,7 +148,7 @@ class Guard:
             self._refuse(conn, connect, "empty-client-id", IDENTIFIER_REJECTED)
         if self.limits is not None:
             await self._pace(conn, connect)
-        return self.proxy.backends[decision.backend] if decision.backend else None
+        return self.backend_named(decision.backend) if decision.backend else None
 
     def _decide(
         self, session: Session, fields: tuple[str, str | None] | None, final: bool

@@ -142,6 +142,7 @@ class Backend:
         self.stick: StickTable | None = None
         self.counters = BackendCounters()
         self._listeners: dict[Callable[[Backend, Sequence[Server]], None], None] = {}
+        self._watchers: dict[Callable[[Backend], None], None] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: BackendConfig) -> None:
@@ -185,6 +186,16 @@ class Backend:
         """``servers`` were placed elsewhere (Server.place): tell every subscriber."""
         for listener in self._listeners:
             listener(self, servers)
+
+    def watch(self, watcher: Callable[[Backend], None]) -> None:
+        """Call ``watcher(backend)`` whenever server states, weights or limits changed
+        (health, the admin API, slow start): the C engine's copy of them follows."""
+        self._watchers[watcher] = None
+
+    def changed(self) -> None:
+        """Server states, weights or limits changed: tell every watcher."""
+        for watcher in self._watchers:
+            watcher(self)
 
     # -- choosing a server ------------------------------------------------------------
 
