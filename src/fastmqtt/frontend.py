@@ -351,7 +351,7 @@ class Frontend:
                     return connect
         except MalformedPacket as exc:
             if self.config.reject_invalid:
-                self.guard.refuse_malformed(client, data, exc.reason, exc.offset)  # type: ignore[arg-type]
+                self.guard.refuse_malformed(client, exc)  # type: ignore[arg-type]
                 raise Rejected(exc.reason) from None
             self.counters.invalid_forwarded[exc.reason] += 1
             return None
