@@ -133,7 +133,12 @@ class Server:
 
 
 class Backend:
-    """A pool of servers behind one balancing policy and an optional stick table."""
+    """A pool of servers behind one balancing policy and an optional stick table: the owner
+    of routing. ``open`` chooses the keys a client is known by, consults and learns the stick
+    table, applies the balancer (backups when no primary can serve) and runs the one retry
+    loop; ``connected``/``disconnected`` keep a relayed client's stick entry live (called by
+    its Session). Subscribers hear of servers that moved (``subscribe``) and of states,
+    weights and limits that changed (``watch``)."""
 
     def __init__(self, config: BackendConfig, sticks: StickStore | None = None) -> None:
         self.servers: list[Server] = []
