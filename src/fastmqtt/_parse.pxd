@@ -246,6 +246,11 @@ cdef int connect_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
 cdef bint connect_peek(const uint8_t *p, Py_ssize_t n, uint32_t *level,
                        Py_ssize_t *client_id_at) noexcept nogil
 
+# The same, reduced to what a refusal needs: the level, and whether <offset> (the scan's
+# error) lies inside the client id (MalformedPacket.level and .field).
+cdef bint connect_refusal_facts(const uint8_t *p, Py_ssize_t n, Py_ssize_t offset,
+                                uint32_t *level, bint *in_client_id) noexcept nogil
+
 cdef int connack_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
                       int protocol_version, ConnackScan *out) noexcept nogil
 

@@ -15,7 +15,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from fastmqtt import mqtt_spec as spec
-from fastmqtt.errors import MalformedPacket
+from fastmqtt.errors import CLIENT_ID_FIELD, MalformedPacket
 
 # --- rule tables, filled from mqtt_spec at import --------------------------------------------
 
@@ -402,8 +402,8 @@ cdef int connect_scan(const uint8_t *p, Py_ssize_t n, Py_ssize_t max_size,
 
 cdef bint connect_peek(const uint8_t *p, Py_ssize_t n, uint32_t *level,
                        Py_ssize_t *client_id_at) noexcept nogil:
-    # The twin of access._peek_connect, for the engine: what an invalid CONNECT shows of its
-    # protocol level (with the bridge bit) and of where its client id's length field is.
+    # What an invalid CONNECT shows of its protocol level (with the bridge bit) and of where
+    # its client id's length field is (the twin: _parse_py.connect_peek).
     cdef Cursor c
     cdef uint32_t first = 0
     cdef uint32_t remaining = 0
@@ -425,6 +425,23 @@ cdef bint connect_peek(const uint8_t *p, Py_ssize_t n, uint32_t *level,
             client_id_at[0] = c.pos + props
         else:
             client_id_at[0] = n  # unknown: never "inside" it
+    return True
+
+
+cdef bint connect_refusal_facts(const uint8_t *p, Py_ssize_t n, Py_ssize_t offset,
+                                uint32_t *level, bint *in_client_id) noexcept nogil:
+    # What answering an invalid CONNECT needs (access.malformed_answer): its protocol level,
+    # bridge bit included, and whether <offset> lies inside its client id; False when no
+    # level shows.  The length field is read through the cursor (it may lie past the end).
+    cdef Cursor c
+    cdef Py_ssize_t at = 0
+    cdef uint32_t length = 0
+    if not connect_peek(p, n, level, &at):
+        return False
+    cur_init(&c, p, n)
+    c.pos = at
+    in_client_id[0] = (cur_u16(&c, &length)
+                       and at + 2 <= offset < at + 2 + <Py_ssize_t>length)
     return True
 
 
@@ -735,9 +752,19 @@ def inspect_connect(data, Py_ssize_t max_size=spec.DEFAULT_MAX_PACKET_SIZE,
             return Connect.new(_packet_bytes(data, &view, scan.packet_length), &scan)
         if rc == 0:
             return None
-        raise MalformedPacket(_reason_words[scan.reason], scan.offset)
+        raise _connect_error(&scan, <const uint8_t *>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)
+
+
+cdef object _connect_error(const ConnectScan *scan, const uint8_t *p, Py_ssize_t n):
+    cdef uint32_t level = 0
+    cdef bint inside = False
+    word = _reason_words[scan.reason]
+    if not connect_refusal_facts(p, n, scan.offset, &level, &inside):
+        return MalformedPacket(word, scan.offset)
+    return MalformedPacket(word, scan.offset, level=level,
+                           field=CLIENT_ID_FIELD if inside else None)
 
 
 def inspect_connack(data, int protocol_version=4,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastmqtt import mqtt_spec as spec
-from fastmqtt.errors import MalformedPacket
+from fastmqtt.errors import CLIENT_ID_FIELD, MalformedPacket
 
 Buffer = bytes | bytearray | memoryview
 Span = tuple[int, int]  # (offset in the packet, length); None when the field is absent
@@ -402,6 +402,45 @@ def connect_scan(p: bytes, n: int, max_size: int, accept_bridge: bool, out: Conn
     return scan_result(rc, c, out)
 
 
+def connect_peek(p: bytes, n: int) -> tuple[int, int] | None:
+    """What an invalid CONNECT shows: (its protocol level, bridge bit included, the offset of
+    its client id's length field), or None when no level shows."""
+    c = Cursor(p, n)
+    if n < 2 or cur_u8(c) != spec.CONNECT_FIRST_BYTE:
+        return None
+    if cur_varint(c, spec.BAD_REMAINING_LENGTH) is None:
+        return None
+    name = cur_u16(c)
+    if name is None or c.end - c.pos <= name:
+        return None
+    c.pos += name
+    level = cur_u8(c)
+    assert level is not None  # the check above left at least one byte
+    c.pos += 3  # flags and keepalive, whether present or not
+    client_id_at = c.pos
+    if level & ~spec.BRIDGE_BIT == spec.LEVEL_5:
+        props = cur_varint(c, spec.BAD_PROPERTY_LENGTH)
+        client_id_at = n if props is None else c.pos + props  # unknown: never "inside" it
+    return level, client_id_at
+
+
+def connect_refusal_facts(p: bytes, n: int, offset: int) -> tuple[int, bool] | None:
+    """What answering an invalid CONNECT needs (access.malformed_answer): its protocol level
+    and whether ``offset`` lies inside its client id; None when no level shows."""
+    peek = connect_peek(p, n)
+    if peek is None:
+        return None
+    level, at = peek
+    c = Cursor(p, n)
+    c.pos = at
+    length = cur_u16(c)
+    return level, length is not None and at + 2 <= offset < at + 2 + length
+
+
+def _field(in_client_id: bool) -> str | None:
+    return CLIENT_ID_FIELD if in_client_id else None
+
+
 def read_connack(c: Cursor, protocol_version: int, out: ConnackScan) -> bool:
     # Acknowledge Flags, Return/Reason Code, and for 5.0 properties.  A 2-byte
     # CONNACK to a 5.0 client is a 3.1.1 broker refusing the level: read it as 3.1.1.
@@ -668,7 +707,12 @@ def inspect_connect(
         return Connect.new(_packet_bytes(p, scan.packet_length), scan)
     if rc == 0:
         return None
-    raise MalformedPacket(scan.reason, scan.offset)
+    whole = bytes(data)  # the level may lie past the window (a long protocol name)
+    facts = connect_refusal_facts(whole, len(whole), scan.offset)
+    if facts is None:
+        raise MalformedPacket(scan.reason, scan.offset)
+    level, in_client_id = facts
+    raise MalformedPacket(scan.reason, scan.offset, level=level, field=_field(in_client_id))
 
 
 def inspect_connack(

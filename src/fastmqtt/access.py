@@ -27,10 +27,11 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol
 
 from fastmqtt import packets
-from fastmqtt.errors import Refused
+from fastmqtt.errors import CLIENT_ID_FIELD, MalformedPacket, Refused
 from fastmqtt.mqtt_spec import BAD_PROTOCOL_VERSION, BAD_UTF8, PACKET_TOO_LARGE
 from fastmqtt.ratelimit import RateLimiter
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from fastmqtt.config import FrontendConfig
     from fastmqtt.config.model import Rule
     from fastmqtt.parse import Connect
-    from fastmqtt.runtime import Proxy
     from fastmqtt.session import Session
 
 log = logging.getLogger("fastmqtt.access")
@@ -108,9 +108,9 @@ def client_ip(host: str) -> IPAddress:
 class Guard:
     """Access rules and admission limits of one frontend."""
 
-    def __init__(self, config: FrontendConfig, proxy: Proxy) -> None:
+    def __init__(self, config: FrontendConfig, backend_named: Callable[[str], Backend]) -> None:
         self.config = config
-        self.proxy = proxy
+        self.backend_named = backend_named  # the backend a route rule names (Runtime's)
         self.limits = None if config.rate_limit is None else RateLimiter(config.rate_limit)
         self.decisions: Counter[str] = Counter()  # "rule-N:action" / "default:action"
         self._counted: set[int] = set()  # sessions holding a per-source slot
@@ -148,7 +148,7 @@ class Guard:
             self._refuse(conn, connect, "empty-client-id", IDENTIFIER_REJECTED)
         if self.limits is not None:
             await self._pace(conn, connect)
-        return self.proxy.backends[decision.backend] if decision.backend else None
+        return self.backend_named(decision.backend) if decision.backend else None
 
     def _decide(
         self, session: Session, fields: tuple[str, str | None] | None, final: bool
@@ -173,17 +173,16 @@ class Guard:
             await asyncio.sleep(delay)  # held, not refused: the device retries less often
 
     def release(self, session: Session) -> None:
-        """Every session ends here once (Proxy.session_ended): give back its per-source slot."""
+        """Every session of this frontend ends here once (Session.ended): give back its
+        per-source slot."""
         if self.limits is not None and session.id in self._counted:
             self._counted.discard(session.id)
             self.limits.close_source(session.client_addr[0])
 
-    def refuse_malformed(
-        self, conn: Writable, data: bytes | bytearray, reason: str, offset: int
-    ) -> None:
+    def refuse_malformed(self, conn: Writable, exc: MalformedPacket) -> None:
         """An invalid CONNECT: tell the client why first, when the spec has a code for it."""
         if self.config.reject_with_connack:
-            packet = malformed_connack(bytes(data), reason, offset)
+            packet = malformed_connack(exc)
             if packet is not None:
                 send_last(conn, packet)
 
@@ -220,14 +219,12 @@ def send_last(conn: Writable, packet: bytes) -> None:
 # --- answering an invalid CONNECT ------------------------------------------------------------
 
 
-def malformed_connack(data: bytes, reason: str, offset: int) -> bytes | None:
+def malformed_connack(exc: MalformedPacket) -> bytes | None:
     """The CONNACK for a CONNECT the inspector refused, or None when the client could not
     read one (no recognisable level) or 3.1.1 has no code for the problem."""
-    peek = _peek_connect(data)
-    if peek is None:
+    if exc.level is None:
         return None
-    level, client_id_at = peek
-    return malformed_answer(reason, level, _inside_string(data, client_id_at, offset))
+    return malformed_answer(exc.reason, exc.level, exc.field == CLIENT_ID_FIELD)
 
 
 def malformed_answer(reason: str, level: int, in_client_id: bool) -> bytes | None:
@@ -248,51 +245,3 @@ def malformed_answer(reason: str, level: int, in_client_id: bool) -> bytes | Non
     if version != 5:
         return None
     return packets.connack(V5_PACKET_TOO_LARGE if reason == PACKET_TOO_LARGE else V5_MALFORMED, 5)
-
-
-def _peek_connect(data: bytes) -> tuple[int, int] | None:
-    """(protocol level, offset of the client id's length field), as far as ``data`` shows
-    them; every length is checked against the bytes present."""
-    if len(data) < 2 or data[0] != 0x10:
-        return None
-    header = _varint(data, 1)
-    if header is None:
-        return None
-    name_length = _u16(data, header[1])
-    if name_length is None:
-        return None
-    level_at = header[1] + 2 + name_length
-    if level_at >= len(data):
-        return None
-    level = data[level_at]
-    pos = level_at + 4  # level, flags, keepalive
-    if level & 0x7F == 5:
-        props = _varint(data, pos)
-        if props is None:
-            return level, len(data)  # client id position unknown: never "inside" it
-        pos = props[1] + props[0]
-    return level, pos
-
-
-def _inside_string(data: bytes, length_at: int, offset: int) -> bool:
-    length = _u16(data, length_at)
-    return length is not None and length_at + 2 <= offset < length_at + 2 + length
-
-
-def _u16(data: bytes, pos: int) -> int | None:
-    if pos + 2 > len(data):
-        return None
-    return (data[pos] << 8) | data[pos + 1]
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
-    """(value, offset after it) of a variable byte integer of at most 4 bytes."""
-    value = 0
-    for i in range(4):
-        if pos + i >= len(data):
-            return None
-        byte = data[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    return None

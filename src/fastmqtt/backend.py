@@ -144,7 +144,12 @@ class Server:
 
 
 class Backend:
-    """A pool of servers behind one balancing policy and an optional stick table."""
+    """A pool of servers behind one balancing policy and an optional stick table: the owner
+    of routing. ``open`` chooses the keys a client is known by, consults and learns the stick
+    table, applies the balancer (backups when no primary can serve) and runs the one retry
+    loop; ``connected``/``disconnected`` keep a relayed client's stick entry live (called by
+    its Session). Subscribers hear of servers that moved (``subscribe``) and of states,
+    weights and limits that changed (``watch``)."""
 
     def __init__(self, config: BackendConfig, sticks: StickStore | None = None) -> None:
         self.servers: list[Server] = []
@@ -153,6 +158,7 @@ class Backend:
         self.stick: StickTable | None = None
         self.counters = BackendCounters()
         self._listeners: dict[Callable[[Backend, Sequence[Server]], None], None] = {}
+        self._watchers: dict[Callable[[Backend], None], None] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: BackendConfig) -> None:
@@ -197,6 +203,16 @@ class Backend:
         for listener in self._listeners:
             listener(self, servers)
 
+    def watch(self, watcher: Callable[[Backend], None]) -> None:
+        """Call ``watcher(backend)`` whenever server states, weights or limits changed
+        (health, the admin API, slow start): the C engine's copy of them follows."""
+        self._watchers[watcher] = None
+
+    def changed(self) -> None:
+        """Server states, weights or limits changed: tell every watcher."""
+        for watcher in self._watchers:
+            watcher(self)
+
     # -- choosing a server ------------------------------------------------------------
 
     def choose(self, key: bytes | None, stick_key: str | None, tried: Sequence[int]) -> Server:
@@ -221,6 +237,23 @@ class Backend:
                 return self.servers[index]
         self.counters.no_server += 1
         raise NoServerAvailable(self.name)
+
+    def connected(self, stick_key: str | None) -> None:
+        """A client known by ``stick_key`` is relayed: its entry stops expiring."""
+        if self.stick is not None and stick_key:
+            self.stick.connected(stick_key)
+
+    def disconnected(self, stick_key: str | None) -> None:
+        """That client's connection ended; the last one starts its entry's expiry clock."""
+        if self.stick is not None and stick_key:
+            self.stick.disconnected(stick_key)
+
+    def retire(self) -> None:
+        """A reload removed this backend: its stick table (mapping and file) goes; its
+        established connections end without touching it."""
+        if self.stick is not None:
+            self.stick.close()
+            self.stick = None
 
     def learn(self, stick_key: str | None, server: Server) -> None:
         """Remember where this client's session lives (the entry follows the client)."""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from fastmqtt.config import BackendConfig, FrontendConfig
     from fastmqtt.frontend import Frontend
     from fastmqtt.metrics import Histogram
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
 
 log = logging.getLogger("fastmqtt")
 
@@ -113,12 +113,12 @@ class FastPathHub:
     """Every fast-path frontend of one process and the connections the engine made for
     them; created before the engine starts, configured again on every reload."""
 
-    def __init__(self, proxy: Proxy, engine: Any) -> None:
+    def __init__(self, runtime: Runtime, engine: Any) -> None:
         from fastmqtt import _fastpath
 
-        self.proxy = proxy
-        self.loop: asyncio.AbstractEventLoop = proxy.loop
-        self.c = _fastpath.FastPath(engine, proxy.config.global_.maxconn)
+        self.runtime = runtime
+        self.loop: asyncio.AbstractEventLoop = runtime.loop
+        self.c = _fastpath.FastPath(engine, runtime.config.global_.maxconn)
         self._ids = itertools.count(1)
         self._frontends: dict[int, Frontend] = {}  # by engine id, also once removed
         self._frontend_ids: dict[Frontend, int] = {}
@@ -136,7 +136,7 @@ class FastPathHub:
     # -- configuration ---------------------------------------------------------------
 
     def reason(self, frontend: Frontend) -> str | None:
-        config = self.proxy.config
+        config = self.runtime.config
         return fast_path_reason(frontend.config, config.backends, config.global_.fast_path)
 
     def serves(self, frontend: Frontend) -> bool:
@@ -147,13 +147,13 @@ class FastPathHub:
         a frontend that no longer does is removed (its connections go on)."""
         from fastmqtt import _choose
 
-        for backend in self.proxy.backends.values():
+        for backend in self.runtime.backends.values():
             self._configure_backend(backend, _choose)
         for fe in list(self._frontend_ids):
-            if fe not in self.proxy.frontends or self.reason(fe) is not None:
+            if fe not in self.runtime.frontends or self.reason(fe) is not None:
                 self.remove(fe)
                 fe.accepting = False  # the event loop takes it back at its next resume()
-        for fe in self.proxy.frontends:
+        for fe in self.runtime.frontends:
             if fe.sock is not None and self.reason(fe) is None:
                 if fe not in self._frontend_ids:
                     fe.pause()  # the event loop lets go of it first: one acceptor per socket
@@ -243,8 +243,8 @@ class FastPathHub:
             self._frontends[fid] = fe
         assert fe.sock is not None
         ct = config.timeout_client
-        backends = self.proxy.backends
-        global_ = self.proxy.config.global_
+        backends = self.runtime.backends
+        global_ = self.runtime.config.global_
         self.c.frontend(
             fid,
             fe.sock.fileno(),
@@ -255,7 +255,7 @@ class FastPathHub:
             maxconn=config.maxconn,
             reject_invalid=config.reject_invalid,
             allow_bridge=config.allow_bridge,
-            track=_track(self.proxy.hub),  # as the process started
+            track=_track(self.runtime.hub),  # as the process started
             client_timeout=(ct.auto, ct.seconds, ct.minimum, ct.maximum),
             refusals=refusal_table() if config.reject_with_connack else None,
             admission=self._admission(fid, config, min(config.maxconn, global_.maxconn)),
@@ -321,7 +321,7 @@ class FastPathHub:
         """RelayHub.find for the engine's relayed fast-path connections."""
         pool_id = server_id = 0
         if backend is not None:
-            found = self.proxy.backends.get(backend)
+            found = self.runtime.backends.get(backend)
             pool = self._pools.get(found) if found is not None else None
             if pool is None:
                 return []
@@ -386,7 +386,7 @@ class FastPathHub:
 
     def python_live_changed(self, server: Server | None = None) -> None:
         """The event-loop path's connections changed: limits in the engine count them."""
-        self.c.set_limits(self.proxy.config.global_.maxconn, self.proxy.current)
+        self.c.set_limits(self.runtime.config.global_.maxconn, self.runtime.current)
         if server is not None:
             ref = self._servers.get(server)
             if ref is not None:
@@ -402,15 +402,15 @@ class FastPathHub:
         """Every connection the engine ended since the last drain: the Session the event-loop
         path would have had (Session.ended credits its bytes), its refusal count, its line.
         Returns how many."""
-        log = self.proxy.conn_log
+        log = self.runtime.conn_log
         records = self.c.drain()
         for record in records:
             session = self._session(record)
             if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
-                session.frontend_counters.denied[session.end_reason] += 1
+                session.frontend.counters.denied[session.end_reason] += 1
             if log is not None:
                 log.write(session)
-        for fe in self.proxy.frontends:
+        for fe in self.runtime.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
         return len(records)
@@ -431,14 +431,13 @@ class FastPathHub:
         (fid, pool_id, server_id, ip, port, client_id, username, version, keepalive, connack,
          wall_start, wait_ms, connect_ms, total_ms, *_) = record  # fmt: skip
         fe = self._frontends[fid]
-        session = Session(fe.name, (ip, port), fe.counters)
+        session = Session(fe, (ip, port))
         session.accepted_at = 0.0
         session.wall_start = wall_start
         session.inspected_at = _at(wait_ms)
         session.connected_at = _at(connect_ms)
         session.ended_at = _at(total_ms)
-        backend = self._backend_by_id.get(pool_id)
-        session.backend = backend.name if backend is not None else ""
+        session.backend = self._backend_by_id.get(pool_id)
         session.server = self._server_by_id.get(server_id)
         session.client_id = client_id
         session.username = username

@@ -7,6 +7,25 @@ by length, so following a stream costs one step per packet, not per byte.
 
 from __future__ import annotations
 
+from fastmqtt.errors import MalformedPacket
+from fastmqtt.mqtt_spec import BAD_REMAINING_LENGTH, VARINT_MAX_BYTES
+
+
+def packet_at(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """(offset of the body, its length) of the packet whose fixed header starts at ``pos``
+    in ``buf[:end]``; (-1, 0) while its remaining length is incomplete. MalformedPacket when
+    that length runs over 4 bytes."""
+    length, i = 0, pos + 1
+    while i < end and i <= pos + VARINT_MAX_BYTES:
+        digit = buf[i]
+        length |= (digit & 0x7F) << (7 * (i - pos - 1))
+        i += 1
+        if digit < 0x80:
+            return i, length
+    if i > pos + VARINT_MAX_BYTES:
+        raise MalformedPacket(BAD_REMAINING_LENGTH, i - 1)
+    return -1, 0
+
 
 class PacketBoundary:
     """Follows packet boundaries of one direction of an MQTT connection."""

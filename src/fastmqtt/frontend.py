@@ -43,7 +43,7 @@ from fastmqtt.websocket import (
 )
 
 if TYPE_CHECKING:
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
 
 log = logging.getLogger("fastmqtt")
 
@@ -81,17 +81,21 @@ def open_listener(host: str, port: int, reuse_port: bool, backlog: int) -> socke
 class Frontend:
     """One listening address and what happens to the connections it accepts."""
 
-    def __init__(self, config: FrontendConfig, backend: Backend, proxy: Proxy) -> None:
+    def __init__(self, config: FrontendConfig, backend: Backend, runtime: Runtime) -> None:
         self.config = config
         self.name = config.name
         self.backend = backend
-        self.proxy = proxy
+        self.runtime = runtime  # the loop, the process's limits, the hub, the fast path
         self.counters = FrontendCounters()
         self.sock: socket.socket | None = None
         self.accepting = False
         self._backoff: asyncio.TimerHandle | None = None
-        self.guard = Guard(config, proxy)  # access rules and rate limits (access.py)
+        self.guard = Guard(config, runtime.backend_named)  # access rules, rate limits
         self.tls = ServerTLS(config.tls, f"frontend.{config.name}.tls") if config.tls else None
+
+    def release(self, session: Session) -> None:
+        """``session`` (accepted here) ended: its per-source slot goes back (Session.ended)."""
+        self.guard.release(session)
 
     def reloaded_tls(self, config: FrontendConfig) -> ServerTLS | None:
         """The TLS contexts of ``config``, built aside for a reload (certificates read again:
@@ -131,7 +135,7 @@ class Frontend:
         """Watch the listening socket again if limits allow (idempotent)."""
         if self.accepting or self.sock is None or self._backoff is not None:
             return
-        fast = self.proxy.fast
+        fast = self.runtime.fast
         if fast is not None and fast.serves(self):
             fast.listen(self, True)  # the engine's threads accept, and apply the limits
             self.accepting = True
@@ -139,21 +143,21 @@ class Frontend:
         if not self._below_limits():
             return
         self.accepting = True
-        self.proxy.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+        self.runtime.loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
     def pause(self) -> None:
         """Leave new connections in the kernel's accept backlog."""
-        fast = self.proxy.fast
+        fast = self.runtime.fast
         if fast is not None and fast.serves(self):
             fast.listen(self, False)
         elif self.accepting and self.sock is not None:
-            self.proxy.loop.remove_reader(self.sock.fileno())
+            self.runtime.loop.remove_reader(self.sock.fileno())
         self.accepting = False
 
     def close(self) -> None:
         self.pause()
-        if self.proxy.fast is not None:
-            self.proxy.fast.remove(self)
+        if self.runtime.fast is not None:
+            self.runtime.fast.remove(self)
         if self._backoff is not None:
             self._backoff.cancel()
             self._backoff = None
@@ -162,13 +166,13 @@ class Frontend:
             self.sock = None
 
     def _below_limits(self) -> bool:
-        return self.counters.current < self.config.maxconn and self.proxy.below_maxconn()
+        return self.counters.current < self.config.maxconn and self.runtime.below_maxconn()
 
     def _on_acceptable(self) -> None:
         assert self.sock is not None
         for _ in range(ACCEPT_BATCH):
             if not self._below_limits():
-                self.pause()  # resumed by Proxy.session_ended when a slot frees up
+                self.pause()  # resumed by Runtime.session_ended when a slot frees up
                 return
             try:
                 conn, addr = self.sock.accept()
@@ -198,18 +202,18 @@ class Frontend:
             self._backoff = None
             self.resume()
 
-        self._backoff = self.proxy.loop.call_later(RESOURCE_BACKOFF, retry)
+        self._backoff = self.runtime.loop.call_later(RESOURCE_BACKOFF, retry)
 
     def _spawn(self, conn: socket.socket, addr: tuple) -> None:
-        session = Session(self.name, (addr[0], addr[1]), self.counters)
-        self.counters.opened()
-        self.proxy.session_opened()
-        self.proxy.spawn(self._serve(session, conn))
+        session = Session(self, (addr[0], addr[1]))
+        session.accepted()
+        self.runtime.session_opened()
+        self.runtime.spawn(self._serve(session, conn))
 
     # -- one connection ----------------------------------------------------------------
 
     async def _serve(self, session: Session, conn: socket.socket) -> None:
-        link = _Link(SocketStream(self.proxy.loop, conn), conn.getsockname()[:2])
+        link = _Link(SocketStream(self.runtime.loop, conn), conn.getsockname()[:2])
         handed_over = False
         try:
             handed_over = await self._route(session, conn, link)
@@ -223,23 +227,25 @@ class Frontend:
         finally:
             if not handed_over:
                 link.client.close()
-                self.proxy.session_ended(session)
+                session.ended(0, 0, session.end_reason)
+                self.runtime.session_ended(session)
 
     async def _route(self, session: Session, conn: socket.socket, link: _Link) -> bool:
         data = bytearray()
         connect = await self._receive(session, conn, link, data)
         session.inspected_at = time.monotonic()
         backend = await self.guard.admit(link.client, session, connect) or self.backend  # type: ignore[arg-type]
-        session.backend = backend.name
+        session.backend = backend
         try:
             server, upstream, to_client, stick_key = await backend.open(
                 session, connect, bytes(data), link.client, link.dst
             )
         except NoServerAvailable:
             raise Rejected("no-server") from None
-        session.routed_in = len(data)  # to_client: counted by the relay that sends it
-        self.proxy.session_established(session, server, stick_key)
-        self.proxy.hub.start(
+        session.established(server, stick_key, len(data))  # to_client: the relay counts it
+        if self.runtime.fast is not None:
+            self.runtime.fast.python_live_changed(server)  # the engine's limits count it
+        self.runtime.hub.start(
             session,
             link.client.endpoint(),  # type: ignore[arg-type]
             upstream.endpoint(),  # type: ignore[arg-type]
@@ -257,7 +263,7 @@ class Frontend:
         """Everything before a server is chosen, within ``inspect_delay``: the PROXY header,
         the TLS handshake, the WebSocket upgrade, the CONNECT."""
         try:
-            with Deadline(self.proxy.loop, self.config.inspect_delay):
+            with Deadline(self.runtime.loop, self.config.inspect_delay):
                 link.phase = "proxy-header"
                 await self._accept_proxy(session, conn, link)
                 self.guard.admit_source(session)
@@ -278,7 +284,7 @@ class Frontend:
         """``accept_proxy``: the client address is the one the trusted balancer reports."""
         if not self.config.accept_proxy:
             return
-        loop = self.proxy.loop
+        loop = self.runtime.loop
         if not trusted(session.client_addr[0], self.config.trusted_proxies):
             await refuse_header(loop, conn)
             return
@@ -297,7 +303,7 @@ class Frontend:
 
     async def _handshake(self, conn: socket.socket) -> Stream:
         assert self.tls is not None
-        loop, timeout = self.proxy.loop, self.config.inspect_delay
+        loop, timeout = self.runtime.loop, self.config.inspect_delay
         try:
             return await TransportStream.accept(loop, conn, self.tls.context, timeout)
         except ssl.SSLError as exc:  # counted by OpenSSL's reason: no-shared-cipher, ...
@@ -345,7 +351,7 @@ class Frontend:
                     return connect
         except MalformedPacket as exc:
             if self.config.reject_invalid:
-                self.guard.refuse_malformed(client, data, exc.reason, exc.offset)  # type: ignore[arg-type]
+                self.guard.refuse_malformed(client, exc)  # type: ignore[arg-type]
                 raise Rejected(exc.reason) from None
             self.counters.invalid_forwarded[exc.reason] += 1
             return None

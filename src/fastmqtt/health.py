@@ -22,7 +22,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from fastmqtt import packets
 from fastmqtt.backend import Backend, Server, ServerState
@@ -31,9 +31,6 @@ from fastmqtt.deadline import Deadline
 from fastmqtt.errors import MalformedPacket
 from fastmqtt.parse import inspect_connack
 from fastmqtt.proxy_protocol import encode_v2_local
-
-if TYPE_CHECKING:
-    from fastmqtt.runtime import Proxy
 
 log = logging.getLogger("fastmqtt.health")
 
@@ -398,11 +395,15 @@ class HealthChecker:
     ``previous``: the checker this one replaces in a reload, whose knowledge carries over."""
 
     def __init__(
-        self, backend: Backend, proxy: Proxy, previous: HealthChecker | None = None
+        self,
+        backend: Backend,
+        loop: asyncio.AbstractEventLoop,
+        close_sessions: Callable[[Server, str], int],
+        previous: HealthChecker | None = None,
     ) -> None:
         self.backend = backend
-        self.proxy = proxy
-        self.loop = proxy.loop
+        self.loop = loop
+        self.close_sessions = close_sessions  # Runtime.close_sessions
         now = self.loop.time()
         checks = {s.name: check_for(backend.config, s.config) for s in backend.servers}
         self.targets = {s.name: _target(s, checks[s.name]) for s in backend.servers}
@@ -527,7 +528,7 @@ class HealthChecker:
         if old is new:
             return
         server.state = new
-        self.proxy.backend_changed(self.backend)
+        self.backend.changed()
         health.last_change = now
         level = logging.WARNING if new in (ServerState.DOWN, ServerState.MAINT) else logging.INFO
         log.log(
@@ -570,12 +571,7 @@ class HealthChecker:
 
     def _shutdown_sessions(self, server: Server, reason: str) -> None:
         """on_marked_down = "shutdown-sessions": clients reconnect elsewhere at once."""
-        hub = self.proxy.hub
-        doomed = [sid for sid, s in hub.sessions.items() if s.server is server]
-        for sid in doomed:
-            hub.close(sid, reason)
-        fast = self.proxy.fast.close_server(server, reason) if self.proxy.fast is not None else 0
-        closed = len(doomed) + fast
+        closed = self.close_sessions(server, reason)
         log.warning("server %s/%s: closed %d sessions", self.backend.name, server.name, closed)
 
     # -- weights and slow start --------------------------------------------------------
@@ -591,14 +587,14 @@ class HealthChecker:
         weights = [s.weight for s in self.backend.servers]
         if all(share >= 1.0 for share in shares):
             self.backend.balancer.set_weights(weights)
-            self.proxy.backend_changed(self.backend)
+            self.backend.changed()
             return
         scaled = [
             max(1, round(w * WEIGHT_SCALE * f)) if w else 0
             for w, f in zip(weights, shares, strict=True)
         ]
         self.backend.balancer.set_weights(scaled)
-        self.proxy.backend_changed(self.backend)
+        self.backend.changed()
         if self._ramp is None:
             step = (
                 max(h.check.slowstart for h in self.servers.values() if h.check) / SLOWSTART_STEPS

@@ -17,7 +17,7 @@ from fastmqtt.rebalance import Candidate, Move, ServerLoad, mode, persistent
 
 if TYPE_CHECKING:
     from fastmqtt.relay import ConnInfo
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
     from fastmqtt.workers import Supervisor
 
 CALLS = ("loads", "candidates", "locate", "move")
@@ -49,18 +49,18 @@ def _client(info: ConnInfo) -> _Client:
 class LocalView:
     """This process's connections."""
 
-    def __init__(self, proxy: Proxy, holder: int = 0) -> None:
-        self.proxy = proxy
+    def __init__(self, runtime: Runtime, holder: int = 0) -> None:
+        self.runtime = runtime
         self.holder = holder
 
     def config(self, backend: str) -> BackendConfig:
-        return self.proxy.backends[backend].config
+        return self.runtime.backends[backend].config
 
     def _backend(self, name: str) -> Backend:
-        backend = self.proxy.backends[name]
-        if self.proxy.fast is not None:  # what the engine's fast path did, into the counters
-            self.proxy.hub.take_records()
-            self.proxy.fast.sync()
+        backend = self.runtime.backends[name]
+        if self.runtime.fast is not None:  # what the engine's fast path did, into the counters
+            self.runtime.hub.take_records()
+            self.runtime.fast.sync()
         return backend
 
     async def loads(self, backend: str) -> list[ServerLoad]:
@@ -73,7 +73,7 @@ class LocalView:
         b = self._backend(backend)
         consistent = mode(b.config) == "consistent"
         found = []
-        for info in await self.proxy.hub.find(backend=backend, server=server, limit=limit):
+        for info in await self.runtime.hub.find(backend=backend, server=server, limit=limit):
             client = _client(info)
             home = None
             if consistent:
@@ -95,21 +95,21 @@ class LocalView:
     async def locate(self, backend: str, client_ids: Sequence[str]) -> dict[str, str]:
         where = {}
         for client_id in client_ids:
-            for info in await self.proxy.hub.find(client_id=client_id, backend=backend, limit=4):
+            for info in await self.runtime.hub.find(client_id=client_id, backend=backend, limit=4):
                 if info.server is not None:
                     where[client_id] = info.server
         return where
 
     async def move(self, backend: str, moves: Sequence[Move], reason: int) -> int:
-        stick = self.proxy.backends[backend].stick
+        stick = self.runtime.backends[backend].stick
         if stick is not None:  # before the client is asked: its reconnect must find the entry
             for move in moves:
                 if move.target is not None and move.candidate.stick_key:
                     stick.put(move.candidate.stick_key, move.target)
-        return await self.proxy.hub.ask_to_leave([m.candidate.conn_id for m in moves], reason)
+        return await self.runtime.hub.ask_to_leave([m.candidate.conn_id for m in moves], reason)
 
     async def drain(self, backend: str, server: str, who: str) -> None:
-        self.proxy.health[backend].set_admin(server, Admin.DRAIN, who)
+        self.runtime.health[backend].set_admin(server, Admin.DRAIN, who)
 
 
 # -- workers (candidates and moves travel as JSON lists) -------------------------------

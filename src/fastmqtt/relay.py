@@ -1,5 +1,5 @@
 """Where established connections go: the C engine for plain TCP when it is compiled in, the
-event-loop relay otherwise. One interface for both; the choice is `RelayHub.start`.
+event-loop relay otherwise. Both are a ``Relay``; ``RelayHub.start`` picks one per connection.
 
 `RelayHub` is also the one view over every established connection of the process, whichever
 path holds it (the event-loop relay, the engine's handed-over pairs, the engine's fast path):
@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastmqtt import packets
 from fastmqtt._accel import NO_EXTENSIONS
-from fastmqtt.relay_loop import CLOSE_LINGER, CLOSE_LINGER_BYTES, Endpoint, LoopRelay
+from fastmqtt.relay_loop import CLOSE_LINGER, CLOSE_LINGER_BYTES, Endpoint, LoopEngine
 from fastmqtt.session import Session
 
 if TYPE_CHECKING:
@@ -28,6 +27,38 @@ if TYPE_CHECKING:
 
 
 STATE_TRACK = 1 << 5  # Engine.export()'s state bit: the server's packets are followed
+
+
+class Relay(Protocol):
+    """Moves the bytes of established client/server pairs, each known by a connection id,
+    and reports each end once, with its byte counts, to the callback it was built with."""
+
+    def add(
+        self,
+        conn_id: int,
+        client: Endpoint,
+        server: Endpoint,
+        client_idle: float,
+        server_idle: float,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+        track_packets: bool = False,
+    ) -> None:
+        """Take both sides over, in this call; ``to_*`` go out first. ``track_packets``:
+        follow packet boundaries, so that ``goodbye`` can be said."""
+
+    def close(self, conn_id: int, reason: str = "killed") -> None:
+        """End the pair now (the C engine reports it as "killed": RelayHub names it)."""
+
+    def goodbye(self, conn_id: int, packet: bytes) -> bool:
+        """End the pair between two packets, ``packet`` (a DISCONNECT, or b"") to the client
+        first; False when it cannot (not tracked, or said already)."""
+
+    def counters(self, conn_id: int) -> tuple[int, int] | None:
+        """Bytes moved so far (client->server, server->client); None once ended."""
+
+    async def stop(self) -> None:
+        """End every pair now (the grace period is over) and release what the relay holds."""
 
 
 def make_engine(threads: int) -> Any:
@@ -79,8 +110,96 @@ def leave_reason(reason_code: int) -> str:
     return packets.LEAVE_REASONS.get(reason_code, "asked-to-leave")
 
 
+class EngineRelay:
+    """The C engine (_splice) as a ``Relay``: plain sockets only (their fds are detached).
+    Ended connections come back as records through its completions eventfd, taken in
+    batches (DRAIN_BATCH); the fast path's records (fastpath.py) come the same way."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: Any,
+        on_done: Callable[[int, int, int, str], None],
+        fast: FastPathHub | None = None,
+    ) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.on_done = on_done  # (connection id, bytes client->server, server->client, reason)
+        self.fast = fast
+        self._batch: asyncio.TimerHandle | None = None
+        loop.add_reader(engine.completions_fd(), self._completions)
+
+    def add(
+        self,
+        conn_id: int,
+        client: Endpoint,
+        server: Endpoint,
+        client_idle: float,
+        server_idle: float,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+        track_packets: bool = False,
+    ) -> None:
+        assert isinstance(client, socket.socket) and isinstance(server, socket.socket)
+        self.engine.add(
+            conn_id,
+            client.detach(),
+            server.detach(),
+            client_idle,
+            server_idle,
+            to_server,
+            to_client,
+            track_packets=track_packets,
+        )
+
+    def adopt(self, conn_id: int, client_fd: int, server_fd: int, state: tuple) -> None:
+        """A pair another process's engine relayed (takeover.py): ``state`` is the rest of its
+        Engine.export() row; ValueError (fds closed) when the engine refuses it."""
+        self.engine.adopt(conn_id, client_fd, server_fd, *state)
+
+    def close(self, conn_id: int, reason: str = "killed") -> None:
+        self.engine.close(conn_id)
+
+    def goodbye(self, conn_id: int, packet: bytes) -> bool:
+        return bool(self.engine.goodbye(conn_id, packet))
+
+    def counters(self, conn_id: int) -> tuple[int, int] | None:
+        return self.engine.counters(conn_id)
+
+    async def stop(self) -> None:
+        await self.loop.run_in_executor(None, self.engine.stop, 0.0)
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+        self.take_records()
+        self.loop.remove_reader(self.engine.completions_fd())
+
+    def _completions(self) -> None:
+        """The engine has records: take them a moment later, with the ones that follow. The
+        eventfd is cleared now (the engine signals again only once its queues are empty);
+        the reader stays registered (removing and adding it back each time upset uvloop)."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.engine.completions_fd(), 8)
+        if self._batch is None:
+            self._batch = self.loop.call_later(DRAIN_BATCH, self._drain_batch)
+
+    def _drain_batch(self) -> None:
+        self._batch = None
+        self.take_records()
+
+    def take_records(self) -> int:
+        """Report what the engine ended so far, now; returns how many connections."""
+        records = self.engine.drain()
+        for conn_id, c2s, s2c, _duration, reason, _errno in records:
+            self.on_done(conn_id, c2s, s2c, reason)
+        # after engine.drain(), which clears the eventfd
+        return len(records) + (self.fast.drain() if self.fast is not None else 0)
+
+
 class RelayHub:
-    """Owns every established client/server pair of the process until it ends."""
+    """Owns every established client/server pair of the process until it ends, each on the
+    ``Relay`` picked for it: the C engine when both sides are plain sockets and the engine
+    runs, else the event loop."""
 
     def __init__(
         self,
@@ -91,23 +210,19 @@ class RelayHub:
     ) -> None:
         self.loop = loop
         self.on_finish = on_finish
-        self.engine = engine
-        self.fast = fast  # its connections end through the same completion eventfd
+        self.fast = fast  # its connections end through the engine's completion eventfd
         self.sessions: dict[int, Session] = {}
         # both decided at start: whose packets are followed (a goodbye needs it)
         self.drain_v5 = False  # drain_disconnect: MQTT 5 sessions, so a drain can say goodbye
         self.track_all = False  # track_packets: every MQTT session
-        self._loop_relays: dict[int, LoopRelay] = {}
-        # session id -> how to say goodbye to it (True: it will), for the sessions that follow
-        # packets
-        self._goodbyes: dict[int, Callable[[bytes], bool]] = {}
+        self.on_loop = LoopEngine(loop, self._finished)
+        self.on_engine = (
+            EngineRelay(loop, engine, self._finished, fast) if engine is not None else None
+        )
+        self._relays: dict[int, Relay] = {}  # session id -> the relay that has it
+        self._tracked: set[int] = set()  # the sessions that follow packets (a goodbye can come)
         # why we ended a session (the relays say "killed" or "drained"), until it ends
         self._close_reasons: dict[int, str] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._batch: asyncio.TimerHandle | None = None
-        self._lingering: set[asyncio.Future[None]] = set()
-        if engine is not None:
-            loop.add_reader(engine.completions_fd(), self._completions)
 
     def __len__(self) -> int:
         return len(self.sessions) + (self.fast.live if self.fast is not None else 0)
@@ -130,33 +245,21 @@ class RelayHub:
         broker's stream is MQTT packets (not WebSocket frames passed through), so a goodbye
         can be said between two of them."""
         self.sessions[session.id] = session
-        goodbye = self.tracks(session.protocol_version) and packets
-        if self.engine is not None and spliceable:
-            assert isinstance(client_sock, socket.socket) and isinstance(server_sock, socket.socket)
-            self.engine.add(
-                session.id,
-                client_sock.detach(),
-                server_sock.detach(),
-                client_idle,
-                server_idle,
-                to_server,
-                to_client,
-                track_packets=goodbye,
-            )
-            if goodbye:
-                self._goodbyes[session.id] = functools.partial(self.engine.goodbye, session.id)
-            return
-        relay = LoopRelay(
-            self.loop,
+        track = self.tracks(session.protocol_version) and packets
+        relay: Relay = self.on_engine if self.on_engine and spliceable else self.on_loop
+        self._relays[session.id] = relay
+        if track:
+            self._tracked.add(session.id)
+        relay.add(
+            session.id,
+            client_sock,
+            server_sock,
             client_idle,
             server_idle,
-            lambda c2s, s2c, reason: self._finished(session.id, c2s, s2c, reason),
+            to_server,
+            to_client,
+            track_packets=track,
         )
-        self._loop_relays[session.id] = relay
-        if goodbye:
-            relay.track_packets()
-            self._goodbyes[session.id] = relay.say_goodbye
-        relay.start(client_sock, server_sock, to_server, to_client)
 
     def tracks(self, protocol_version: int) -> bool:
         """Whether a session of that MQTT version follows packet boundaries."""
@@ -197,17 +300,17 @@ class RelayHub:
             client_id=session.client_id,
             username=session.username,
             protocol_version=session.protocol_version,
-            frontend=session.frontend,
-            backend=session.backend,
+            frontend=session.frontend_name,
+            backend=session.backend.name if session.backend is not None else "",
             server=session.server.name if session.server is not None else None,
             source=f"{host}:{port}",
             since=session.wall_start,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
-            path="loop" if session.id in self._loop_relays else "engine",
+            path="loop" if self._relays.get(session.id) is self.on_loop else "engine",
             clean_start=session.clean_start,
             session_expiry=session.session_expiry,
-            tracked=session.id in self._goodbyes,
+            tracked=session.id in self._tracked,
         )
 
     async def ask_to_leave(self, conn_ids: Iterable[int], reason_code: int) -> int:
@@ -230,9 +333,8 @@ class RelayHub:
             if conn_id in self._close_reasons:
                 continue  # asked before: under way
             self._close_reasons[conn_id] = reason
-            say = self._goodbyes.get(conn_id)
             v5 = session.protocol_version & 0x7F == 5
-            if say is None or not say(packet if v5 else b""):
+            if not self._goodbye(conn_id, packet if v5 else b""):
                 self.close(conn_id, reason)
         if fast_ids and self.fast is not None:
             asked += await self.fast.leave(fast_ids, packet, reason)
@@ -241,49 +343,51 @@ class RelayHub:
     def adopt(self, session: Session, client_fd: int, server_fd: int, state: tuple) -> None:
         """A connection another process's engine relayed (takeover.py): ``state`` is the rest
         of its Engine.export() row; ValueError (fds closed) when the engine refuses it."""
-        self.engine.adopt(session.id, client_fd, server_fd, *state)
+        assert self.on_engine is not None
+        self.on_engine.adopt(session.id, client_fd, server_fd, state)
         self.sessions[session.id] = session
+        self._relays[session.id] = self.on_engine
         if state[4] & STATE_TRACK:  # whatever its version: followed where it came from
-            self._goodbyes[session.id] = functools.partial(self.engine.goodbye, session.id)
+            self._tracked.add(session.id)
 
     def forget(self, session_id: int) -> Session | None:
         """A session another process relays now: no record, no line here."""
-        self._goodbyes.pop(session_id, None)
+        self._relays.pop(session_id, None)
+        self._tracked.discard(session_id)
         self._close_reasons.pop(session_id, None)
         return self.sessions.pop(session_id, None)
 
     def counters(self, session: Session) -> tuple[int, int]:
         """Live bytes (client->server, server->client) of an established session."""
-        relay = self._loop_relays.get(session.id)
-        if relay is not None:
-            return relay.counters()
-        if self.engine is not None:
-            live = self.engine.counters(session.id)
-            if live is not None:
-                return live
-        return 0, 0
+        relay = self._relays.get(session.id)
+        live = relay.counters(session.id) if relay is not None else None
+        return live if live is not None else (0, 0)
 
     def close(self, session_id: int, reason: str = "killed") -> None:
-        relay = self._loop_relays.get(session_id)
+        relay = self._relays.get(session_id)
         if relay is not None:
-            relay.close(reason)
-        elif self.engine is not None and session_id in self.sessions:
             self._close_reasons[session_id] = reason
-            self.engine.close(session_id)
+            relay.close(session_id, reason)
+
+    def _goodbye(self, session_id: int, packet: bytes) -> bool:
+        relay = self._relays.get(session_id)
+        if relay is None or session_id not in self._tracked:
+            return False
+        return relay.goodbye(session_id, packet)
 
     async def say_goodbye(self, packet: bytes, rate: float) -> None:
         """Send ``packet`` (an MQTT 5 DISCONNECT) to every MQTT 5 session that can take one,
         ``rate`` sessions a second."""
         goodbyes = [
-            (session_id, say)
-            for session_id, say in self._goodbyes.items()
+            session_id
+            for session_id in self._tracked
             if self.sessions[session_id].protocol_version & 0x7F == 5
         ]
         batch = max(1, int(rate // 10))
         for start in range(0, len(goodbyes), batch):
-            for session_id, say in goodbyes[start : start + batch]:
-                if session_id in self._goodbyes:  # not ended meanwhile
-                    say(packet)
+            for session_id in goodbyes[start : start + batch]:
+                if session_id in self._tracked:  # not ended meanwhile
+                    self._goodbye(session_id, packet)
             await asyncio.sleep(batch / rate)
         if self.fast is not None:
             await self.fast.say_goodbye(packet, rate)
@@ -301,49 +405,18 @@ class RelayHub:
             if saying is not None:
                 saying.cancel()
                 await asyncio.gather(saying, return_exceptions=True)
-        for relay in list(self._loop_relays.values()):
-            relay.close("shutdown")
-        if self._lingering:  # ended pairs whose sockets still read what their peers send
-            await asyncio.wait(self._lingering, timeout=CLOSE_LINGER + 0.5)
-        if self.engine is not None:
-            await self.loop.run_in_executor(None, self.engine.stop, 0.0)
-            if self._batch is not None:
-                self._batch.cancel()
-                self._batch = None
-            self._drain_engine()
-            self.loop.remove_reader(self.engine.completions_fd())
-
-    def _completions(self) -> None:
-        """The engine has records: take them a moment later, with the ones that follow. The
-        eventfd is cleared now (the engine signals again only once its queues are empty);
-        the reader stays registered (removing and adding it back each time upset uvloop)."""
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.engine.completions_fd(), 8)
-        if self._batch is None:
-            self._batch = self.loop.call_later(DRAIN_BATCH, self._drain_batch)
-
-    def _drain_batch(self) -> None:
-        self._batch = None
-        self._drain_engine()
+        await self.on_loop.stop()
+        if self.on_engine is not None:
+            await self.on_engine.stop()
 
     def take_records(self) -> int:
         """Account for what the engine ended so far, now (stats read the counters next);
         returns how many connections."""
-        return self._drain_engine() if self.engine is not None else 0
-
-    def _drain_engine(self) -> int:
-        records = self.engine.drain()
-        for conn_id, c2s, s2c, _duration, reason, _errno in records:
-            self._finished(conn_id, c2s, s2c, reason)  # which says why we ended it, if we did
-        # after engine.drain(), which clears the eventfd
-        return len(records) + (self.fast.drain() if self.fast is not None else 0)
+        return self.on_engine.take_records() if self.on_engine is not None else 0
 
     def _finished(self, session_id: int, c2s: int, s2c: int, reason: str) -> None:
-        relay = self._loop_relays.pop(session_id, None)
-        if relay is not None and not relay.closed.done():
-            self._lingering.add(relay.closed)
-            relay.closed.add_done_callback(self._lingering.discard)
-        self._goodbyes.pop(session_id, None)
+        self._relays.pop(session_id, None)
+        self._tracked.discard(session_id)
         asked = self._close_reasons.pop(session_id, None)
         if asked is not None and reason in ("killed", "drained"):
             reason = asked  # the relays' words for an end we asked for
@@ -364,6 +437,6 @@ def _matches(
         return False
     if prefix is not None and (cid is None or not cid.startswith(prefix)):
         return False
-    if backend is not None and session.backend != backend:
+    if backend is not None and (session.backend is None or session.backend.name != backend):
         return False
     return server is None or (session.server is not None and session.server.name == server)

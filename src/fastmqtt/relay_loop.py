@@ -467,3 +467,63 @@ class LoopRelay:
         for side in (self.client, self.server):
             side.close(reason)
         done(self.client.received, self.server.received, reason)
+
+
+class LoopEngine:
+    """The event-loop relay as a ``relay.Relay``: every LoopRelay pair of the process, by
+    connection id. A pair that ended may still linger (reading and dropping what its peer
+    sends, see CLOSE_LINGER); ``stop`` closes the rest and waits for those."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_done: Callable[[int, int, int, str], None]
+    ) -> None:
+        self.loop = loop
+        self.on_done = on_done  # (connection id, bytes client->server, server->client, reason)
+        self._pairs: dict[int, LoopRelay] = {}
+        self._lingering: set[asyncio.Future[None]] = set()
+
+    def add(
+        self,
+        conn_id: int,
+        client: Endpoint,
+        server: Endpoint,
+        client_idle: float,
+        server_idle: float,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+        track_packets: bool = False,
+    ) -> None:
+        def done(c2s: int, s2c: int, reason: str) -> None:
+            self._ended(conn_id)
+            self.on_done(conn_id, c2s, s2c, reason)
+
+        pair = LoopRelay(self.loop, client_idle, server_idle, done)
+        self._pairs[conn_id] = pair
+        if track_packets:
+            pair.track_packets()
+        pair.start(client, server, to_server, to_client)
+
+    def _ended(self, conn_id: int) -> None:
+        pair = self._pairs.pop(conn_id)
+        if not pair.closed.done():
+            self._lingering.add(pair.closed)
+            pair.closed.add_done_callback(self._lingering.discard)
+
+    def close(self, conn_id: int, reason: str = "killed") -> None:
+        pair = self._pairs.get(conn_id)
+        if pair is not None:
+            pair.close(reason)
+
+    def goodbye(self, conn_id: int, packet: bytes) -> bool:
+        pair = self._pairs.get(conn_id)
+        return pair is not None and pair.say_goodbye(packet)
+
+    def counters(self, conn_id: int) -> tuple[int, int] | None:
+        pair = self._pairs.get(conn_id)
+        return pair.counters() if pair is not None else None
+
+    async def stop(self) -> None:
+        for pair in list(self._pairs.values()):
+            pair.close("shutdown")
+        if self._lingering:  # ended pairs whose sockets still read what their peers send
+            await asyncio.wait(self._lingering, timeout=CLOSE_LINGER + 0.5)

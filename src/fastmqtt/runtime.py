@@ -32,8 +32,16 @@ log = logging.getLogger("fastmqtt")
 STICK_PURGE_INTERVAL = 5.0
 
 
-class Proxy:
-    """Every frontend and backend of one process, and the connections between them."""
+class Runtime:
+    """Every frontend and backend of one process, and the connections between them.
+
+    It builds the parts from a config and wires them, handing each only what it uses:
+    a ``Frontend`` gets its backend and this runtime (the loop, the process's limits, the
+    relay hub, the fast path); its ``Guard`` gets ``backend_named``, a ``HealthChecker`` its
+    backend, the loop and ``close_sessions``; the stats listener reads a ``LocalSource``.
+    It owns the process-wide count and limit (``maxconn``), the connection log, the
+    lifecycle (start, shutdown) and reload: everything new is built first, then swapped in,
+    and what a failed swap changed is put back."""
 
     def __init__(
         self,
@@ -49,7 +57,7 @@ class Proxy:
         self.sticks = StickStore.for_process(config, worker)  # the tables every worker shares
         self.backends = {name: Backend(bc, self.sticks) for name, bc in config.backends.items()}
         for backend in self.backends.values():
-            backend.subscribe(self._servers_changed)
+            self._watch(backend)
         self.discovery = Discovery()
         self.frontends = [Frontend(fc, self.backends[fc.backend], self) for fc in config.frontends]
         self.engine = make_engine(config.global_.relay_threads)
@@ -65,7 +73,7 @@ class Proxy:
         self.reloads = ReloadCounters(time.time())
         self._tasks: set[asyncio.Task] = set()
         self._purger: asyncio.TimerHandle | None = None
-        self.health = {name: HealthChecker(b, self) for name, b in self.backends.items()}
+        self.health = {name: self._checker(b) for name, b in self.backends.items()}
         self.stats: StatsServer | None = None
         self.rebalancer = Rebalancer(LocalView(self))
         # listening sockets given by the process this one takes over from (takeover.py)
@@ -78,6 +86,26 @@ class Proxy:
         answer in time leaves its server DOWN, and is tried again)."""
         self.discovery.watch(self.config, self.backends)
         await self.discovery.settled()
+
+    def backend_named(self, name: str) -> Backend:
+        """The backend a route rule names (Guard): always one of the running config."""
+        return self.backends[name]
+
+    def _watch(self, backend: Backend) -> None:
+        backend.subscribe(self._servers_changed)
+        backend.watch(self.backend_changed)
+
+    def _checker(self, backend: Backend, previous: HealthChecker | None = None) -> HealthChecker:
+        return HealthChecker(backend, self.loop, self.close_sessions, previous)
+
+    def close_sessions(self, server: Server, reason: str) -> int:
+        """End every relayed connection to ``server`` (health's shutdown-sessions); their
+        log lines say ``reason``. Returns how many there were."""
+        doomed = [sid for sid, s in self.hub.sessions.items() if s.server is server]
+        for sid in doomed:
+            self.hub.close(sid, reason)
+        fast = self.fast.close_server(server, reason) if self.fast is not None else 0
+        return len(doomed) + fast
 
     def _servers_changed(self, backend: Backend, servers: Sequence[Server]) -> None:
         """Discovery moved servers (Backend.servers_changed): their health starts over, the
@@ -137,8 +165,9 @@ class Proxy:
         sockets, servers that keep their name keep state (health and its history included),
         counters and sticky clients; servers given by name keep the address found for them and
         are looked up again at once. Everything new is built and bound first: if a new bind
-        fails or new TLS material is unusable, it raises and nothing changed (health checks
-        never stopped, no new listener left open)."""
+        fails, new TLS material is unusable or a kept part cannot take its new config, it
+        raises and nothing changed (the old config back in place, health checks running
+        again, no new listener left open)."""
         plan = _Reload(self, config)
         added = added_servers(self.config, config)
         for checker in self.health.values():
@@ -159,25 +188,40 @@ class Proxy:
             self.rebalancer.servers_added(added)
 
     def _apply(self, plan: _Reload) -> None:
-        """Swap the prepared objects in; builds nothing that can fail on bad input."""
+        """Reconfigure what the new config keeps, then swap the prepared objects in. If
+        reconfiguring fails (a stick table that cannot be resized), what it changed takes
+        its old config back and it raises: nothing was swapped, nothing closed."""
         config = plan.config
-        for name, backend in plan.backends.items():
-            backend.subscribe(self._servers_changed)
-            if self.backends.get(name) is backend:
-                backend.reconfigure(config.backends[name])
+        kept_backends = [b for name, b in plan.backends.items() if self.backends.get(name) is b]
+        kept_frontends = {fe: (fe.config, fe.backend, fe.tls) for fe in plan.kept.values()}
+        try:
+            for backend in kept_backends:
+                backend.reconfigure(config.backends[backend.name])
+            frontends = []
+            for fc in config.frontends:
+                fe = plan.kept.pop(_bind(fc), None) or plan.new_by_bind[_bind(fc)]
+                fe.reconfigure(fc, plan.backends[fc.backend], plan.tls.get(_bind(fc), fe.tls))
+                frontends.append(fe)
+            health = {
+                name: self._checker(b, self.health.get(name)) for name, b in plan.backends.items()
+            }
+        except BaseException:
+            for backend in kept_backends:
+                backend.reconfigure(self.config.backends[backend.name])
+            for fe, (fc, backend, tls) in kept_frontends.items():
+                fe.reconfigure(fc, backend, tls)
+            raise
+        # from here on nothing fails on bad input
+        for backend in plan.backends.values():
+            self._watch(backend)
         client_context.cache_clear()  # backend TLS files are read again
-        frontends = []
-        for fc in config.frontends:
-            fe = plan.kept.pop(_bind(fc), None) or plan.new_by_bind[_bind(fc)]
-            fe.reconfigure(fc, plan.backends[fc.backend], plan.tls.get(_bind(fc), fe.tls))
-            frontends.append(fe)
         for fe in plan.kept.values():
-            fe.close()  # its established connections stay until they end
+            fe.close()  # removed: its established connections stay until they end
         for name in self.backends.keys() - plan.backends.keys():
-            if self.backends[name].stick is not None:
-                self.backends[name].stick.close()  # removed: its mapping and file go
+            self.backends[name].retire()  # removed: its stick table's mapping and file go
         self.sticks.retain(name for name, bc in config.backends.items() if bc.stick)
         self.config, self.backends, self.frontends = config, plan.backends, frontends
+        self.health = health
         if self.conn_log is not None:
             self.conn_log.flush()
         self.conn_log = self._connection_log(config)
@@ -185,9 +229,6 @@ class Proxy:
             log.warning("drain_disconnect: the change takes effect at the next restart")
         if config.global_.track_packets != self.hub.track_all:
             log.warning("track_packets: the change takes effect at the next restart")
-        self.health = {
-            name: HealthChecker(b, self, self.health.get(name)) for name, b in plan.backends.items()
-        }
         if self.fast is not None:
             self.fast.configure()
 
@@ -280,26 +321,14 @@ class Proxy:
         stuck and logged as one of ours from now on (not counted as accepted here)."""
         self.hub.adopt(session, client_fd, server_fd, state)
         self.current += 1
-        session.frontend_counters.current += 1
-        server = session.server
-        if server is not None:
-            server.counters.current += 1
-            backend = self.backends.get(session.backend)
-            if backend is not None and backend.stick is not None and session.stick_key:
-                backend.learn(session.stick_key, server)
-                backend.stick.connected(session.stick_key)
+        session.adopted()
         if self.fast is not None:
-            self.fast.python_live_changed(server)
+            self.fast.python_live_changed(session.server)
 
     def session_moved(self, session: Session) -> None:
         """A session another process relays now (takeover.py): no longer counted here."""
         self.current -= 1
-        session.frontend_counters.current -= 1
-        if session.server is not None:
-            session.server.counters.current -= 1
-        backend = self.backends.get(session.backend)
-        if backend is not None and backend.stick is not None and session.stick_key:
-            backend.stick.disconnected(session.stick_key)
+        session.moved()
         if self.fast is not None:
             self.fast.python_live_changed(session.server)
 
@@ -319,38 +348,20 @@ class Proxy:
         if self.fast is not None:
             self.fast.python_live_changed()
 
-    def session_established(self, session: Session, server: Server, stick_key: str | None) -> None:
-        session.stick_key = stick_key
-        server.counters.opened()
-        if self.fast is not None:
-            self.fast.python_live_changed(server)
-        stick = self.backends[session.backend].stick
-        if stick is not None and stick_key:
-            stick.connected(stick_key)
-
     def _relay_finished(self, session: Session, c2s: int, s2c: int, reason: str) -> None:
         session.ended(c2s, s2c, reason)
-        if session.server is not None:
-            session.server.counters.current -= 1
-            if self.fast is not None:
-                self.fast.python_live_changed(session.server)
-        backend = self.backends.get(session.backend)  # gone if a reload removed it
-        stick = backend.stick if backend is not None else None
-        if stick is not None and session.stick_key:
-            stick.disconnected(session.stick_key)
         self.session_ended(session)
 
     def session_ended(self, session: Session) -> None:
-        """Every accepted connection passes here exactly once, relayed or rejected."""
-        session.ended_at = time.monotonic()
+        """Every accepted connection passes here exactly once, relayed or refused, once
+        Session.ended gave back what it held: the process's count, the log line, and
+        accepting again where a limit held it back."""
         self.current -= 1
-        session.frontend_counters.current -= 1
         if self.fast is not None:
-            self.fast.python_live_changed()
+            self.fast.python_live_changed(session.server)
         if self.conn_log is not None:
             self.conn_log.write(session)
         for fe in self.frontends:
-            fe.guard.release(session)  # before resume: a per-source slot may have freed up
             if not fe.accepting:
                 fe.resume()
 
@@ -371,26 +382,26 @@ class _Reload:
     without blocking: a name that does not resolve fails nothing).
     Raises (OSError, TLSMaterialError) having closed whatever it opened."""
 
-    def __init__(self, proxy: Proxy, config: Config) -> None:
+    def __init__(self, runtime: Runtime, config: Config) -> None:
         self.config = config
         self.backends = {
-            name: proxy.backends.get(name) or Backend(bc, proxy.sticks)
+            name: runtime.backends.get(name) or Backend(bc, runtime.sticks)
             for name, bc in config.backends.items()
         }
-        self.kept = {_bind(fe.config): fe for fe in proxy.frontends}
+        self.kept = {_bind(fe.config): fe for fe in runtime.frontends}
         self.tls = {
             _bind(fc): self.kept[_bind(fc)].reloaded_tls(fc)
             for fc in config.frontends
             if _bind(fc) in self.kept
         }
         self.opened = [
-            Frontend(fc, self.backends[fc.backend], proxy)
+            Frontend(fc, self.backends[fc.backend], runtime)
             for fc in config.frontends
             if _bind(fc) not in self.kept
         ]
         try:
             for fe in self.opened:
-                fe.open(proxy.reuse_port)
+                fe.open(runtime.reuse_port)
         except OSError:
             for fe in self.opened:
                 fe.close()

@@ -13,7 +13,7 @@ import sys
 from fastmqtt import logs, notify, takeover, workers
 from fastmqtt.config import Config, load_config
 from fastmqtt.errors import ConfigError
-from fastmqtt.runtime import Proxy
+from fastmqtt.runtime import Runtime
 
 log = logging.getLogger("fastmqtt")
 
@@ -77,9 +77,9 @@ def serve(config: Config, worker: int | None = None, takeover_from: str | None =
 async def _serve(
     config: Config, loop: asyncio.AbstractEventLoop, worker: int | None, takeover_from: str | None
 ) -> int:
-    proxy = Proxy(config, loop, conn_log=sys.stdout, worker=worker)
-    await proxy.find_servers()
-    incoming = _take_listeners(proxy, takeover_from) if takeover_from else None
+    runtime = Runtime(config, loop, conn_log=sys.stdout, worker=worker)
+    await runtime.find_servers()
+    incoming = _take_listeners(runtime, takeover_from) if takeover_from else None
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
 
@@ -87,12 +87,12 @@ async def _serve(
         if stop.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             raise SystemExit(0)
-        name, count = signal.Signals(signum).name, len(proxy.hub)
+        name, count = signal.Signals(signum).name, len(runtime.hub)
         log.info(
             "%s: draining %d connections for up to %.0fs",
             name,
             count,
-            proxy.config.global_.grace,
+            runtime.config.global_.grace,
             extra={"signal": name, "connections": count},
         )
         notify.stopping()
@@ -102,32 +102,32 @@ async def _serve(
     # reload, not kill us; one that comes while start() runs is handled right after it
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload_file)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload_file)
     try:
-        proxy.start()
+        runtime.start()
     except OSError as exc:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        proxy.discovery.stop()
+        runtime.discovery.stop()
         log.error("%s", exc.strerror or exc)
         return 1
     if incoming is not None:
         try:
-            incoming.connections(proxy)
+            incoming.connections(runtime)
         except (OSError, takeover.TakeoverError) as exc:
             log.error("takeover: connections not taken over: %s", exc)
-    offer = _offer(proxy, stop, worker)
+    offer = _offer(runtime, stop, worker)
     if worker is None:
         # MAINPID: under systemd, a process started to take over becomes the unit's main one
-        notify.ready(f"serving {len(proxy.frontends)} frontends", main_pid=incoming is not None)
+        notify.ready(f"serving {len(runtime.frontends)} frontends", main_pid=incoming is not None)
         channel = None
     else:
-        channel = workers.attach(proxy)
+        channel = workers.attach(runtime)
     try:
         await stop.wait()
         if offer is not None:
             offer.close()
-        await proxy.shutdown(proxy.config.global_.grace)
+        await runtime.shutdown(runtime.config.global_.grace)
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -137,21 +137,21 @@ async def _serve(
     return 0
 
 
-def _take_listeners(proxy: Proxy, path: str) -> takeover.Incoming | None:
+def _take_listeners(runtime: Runtime, path: str) -> takeover.Incoming | None:
     """The listening sockets of the process at ``path``, placed in ``proxy``; None (logged)
     when there is none to take over from, or it failed: this process then binds its own."""
     incoming = takeover.Incoming(path)
     try:
-        return incoming if incoming.listeners(proxy) else None
+        return incoming if incoming.listeners(runtime) else None
     except (OSError, takeover.TakeoverError) as exc:
         log.error("takeover from %s failed, starting afresh: %s", path, exc)
         return None
 
 
-def _offer(proxy: Proxy, stop: asyncio.Event, worker: int | None) -> takeover.Offer | None:
+def _offer(runtime: Runtime, stop: asyncio.Event, worker: int | None) -> takeover.Offer | None:
     """Offer this process's sockets on ``[global] takeover_socket``, if set (a worker: on
     its own path beside it, for the new worker of the same index)."""
-    path = proxy.config.global_.takeover_socket
+    path = runtime.config.global_.takeover_socket
     if path is None:
         return None
     if worker is not None:
@@ -162,7 +162,7 @@ def _offer(proxy: Proxy, stop: asyncio.Event, worker: int | None) -> takeover.Of
         stop.set()
 
     try:
-        return takeover.Offer(proxy, path, handed_over)
+        return takeover.Offer(runtime, path, handed_over)
     except OSError as exc:
         log.error("takeover_socket: %s", exc.strerror or exc)
         return None

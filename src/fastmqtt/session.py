@@ -6,21 +6,43 @@ import asyncio
 import itertools
 import json
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from fastmqtt.logs import one_line
 
 if TYPE_CHECKING:
-    from fastmqtt.backend import Server
+    from fastmqtt.backend import Backend, Server
     from fastmqtt.metrics import FrontendCounters, ServerCounters
 
 _ids = itertools.count(1)
 
 
+class Origin(Protocol):
+    """Where a session was accepted, as far as its accounting goes: a ``Frontend``, or for a
+    connection taken over from another process, the frontend's name alone when this process
+    has no frontend of that name (takeover.py)."""
+
+    name: str
+    counters: FrontendCounters
+
+    def release(self, session: Session) -> None:
+        """The session is over here: its per-source limit goes back."""
+
+
 class Session:
-    """What fastmqtt knows about one client connection; timestamps are time.monotonic()."""
+    """What fastmqtt knows about one client connection, and what it holds while it lives.
+
+    It owns its accounting: ``accepted`` takes a slot of its frontend, ``established`` one
+    of its server (and marks its stick entry live, Backend.connected), ``ended`` is the only
+    byte formula (``traffic``: the log, the stats page and the metrics read it) and gives
+    back exactly what this session took: its server's slot and stick entry, its frontend's
+    slot and per-source limit. A session the engine's fast path made from a record
+    (fastpath.py) took nothing in Python: ``ended`` only credits its bytes.
+    Timestamps are time.monotonic()."""
 
     __slots__ = (
+        "_holds_frontend",
+        "_holds_server",
         "accepted_at",
         "backend",
         "bytes_in",
@@ -33,7 +55,7 @@ class Session:
         "end_reason",
         "ended_at",
         "frontend",
-        "frontend_counters",
+        "frontend_name",
         "id",
         "inspected_at",
         "keepalive",
@@ -46,19 +68,17 @@ class Session:
         "wall_start",
     )
 
-    def __init__(
-        self, frontend: str, client_addr: tuple[str, int], frontend_counters: FrontendCounters
-    ) -> None:
+    def __init__(self, frontend: Origin, client_addr: tuple[str, int]) -> None:
         self.id = next(_ids)
         self.frontend = frontend
-        self.frontend_counters = frontend_counters  # survives a reload that renames its frontend
+        self.frontend_name = frontend.name  # as accepted: a reload may rename the frontend
         self.client_addr = client_addr
         self.accepted_at = time.monotonic()
         self.wall_start = time.time()
         self.inspected_at: float | None = None
         self.connected_at: float | None = None
         self.ended_at: float | None = None
-        self.backend = ""
+        self.backend: Backend | None = None
         self.server: Server | None = None
         self.client_id: str | None = None
         self.username: str | None = None
@@ -72,6 +92,22 @@ class Session:
         self.bytes_in = 0  # client -> server, once ended
         self.bytes_out = 0  # server -> client, once ended
         self.end_reason = ""
+        self._holds_frontend = False
+        self._holds_server = False
+
+    def accepted(self) -> None:
+        """Accepted on the event loop: the session counts against its frontend until it ends."""
+        self.frontend.counters.opened()
+        self._holds_frontend = True
+
+    def established(self, server: Server, stick_key: str | None, routed_in: int) -> None:
+        """Its backend opened ``server`` for it; ``routed_in``: the client bytes routing wrote
+        to it (the relay counts the rest)."""
+        assert self.backend is not None
+        self.server, self.stick_key, self.routed_in = server, stick_key, routed_in
+        server.counters.opened()
+        self.backend.connected(stick_key)
+        self._holds_server = True
 
     def traffic(self, c2s: int, s2c: int) -> tuple[int, int]:
         """(bytes from the client, bytes to the client), given the relay's counts so far.
@@ -81,15 +117,46 @@ class Session:
         return self.routed_in + c2s, s2c
 
     def ended(self, c2s: int, s2c: int, reason: str) -> None:
-        """The relay is done: final byte counts, credited to the frontend and the server."""
+        """Relayed or refused, the session is over: final byte counts (0, 0 when it never
+        reached the relay), credited to the frontend and the server; what it held goes back."""
         self.bytes_in, self.bytes_out = self.traffic(c2s, s2c)
         self.end_reason = reason
-        counted: list[FrontendCounters | ServerCounters] = [self.frontend_counters]
+        counted: list[FrontendCounters | ServerCounters] = [self.frontend.counters]
         if self.server is not None:
             counted.append(self.server.counters)
         for counters in counted:
             counters.bytes_in += self.bytes_in
             counters.bytes_out += self.bytes_out
+        if self._holds_frontend:
+            self.ended_at = time.monotonic()
+        self._give_back()
+
+    def adopted(self) -> None:
+        """Taken over from another process that relayed it (takeover.py): from now on it
+        holds its slots here (not counted as accepted), and its stick entry follows it."""
+        self.frontend.counters.current += 1
+        self._holds_frontend = True
+        if self.server is not None and self.backend is not None:
+            self.backend.learn(self.stick_key, self.server)
+            self.server.counters.current += 1
+            self.backend.connected(self.stick_key)
+            self._holds_server = True
+
+    def moved(self) -> None:
+        """Another process relays it now (takeover.py): what it held here goes back, with
+        no bytes credited and no line (the other process logs it)."""
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._holds_server:
+            self._holds_server = False
+            assert self.server is not None and self.backend is not None
+            self.server.counters.current -= 1
+            self.backend.disconnected(self.stick_key)
+        if self._holds_frontend:
+            self._holds_frontend = False
+            self.frontend.counters.current -= 1
+            self.frontend.release(self)
 
     def _ms_since_accept(self, t: float | None) -> int:
         return -1 if t is None else int((t - self.accepted_at) * 1000)
@@ -99,8 +166,8 @@ class Session:
             "client": f"{self.client_addr[0]}:{self.client_addr[1]}",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wall_start))
             + f".{int(self.wall_start * 1000) % 1000:03d}Z",
-            "frontend": self.frontend,
-            "backend": self.backend or "-",
+            "frontend": self.frontend_name,
+            "backend": self.backend.name if self.backend is not None else "-",
             "server": self.server.name if self.server is not None else "-",
             "client_id": self.client_id,
             "username": self.username,

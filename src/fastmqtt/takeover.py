@@ -54,7 +54,7 @@ from fastmqtt.session import Session
 from fastmqtt.stats.unix_listener import UnixListener
 
 if TYPE_CHECKING:
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
     from fastmqtt.stats.http import StatsServer
 
 log = logging.getLogger("fastmqtt.takeover")
@@ -253,8 +253,8 @@ def facts_of(session: Session) -> dict[str, Any]:
         return -1 if t is None else max(0, int((t - session.accepted_at) * 1000))
 
     return {
-        "frontend": session.frontend,
-        "backend": session.backend,
+        "frontend": session.frontend_name,
+        "backend": session.backend.name if session.backend is not None else "",
         "server": session.server.name if session.server is not None else None,
         "ip": session.client_addr[0],
         "port": session.client_addr[1],
@@ -278,8 +278,8 @@ class Offer:
     """The running process's side: listens on ``takeover_socket`` and hands everything over
     to the first process that asks, then calls ``done`` (which drains the rest and exits)."""
 
-    def __init__(self, proxy: Proxy, path: str, done: Callable[[], None]) -> None:
-        self.proxy = proxy
+    def __init__(self, runtime: Runtime, path: str, done: Callable[[], None]) -> None:
+        self.runtime = runtime
         self.path = path
         self.done = done
         self.listener: UnixListener | None = None
@@ -290,11 +290,11 @@ class Offer:
     def _listen(self) -> None:
         self.listener = UnixListener(StatsSocketConfig(self.path))
         self.listener.sock.setblocking(False)
-        self.proxy.loop.add_reader(self.listener.sock.fileno(), self._accept)
+        self.runtime.loop.add_reader(self.listener.sock.fileno(), self._accept)
 
     def close(self) -> None:
         if self.listener is not None:
-            self.proxy.loop.remove_reader(self.listener.sock.fileno())
+            self.runtime.loop.remove_reader(self.listener.sock.fileno())
             self.listener.sock.close()
             self.listener.remove()
             self.listener = None
@@ -308,7 +308,7 @@ class Offer:
         if self._task is not None:  # one handover at a time
             conn.close()
             return
-        self._task = self.proxy.loop.create_task(self._run(conn))
+        self._task = self.runtime.loop.create_task(self._run(conn))
 
     async def _run(self, conn: socket.socket) -> None:
         with conn:
@@ -327,39 +327,39 @@ class Offer:
     async def _failed(self) -> bool:
         """After a handover broke off (the new process died, or broke the protocol): True
         when this process must drain, False when it serves on as before."""
-        proxy = self.proxy
+        runtime = self.runtime
         if self.listener is not None:
             return False  # nothing was given
         if not self._frozen:  # nothing moved yet: serve on (alongside it, if it lives)
-            for fe in proxy.frontends:
+            for fe in runtime.frontends:
                 fe.resume()
             self._listen()
             log.warning("takeover: no connection was handed over: serving on")
             return False
-        if proxy.engine is not None:
+        if runtime.engine is not None:
             # a frozen engine cannot relay again (its pipes were read out): what was not
             # sent ends now rather than waiting frozen for the grace; clients reconnect at once
-            await self._call(proxy.engine.stop, 0.0)
-            closed = proxy.hub.take_records()
+            await self._call(runtime.engine.stop, 0.0)
+            closed = runtime.hub.take_records()
             log.warning("takeover: %d connections not handed over were closed", closed)
         return True
 
     def _let_go(self) -> None:
         """Handed over: the new process serves the listeners and the stats port."""
-        proxy = self.proxy
-        proxy.stop_accepting()
-        if proxy.stats is not None:
-            if proxy.stats.unix is not None:
-                proxy.stats.unix.handed_over()
-            proxy.stats.close()
-            proxy.stats = None
+        runtime = self.runtime
+        runtime.stop_accepting()
+        if runtime.stats is not None:
+            if runtime.stats.unix is not None:
+                runtime.stats.unix.handed_over()
+            runtime.stats.close()
+            runtime.stats = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.proxy.loop.run_in_executor(None, fn, *args)
+        return await self.runtime.loop.run_in_executor(None, fn, *args)
 
     async def _handover(self, conn: socket.socket) -> bool:
         """Returns True once the listeners were given (this process then drains)."""
-        proxy = self.proxy
+        runtime = self.runtime
         hello = await self._call(recv_json, conn, HELLO)
         if hello.get("magic") != MAGIC or not isinstance(hello.get("formats"), list):
             raise TakeoverError("not a fastmqtt takeover request")
@@ -383,12 +383,12 @@ class Offer:
                 pid,
                 hello["formats"],
                 ours,
-                len(proxy.hub),
+                len(runtime.hub),
             )
             return True
         await self._call(_recv_ready, conn)
         moved, closed = await self._send_connections(conn)
-        draining = len(proxy.hub)
+        draining = len(runtime.hub)
         done = {"moved": moved, "draining": draining, "closed": closed, "stopped_at": stopped_at}
         await self._call(send_json, conn, DONE, done)
         ack = await self._call(recv_json, conn, ACK)
@@ -406,15 +406,15 @@ class Offer:
         return True
 
     def _listeners(self) -> tuple[list[dict[str, Any]], list[int]]:
-        proxy = self.proxy
+        runtime = self.runtime
         listeners, fds = [], []
-        for fe in proxy.frontends:
+        for fe in runtime.frontends:
             if fe.sock is not None:
                 fe.pause()
                 bind = [fe.config.bind_host, fe.config.bind_port]
                 listeners.append({"kind": "frontend", "name": fe.name, "bind": bind})
                 fds.append(fe.sock.fileno())
-        stats = proxy.stats
+        stats = runtime.stats
         if stats is not None and stats.sock is not None:
             listeners.append({"kind": "stats", "name": "stats", "bind": None})
             fds.append(stats.sock.fileno())
@@ -425,11 +425,11 @@ class Offer:
 
     async def _send_connections(self, conn: socket.socket) -> tuple[int, int]:
         """Freeze the engine, send what it relays, release what was sent: (moved, closed)."""
-        proxy, hub = self.proxy, self.proxy.hub
-        deadline = proxy.loop.time() + SETUP_WAIT
-        while proxy.setting_up() and proxy.loop.time() < deadline:
+        runtime, hub = self.runtime, self.runtime.hub
+        deadline = runtime.loop.time() + SETUP_WAIT
+        while runtime.setting_up() and runtime.loop.time() < deadline:
             await asyncio.sleep(0.01)  # event-loop setups about to hand a pair to the engine
-        engine = proxy.engine
+        engine = runtime.engine
         if engine is None:
             return 0, 0
         engine.freeze()
@@ -440,11 +440,10 @@ class Offer:
         payload, fds, handles = bytearray(), [], []
         for handle, conn_id, fast, cfd, sfd, *state in rows:
             if fast:
-                assert proxy.fast is not None
-                session = proxy.fast.session_of(proxy.fast.c.facts(handle))
-                backend = proxy.backends.get(session.backend)
-                if backend is not None:
-                    session.stick_key = backend.stick_key(session)
+                assert runtime.fast is not None
+                session = runtime.fast.session_of(runtime.fast.c.facts(handle))
+                if session.backend is not None:
+                    session.stick_key = session.backend.stick_key(session)
                 owned = None
             else:
                 session = owned = hub.sessions.get(conn_id)
@@ -465,7 +464,7 @@ class Offer:
                 engine.release(handle)
                 if session is not None:
                     hub.forget(session.id)
-                    proxy.session_moved(session)
+                    runtime.session_moved(session)
             moved += len(handles_)
         return moved, closed
 
@@ -480,7 +479,7 @@ def _recv_ready(conn: socket.socket) -> None:
 
 
 class Incoming:
-    """The new process's side, in two steps around Proxy.start(): ``listeners`` (before it:
+    """The new process's side, in two steps around Runtime.start(): ``listeners`` (before it:
     the sockets to serve on), ``connections`` (after it: adopt what the engine relayed)."""
 
     def __init__(self, path: str, workers: int | None = None) -> None:
@@ -490,12 +489,12 @@ class Incoming:
         self.format: int | None = None
         self.sockets: list[tuple[dict[str, Any], socket.socket]] = []
 
-    def listeners(self, proxy: Proxy) -> bool:
+    def listeners(self, runtime: Runtime) -> bool:
         """Ask the running process; give its listening sockets to ``proxy``'s frontends and
         stats server. False (logged) when there is no running process to take over from."""
         if not self.ask():
             return False
-        self._place(proxy)
+        self._place(runtime)
         return True
 
     def ask(self) -> bool:
@@ -531,7 +530,7 @@ class Incoming:
         ]
         return True
 
-    def _place(self, proxy: Proxy) -> None:
+    def _place(self, runtime: Runtime) -> None:
         by_bind = {}
         for entry, sock in self.sockets:
             sock.setblocking(False)
@@ -540,23 +539,23 @@ class Incoming:
                 by_bind[tuple(bind) if isinstance(bind, list) else None] = sock
                 by_bind.setdefault(entry.get("name"), sock)  # type: ignore[call-overload]
             elif isinstance(entry, dict) and entry.get("kind") in ("stats", "stats_unix"):
-                proxy.inherited[entry["kind"]] = sock
+                runtime.inherited[entry["kind"]] = sock
         used = set()
-        for fe in proxy.frontends:
+        for fe in runtime.frontends:
             sock = by_bind.get((fe.config.bind_host, fe.config.bind_port))
             if sock is None or sock in used:
                 sock = by_bind.get(fe.name)
             if sock is not None and sock not in used:
                 fe.sock = sock
                 used.add(sock)
-        inherited = set(proxy.inherited.values())
+        inherited = set(runtime.inherited.values())
         for entry, sock in self.sockets:
             if sock not in used and sock not in inherited:
                 log.info("takeover: listener %s is not in this config: closed", entry)
                 sock.close()
         log.info("takeover: took %d listening sockets", len(used) + len(inherited))
 
-    def connections(self, proxy: Proxy) -> None:
+    def connections(self, runtime: Runtime) -> None:
         """Adopt every connection the old engine relayed (blocking: the handover is short,
         and this process's engine threads serve meanwhile)."""
         sock = self.sock
@@ -580,7 +579,7 @@ class Incoming:
                         os.close(fd)
                     done = _json_object(payload)
                     break
-                adopted += self._adopt(proxy, payload, fds)
+                adopted += self._adopt(runtime, payload, fds)
             send_json(sock, ACK, {"adopted": adopted})
         stopped_at = done.get("stopped_at")
         took = time.time() - stopped_at if isinstance(stopped_at, float) else float("nan")
@@ -594,7 +593,7 @@ class Incoming:
             extra={"adopted": adopted, "takeover_ms": round(took * 1000, 1)},
         )
 
-    def _adopt(self, proxy: Proxy, payload: bytes, fds: list[int]) -> int:
+    def _adopt(self, runtime: Runtime, payload: bytes, fds: list[int]) -> int:
         try:
             if len(fds) % 2:
                 raise TakeoverError("an odd number of sockets in a batch")
@@ -605,9 +604,9 @@ class Incoming:
             raise
         adopted = 0
         for i, moved in enumerate(records):
-            session = session_from(proxy, moved.facts, moved.state[-1])
+            session = session_from(runtime, moved.facts, moved.state[-1])
             try:
-                proxy.adopt(session, fds[2 * i], fds[2 * i + 1], moved.state)
+                runtime.adopt(session, fds[2 * i], fds[2 * i + 1], moved.state)
             except ValueError as exc:  # the engine refused the state (and closed the fds)
                 log.error("takeover: connection of %s:%s refused: %s", *session.client_addr, exc)
                 continue
@@ -738,18 +737,16 @@ def workers_serve(incoming: Incoming) -> None:
             send_json(incoming.sock, READY, {})
 
 
-def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:
+def session_from(runtime: Runtime, facts: dict[str, Any], age: float) -> Session:
     """The Session of an adopted connection, as if this process had accepted it ``age``
     seconds ago (the log line's times and the start are the old process's)."""
-    fe = next((fe for fe in proxy.frontends if fe.name == facts["frontend"]), None)
-    counters = fe.counters if fe is not None else FrontendCounters()
-    session = Session(facts["frontend"], (facts["ip"], facts["port"]), counters)
+    fe = next((fe for fe in runtime.frontends if fe.name == facts["frontend"]), None)
+    session = Session(fe or _Departed(facts["frontend"]), (facts["ip"], facts["port"]))
     session.accepted_at = time.monotonic() - max(0.0, age)
     session.wall_start = float(facts["wall_start"])
     for name, ms in (("inspected_at", facts["wait_ms"]), ("connected_at", facts["connect_ms"])):
         setattr(session, name, None if ms < 0 else session.accepted_at + ms / 1000)
-    backend = proxy.backends.get(facts["backend"])
-    session.backend = facts["backend"]
+    backend = session.backend = runtime.backends.get(facts["backend"])
     if backend is not None and facts["server"] is not None:
         session.server = next((s for s in backend.servers if s.name == facts["server"]), None)
     session.client_id = facts["client_id"]
@@ -760,6 +757,18 @@ def session_from(proxy: Proxy, facts: dict[str, Any], age: float) -> Session:
     session.routed_in = facts["routed_in"]
     session.stick_key = facts["stick_key"]
     return session
+
+
+class _Departed:
+    """The frontend of an adopted session that this process's config does not have: its
+    counters go nowhere, it holds no per-source limit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counters = FrontendCounters()
+
+    def release(self, session: Session) -> None:
+        pass
 
 
 def close_quietly(sock: socket.socket | None) -> None:

@@ -47,7 +47,7 @@ from fastmqtt.stats.source import LocalSource
 from fastmqtt.stick import STICK_DIR_ENV, StickStore
 
 if TYPE_CHECKING:
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
 
 log = logging.getLogger("fastmqtt.workers")
 
@@ -76,11 +76,11 @@ def report_ready() -> None:
         os.close(int(fd))
 
 
-def attach(proxy: Proxy) -> asyncio.Task | None:
+def attach(runtime: Runtime) -> asyncio.Task | None:
     """In a worker whose listeners are bound: apply the admin changes made before it started
     (before the loop runs, so no client sees the configured state), say ready, then answer
     the supervisor. Returns the task answering it, to cancel when the worker stops."""
-    source = LocalSource(proxy)
+    source = LocalSource(runtime)
     for command in json.loads(os.environ.pop(ADMIN_ENV, "[]")):
         _apply(source, command)
     report_ready()
@@ -88,7 +88,7 @@ def attach(proxy: Proxy) -> asyncio.Task | None:
     if fd is None:
         return None
     source.start()
-    return proxy.loop.create_task(_answer(source, socket.socket(fileno=int(fd))))
+    return runtime.loop.create_task(_answer(source, socket.socket(fileno=int(fd))))
 
 
 async def _answer(source: LocalSource, sock: socket.socket) -> None:
@@ -131,7 +131,7 @@ async def _handle(source: LocalSource, request: dict[str, Any]) -> dict[str, Any
     if op == "stick":
         return {"id": ident, "stick": await source.stick(request["client_id"], request["remove"])}
     if op == "rebalance":  # the supervisor's rebalance asks this worker
-        return {"id": ident, **await answer(LocalView(source.proxy), request)}
+        return {"id": ident, **await answer(LocalView(source.runtime), request)}
     return {"id": ident, "snapshot": source.snapshot_now()}
 
 

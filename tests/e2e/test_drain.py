@@ -280,7 +280,7 @@ def test_goodbyes_stop_before_the_engine_stops(brokers, monkeypatch, tmp_path):
 
     async def drain() -> list[Client]:
         loop = asyncio.get_running_loop()
-        proxy = runtime.Proxy(config, loop)
+        proxy = runtime.Runtime(config, loop)
         proxy.start()
         clients = await loop.run_in_executor(
             None, lambda: [Client(f"v5-{i}", port, version=5, reconnect_on_failure=False)

@@ -12,6 +12,7 @@ import pytest
 
 from fastmqtt import packets
 from fastmqtt.proxy_protocol import parse as parse_proxy_header
+from tests.e2e.conftest import PATHS
 from tests.support.hostile import process_socket
 from tests.support.lb import (
     Client,
@@ -22,6 +23,8 @@ from tests.support.lb import (
     recipe,
     returning_device,
     wait_until,
+    ws_client,
+    ws_recipe,
 )
 
 pytestmark = pytest.mark.e2e
@@ -55,18 +58,27 @@ def test_weights_5_2_3_over_1000_connections(brokers, fastmqtt, path):
         assert abs(counts[name] / 1000 - share) <= 0.02, counts
 
 
+# The client's transports: MQTT over TCP on each setup path, and over WebSocket (event loop).
+TRANSPORTS = [pytest.param("tcp", p, id=f"tcp-{p}") for p in PATHS] + [
+    pytest.param("ws", "loop", id="ws")
+]
+
+
+@pytest.mark.parametrize(("transport", "path"), TRANSPORTS, indirect=["path"])
 @pytest.mark.parametrize("sticky", [True, False], ids=["stick-on", "stick-off"])
-def test_persistent_session_follows_the_client(brokers, fastmqtt, path, sticky):
+def test_persistent_session_follows_the_client(brokers, fastmqtt, path, transport, sticky):
     """Stickiness proved by broker state: a queued QoS 1 message reaches the reconnecting
     client only if it lands on the broker that holds its session."""
     nodes = brokers(3)
     port = lb_port()
     stick = 'stick = { on = "client_id", expire = "30m" }' if sticky else ""
-    fastmqtt(recipe(nodes, port, backend=stick), port=port)
+    ws = transport == "ws"
+    fastmqtt((ws_recipe if ws else recipe)(nodes, port, backend=stick), port=port)
 
-    device, got = returning_device(
-        lambda: Client("device-42", port, clean=False), nodes, wait=3 if sticky else 1.5
-    )
+    def connect() -> Client:
+        return (ws_client if ws else Client)("device-42", port, clean=False)  # type: ignore[operator]
+
+    device, got = returning_device(connect, nodes, wait=3 if sticky else 1.5)
     assert got is sticky
     if sticky:
         assert device.messages == [("devices/42/cmd", b"reboot")]

@@ -18,26 +18,14 @@ from fastmqtt import ws_spec as spec
 from fastmqtt.parse import inspect_connack, inspect_connect
 from fastmqtt.websocket import FrameDecoder, encode_frame, head_end
 from tests.support.certs import Certs, make_certs, tls_line
-from tests.support.lb import Client, landed, lb_port, recipe, returning_device, wait_until
+from tests.support.lb import Client, landed, lb_port, wait_until, ws_client, ws_recipe
 
 pytestmark = pytest.mark.e2e
-
-
-def ws_recipe(*args: object, **kwargs: object) -> str:
-    """The recipe with its frontend speaking MQTT over WebSocket."""
-    return recipe(*args, **kwargs).replace('protocol = "mqtt"', 'protocol = "ws"', 1)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-def ws_client(client_id: str, port: int, context=None, **kwargs: object) -> Client:
-    client = Client(client_id, port, connect=False, transport="websockets", **kwargs)
-    if context is not None:
-        client.mqtt.tls_set_context(context)
-    return client.connect()
 
 
 def round_trip(client: Client, topic: str) -> None:
@@ -47,42 +35,17 @@ def round_trip(client: Client, topic: str) -> None:
     assert client.messages == [(topic, b"payload for " + topic.encode())]
 
 
-def test_paho_websocket_bridge_to_plain_mosquitto(brokers, fastmqtt):
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_paho_websocket_bridge_to_plain_mosquitto(brokers, fastmqtt, certs, tls):
     nodes = brokers(2)
     port = lb_port()
-    lb = fastmqtt(ws_recipe(nodes, port), port=port)
-    client = ws_client("ws-device-1", port)
+    frontend = tls_line(cert=certs.server) if tls else ""
+    lb = fastmqtt(ws_recipe(nodes, port, frontend=frontend), port=port)
+    client = ws_client("ws-device-1", port, certs.client_context() if tls else None)
     round_trip(client, "t/ws")
     client.close()
     assert "ws-device-1" in landed(nodes)  # the CONNECT inside the frames was read
     assert wait_until(lambda: any('cid="ws-device-1"' in line for line in lb.connection_log()))
-
-
-def test_paho_websocket_over_tls(brokers, fastmqtt, certs):
-    nodes = brokers(1)
-    port = lb_port()
-    fastmqtt(ws_recipe(nodes, port, frontend=tls_line(cert=certs.server)), port=port)
-    client = ws_client("wss-device", port, certs.client_context())
-    round_trip(client, "t/wss")
-    client.close()
-    assert "wss-device" in landed(nodes)
-
-
-@pytest.mark.parametrize("sticky", [True, False], ids=["stick-on", "stick-off"])
-def test_persistent_session_follows_the_client_over_websocket(brokers, fastmqtt, sticky):
-    """As tests/e2e/test_routing.py, with the device on WebSocket: a queued QoS 1 message
-    reaches it only if it lands on the broker holding its session."""
-    nodes = brokers(3)
-    port = lb_port()
-    stick = 'stick = { on = "client_id", expire = "30m" }' if sticky else ""
-    fastmqtt(ws_recipe(nodes, port, backend=stick), port=port)
-
-    device, got = returning_device(
-        lambda: ws_client("ws-device-42", port, clean=False), nodes, wait=3 if sticky else 1.5
-    )
-    assert got is sticky
-    if sticky:
-        assert device.messages == [("devices/42/cmd", b"reboot")]
 
 
 def test_passthrough_to_a_websocket_backend(brokers, fastmqtt):

@@ -144,6 +144,11 @@ class FastMQTT:
         return self.proc.returncode
 
 
+def ws_recipe(*args: object, **kwargs: object) -> str:
+    """The recipe with its frontend speaking MQTT over WebSocket."""
+    return recipe(*args, **kwargs).replace('protocol = "mqtt"', 'protocol = "ws"', 1)  # type: ignore[arg-type]
+
+
 def lb_port() -> int:
     return free_port()
 
@@ -238,6 +243,13 @@ class Client:
         # paho closes its wake-up socket pair only in __del__, which the callbacks' reference
         # cycle delays to some later garbage collection (a ResourceWarning in another test)
         self.mqtt._reset_sockets(sockpair_only=True)
+
+
+def ws_client(client_id: str, port: int, context=None, **kwargs: object) -> Client:
+    client = Client(client_id, port, connect=False, transport="websockets", **kwargs)
+    if context is not None:
+        client.mqtt.tls_set_context(context)
+    return client.connect()
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:

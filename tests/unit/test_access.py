@@ -165,15 +165,14 @@ def test_ipv4_clients_of_a_dual_stack_listener_match_ipv4_rules() -> None:
     assert client_ip("::ffff:10.1.2.3") == ipaddress.ip_address("10.1.2.3")
 
 
-def _reason(data: bytes) -> MalformedPacket:
+def _reason(data: bytes, accept_bridge: bool = True) -> MalformedPacket:
     with pytest.raises(MalformedPacket) as info:
-        inspect_connect(data)
+        inspect_connect(data, accept_bridge=accept_bridge)
     return info.value
 
 
-def _connack_for(data: bytes) -> bytes | None:
-    exc = _reason(data)
-    return malformed_connack(data, exc.reason, exc.offset)
+def _connack_for(data: bytes, accept_bridge: bool = True) -> bytes | None:
+    return malformed_connack(_reason(data, accept_bridge))
 
 
 def test_connack_codes_for_invalid_connects() -> None:
@@ -183,9 +182,9 @@ def test_connack_codes_for_invalid_connects() -> None:
     # 0x84 only for level 5 (a bridge's 0x85 when allow_bridge is off), as Mosquitto answers
     for level in (b"\x02", b"\x06", b"\x07", b"\x86", b"\xff"):
         assert _connack_for(v4.replace(b"\x04\x02", level + b"\x02", 1)) == b"\x20\x02\x00\x01"
-    assert malformed_connack(v5.replace(b"\x05\x02", b"\x85\x02", 1), BAD_PROTOCOL_VERSION, 8) == (
-        b"\x20\x03\x00\x84\x00"
-    )
+    bridge = _reason(v5.replace(b"\x05\x02", b"\x85\x02", 1), accept_bridge=False)
+    assert (bridge.reason, bridge.level, bridge.field) == (BAD_PROTOCOL_VERSION, 0x85, None)
+    assert malformed_connack(bridge) == b"\x20\x03\x00\x84\x00"
     assert _connack_for(packets.connect("a\x00b", version=4)) == b"\x20\x02\x00\x02"
     assert _connack_for(packets.connect("a\x00b", version=5)) == b"\x20\x03\x00\x85\x00"
     # bad UTF-8 in the username, not the client id: 3.1.1 has no code for it, 5.0 says malformed
@@ -195,7 +194,7 @@ def test_connack_codes_for_invalid_connects() -> None:
     big = packets.connect("x" * 65_000, 5, username="u" * 2_000)  # over 64 KiB
     exc = _reason(big)
     assert exc.reason == "packet-too-large"
-    assert malformed_connack(big, exc.reason, exc.offset) == b"\x20\x03\x00\x95\x00"
+    assert malformed_connack(exc) == b"\x20\x03\x00\x95\x00"
     assert _connack_for(v5[:-1] + b"\xff") == b"\x20\x03\x00\x85\x00"
 
 

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,7 +65,7 @@ def backend(servers: list[tuple[str, int]], **keys: object) -> Backend:
 
 
 def session(client_id: str = "dev-1") -> Session:
-    s = Session("f", CLIENT, FrontendCounters())
+    s = Session(SimpleNamespace(name="f", counters=FrontendCounters()), CLIENT)  # type: ignore[arg-type]
     s.client_id, s.protocol_version, s.inspected_at = client_id, 4, time.monotonic()
     return s
 

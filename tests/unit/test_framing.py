@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmqtt.framing import PacketBoundary
+from fastmqtt import packets as writers
+from fastmqtt.errors import MalformedPacket
+from fastmqtt.framing import PacketBoundary, packet_at
+from fastmqtt.mqtt_spec import BAD_REMAINING_LENGTH
 from fastmqtt.packets import varint
 
 packets = st.lists(
@@ -56,3 +60,13 @@ def test_a_zero_length_packet_is_whole_after_two_bytes():
     framer = PacketBoundary()
     assert framer.feed(b"\xd0") == 1 and not framer.at_boundary
     assert framer.feed(b"\x00") == 1 and framer.at_boundary
+
+
+def test_packet_at_reads_one_fixed_header() -> None:
+    publish = writers.publish("t", b"x" * 200)  # a two-byte remaining length
+    assert packet_at(publish, 0, len(publish)) == (3, len(publish) - 3)
+    stream = b"\x00" + publish
+    assert packet_at(stream, 1, 3) == (-1, 0)  # the length's second byte has not arrived
+    with pytest.raises(MalformedPacket) as caught:
+        packet_at(b"\x30\xff\xff\xff\xff\x01", 0, 6)
+    assert (caught.value.reason, caught.value.offset) == (BAD_REMAINING_LENGTH, 4)

@@ -23,7 +23,7 @@ from tests.vectors import (
 
 import fastmqtt
 from fastmqtt import mqtt_spec as spec
-from fastmqtt import parse
+from fastmqtt import packets, parse
 from fastmqtt.errors import MalformedPacket
 
 
@@ -201,3 +201,25 @@ def test_parse_module_exports() -> None:
     assert parse.inspect_connack is fastmqtt.inspect_connack
     assert parse.Connack is fastmqtt.Connack
     assert parse.MalformedPacket is MalformedPacket
+
+
+def test_a_refused_connect_says_its_level_and_whether_the_client_id_is_at_fault(
+    impl: ModuleType,
+) -> None:
+    """What answering it takes (access.malformed_connack), from the scanner itself: the level
+    byte as the bytes show it, also past what a size limit lets the scan read, and the field."""
+    cases = [
+        (packets.connect("a\x00b", version=5), {}, (spec.BAD_UTF8, 5, "client_id")),
+        (packets.connect("ok", 4, username="\x00"), {}, (spec.BAD_UTF8, 4, None)),
+        (packets.connect("x" * 3000, 5), {"max_size": 1024}, (spec.PACKET_TOO_LARGE, 5, None)),
+        (
+            packets.connect("ok", 5).replace(b"MQTT\x05", b"MQTX\x85"),
+            {},
+            (spec.BAD_PROTOCOL_NAME, 0x85, None),
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n", {}, (spec.HTTP_REQUEST, None, None)),
+    ]
+    for data, kwargs, expected in cases:
+        with pytest.raises(MalformedPacket) as caught:
+            impl.inspect_connect(data, **kwargs)
+        assert (caught.value.reason, caught.value.level, caught.value.field) == expected, data

@@ -247,7 +247,7 @@ def outcome(inspect: Any, names: list[str], data: bytes, **kwargs: Any) -> tuple
     try:
         result = inspect(data, **kwargs)
     except MalformedPacket as exc:
-        return ("error", exc.reason, exc.offset)
+        return ("error", exc.reason, exc.offset, exc.level, exc.field)
     if result is None:
         return ("incomplete",)
     return ("valid", tuple(getattr(result, name) for name in names))

@@ -26,9 +26,10 @@ from fastmqtt.streams import (
     SocketStream,
     StreamClosed,
     TransportStream,
+    WsBridge,
     WsPassthrough,
 )
-from fastmqtt.websocket import encode_frame
+from fastmqtt.websocket import FrameDecoder, encode_frame
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,44 @@ def test_tls_write_waits_for_a_peer_that_does_not_read(certs) -> None:
         return peak
 
     assert run(main) < 1 << 20  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------- WebSocket bridge
+
+
+def test_bridge_unwraps_frames_answers_pings_and_ends_at_the_close_frame() -> None:
+    """What routing reads from a bridged WebSocket client is MQTT (bytes read with the
+    upgrade first), a ping is answered on the socket, what we write goes out as one binary
+    frame, and the client's close frame ends the stream, echoed."""
+    connect = packets.connect("ws-unit", version=4)
+
+    async def main() -> tuple:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(5)
+        bridge = WsBridge(
+            SocketStream(asyncio.get_running_loop(), ours), masked(spec.OP_BINARY, connect[:5])
+        )
+        theirs.sendall(masked(spec.OP_PING, b"hb") + masked(spec.OP_BINARY, connect[5:]))
+        got = [await bridge.read(), await bridge.read()]
+        await bridge.write(packets.connack(0))
+        theirs.sendall(masked(spec.OP_CLOSE, spec.CLOSE_NORMAL.to_bytes(2, "big")))
+        with pytest.raises(StreamClosed) as closed:
+            await bridge.read()
+        decoder = FrameDecoder(masked=False)
+        seen = b""
+        while len(seen) < 2 + 4 + 2 + 4:  # pong "hb", binary CONNACK, close 1000
+            seen += theirs.recv(1024)
+        payload, controls = decoder.feed(seen)
+        ours.close()
+        theirs.close()
+        return got, str(closed.value), payload, controls
+
+    got, reason, payload, controls = run(main)  # type: ignore[misc]
+    assert b"".join(got) == connect
+    assert reason == "client-closed"
+    assert payload == packets.connack(0)
+    assert controls == [
+        (spec.OP_PONG, b"hb"),
+        (spec.OP_CLOSE, spec.CLOSE_NORMAL.to_bytes(2, "big")),
+    ]

@@ -31,7 +31,7 @@ from fastmqtt.metrics import Histogram, ReloadCounters
 from fastmqtt.procfs import read_process
 
 if TYPE_CHECKING:
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
 
 # HAProxy 2.6's leading `show stat` columns, in its order (the rest are HTTP/H2/SSL ones).
 CSV_COLUMNS = (
@@ -68,27 +68,27 @@ class Rates:
         return {"rate": self.rate.get(key, 0), "rate_max": self.max.get(key, 0)}
 
 
-def _live_bytes(proxy: Proxy) -> tuple[dict[str, list[int]], dict[int, list[int]]]:
+def _live_bytes(runtime: Runtime) -> tuple[dict[str, list[int]], dict[int, list[int]]]:
     """Bytes of connections still open (counters only grow when one ends): per frontend
     name and per server (by id), as [in, out]."""
     frontends: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     servers: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for session in proxy.hub.sessions.values():
-        traffic = session.traffic(*proxy.hub.counters(session))
-        rows = [frontends[session.frontend]]
+    for session in runtime.hub.sessions.values():
+        traffic = session.traffic(*runtime.hub.counters(session))
+        rows = [frontends[session.frontend.name]]
         if session.server is not None:
             rows.append(servers[id(session.server)])
         for row in rows:
             row[0] += traffic[0]
             row[1] += traffic[1]
-    if proxy.fast is not None:
-        proxy.fast.add_live_bytes(frontends, servers)
+    if runtime.fast is not None:
+        runtime.fast.add_live_bytes(frontends, servers)
     return frontends, servers
 
 
 def _frontend_row(fe: Frontend, live: list[int], rates: Rates) -> dict[str, Any]:
     c = fe.counters
-    reason = fe.proxy.path_reason(fe)
+    reason = fe.runtime.path_reason(fe)
     return {
         "pxname": fe.name,
         "svname": "FRONTEND",
@@ -254,34 +254,34 @@ def _stick_fields(backend: Backend) -> dict[str, Any]:
     return {"stick_entries": len(table), "stick_size": table.size, "stick_bytes": table.bytes}
 
 
-def snapshot(proxy: Proxy, rates: Rates) -> dict[str, Any]:
+def snapshot(runtime: Runtime, rates: Rates) -> dict[str, Any]:
     """Everything the stats page shows, as plain data (this is also /stats.json)."""
-    now = proxy.loop.time()
-    if proxy.fast is not None:  # what the engine's fast path did, into the counters below
-        proxy.hub.take_records()
-        proxy.fast.sync()
-    live_fe, live_sv = _live_bytes(proxy)
+    now = runtime.loop.time()
+    if runtime.fast is not None:  # what the engine's fast path did, into the counters below
+        runtime.hub.take_records()
+        runtime.fast.sync()
+    live_fe, live_sv = _live_bytes(runtime)
     backends = []
-    for backend in proxy.backends.values():
-        checker = proxy.health[backend.name]
+    for backend in runtime.backends.values():
+        checker = runtime.health[backend.name]
         servers = [
             _server_row(backend, s, checker.servers[s.name], live_sv[id(s)], rates, now)
             for s in backend.servers
         ]
         backends.append(_backend_row(backend, servers, rates))
-    uptime = now - proxy.started_at
+    uptime = now - runtime.started_at
     return {
         "version": __version__,
         "implementation": IMPLEMENTATION,
         "pid": os.getpid(),
         "uptime_seconds": round(uptime, 3),
         "start_time_seconds": round(time.time() - uptime, 3),
-        "current": proxy.current + (proxy.fast.live if proxy.fast is not None else 0),
-        "maxconn": proxy.config.global_.maxconn,
-        "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in proxy.frontends],
+        "current": runtime.current + (runtime.fast.live if runtime.fast is not None else 0),
+        "maxconn": runtime.config.global_.maxconn,
+        "frontends": [_frontend_row(fe, live_fe[fe.name], rates) for fe in runtime.frontends],
         "backends": backends,
-        "processes": [process_row(proxy.reloads, proxy.worker)],
-        "moves": proxy.rebalancer.snapshot(),
+        "processes": [process_row(runtime.reloads, runtime.worker)],
+        "moves": runtime.rebalancer.snapshot(),
     }
 
 

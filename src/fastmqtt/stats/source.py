@@ -12,7 +12,7 @@ from fastmqtt.stats.rows import Rates, snapshot
 
 if TYPE_CHECKING:
     from fastmqtt.rebalance import Rebalancer
-    from fastmqtt.runtime import Proxy
+    from fastmqtt.runtime import Runtime
 
 RATE_TICK = 1.0  # seconds between session-rate samples
 
@@ -59,15 +59,15 @@ class Source(Protocol):
 
 
 class LocalSource:
-    """This process's own proxy; also what a worker reports to its supervisor."""
+    """This process's own runtime; also what a worker reports to its supervisor."""
 
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.rates = Rates()
         self._ticker: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._ticker = self.proxy.loop.call_later(RATE_TICK, self._tick)
+        self._ticker = self.runtime.loop.call_later(RATE_TICK, self._tick)
 
     def close(self) -> None:
         if self._ticker is not None:
@@ -75,10 +75,10 @@ class LocalSource:
 
     @property
     def rebalancer(self) -> Rebalancer:
-        return self.proxy.rebalancer
+        return self.runtime.rebalancer
 
     def snapshot_now(self) -> dict[str, Any]:
-        return snapshot(self.proxy, self.rates)
+        return snapshot(self.runtime, self.rates)
 
     async def snapshot(self) -> dict[str, Any]:
         return self.snapshot_now()
@@ -92,14 +92,14 @@ class LocalSource:
         self, backend: str, server: str, state: str | None, weight: int | None, who: str
     ) -> None:
         """KeyError for a server this process does not have."""
-        checker = self.proxy.health[backend]
+        checker = self.runtime.health[backend]
         if weight is not None:
             checker.set_weight(server, weight, who)
         if state is not None:
             checker.set_admin(server, Admin(state), who)
 
     def reload(self) -> list[str]:
-        return self.proxy.reload_file()
+        return self.runtime.reload_file()
 
     async def find(
         self,
@@ -109,16 +109,16 @@ class LocalSource:
         server: str | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        found = await self.proxy.hub.find(client_id, prefix, backend, server, limit)
-        return [{**conn.as_dict(), "worker": self.proxy.worker} for conn in found]
+        found = await self.runtime.hub.find(client_id, prefix, backend, server, limit)
+        return [{**conn.as_dict(), "worker": self.runtime.worker} for conn in found]
 
     async def leave(self, conn_ids: dict[int | None, list[int]], reason_code: int) -> int:
         ids = [conn_id for some in conn_ids.values() for conn_id in some]
-        return await self.proxy.hub.ask_to_leave(ids, reason_code)
+        return await self.runtime.hub.ask_to_leave(ids, reason_code)
 
     async def stick(self, client_id: str, remove: bool) -> list[dict[str, Any]]:
         entries = []
-        for backend in self.proxy.backends.values():
+        for backend in self.runtime.backends.values():
             table, config = backend.stick, backend.config.stick
             if table is None or config is None or config.on != "client_id":
                 continue
@@ -138,12 +138,12 @@ class LocalSource:
         return entries
 
     def _tick(self) -> None:
-        for fe in self.proxy.frontends:
+        for fe in self.runtime.frontends:
             self.rates.sample(("frontend", fe.name), fe.counters.total)
-        for backend in self.proxy.backends.values():
+        for backend in self.runtime.backends.values():
             self.rates.sample(
                 ("backend", backend.name), sum(s.counters.total for s in backend.servers)
             )
             for s in backend.servers:
                 self.rates.sample(("server", backend.name, s.name), s.counters.total)
-        self._ticker = self.proxy.loop.call_later(RATE_TICK, self._tick)
+        self._ticker = self.runtime.loop.call_later(RATE_TICK, self._tick)

@@ -36,6 +36,8 @@ from multiprocessing.connection import Connection, wait
 
 from fastmqtt import packets
 from fastmqtt.deadline import Deadline
+from fastmqtt.errors import MalformedPacket
+from fastmqtt.framing import packet_at
 
 DISCONNECT = b"\xe0\x00"
 PINGREQ = b"\xc0\x00"
@@ -187,7 +189,10 @@ class Client(asyncio.Protocol):
             if length < 0x80:  # one-byte remaining length: every small packet, inline
                 body = pos + 2
             else:
-                body, length = _remaining_length(buf, pos, end)
+                try:
+                    body, length = packet_at(buf, pos, end)
+                except MalformedPacket:
+                    raise ConnectionError("malformed remaining length from the server") from None
             if body < 0 or body + length > end:
                 break
             kind = buf[pos] >> 4
@@ -208,21 +213,6 @@ class Client(asyncio.Protocol):
     def close(self, abort: bool = False) -> None:
         if self.transport is not None:
             self.transport.abort() if abort else self.transport.close()
-
-
-def _remaining_length(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
-    """(offset of the body, its length) for the packet at ``pos``; (-1, 0) when incomplete."""
-    length, multiplier, i = 0, 1, pos + 1
-    while i < end and i < pos + 5:
-        digit = buf[i]
-        length += (digit & 0x7F) * multiplier
-        i += 1
-        if digit < 0x80:
-            return i, length
-        multiplier <<= 7
-    if i >= pos + 5:
-        raise ConnectionError("malformed remaining length from the server")
-    return -1, 0
 
 
 # --- a worker process ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 from fastmqtt import packets
 from fastmqtt.config import load_config_text
 from fastmqtt.parse import inspect_connack
-from fastmqtt.runtime import Proxy
+from fastmqtt.runtime import Runtime
 from fastmqtt.tools.brokers import BrokerUnavailable, Mosquitto, free_port, start_brokers
 
 PING_EVERY = 30.0
@@ -89,9 +89,9 @@ async def _demo(args: argparse.Namespace, brokers: list[Mosquitto]) -> int:
     loop = asyncio.get_running_loop()
     port = _pick_port(args.port)
     stats_port = _pick_port(args.stats_port, avoid=port)
-    proxy = Proxy(load_config_text(demo_config(port, brokers, stats_port), "<demo>"), loop)
-    await proxy.find_servers()
-    proxy.start()
+    runtime = Runtime(load_config_text(demo_config(port, brokers, stats_port), "<demo>"), loop)
+    await runtime.find_servers()
+    runtime.start()
     clients = [await _connect_client(port, f"demo-{i + 1}") for i in range(args.clients)]
     await asyncio.sleep(0.3)  # brokers write their log lines
     _print_landing(brokers, port, stats_port)
@@ -104,7 +104,7 @@ async def _demo(args: argparse.Namespace, brokers: list[Mosquitto]) -> int:
     pinger.cancel()
     for _reader, writer in clients:
         writer.close()
-    await proxy.shutdown(grace=1.0)
+    await runtime.shutdown(grace=1.0)
     return 0
 
 
