@@ -619,12 +619,10 @@ cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcep
     cdef FastConn *fc = <FastConn *>calloc(1, sizeof(FastConn))
     cdef Conn *c = &fc.c
     cdef epoll_event ev
-    cdef int one = 1
     if fc == NULL:
         close(fd)
         atomic_inc64(&lst.n.accept_errors, 1)
         return
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
     atomic_add32(&lst.refs, 1)
     atomic_add32(&lst.live, 1)
     atomic_add32(&f.live, 1)
@@ -1837,6 +1835,9 @@ cdef class FastPath:
             close_fd(&lst.fd)
             free(lst)
             return NULL
+        # Accepted sockets inherit TCP_NODELAY from the listening one (Linux): a setsockopt
+        # here instead of one per connection.
+        setsockopt(lst.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         lst.refs = 1
         lst.id = frontend_id
         lst.paused = P_CLOSED

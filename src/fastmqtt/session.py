@@ -17,6 +17,18 @@ if TYPE_CHECKING:
 _ids = itertools.count(1)
 
 
+def credit(
+    frontend_counters: FrontendCounters, server: Server | None, bytes_in: int, bytes_out: int
+) -> None:
+    """An ended connection's bytes, into its frontend's and its server's counters."""
+    counted: list[FrontendCounters | ServerCounters] = [frontend_counters]
+    if server is not None:
+        counted.append(server.counters)
+    for counters in counted:
+        counters.bytes_in += bytes_in
+        counters.bytes_out += bytes_out
+
+
 class Session:
     """What fastmqtt knows about one client connection; timestamps are time.monotonic()."""
 
@@ -84,12 +96,7 @@ class Session:
         """The relay is done: final byte counts, credited to the frontend and the server."""
         self.bytes_in, self.bytes_out = self.traffic(c2s, s2c)
         self.end_reason = reason
-        counted: list[FrontendCounters | ServerCounters] = [self.frontend_counters]
-        if self.server is not None:
-            counted.append(self.server.counters)
-        for counters in counted:
-            counters.bytes_in += self.bytes_in
-            counters.bytes_out += self.bytes_out
+        credit(self.frontend_counters, self.server, self.bytes_in, self.bytes_out)
 
     def _ms_since_accept(self, t: float | None) -> int:
         return -1 if t is None else int((t - self.accepted_at) * 1000)
