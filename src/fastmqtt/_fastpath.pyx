@@ -62,7 +62,8 @@ from fastmqtt._parse cimport (
 from fastmqtt._splice cimport (
     F_BYE, F_DONE, F_EOF, F_HUP, F_RD, F_TRACK, K_FAST, LISTENER_TAG, NSLOTS, R_KILLED, TICK_NS,
     Bye, Conn,
-    Core, Engine, FastHooks, Pending, Worker, bye_start, close_fd, finish, fm_load64, follow,
+    Core, Engine, FastHooks, Pending, Worker, bye_start, close_fd, finish, fm_add64, fm_load64,
+    follow,
     halt, mono_ns, pending_new, pump, refile, wake,
 )
 from fastmqtt.includes.atomic cimport (
@@ -622,12 +623,10 @@ cdef void accepted(Worker *w, Listener *lst, int fd, sockaddr_in6 *peer) noexcep
     cdef FastConn *fc = <FastConn *>calloc(1, sizeof(FastConn))
     cdef Conn *c = &fc.c
     cdef epoll_event ev
-    cdef int one = 1
     if fc == NULL:
         close(fd)
         atomic_inc64(&lst.n.accept_errors, 1)
         return
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
     atomic_add32(&lst.refs, 1)
     atomic_add32(&lst.live, 1)
     atomic_add32(&f.live, 1)
@@ -1399,10 +1398,17 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     cdef FastConn *fc = <FastConn *>c
     cdef Listener *lst = fc.listener
     cdef Setup *st = fc.setup
-    c.pend[1] = pending_new(<const char *>to_client, n)
-    if n and c.pend[1] == NULL:
-        end(w, c, W_ERRNO, ENOMEM)
-        return
+    cdef ssize_t sent = send(c.fd[0], to_client, n, MSG_NOSIGNAL) if n else 0
+    # The CONNACK first, the bookkeeping after: the client waits for it. An error is left
+    # for the relay's own send to meet and report.
+    if sent < 0:
+        sent = 0
+    if <uint32_t>sent < n:
+        c.pend[1] = pending_new(<const char *>to_client + sent, n - <uint32_t>sent)
+        if c.pend[1] == NULL:
+            end(w, c, W_ERRNO, ENOMEM)
+            return
+        fm_add64(&w.buffered, n - <uint32_t>sent)
     if fc.version and (lst.track == TRACK_ALL or lst.track == TRACK_V5 and fc.version == 5):
         c.flags |= F_TRACK  # from the start: the client's bytes (its CONNECT first), the
         follow(c, 1, to_client, n, False)  # server's from its CONNACK
@@ -1412,6 +1418,8 @@ cdef void relay(Worker *w, Conn *c, const uint8_t *to_client, uint32_t n) noexce
     if c.pend[0] != NULL and c.pend[0].off == c.pend[0].len:
         free(c.pend[0])
         c.pend[0] = NULL
+    elif c.pend[0] != NULL:  # the relay holds the rest now (Engine.buffered counts it)
+        fm_add64(&w.buffered, c.pend[0].len - c.pend[0].off)
     c.nbytes[0] = st.data_len  # the client's bytes (a PROXY header is ours)
     c.nbytes[1] = n
     atomic_inc64(&fc.server.n.total, 1)
@@ -1840,6 +1848,9 @@ cdef class FastPath:
             close_fd(&lst.fd)
             free(lst)
             return NULL
+        # Accepted sockets inherit TCP_NODELAY from the listening one (Linux): a setsockopt
+        # here instead of one per connection.
+        setsockopt(lst.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         lst.refs = 1
         lst.id = frontend_id
         lst.paused = P_CLOSED

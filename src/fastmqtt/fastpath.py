@@ -32,7 +32,7 @@ from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, 
 from fastmqtt.backend import ServerState
 from fastmqtt.balance import Consistent, server_id
 from fastmqtt.relay import ConnInfo
-from fastmqtt.session import Session
+from fastmqtt.session import Session, credit
 
 if TYPE_CHECKING:
     from fastmqtt.backend import Backend, Server
@@ -48,6 +48,8 @@ TICK = 0.1  # the engine's timing wheel
 MAX_RULES = 64  # access rules per frontend on the fast path (_fastpath.MAX_ROUTES)
 STATES = tuple(ServerState)  # the engine's S_* codes, in this order
 # fields of a record (_fastpath.Record)
+BYTES_IN = 14  # the engine's counts include the CONNECT
+BYTES_OUT = 15
 REASON = 16
 DENIED = 17  # refused before reaching a server
 CONN_ID = 19
@@ -405,26 +407,30 @@ class FastPathHub:
         log = self.runtime.conn_log
         records = self.c.drain()
         for record in records:
-            session = self._session(record)
-            if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
-                session.frontend.counters.denied[session.end_reason] += 1
+            reason = self._end_reason(record)
+            counters = self._frontends[record[0]].counters
             if log is not None:
+                session = self.session_of(record)
+                session.ended(record[BYTES_IN], record[BYTES_OUT], reason)
                 log.write(session)
+            else:  # no line to write (log_connections = false): the counters alone, cheaper
+                server = self._server_by_id.get(record[2])
+                credit(counters, server, record[BYTES_IN], record[BYTES_OUT])
+            if record[DENIED]:  # refused before reaching a server (Frontend._serve counts those)
+                counters.denied[reason] += 1
         for fe in self.runtime.frontends:
             if not fe.accepting:
                 fe.resume()  # a slot of the process's maxconn may have freed up
         return len(records)
 
-    def _session(self, record: tuple) -> Session:
-        session = self.session_of(record)
+    def _end_reason(self, record: tuple) -> str:
         reason, server_id = record[REASON], record[2]
         asked = self._leave_reasons.pop(record[CONN_ID], None)
         if asked is not None and reason in ("killed", "drained"):
-            reason = asked  # leave() said why
-        elif reason == "killed" and server_id in self._close_reasons:
-            reason = self._close_reasons[server_id]  # close_server() said why
-        session.ended(record[14], record[15], reason)  # the engine's counts include the CONNECT
-        return session
+            return asked  # leave() said why
+        if reason == "killed" and server_id in self._close_reasons:
+            return self._close_reasons[server_id]  # close_server() said why
+        return reason
 
     def session_of(self, record: tuple) -> Session:
         """The Session of an engine record (drain(), or facts() of a live connection)."""

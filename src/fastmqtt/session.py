@@ -29,6 +29,18 @@ class Origin(Protocol):
         """The session is over here: its per-source limit goes back."""
 
 
+def credit(
+    frontend_counters: FrontendCounters, server: Server | None, bytes_in: int, bytes_out: int
+) -> None:
+    """An ended connection's bytes, into its frontend's and its server's counters."""
+    counted: list[FrontendCounters | ServerCounters] = [frontend_counters]
+    if server is not None:
+        counted.append(server.counters)
+    for counters in counted:
+        counters.bytes_in += bytes_in
+        counters.bytes_out += bytes_out
+
+
 class Session:
     """What fastmqtt knows about one client connection, and what it holds while it lives.
 
@@ -121,12 +133,7 @@ class Session:
         reached the relay), credited to the frontend and the server; what it held goes back."""
         self.bytes_in, self.bytes_out = self.traffic(c2s, s2c)
         self.end_reason = reason
-        counted: list[FrontendCounters | ServerCounters] = [self.frontend.counters]
-        if self.server is not None:
-            counted.append(self.server.counters)
-        for counters in counted:
-            counters.bytes_in += self.bytes_in
-            counters.bytes_out += self.bytes_out
+        credit(self.frontend.counters, self.server, self.bytes_in, self.bytes_out)
         if self._holds_frontend:
             self.ended_at = time.monotonic()
         self._give_back()

@@ -146,6 +146,22 @@ def test_ten_clients_land_4_3_3_and_each_leaves_a_record(brokers, lane) -> None:
     assert [ref.counters()[0] for ref in fast.refs] == [4, 3, 3]
 
 
+def test_what_the_setup_hands_the_relay_is_counted_as_held_until_sent(brokers, lane) -> None:
+    """Engine.buffered(): the CONNACK and CONNECT the setup hands to the relay are counted
+    while held and no longer once sent (never below zero)."""
+    fast = lane(_addresses(brokers(1)))
+    # accepted sockets inherit TCP_NODELAY from the listening one, which the engine sets
+    assert fast.listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    clients = [_open_client(fast, f"held-{i}") for i in range(5)]
+    assert fast.engine.buffered() == 0
+    for sock in clients:
+        sock.sendall(packets.PINGREQ)
+        assert sock.recv(16) == b"\xd0\x00"  # PINGRESP, through the relay
+        sock.close()
+    fast.wait(5)
+    assert fast.engine.buffered() == 0
+
+
 INVALID = [v for v in CONNECT_VECTORS if v.expect not in (VALID, "incomplete") and not v.kwargs]
 
 
