@@ -60,14 +60,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmqtt.takeover")
 
 MAGIC = "fastmqtt-takeover"
-FORMAT = 1  # the connection records below; bump on any change to them
+FORMAT = 2  # the connection records below; bump on any change to them (2: both streams'
+# packet-boundary state; 1 carried the server's only)
 FORMAT_ENV = "FASTMQTT_TAKEOVER_FORMAT"  # tests: pretend another format
 
 HELLO, OFFER, READY, CONNS, DONE, ACK = range(1, 7)
 HEAD = struct.Struct("!BIH")  # kind, payload length, fd count
 # bytes_in, bytes_out, held for the server, held for the client, state bits, client idle,
-# server idle, client quiet, server quiet, packet bytes left, header bytes, age, facts length
-RECORD = struct.Struct("!QQIIIddddIBdI")
+# server idle, client quiet, server quiet, then for the client's stream and the server's:
+# packet bytes left, length bytes read; age, facts length
+RECORD = struct.Struct("!QQIIIddddIBIBdI")
 MAX_HELD = (1 << 24) + 262144  # what one direction of the engine can hold (_splice MAX_HELD)
 MAX_FACTS = 1 << 20  # two MQTT strings of 65535 characters, as JSON
 MAX_CONTROL = 1 << 20  # HELLO, OFFER, READY, DONE, ACK
@@ -173,12 +175,9 @@ class Moved:
 
 def pack_record(row: tuple, facts: dict[str, Any]) -> bytes:
     """An Engine.export() row (without handle, id, kind and fds) and its session facts."""
-    c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr, age = row
+    c2s, s2c, to_server, to_client, *clocks_and_packets = row
     blob = json.dumps(facts, ensure_ascii=False).encode()
-    head = RECORD.pack(
-        c2s, s2c, len(to_server), len(to_client), state, c_idle, s_idle, c_quiet, s_quiet,
-        left, hdr, age, len(blob),
-    )  # fmt: skip
+    head = RECORD.pack(c2s, s2c, len(to_server), len(to_client), *clocks_and_packets, len(blob))
     return head + to_server + to_client + blob
 
 
@@ -190,8 +189,7 @@ def unpack_records(payload: bytes, count: int) -> list[Moved]:
     for _ in range(count):
         if len(view) - at < RECORD.size:
             raise TakeoverError("a connection record is cut short")
-        (c2s, s2c, n_server, n_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr,
-         age, n_facts) = RECORD.unpack_from(view, at)  # fmt: skip
+        c2s, s2c, n_server, n_client, *clocks_and_packets, n_facts = RECORD.unpack_from(view, at)
         at += RECORD.size
         if n_server > MAX_HELD or n_client > MAX_HELD or n_facts > MAX_FACTS:
             raise TakeoverError("a connection record is larger than any the engine makes")
@@ -203,9 +201,7 @@ def unpack_records(payload: bytes, count: int) -> list[Moved]:
         at += n_client
         facts = _facts(bytes(view[at : at + n_facts]))
         at += n_facts
-        state_args = (c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet,
-                      left, hdr, age)  # fmt: skip
-        out.append(Moved(state_args, facts))
+        out.append(Moved((c2s, s2c, to_server, to_client, *clocks_and_packets), facts))
     if at != len(view):
         raise TakeoverError("bytes after the last connection record")
     return out
