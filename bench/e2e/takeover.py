@@ -73,13 +73,15 @@ async def main(clients: int, workers: int) -> None:
         # one line per worker: the slowest one is the takeover's time
         handed = max(re.findall(r"handed over to pid \d+ \(\d+ adopted\) in (\d+) ms", old.logs()),
                      key=int, default=None)  # fmt: skip
-        adopted = re.findall(r"adopted (\d+) connections in (\d+) ms", new.logs())
+        adopted = re.findall(
+            r"adopted (\d+) connections in (\d+) ms .*?receiving took (\d+) ms", new.logs()
+        )
         lost = sum(1 for p in [*pingers, *pubs] if p.lost)
         acked = [m for p in pubs for m in p.acked]
         exact = all(sub.received[m] == 1 for m in acked) and len(sub.received) == len(acked)
         print(f"connections: {clients + 21}")
         print(f"old: handed over in {handed} ms (the slowest worker)")
-        print(f"new: adopted (connections, ms) per worker: {adopted}")
+        print(f"new: adopted (connections, ms, of which receiving ms) per worker: {adopted}")
         gap = longest_gap(pingers, started - PING_EVERY, ended)
         print(f"longest ping round trip around the takeover: {gap * 1000:.0f} ms")
         print(

@@ -46,8 +46,10 @@ class Engine:
         server_idle: float,
         client_quiet: float,
         server_quiet: float,
-        pkt_left: int,
-        pkt_hdr: int,
+        client_pkt_left: int,
+        client_pkt_hdr: int,
+        server_pkt_left: int,
+        server_pkt_hdr: int,
         age: float,
     ) -> None: ...
     def freeze(self) -> None: ...

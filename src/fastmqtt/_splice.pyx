@@ -97,7 +97,7 @@ cdef enum:
     X_CLIENT_FIN_SENT = 1 << 2  # the client's FIN was passed on to the server
     X_SERVER_FIN_SENT = 1 << 3  # the server's FIN was passed on to the client
     X_SERVER_FIRST = 1 << 4     # the server's FIN came first
-    X_TRACK = 1 << 5            # the server's packet boundaries are followed
+    X_TRACK = 1 << 5            # both streams' packet boundaries are followed
     X_ALL = (1 << 6) - 1
     MAX_HELD = (1 << 24) + PIPE_CAP  # the most a direction can hold (buffer_size + a pipe)
 
@@ -270,6 +270,14 @@ cdef size_t follow(Conn *c, int d, const uint8_t *data, size_t n, bint stop) noe
     c.pkt_left[d] = left
     c.pkt_hdr[d] = hdr
     return i
+
+
+cdef int check_boundary(str stream, uint32_t left, uint32_t hdr) except -1:
+    """Refuse a packet-boundary state that follow() cannot have left (from another process):
+    at most 4 length bytes, and no more length than those bytes can carry."""
+    if hdr > 4 or left >= (1 << 28) or (hdr and left >= (<uint32_t>1 << (7 * (hdr - 1)))):
+        raise ValueError(f"bad packet-boundary state of the {stream}'s stream ({left}, {hdr})")
+    return 0
 
 
 cdef Bye *bye_take(Worker *w, Conn *c) noexcept nogil:
@@ -1434,23 +1442,24 @@ cdef class Engine:
     def adopt(self, int64_t conn_id, int client_fd, int server_fd, uint64_t bytes_in,
               uint64_t bytes_out, const unsigned char[:] to_server,
               const unsigned char[:] to_client, uint32_t state, double client_idle,
-              double server_idle, double client_quiet, double server_quiet, uint32_t pkt_left,
-              uint32_t pkt_hdr, double age) -> None:
+              double server_idle, double client_quiet, double server_quiet,
+              uint32_t client_pkt_left, uint32_t client_pkt_hdr, uint32_t server_pkt_left,
+              uint32_t server_pkt_hdr, double age) -> None:
         """Take over a connection another process's engine relayed (an ``export()`` row from
         the bytes onwards, read from another process: every value is checked). The engine
         owns both fds, also when this raises. ``*_quiet``: seconds since each side last made
         progress (its idle clock goes on); ``age``: how long the connection has existed;
-        ``pkt_*``: the server's stream's packet-boundary state (the client's stream is taken
-        to be between two packets: the handover format carries one direction)."""
+        ``client_pkt_*``, ``server_pkt_*``: where each stream is within its packet (body
+        bytes left, length bytes read), so that a goodbye waits for the packet the old
+        engine was inside, in either direction."""
         cdef Conn *c
         cdef uint32_t shut_without_eof = (state >> 2) & ~state & 3
         try:
             self._check_add(conn_id, client_fd, server_fd)
             if state & ~(<uint32_t>X_ALL) or shut_without_eof or (state & 0xC) == 0xC:
                 raise ValueError(f"bad connection state bits {state:#x}")
-            if pkt_hdr > 4 or pkt_left >= (1 << 28) or (
-                    pkt_hdr and pkt_left >= (<uint32_t>1 << (7 * (pkt_hdr - 1)))):
-                raise ValueError(f"bad packet-boundary state ({pkt_left}, {pkt_hdr})")
+            check_boundary("client", client_pkt_left, client_pkt_hdr)
+            check_boundary("server", server_pkt_left, server_pkt_hdr)
             if max(to_server.shape[0], to_client.shape[0]) > MAX_HELD:
                 raise ValueError(f"more than {MAX_HELD} bytes held in a direction")
             for value in (client_quiet, server_quiet, age):
@@ -1466,8 +1475,10 @@ cdef class Engine:
         c.flags = flags_of(state)
         if state & X_TRACK:
             c.asked |= ASK_TRACK
-        c.pkt_left[1] = pkt_left
-        c.pkt_hdr[1] = <uint8_t>pkt_hdr
+        c.pkt_left[0] = client_pkt_left
+        c.pkt_hdr[0] = <uint8_t>client_pkt_hdr
+        c.pkt_left[1] = server_pkt_left
+        c.pkt_hdr[1] = <uint8_t>server_pkt_hdr
         c.last_rx[0] = <uint32_t>(client_quiet * 10)  # ticks ago: open_conn() makes it a tick
         c.last_rx[1] = <uint32_t>(server_quiet * 10)
         c.t = mono_s() - age
@@ -1489,8 +1500,9 @@ cdef class Engine:
         """The state of every relayed connection of a frozen engine, one row each: (handle,
         conn id, fast path?, client fd, server fd, bytes client->server, bytes
         server->client, held for the server, held for the client, state bits, client idle s,
-        server idle s, client quiet s, server quiet s, packet bytes left, header bytes,
-        age s). The bytes held are taken out of the engine's pipes: export once."""
+        server idle s, client quiet s, server quiet s, then for the client's stream and the
+        server's: packet bytes left, length bytes read; age s). The bytes held are taken out
+        of the engine's pipes: export once."""
         cdef list handles = [], out = []
         cdef Worker *w
         cdef Conn *c
@@ -1511,7 +1523,8 @@ cdef class Engine:
                     handle, c.conn_id, c.kind == K_FAST, c.fd[0], c.fd[1], c.nbytes[0],
                     c.nbytes[1], held(w, c, 0), held(w, c, 1), state_bits(c.flags),
                     c.idle[0] / 10, c.idle[1] / 10, <uint32_t>(now - c.last_rx[0]) / 10,
-                    <uint32_t>(now - c.last_rx[1]) / 10, c.pkt_left[1], c.pkt_hdr[1], t - c.t,
+                    <uint32_t>(now - c.last_rx[1]) / 10, c.pkt_left[0], c.pkt_hdr[0],
+                    c.pkt_left[1], c.pkt_hdr[1], t - c.t,
                 ))
         self._exported = {row[0]: row[1] for row in out}
         return out

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from fastmqtt.fastpath import FastPathHub
 
 
-STATE_TRACK = 1 << 5  # Engine.export()'s state bit: the server's packets are followed
+STATE_TRACK = 1 << 5  # Engine.export()'s state bit: both streams' packets are followed
 
 
 class Relay(Protocol):

@@ -43,7 +43,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,14 +60,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmqtt.takeover")
 
 MAGIC = "fastmqtt-takeover"
-FORMAT = 1  # the connection records below; bump on any change to them
+FORMAT = 2  # the connection records below; bump on any change to them (2: both streams'
+# packet-boundary state, facts as an array; 1 carried the server's state only)
 FORMAT_ENV = "FASTMQTT_TAKEOVER_FORMAT"  # tests: pretend another format
 
 HELLO, OFFER, READY, CONNS, DONE, ACK = range(1, 7)
 HEAD = struct.Struct("!BIH")  # kind, payload length, fd count
 # bytes_in, bytes_out, held for the server, held for the client, state bits, client idle,
-# server idle, client quiet, server quiet, packet bytes left, header bytes, age, facts length
-RECORD = struct.Struct("!QQIIIddddIBdI")
+# server idle, client quiet, server quiet, then for the client's stream and the server's:
+# packet bytes left, length bytes read; age, facts length
+RECORD = struct.Struct("!QQIIIddddIBIBdI")
 MAX_HELD = (1 << 24) + 262144  # what one direction of the engine can hold (_splice MAX_HELD)
 MAX_FACTS = 1 << 20  # two MQTT strings of 65535 characters, as JSON
 MAX_CONTROL = 1 << 20  # HELLO, OFFER, READY, DONE, ACK
@@ -172,13 +174,11 @@ class Moved:
 
 
 def pack_record(row: tuple, facts: dict[str, Any]) -> bytes:
-    """An Engine.export() row (without handle, id, kind and fds) and its session facts."""
-    c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr, age = row
-    blob = json.dumps(facts, ensure_ascii=False).encode()
-    head = RECORD.pack(
-        c2s, s2c, len(to_server), len(to_client), state, c_idle, s_idle, c_quiet, s_quiet,
-        left, hdr, age, len(blob),
-    )  # fmt: skip
+    """An Engine.export() row (without handle, id, kind and fds) and its session facts (a
+    JSON array in _FACT_TYPES' order: no keys to write and read 9,000 times)."""
+    c2s, s2c, to_server, to_client, *clocks_and_packets = row
+    blob = _ENCODER.encode([facts[key] for key in _FACT_TYPES]).encode()
+    head = RECORD.pack(c2s, s2c, len(to_server), len(to_client), *clocks_and_packets, len(blob))
     return head + to_server + to_client + blob
 
 
@@ -190,8 +190,7 @@ def unpack_records(payload: bytes, count: int) -> list[Moved]:
     for _ in range(count):
         if len(view) - at < RECORD.size:
             raise TakeoverError("a connection record is cut short")
-        (c2s, s2c, n_server, n_client, state, c_idle, s_idle, c_quiet, s_quiet, left, hdr,
-         age, n_facts) = RECORD.unpack_from(view, at)  # fmt: skip
+        c2s, s2c, n_server, n_client, *clocks_and_packets, n_facts = RECORD.unpack_from(view, at)
         at += RECORD.size
         if n_server > MAX_HELD or n_client > MAX_HELD or n_facts > MAX_FACTS:
             raise TakeoverError("a connection record is larger than any the engine makes")
@@ -203,9 +202,7 @@ def unpack_records(payload: bytes, count: int) -> list[Moved]:
         at += n_client
         facts = _facts(bytes(view[at : at + n_facts]))
         at += n_facts
-        state_args = (c2s, s2c, to_server, to_client, state, c_idle, s_idle, c_quiet, s_quiet,
-                      left, hdr, age)  # fmt: skip
-        out.append(Moved(state_args, facts))
+        out.append(Moved((c2s, s2c, to_server, to_client, *clocks_and_packets), facts))
     if at != len(view):
         raise TakeoverError("bytes after the last connection record")
     return out
@@ -230,20 +227,23 @@ _FACT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _facts(blob: bytes) -> dict[str, Any]:
     try:
-        facts = json.loads(blob)
+        values = json.loads(blob)
     except ValueError:
         raise TakeoverError("session facts are not JSON") from None
-    if not isinstance(facts, dict) or facts.keys() != _FACT_TYPES.keys():
-        raise TakeoverError("session facts have other keys than expected")
-    for key, types in _FACT_TYPES.items():
-        value = facts[key]
-        if not isinstance(value, types) or isinstance(value, bool):
+    if not isinstance(values, list) or len(values) != len(_FACT_TYPES):
+        raise TakeoverError("session facts are not as many as expected")
+    for (key, types), value in zip(_FACT_TYPES.items(), values, strict=True):
+        kind = type(value)  # exact types: JSON makes no subclasses, and a bool is no int here
+        if kind not in types:
             raise TakeoverError(f"session fact {key!r} has the wrong type")
-        if isinstance(value, int) and not -1 <= value < 1 << 63:
+        if kind is int and not -1 <= value < 1 << 63:
             raise TakeoverError(f"session fact {key!r} is out of range")
-    return facts
+    return dict(zip(_FACT_TYPES, values, strict=True))
 
 
 def facts_of(session: Session) -> dict[str, Any]:
@@ -436,7 +436,25 @@ class Offer:
         self._frozen = True
         rows = engine.export()
         closed = hub.take_records()  # ended at the freeze (in setup, saying goodbye): logged
-        batches: list[tuple[bytes, list[int], list[tuple[int, Session | None]]]] = []
+        moved = 0
+        # each batch goes as soon as it is built: the new process adopts one while we build
+        # the next (building and adopting a record cost about the same)
+        for payload, fds, handles in self._batches(rows):
+            await self._call(send_frame, conn, CONNS, payload, fds)
+            for handle, session in handles:  # the other process holds them now
+                engine.release(handle)
+                if session is not None:
+                    hub.forget(session.id)
+                    runtime.session_moved(session)
+            moved += len(handles)
+        return moved, closed
+
+    def _batches(
+        self, rows: list[tuple]
+    ) -> Iterator[tuple[bytes, list[int], list[tuple[int, Session | None]]]]:
+        """Engine.export() rows as CONNS frames: (payload, fds, [(handle, event-loop session
+        or None for a fast-path connection)])."""
+        runtime, hub = self.runtime, self.runtime.hub
         payload, fds, handles = bytearray(), [], []
         for handle, conn_id, fast, cfd, sfd, *state in rows:
             if fast:
@@ -453,20 +471,10 @@ class Offer:
             fds += [cfd, sfd]
             handles.append((handle, owned))
             if len(handles) == MAX_BATCH or len(payload) >= MAX_BATCH_BYTES:
-                batches.append((bytes(payload), fds, handles))
+                yield bytes(payload), fds, handles
                 payload, fds, handles = bytearray(), [], []
         if handles:
-            batches.append((bytes(payload), fds, handles))
-        moved = 0
-        for payload_, fds_, handles_ in batches:
-            await self._call(send_frame, conn, CONNS, payload_, fds_)
-            for handle, session in handles_:  # the other process holds them now
-                engine.release(handle)
-                if session is not None:
-                    hub.forget(session.id)
-                    runtime.session_moved(session)
-            moved += len(handles_)
-        return moved, closed
+            yield bytes(payload), fds, handles
 
 
 def _recv_ready(conn: socket.socket) -> None:
@@ -490,7 +498,7 @@ class Incoming:
         self.sockets: list[tuple[dict[str, Any], socket.socket]] = []
 
     def listeners(self, runtime: Runtime) -> bool:
-        """Ask the running process; give its listening sockets to ``proxy``'s frontends and
+        """Ask the running process; give its listening sockets to ``runtime``'s frontends and
         stats server. False (logged) when there is no running process to take over from."""
         if not self.ask():
             return False

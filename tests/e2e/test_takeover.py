@@ -19,8 +19,19 @@ import pytest
 from fastmqtt import takeover
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.tools.brokers import Mosquitto
+from tests.e2e.test_admin import PASSWORD
+from tests.e2e.test_clients import _ctl_json as ctl_json
+from tests.e2e.test_clients import _qos1_publish as qos1_publish
 from tests.support.certs import make_certs, tls_line
-from tests.support.lb import Client, FastMQTT, lb_port, recipe, wait_until
+from tests.support.lb import (
+    Client,
+    FastMQTT,
+    closed_by_peer,
+    lb_port,
+    raw_connect,
+    recipe,
+    wait_until,
+)
 from tests.support.stats import Stats, stats_toml
 from tests.support.swarm import Peer, Publisher, Subscriber, connect_all, ping_loop
 
@@ -28,9 +39,14 @@ PING_EVERY = 3.0
 
 
 def takeover_config(
-    brokers: list[Mosquitto], port: int, stats_port: int, path: str, extra: str = ""
+    brokers: list[Mosquitto],
+    port: int,
+    stats_port: int,
+    path: str,
+    extra: str = "",
+    user: str | None = None,
 ) -> str:
-    config = recipe(brokers, port, frontend=extra) + stats_toml(stats_port)
+    config = recipe(brokers, port, frontend=extra) + stats_toml(stats_port, user)
     return config.replace("[global]\n", f'[global]\ntakeover_socket = "{path}"\n', 1)
 
 
@@ -136,6 +152,44 @@ def test_a_new_process_takes_every_connection_over_without_a_reconnect(
             'cid="ping-' not in x for x in old.connection_log()
         )  # fmt: skip
     finally:
+        lb.stop()
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
+def test_a_kick_right_after_the_takeover_lets_an_mqtt311_clients_publish_finish(
+    brokers, fastmqtt
+) -> None:
+    """The old engine had relayed half of a 3.1.1 client's QoS 1 PUBLISH when it handed the
+    connection over: the new process's kick (a close between two packets) waits for the rest,
+    and the subscriber gets the whole message."""
+    [broker] = brokers(1)
+    port, stats_port, sock = lb_port(), lb_port(), socket_path()
+    config = takeover_config([broker], port, stats_port, sock, user="ops")
+    old = fastmqtt(config, port=port, env={"STATS_PW": PASSWORD})
+    assert wait_until(lambda: os.path.exists(sock), 10)
+    subscriber = Client("watcher", broker.port)
+    subscriber.subscribe("kick/t", qos=1)
+    device = raw_connect(port, "half-sender")
+    message = qos1_publish("kick/t", b"m" * 5000)
+    device.sendall(message[:2000])
+    time.sleep(0.3)  # relayed by the old engine: it is inside the packet at the handover
+    lb = new_process(config, port, sock, STATS_PW=PASSWORD)
+    try:
+        one_line(old, r"takeover: 1 connections handed over")
+        one_line(lb, r"takeover: adopted 1 connections")
+        kicked = ctl_json(stats_port, "kick", "half-sender")
+        assert kicked["asked"] == 1 and kicked["at_boundary"]
+        assert not closed_by_peer(device, timeout=0.5)  # still open: the PUBLISH is half sent
+        device.sendall(message[2000:])
+        assert closed_by_peer(device, timeout=5)
+        assert subscriber.wait_message(5)
+        assert subscriber.messages == [("kick/t", b"m" * 5000)]
+        assert wait_until(lambda: any(
+            'cid="half-sender"' in x and x.endswith(" kicked") for x in lb.connection_log()
+        ))  # fmt: skip
+    finally:
+        subscriber.close()
+        device.close()
         lb.stop()
 
 

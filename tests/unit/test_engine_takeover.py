@@ -211,13 +211,34 @@ def test_packet_tracking_goes_on_where_it_stopped(
     server.sendall(publish[:6])  # the move happens inside the packet
     assert recv_exactly(client, 6) == publish[:6]
     [row] = move(old, new)
-    state, pkt_left, pkt_hdr = row[9], row[14], row[15]
-    assert state & 0b100000 and (pkt_left, pkt_hdr) == (6, 0)
+    state, client_pkt, server_pkt = row[9], row[14:16], row[16:18]
+    assert state & 0b100000 and client_pkt == (0, 0) and server_pkt == (6, 0)
     new.goodbye(5, BYE)  # waits for the end of the packet the old engine started
     time.sleep(0.1)
     server.sendall(publish[6:] + publish)  # the rest, then a whole packet the goodbye cuts
     assert recv_exactly(client, 6) == publish[6:]
     assert recv_exactly(client, 3) == BYE
+    [(_, _, _, _, reason, _)] = records(new, 1)
+    assert reason == "drained"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 6])  # after the type, inside the length, in the body
+def test_a_close_between_packets_after_the_move_lets_the_clients_packet_finish(
+    engines: tuple[Engine, Engine], listener: socket.socket, cut: int
+) -> None:
+    old, new = engines
+    client, server = relay(old, 6, listener, track_packets=True)
+    body = b"\x00\x03a/b\x00\x01" + b"m" * 200  # QoS 1 PUBLISH, remaining length 207: 2 bytes
+    publish = b"\x32\xcf\x01" + body
+    client.sendall(publish[:cut])  # the move happens inside the client's packet
+    assert recv_exactly(server, cut) == publish[:cut]
+    [row] = move(old, new)
+    assert row[14:16] == {1: (0, 1), 2: (0x4F, 2), 6: (204, 0)}[cut]
+    assert new.goodbye(6, b"")  # MQTT 3.1.1: close once the client's packet is whole
+    time.sleep(0.1)
+    client.sendall(publish[cut:] + publish)  # the rest, then a whole packet the close cuts
+    assert recv_exactly(server, len(publish) - cut) == publish[cut:]
+    assert server.recv(10) == b""  # then the close, with nothing of the next packet
     [(_, _, _, _, reason, _)] = records(new, 1)
     assert reason == "drained"
 
@@ -228,9 +249,13 @@ def test_packet_tracking_goes_on_where_it_stopped(
         ({"state": 1 << 6}, "state bits"),
         ({"state": 0b100}, "state bits"),  # a FIN passed on that never came
         ({"state": 0b1111}, "state bits"),  # both FINs passed on: it had ended
-        ({"pkt_hdr": 5}, "packet-boundary"),
-        ({"pkt_hdr": 2, "pkt_left": 200}, "packet-boundary"),
-        ({"pkt_left": 1 << 28}, "packet-boundary"),
+        ({"server_pkt_hdr": 5}, "server's stream"),
+        ({"server_pkt_hdr": 2, "server_pkt_left": 200}, "server's stream"),
+        ({"server_pkt_left": 1 << 28}, "server's stream"),
+        ({"client_pkt_hdr": 5}, "client's stream"),
+        ({"client_pkt_hdr": 1, "client_pkt_left": 1}, "client's stream"),  # no length byte yet
+        ({"client_pkt_hdr": 4, "client_pkt_left": 1 << 21}, "client's stream"),
+        ({"client_pkt_left": 1 << 28}, "client's stream"),
         ({"to_server": b"x" * ((1 << 24) + 262144 + 1)}, "held"),
         ({"age": float("nan")}, "duration"),
         ({"client_quiet": -1.0}, "duration"),
@@ -247,7 +272,8 @@ def test_adopt_checks_every_value_and_closes_the_fds_it_refuses(
     args = {
         "bytes_in": 0, "bytes_out": 0, "to_server": b"", "to_client": b"", "state": 0,
         "client_idle": 0.0, "server_idle": 0.0, "client_quiet": 0.0, "server_quiet": 0.0,
-        "pkt_left": 0, "pkt_hdr": 0, "age": 0.0,
+        "client_pkt_left": 0, "client_pkt_hdr": 0, "server_pkt_left": 0, "server_pkt_hdr": 0,
+        "age": 0.0,
     }  # fmt: skip
     args.update(change)
     fds = b.detach(), c.detach()
