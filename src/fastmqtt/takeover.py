@@ -274,27 +274,25 @@ def facts_of(session: Session) -> dict[str, Any]:
 # ---------------------------------------------------------------- the old process
 
 
-class Offer:
-    """The running process's side: listens on ``takeover_socket`` and hands everything over
-    to the first process that asks, then calls ``done`` (which drains the rest and exits)."""
+class _OfferSocket:
+    """``takeover_socket``: a Unix socket that hands over to one asking process at a time
+    (``_run`` does the handover on the accepted connection)."""
 
-    def __init__(self, runtime: Runtime, path: str, done: Callable[[], None]) -> None:
-        self.runtime = runtime
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self.path = path
-        self.done = done
+        self.loop = loop
         self.listener: UnixListener | None = None
         self._task: asyncio.Task | None = None
-        self._frozen = False  # this process's engine is frozen: what it relayed moves or ends
-        self._listen()
+        self.listen()
 
-    def _listen(self) -> None:
+    def listen(self) -> None:
         self.listener = UnixListener(StatsSocketConfig(self.path))
         self.listener.sock.setblocking(False)
-        self.runtime.loop.add_reader(self.listener.sock.fileno(), self._accept)
+        self.loop.add_reader(self.listener.sock.fileno(), self._accept)
 
     def close(self) -> None:
         if self.listener is not None:
-            self.runtime.loop.remove_reader(self.listener.sock.fileno())
+            self.loop.remove_reader(self.listener.sock.fileno())
             self.listener.sock.close()
             self.listener.remove()
             self.listener = None
@@ -308,7 +306,21 @@ class Offer:
         if self._task is not None:  # one handover at a time
             conn.close()
             return
-        self._task = self.runtime.loop.create_task(self._run(conn))
+        self._task = self.loop.create_task(self._run(conn))
+
+    async def _run(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Offer(_OfferSocket):
+    """The running process's side: listens on ``takeover_socket`` and hands everything over
+    to the first process that asks, then calls ``done`` (which drains the rest and exits)."""
+
+    def __init__(self, runtime: Runtime, path: str, done: Callable[[], None]) -> None:
+        self.runtime = runtime
+        self.done = done
+        self._frozen = False  # this process's engine is frozen: what it relayed moves or ends
+        super().__init__(path, runtime.loop)
 
     async def _run(self, conn: socket.socket) -> None:
         with conn:
@@ -333,7 +345,7 @@ class Offer:
         if not self._frozen:  # nothing moved yet: serve on (alongside it, if it lives)
             for fe in runtime.frontends:
                 fe.resume()
-            self._listen()
+            self.listen()
             log.warning("takeover: no connection was handed over: serving on")
             return False
         if runtime.engine is not None:
@@ -625,7 +637,7 @@ class Incoming:
 # ---------------------------------------------------------------- supervisors (workers > 1)
 
 
-class SupervisorOffer:
+class SupervisorOffer(_OfferSocket):
     """A running supervisor's side: on ``takeover_socket`` it gives the stats listeners to a
     new supervisor, whose worker N then takes the listeners and connections of our worker N
     (each offers them on ``worker_path``). Once the new supervisor's workers are ready, ours
@@ -640,42 +652,15 @@ class SupervisorOffer:
         done: Callable[[bool], None],
         leftover: Callable[[int], None],
     ) -> None:
-        self.path = path
         self.stats = stats
-        self.loop = loop
         self.done = done  # True: handed over; False: it broke off, keep supervising
         self.leftover = leftover  # drain our workers from this index on (no new one took them)
-        self.listener: UnixListener | None = None
-        self._task: asyncio.Task | None = None
-        self.listen()
-
-    def listen(self) -> None:
-        self.listener = UnixListener(StatsSocketConfig(self.path))
-        self.listener.sock.setblocking(False)
-        self.loop.add_reader(self.listener.sock.fileno(), self._accept)
+        super().__init__(path, loop)
 
     @property
     def busy(self) -> bool:
         """A handover is under way (the supervisor waits for it before exiting)."""
         return self._task is not None and not self._task.done()
-
-    def close(self) -> None:
-        if self.listener is not None:
-            self.loop.remove_reader(self.listener.sock.fileno())
-            self.listener.sock.close()
-            self.listener.remove()
-            self.listener = None
-
-    def _accept(self) -> None:
-        assert self.listener is not None
-        try:
-            conn, _ = self.listener.sock.accept()
-        except OSError:
-            return
-        if self._task is not None:
-            conn.close()
-            return
-        self._task = self.loop.create_task(self._run(conn))
 
     async def _run(self, conn: socket.socket) -> None:
         with conn:
