@@ -16,7 +16,6 @@ carries its own to-do list. Exit status: 0 when everything was converted (notes 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fastmqtt.config.checks import addresses_overlap
+from fastmqtt.config.values import _is_ip
 
 # --- reading HAProxy's file: sections of word lists --------------------------------------------
 
@@ -760,14 +760,6 @@ def _nameserver(word: str, line: Line, report: Report) -> str:
     if not _is_ip(host_port.rpartition(":")[0].strip("[]")):
         raise Unconvertible("a nameserver given by name: fastmqtt needs its IP")
     return host_port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _by_name(server: Server, key: str, value: object) -> None:
