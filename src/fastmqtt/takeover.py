@@ -320,6 +320,7 @@ class Offer(_OfferSocket):
         self.runtime = runtime
         self.done = done
         self._frozen = False  # this process's engine is frozen: what it relayed moves or ends
+        self._unsent = 0  # frozen connections not handed over (yet)
         super().__init__(path, runtime.loop)
 
     async def _run(self, conn: socket.socket) -> None:
@@ -352,8 +353,8 @@ class Offer(_OfferSocket):
             # a frozen engine cannot relay again (its pipes were read out): what was not
             # sent ends now rather than waiting frozen for the grace; clients reconnect at once
             await self._call(runtime.engine.stop, 0.0)
-            closed = runtime.hub.take_records()
-            log.warning("takeover: %d connections not handed over were closed", closed)
+            runtime.hub.take_records()  # their records may also have been taken meanwhile
+            log.warning("takeover: %d connections not handed over were closed", self._unsent)
         return True
 
     def _let_go(self) -> None:
@@ -447,6 +448,7 @@ class Offer(_OfferSocket):
         engine.freeze()
         self._frozen = True
         rows = engine.export()
+        self._unsent = len(rows)
         closed = hub.take_records()  # ended at the freeze (in setup, saying goodbye): logged
         moved = 0
         # each batch goes as soon as it is built: the new process adopts one while we build
@@ -459,6 +461,7 @@ class Offer(_OfferSocket):
                     hub.forget(session.id)
                     runtime.session_moved(session)
             moved += len(handles)
+            self._unsent -= len(handles)
         return moved, closed
 
     def _batches(
