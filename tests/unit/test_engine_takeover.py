@@ -18,17 +18,12 @@ from fastmqtt._accel import NO_EXTENSIONS
 if NO_EXTENSIONS:
     pytest.skip("the C engine is not built (FASTMQTT_NO_EXTENSIONS=1)", allow_module_level=True)
 
+from tests.support.sockets import keep, tcp_pair
+
 from fastmqtt._splice import Engine
 
 MiB = 1 << 20
 BYE = b"\xe0\x01\x8b"
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-    yield sock
-    sock.close()
 
 
 @pytest.fixture
@@ -41,34 +36,18 @@ def engines() -> Iterator[tuple[Engine, Engine]]:
     new.stop()
 
 
-_OPEN: list[socket.socket] = []
-
-
-@pytest.fixture(autouse=True)
-def close_test_ends() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-def pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
-    near = socket.create_connection(listener.getsockname())
-    far, _ = listener.accept()
-    return near, far
-
-
 def relay(
     eng: Engine, conn_id: int, listener: socket.socket, small: bool = False, **kw: object
 ) -> tuple:
-    client, a = pair(listener)
-    b, server = pair(listener)
+    client, a = tcp_pair(listener)
+    b, server = tcp_pair(listener)
     for sock in (client, a, b, server) if small else ():  # so that the engine must hold bytes
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     eng.add(conn_id, a.detach(), b.detach(), 0.0, 0.0, **kw)
     for sock in (client, server):
         sock.settimeout(5)
-        _OPEN.append(sock)
+        keep(sock)
     return client, server
 
 
@@ -268,7 +247,7 @@ def test_adopt_checks_every_value_and_closes_the_fds_it_refuses(
     _, new = engines
     a, b = socket.socketpair()
     c, d = socket.socketpair()
-    _OPEN.extend((a, d))
+    keep(a, d)
     args = {
         "bytes_in": 0, "bytes_out": 0, "to_server": b"", "to_client": b"", "state": 0,
         "client_idle": 0.0, "server_idle": 0.0, "client_quiet": 0.0, "server_quiet": 0.0,

@@ -21,6 +21,7 @@ import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.sockets import close_kept, keep, tcp_pair
 
 from fastmqtt import ws_spec as spec
 from fastmqtt._splice import Engine
@@ -161,47 +162,19 @@ def relays(request: pytest.FixtureRequest) -> Iterator[Relays]:
     impl.stop()
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-    yield sock
-    sock.close()
-
-
-_OPEN: list[socket.socket] = []
-
-
-@pytest.fixture(autouse=True)
-def close_test_ends() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
-
-
 SMALL = 16384  # socket buffers of the relayed path: what a flood can leave unread stays small
-
-
-def tcp_pair(listener: socket.socket, rcvbuf: int = SMALL) -> tuple[socket.socket, socket.socket]:
-    near = socket.socket()
-    near.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connecting: the
-    near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)  # window is small from the start
-    near.connect(listener.getsockname())
-    far, _ = listener.accept()
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        far.setsockopt(socket.SOL_SOCKET, option, SMALL)
-    return near, far
 
 
 def pair(
     relays: Relays, listener: socket.socket, conn_id: int, client_rcvbuf: int = SMALL, **kw: object
 ) -> tuple[socket.socket, socket.socket]:
     """A client and a server end with ``relays`` between them."""
-    client, a = tcp_pair(listener, client_rcvbuf)
-    b, server = tcp_pair(listener)
+    client, a = tcp_pair(listener, SMALL, client_rcvbuf)
+    b, server = tcp_pair(listener, SMALL)
     relays.add(conn_id, a, b, **kw)  # type: ignore[arg-type]
     for sock in (client, server):
         sock.settimeout(5)
-        _OPEN.append(sock)
+        keep(sock)
     return client, server
 
 
@@ -354,8 +327,7 @@ def test_both_relays_cut_where_the_python_twin_does(stream: bytes, data: st.Data
         finally:
             impl.stop()
             server_sock.close()
-            while _OPEN:
-                _OPEN.pop().close()
+            close_kept()
     assert cuts == [then[:cut] + BYE if drained else then] * 2
 
 

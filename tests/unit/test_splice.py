@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.sockets import keep, tcp_pair
 
 from fastmqtt._splice import CONN_SIZE, PIPE_SIZE, Engine
 from fastmqtt.framing import PacketBoundary
@@ -32,20 +33,6 @@ from fastmqtt.packets import varint
 Record = tuple[int, int, int, float, str, int]
 MiB = 1 << 20
 BYE = b"\xe0\x01\x8b"  # MQTT 5 DISCONNECT, reason 0x8B "server shutting down"
-
-
-def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
-    """A connected TCP pair over 127.0.0.1 through ``listener``."""
-    near = socket.create_connection(listener.getsockname())
-    far, _ = listener.accept()
-    return near, far
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-    yield sock
-    sock.close()
 
 
 Pairing = Callable[[], tuple[socket.socket, socket.socket]]
@@ -64,17 +51,6 @@ def engine() -> Iterator[Engine]:
     eng.start()
     yield eng
     eng.stop()
-
-
-_OPEN: list[socket.socket] = []
-
-
-@pytest.fixture(autouse=True)
-def close_test_ends() -> Iterator[None]:
-    """Close every test-side socket at teardown (ResourceWarnings are errors)."""
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
 
 
 def relay(
@@ -100,7 +76,7 @@ def relay(
     )
     for sock in (client, server):
         sock.settimeout(5)
-        _OPEN.append(sock)
+        keep(sock)
     return client, server
 
 
@@ -280,7 +256,7 @@ def test_bytes_sent_before_the_hand_over_are_relayed(engine: Engine, pairing: Pa
     server.sendall(b"EARLY")
     engine.add(1, a.detach(), b.detach(), 0, 0)
     for sock in (client, server):
-        _OPEN.append(sock)
+        keep(sock)
         sock.settimeout(5)
     assert recv_exactly(server, 5) == b"early"
     assert recv_exactly(client, 5) == b"EARLY"
