@@ -395,6 +395,10 @@ class Supervisor:
     async def _run(self) -> int:
         count = self.config.global_.workers
         loop = asyncio.get_running_loop()
+        # from the start: a stop while the workers start (systemd's, an operator's) still
+        # stops them and removes the stick tables
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
         incoming, inherited = None, {}
         if self.takeover_from is not None:  # its stats listeners now, its workers' below
             incoming, inherited = takeover.take_stats(self.takeover_from, count)
@@ -411,7 +415,12 @@ class Supervisor:
             self._spawn(i, incoming and takeover.worker_path(incoming.path, i))
             for i in range(count)
         ]
-        if not await self._wait_ready(self.workers):
+        ready = await self._wait_ready(self.workers)
+        if self.stopping:
+            await self._stop_all(signal.SIGINT)
+            log.info("stopped while the workers started")
+            return 0
+        if not ready:
             log.error("workers failed to start; stopping")
             await self._stop_all(signal.SIGINT)
             return 1
@@ -423,10 +432,7 @@ class Supervisor:
         # MAINPID: under systemd, a supervisor started to take over becomes the unit's main one
         notify.ready(f"{count} workers", main_pid=incoming is not None)
         offer = self._offer(loop)
-        done = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop, sig, done)
         ending = False
         while not (
             ending
@@ -467,7 +473,7 @@ class Supervisor:
     async def _wait_ready(self, workers: list[Worker]) -> bool:
         deadline = time.monotonic() + START_TIMEOUT
         pending = list(workers)
-        while pending and time.monotonic() < deadline:
+        while pending and not self.stopping and time.monotonic() < deadline:
             pending = [w for w in pending if not w.ready()]
             if any(w.proc.poll() is not None for w in pending):
                 return False
@@ -508,7 +514,7 @@ class Supervisor:
             worker.signal(signal.SIGHUP)
         return []
 
-    def _stop(self, signum: int, done: asyncio.Event) -> None:
+    def _stop(self, signum: int) -> None:
         """First signal: workers drain; second: they exit at once."""
         if not self.stopping:
             notify.stopping()
@@ -517,7 +523,6 @@ class Supervisor:
             self.rebalancer.stop(backend)
         for worker in self.workers:
             worker.signal(signum)
-        done.set()
 
     async def _stop_all(self, signum: int) -> None:
         self.stopping = True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 
 import pytest
 
-from tests.support.lb import landed, lb_port, raw_connect, recipe, wait_until
+from fastmqtt.stick import PRIVATE_PREFIX
+from tests.support.lb import FastMQTT, landed, lb_port, raw_connect, recipe, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,3 +51,38 @@ def test_two_workers_share_listeners_and_survive_a_kill(brokers, fastmqtt):
     lb.signal(signal.SIGTERM)
     assert lb.proc.wait(timeout=15) == 0
     assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in survivors))
+
+
+def _private_stick_dirs(pid: int) -> list[str]:
+    return glob.glob(f"/dev/shm/{PRIVATE_PREFIX}{pid}-*")
+
+
+def _processes_of(workdir: str) -> list[int]:
+    """Live processes whose command line names a file in ``workdir`` (supervisor, workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if workdir.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_stop_while_the_workers_start_stops_them_and_removes_the_stick_tables(brokers):
+    """systemd may stop a unit that is still starting: the supervisor's SIGTERM then reaches
+    the workers it spawned, it removes its stick tables and exits 0, instead of dying on the
+    default action with its tables left in /dev/shm."""
+    nodes = brokers(2)
+    config = recipe(nodes, lb_port()).replace("[global]\n", "[global]\nworkers = 2\n")
+    lb = FastMQTT(config).start()
+    try:
+        assert wait_until(lambda: _private_stick_dirs(lb.proc.pid), 10, interval=0.005)
+        lb.signal(signal.SIGTERM)  # the workers are still importing: none is ready yet
+        assert lb.proc.wait(timeout=20) == 0, lb.logs()
+        assert "stopped while the workers started" in lb.logs()
+        assert not _private_stick_dirs(lb.proc.pid)
+        assert wait_until(lambda: not _processes_of(lb.workdir), 10)
+    finally:
+        lb.stop()
