@@ -26,6 +26,7 @@ from tests.support.certs import make_certs, tls_line
 from tests.support.lb import (
     Client,
     FastMQTT,
+    close_all,
     closed_by_peer,
     lb_port,
     raw_connect,
@@ -232,8 +233,7 @@ def test_a_tls_client_drains_in_the_old_process_not_dropped(brokers, fastmqtt, t
         tls_client("tls-1", tls_port, certs.client_context()).close()  # to the new process
         assert wait_until(lambda: any('cid="tls-1"' in x for x in lb.connection_log()), 10)
     finally:
-        for c in [*plain, secure]:
-            c.close()
+        close_all([*plain, secure])
         lb.stop()
 
 
@@ -264,8 +264,7 @@ def test_a_format_the_new_process_cannot_read_is_refused_and_the_old_one_drains(
         assert wait_until(lambda: any('cid="new-0"' in x for x in lb.connection_log()), 10)
         assert sorted(broker.connected_client_ids()) == ["new-0", "old-0", "old-1", "old-2"]
     finally:
-        for c in clients:
-            c.close()
+        close_all(clients)
         lb.stop()
 
 
@@ -288,8 +287,7 @@ def test_without_the_engine_only_the_listeners_move(brokers, fastmqtt) -> None:
         assert Stats(stats_port).json()  # the stats port moved too
         fresh.close()
     finally:
-        for c in clients:
-            c.close()
+        close_all(clients)
         lb.stop()
 
 
@@ -340,8 +338,7 @@ def test_a_new_process_that_dies_before_taking_connections_leaves_the_old_one_se
         assert not any(c.disconnected.is_set() for c in clients)
         assert len(broker.connected_client_ids()) == 6
     finally:
-        for c in clients:
-            c.close()
+        close_all(clients)
         lb.stop()
 
 
@@ -365,8 +362,7 @@ def test_a_new_process_that_dies_mid_handover_does_not_leave_connections_frozen(
     assert wait_until(lambda: all(c.disconnected.is_set() for c in clients), 5)
     assert wait_until(lambda: old.proc.poll() is not None, 10)  # nothing left to drain
     assert time.monotonic() - died < 15 and old.proc.returncode == 0
-    for c in clients:
-        c.close()
+    close_all(clients)
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
