@@ -134,7 +134,7 @@ def test_reloads_keep_every_client_connected(brokers, fastmqtt, path):
 
 # -- what a reload keeps: health state; what a refused one leaves: everything ---------------
 
-CHECK = 'type = "tcp", interval = "300ms", timeout = "250ms", rise = 2, fall = 1'
+CHECK = 'type = "tcp", interval = "300ms", timeout = "2s", rise = 2, fall = 1'
 
 
 @pytest.fixture(scope="module")
