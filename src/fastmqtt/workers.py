@@ -367,6 +367,8 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.stopping = False
         self.handed_over = False  # a new supervisor's workers took ours over: no restarts
+        self.serving = False  # every worker said ready once
+        self.reload_pending = False  # a SIGHUP came while they started
         self.restarts = 0
         self.admin: dict[tuple[str, str], dict[str, Any]] = {}  # since the last reload
         self.stats: StatsServer | None = None
@@ -396,9 +398,10 @@ class Supervisor:
         count = self.config.global_.workers
         loop = asyncio.get_running_loop()
         # from the start: a stop while the workers start (systemd's, an operator's) still
-        # stops them and removes the stick tables
+        # stops them and removes the stick tables; a SIGHUP does not kill the supervisor
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
         incoming, inherited = None, {}
         if self.takeover_from is not None:  # its stats listeners now, its workers' below
             incoming, inherited = takeover.take_stats(self.takeover_from, count)
@@ -432,7 +435,9 @@ class Supervisor:
         # MAINPID: under systemd, a supervisor started to take over becomes the unit's main one
         notify.ready(f"{count} workers", main_pid=incoming is not None)
         offer = self._offer(loop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.serving = True
+        if self.reload_pending:
+            self.reload()
         ending = False
         while not (
             ending
@@ -493,6 +498,14 @@ class Supervisor:
                 self.sticks.recover_worker(i, worker.proc.pid)
             self.workers[i] = self._spawn(i)
             self.restarts += 1
+
+    def _hangup(self) -> None:
+        """SIGHUP: reload; one sent while the workers start (once the port answers, say)
+        waits until they all serve: a worker still starting would die of it."""
+        if self.serving:
+            self.reload()
+        else:
+            self.reload_pending = True
 
     def reload(self) -> list[str]:
         """Validate first, so a broken file never reaches the workers; returns the errors."""

@@ -21,7 +21,8 @@ from tests.support.stats import Stats, stats_toml
 pytestmark = pytest.mark.e2e
 
 USE_ANOTHER_SERVER = 0x9C
-CHECK = 'check = { type = "tcp", interval = "200ms", timeout = "2s" }\n'  # checks are not the subject
+# a short interval lets node4 come up fast; checks are not the subject: a long timeout
+CHECK = 'check = { type = "tcp", interval = "200ms", timeout = "2s" }\n'
 _LEFT = re.compile(r"^(\d+): Client (\S+) (?:closed its connection|disconnected)", re.M)
 _JOINED = re.compile(r"^(\d+): New client connected from \S+ as (\S+) ", re.M)
 

@@ -86,3 +86,21 @@ def test_a_stop_while_the_workers_start_stops_them_and_removes_the_stick_tables(
         assert wait_until(lambda: not _processes_of(lb.workdir), 10)
     finally:
         lb.stop()
+
+
+def test_a_sighup_while_the_workers_start_reloads_once_they_serve(brokers):
+    """A reload sent as soon as the port answers may reach the supervisor before its workers
+    all said ready: it must not kill it (SIGHUP's default action), and it is applied then."""
+    nodes = brokers(2)
+    port = lb_port()
+    config = recipe(nodes, port).replace("[global]\n", "[global]\nworkers = 2\n")
+    lb = FastMQTT(config).start()
+    try:
+        assert wait_until(lambda: _private_stick_dirs(lb.proc.pid), 10, interval=0.005)
+        lb.signal(signal.SIGHUP)  # the workers are still importing
+        assert wait_until(lambda: "2 workers serving" in lb.logs(), 20), lb.logs()
+        assert wait_until(lambda: lb.logs().count(" reloaded ") == 2, 10), lb.logs()
+        assert lb.proc.poll() is None
+        raw_connect(port, "after-the-reload").close()
+    finally:
+        lb.stop()
