@@ -2,12 +2,16 @@
 relay engine's threads; no plain-Python twin (without extensions every frontend takes the
 event-loop path)."""
 
+from collections.abc import Iterable
+
 from fastmqtt._admit import AdmissionRef
 from fastmqtt._choose import PoolRef
 from fastmqtt._splice import Engine
 
 WHY_WORDS: tuple[str | None, ...]
 FAST_IDS: int
+MAX_FIND_KEYS: int  # client ids one find() asks for at most ...
+MAX_FIND_KEY_BYTES: int  # ... and their bytes
 DENIED: frozenset[int]
 
 # (frontend id, backend id, server id (0: none), client ip, client port, client id, username,
@@ -62,7 +66,7 @@ class FastPath:
     def goodbye(self, packet: bytes, count: int) -> None: ...
     def find(
         self,
-        key: bytes | None = None,
+        keys: Iterable[bytes] | None = None,
         prefix: bool = False,
         pool_id: int = 0,
         server_id: int = 0,

@@ -94,6 +94,9 @@ cdef enum:
     MAX_UNDRAINED = 16384       # records waiting for Python's drain() ...
     MAX_UNDRAINED_BYTES = 1 << 20   # ... or client ids and user names in them: stop accepting
     MAX_FOUND = 100000          # connections one find() returns at most
+    MAX_KEYS = 4096             # client ids one find() asks for at most (callers split more) ...
+    MAX_KEY_BYTES = 1 << 20     # ... and their bytes
+    MAX_KEY_LEN = 0xFFFF        # a client id's (an MQTT string)
     MAX_LEAVE = 1 << 20         # connection ids one leave() names at most
 
 # Query.kind: what Python asked every thread (answered at its next turn)
@@ -154,10 +157,13 @@ cdef struct Query:
     bint open
     int kind
     uint32_t answered           # threads that answered this gen
-    # find: relayed connections by client id (exact or prefix), backend and server (0: any)
-    char *key
-    uint32_t key_len
+    # find: relayed connections of backend pool_id and server server_id (0: any) whose client
+    # id is one of the keys (by_id; with prefix, the one key starts it)
+    bint by_id
     bint prefix
+    Key *keys                   # sorted by hash
+    uint32_t nkeys
+    char *key_bytes             # the keys' bytes, end to end
     uint32_t pool_id
     uint32_t server_id
     uint32_t limit
@@ -170,6 +176,13 @@ cdef struct Query:
     uint32_t packet_len
     int64_t *asked              # the ids found (nids of room)
     uint32_t nasked
+
+
+# One client id a find() asks for: key_bytes[offset:offset + len].
+cdef struct Key:
+    uint64_t hash               # xxh64 of the id: each connection's id is looked up by it
+    uint32_t offset
+    uint32_t len
 
 
 # One relayed connection as find() returns it (a copy: the thread owns the connection).
@@ -233,6 +246,8 @@ cdef uint8_t CLEAN_START = spec.FLAG_CLEAN_START
 # fast-path connection ids start here, so that they never meet the event loop's Session ids
 cdef int64_t FAST_BASE = <int64_t>1 << 48
 FAST_IDS = FAST_BASE
+MAX_FIND_KEYS = MAX_KEYS
+MAX_FIND_KEY_BYTES = MAX_KEY_BYTES
 
 
 # ---------------------------------------------------------------- small helpers
@@ -448,11 +463,31 @@ cdef void query_list(Query *q, Conn *c, Conn **leaving, uint32_t *nleaving) noex
 cdef bint matches(Query *q, FastConn *fc) noexcept nogil:
     if q.pool_id and fc.pool_id != q.pool_id or q.server_id and fc.server_id != q.server_id:
         return False
-    if q.key == NULL:
+    if not q.by_id:
         return True
-    if fc.cid_len < q.key_len or (not q.prefix and fc.cid_len != q.key_len):
-        return False
-    return memcmp(fc.ids, q.key, q.key_len) == 0
+    if q.prefix:
+        return fc.cid_len >= q.keys[0].len and memcmp(fc.ids, q.key_bytes, q.keys[0].len) == 0
+    return is_key(q, fc.ids, fc.cid_len)
+
+
+cdef bint is_key(Query *q, const char *cid, uint32_t n) noexcept nogil:
+    """cid[:n] is one of the query's keys: the first key of its hash by binary search, then
+    each key of that hash compared byte for byte."""
+    cdef uint64_t h = xxh64(<const uint8_t *>cid, n)
+    cdef uint32_t lo = 0, hi = q.nkeys, mid
+    cdef Key *k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if q.keys[mid].hash < h:
+            lo = mid + 1
+        else:
+            hi = mid
+    while lo < q.nkeys and q.keys[lo].hash == h:
+        k = &q.keys[lo]
+        if k.len == n and (n == 0 or memcmp(q.key_bytes + k.offset, cid, n) == 0):
+            return True
+        lo += 1
+    return False
 
 
 cdef bint named(Query *q, int64_t conn_id) noexcept nogil:
@@ -1939,27 +1974,52 @@ cdef class FastPath:
 
     # -- find() and leave(): a query every thread answers at its next turn ---------------
 
-    def find(self, bytes key=None, bint prefix=False, uint32_t pool_id=0,
+    def find(self, keys=None, bint prefix=False, uint32_t pool_id=0,
              uint32_t server_id=0, uint32_t limit=1000) -> None:
-        """Ask every thread for its relayed connections whose client id is ``key`` (or starts
-        so, with ``prefix``; None: any), of backend ``pool_id`` and server ``server_id`` (0:
-        any), ``limit`` at most; ``answered()`` says when ``found()`` has them all."""
-        cdef char *copy = NULL
+        """Ask every thread for its relayed connections whose client id is one of ``keys``
+        (bytes; with ``prefix``, the one key it starts with; None: any id), of backend
+        ``pool_id`` and server ``server_id`` (0: any), ``limit`` at most; ``answered()`` says
+        when ``found()`` has them all. At most MAX_FIND_KEYS keys, MAX_FIND_KEY_BYTES bytes
+        in all, each a client id's length at most: callers split larger sets."""
+        cdef bytes key
+        cdef Key *table = NULL
+        cdef char *blob = NULL
         cdef View *views
+        cdef uint32_t i, offset = 0
+        hashed = []
+        for key in keys or ():
+            if len(key) > MAX_KEY_LEN:
+                raise ValueError(f"a client id is {MAX_KEY_LEN} bytes at most")
+            offset += len(key)  # checked below each time: it stays far from 2**32
+            hashed.append((xxh64(<const uint8_t *>PyBytes_AS_STRING(key), len(key)), key))
+            if len(hashed) > MAX_KEYS or offset > MAX_KEY_BYTES:
+                raise ValueError(f"at most {MAX_KEYS} client ids, {MAX_KEY_BYTES} bytes")
+        if prefix and len(hashed) != 1:
+            raise ValueError("a prefix find names one prefix")
+        hashed.sort()
         limit = min(limit, MAX_FOUND)
-        if key is not None:
-            copy = <char *>malloc(len(key) + 1)
-            if copy == NULL:
-                raise MemoryError()
-            memcpy(copy, PyBytes_AS_STRING(key), len(key))
+        table = <Key *>malloc(max(len(hashed), 1) * sizeof(Key))
+        blob = <char *>malloc(max(offset, 1))
         views = <View *>calloc(max(limit, 1), sizeof(View))
-        if views == NULL:
-            free(copy)
+        if table == NULL or blob == NULL or views == NULL:
+            free(table)
+            free(blob)
+            free(views)
             raise MemoryError()
+        offset = 0
+        for i in range(len(hashed)):
+            key = hashed[i][1]
+            table[i].hash = hashed[i][0]
+            table[i].offset = offset
+            table[i].len = len(key)
+            memcpy(blob + offset, PyBytes_AS_STRING(key), len(key))
+            offset += len(key)
         self._open_query(Q_FIND)
-        self.f.query.key = copy
-        self.f.query.key_len = 0 if key is None else len(key)
+        self.f.query.by_id = keys is not None
         self.f.query.prefix = prefix
+        self.f.query.keys = table
+        self.f.query.nkeys = len(hashed)
+        self.f.query.key_bytes = blob
         self.f.query.pool_id = pool_id
         self.f.query.server_id = server_id
         self.f.query.limit = limit
@@ -2159,14 +2219,17 @@ cdef void free_query(Query *q) noexcept nogil:
         for i in range(q.nviews):
             free(q.views[i].ids)
     free(q.views)
-    free(q.key)
+    free(q.keys)
+    free(q.key_bytes)
     free(q.ids)
     free(q.asked)
     q.views = NULL
-    q.key = NULL
+    q.keys = NULL
+    q.key_bytes = NULL
     q.ids = NULL
     q.asked = NULL
-    q.nviews = q.nids = q.nasked = q.key_len = 0
+    q.nviews = q.nids = q.nasked = q.nkeys = 0
+    q.by_id = q.prefix = False
 
 
 cdef void free_record(FastConn *fc) noexcept nogil:

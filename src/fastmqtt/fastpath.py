@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastmqtt import packets
@@ -31,6 +31,7 @@ from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.access import IDENTIFIER_REJECTED, NOT_AUTHORIZED, RATE_EXCEEDED, malformed_answer
 from fastmqtt.backend import ServerState
 from fastmqtt.balance import Consistent, server_id
+from fastmqtt.mqtt_spec import U16_MAX
 from fastmqtt.relay import ConnInfo
 from fastmqtt.session import Session, credit
 
@@ -101,6 +102,24 @@ def _id_pattern(glob: str) -> tuple[bytes, bool] | None:
     return literal.encode(), star
 
 
+def id_batches(client_ids: Iterable[str], most: tuple[int, int]) -> Iterator[list[bytes]]:
+    """The client ids, encoded and each once, in batches of at most ``most`` (ids, bytes):
+    what one find() of the engine takes. An id longer than an MQTT string is no client's."""
+    most_ids, most_bytes = most
+    batch: list[bytes] = []
+    size = 0
+    for key in dict.fromkeys(client_id.encode() for client_id in client_ids):
+        if len(key) > U16_MAX:
+            continue
+        if len(batch) == most_ids or size + len(key) > most_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(key)
+        size += len(key)
+    if batch:
+        yield batch
+
+
 def _backends_of(frontend: FrontendConfig) -> list[str]:
     routes = [rule.backend for rule in frontend.rules if rule.backend]
     return [frontend.backend, *dict.fromkeys(routes)]
@@ -121,6 +140,7 @@ class FastPathHub:
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop = runtime.loop
         self.c = _fastpath.FastPath(engine, runtime.config.global_.maxconn)
+        self._max_keys = (_fastpath.MAX_FIND_KEYS, _fastpath.MAX_FIND_KEY_BYTES)  # per find()
         self._ids = itertools.count(1)
         self._frontends: dict[int, Frontend] = {}  # by engine id, also once removed
         self._frontend_ids: dict[Frontend, int] = {}
@@ -314,13 +334,14 @@ class FastPathHub:
 
     async def find(
         self,
-        client_id: str | None,
+        client_ids: Collection[str] | None,
         prefix: str | None,
         backend: str | None,
         server: str | None,
         limit: int,
     ) -> list[ConnInfo]:
-        """RelayHub.find for the engine's relayed fast-path connections."""
+        """RelayHub.find for the engine's relayed fast-path connections: one query to the
+        engine's threads, or one per batch of client ids it takes (_fastpath.MAX_FIND_KEYS)."""
         pool_id = server_id = 0
         if backend is not None:
             found = self.runtime.backends.get(backend)
@@ -334,15 +355,22 @@ class FastPathHub:
                 if ref is None:
                     return []
                 server_id = ref.id
-        key = client_id if client_id is not None else prefix
-        async with self._query:
-            self.c.find(
-                None if key is None else key.encode(), client_id is None, pool_id, server_id, limit
-            )
-            await self._answers()
-            complete, views = self.c.found()
-        if not complete:
-            log.warning("find: an engine thread did not answer within %.1f s", QUERY_TIMEOUT)
+        batches: Iterable[list[bytes] | None] = (
+            [[prefix.encode()]] if prefix is not None
+            else [None] if client_ids is None
+            else id_batches(client_ids, self._max_keys)
+        )  # fmt: skip
+        views: list[tuple] = []
+        for keys in batches:
+            if len(views) >= limit:
+                break
+            async with self._query:
+                self.c.find(keys, prefix is not None, pool_id, server_id, limit - len(views))
+                await self._answers()
+                complete, more = self.c.found()
+            if not complete:
+                log.warning("find: an engine thread did not answer within %.1f s", QUERY_TIMEOUT)
+            views += more
         return [self._info(view) for view in views]
 
     def _info(self, view: tuple) -> ConnInfo:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fastmqtt.workers import Supervisor
 
 CALLS = ("loads", "candidates", "locate", "move")
+LOCATE_PER_ID = 4  # connections locate() takes per client id (the old one and its successor)
 
 
 def _usable(server: Server) -> bool:
@@ -93,12 +94,11 @@ class LocalView:
         return found
 
     async def locate(self, backend: str, client_ids: Sequence[str]) -> dict[str, str]:
-        where = {}
-        for client_id in client_ids:
-            for info in await self.runtime.hub.find(client_id=client_id, backend=backend, limit=4):
-                if info.server is not None:
-                    where[client_id] = info.server
-        return where
+        wanted = set(client_ids)
+        found = await self.runtime.hub.find(
+            client_ids=wanted, backend=backend, limit=LOCATE_PER_ID * len(wanted)
+        )
+        return {i.client_id: i.server for i in found if i.client_id and i.server is not None}
 
     async def move(self, backend: str, moves: Sequence[Move], reason: int) -> int:
         stick = self.runtime.backends[backend].stick

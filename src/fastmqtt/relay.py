@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastmqtt import packets
@@ -275,21 +275,30 @@ class RelayHub:
         backend: str | None = None,
         server: str | None = None,
         limit: int = 1000,
+        client_ids: Collection[str] | None = None,
     ) -> list[ConnInfo]:
-        """Established connections whose client id is ``client_id`` (or starts with
-        ``prefix``; neither: any), of ``backend`` and its ``server`` (names), ``limit`` at
-        most. The engine's fast-path connections are asked of its threads (no Python object
-        per connection)."""
+        """Established connections whose client id is ``client_id``, or one of
+        ``client_ids``, or starts with ``prefix`` (none of them: any), of ``backend`` and its
+        ``server`` (names), ``limit`` at most. One pass over the event loop's sessions; the
+        engine's fast-path connections are asked of its threads, one query for many ids (no
+        Python object per connection)."""
         if server is not None and backend is None:
             raise ValueError("find: a server is named within its backend")
+        if (client_id is not None) + (client_ids is not None) + (prefix is not None) > 1:
+            raise ValueError("find: by a client id, by client ids or by a prefix, not two")
+        wanted = (
+            {client_id} if client_id is not None
+            else set(client_ids) if client_ids is not None
+            else None
+        )  # fmt: skip
         found = []
         for session in list(self.sessions.values()):
             if len(found) >= limit:
                 return found
-            if _matches(session, client_id, prefix, backend, server):
+            if _matches(session, wanted, prefix, backend, server):
                 found.append(self._info(session))
         if self.fast is not None and len(found) < limit:
-            found += await self.fast.find(client_id, prefix, backend, server, limit - len(found))
+            found += await self.fast.find(wanted, prefix, backend, server, limit - len(found))
         return found
 
     def _info(self, session: Session) -> ConnInfo:
@@ -427,13 +436,13 @@ class RelayHub:
 
 def _matches(
     session: Session,
-    client_id: str | None,
+    client_ids: set[str] | None,
     prefix: str | None,
     backend: str | None,
     server: str | None,
 ) -> bool:
     cid = session.client_id
-    if client_id is not None and cid != client_id:
+    if client_ids is not None and cid not in client_ids:
         return False
     if prefix is not None and (cid is None or not cid.startswith(prefix)):
         return False

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.support.hostile import MisbehavingBroker, read_until_closed
 from tests.support.lb import wait_until
@@ -21,7 +21,13 @@ from tests.vectors import CONNECT_VECTORS, VALID
 
 from fastmqtt import _choose, packets, proxy_protocol
 from fastmqtt._admit import AdmissionRef
-from fastmqtt._fastpath import FAST_IDS, FastPath, proxy_header
+from fastmqtt._fastpath import (
+    FAST_IDS,
+    MAX_FIND_KEY_BYTES,
+    MAX_FIND_KEYS,
+    FastPath,
+    proxy_header,
+)
 from fastmqtt._parse import inspect_connect
 from fastmqtt._splice import Engine
 from fastmqtt.access import malformed_connack
@@ -469,7 +475,7 @@ def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) ->
     socks["other"] = _open_client(
         fast, "other", version=5, clean=False, session_expiry=300, username="fleet-7"
     )
-    [view] = _found(fast, b"dev-2")
+    [view] = _found(fast, [b"dev-2"])
     assert view["conn_id"] >= FAST_IDS and view["client_id"] == "dev-2"
     assert (view["frontend"], view["backend"], view["ip"]) == (7, 1, "127.0.0.1")
     assert view["port"] == socks["dev-2"].getsockname()[1]
@@ -477,14 +483,14 @@ def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) ->
     assert view["bytes_in"] == len(packets.connect("dev-2")) and view["bytes_out"] == 4
     assert view["tracked"] and abs(view["start"] - time.time()) < 30
     assert view["username"] is None
-    [v5] = _found(fast, b"other")
+    [v5] = _found(fast, [b"other"])
     assert (v5["version"], v5["clean_start"], v5["session_expiry"]) == (5, False, 300)
     assert v5["username"] == "fleet-7"
-    assert sorted(v["client_id"] for v in _found(fast, b"dev-", True)) == [
+    assert sorted(v["client_id"] for v in _found(fast, [b"dev-"], True)) == [
         f"dev-{i}" for i in range(4)
     ]
-    assert len(_found(fast, b"dev-", True, 0, 0, 2)) == 2  # the limit
-    assert _found(fast, b"dev") == []  # exact unless a prefix is asked for
+    assert len(_found(fast, [b"dev-"], True, 0, 0, 2)) == 2  # the limit
+    assert _found(fast, [b"dev"]) == []  # exact unless a prefix is asked for
     everyone = _found(fast)
     assert len(everyone) == 5
     for server in (1, 2, 3):
@@ -502,6 +508,82 @@ def test_find_shows_each_relayed_connection_as_its_record_will(brokers, lane) ->
         assert (record["port"], record["start"]) == (view["port"], view["start"])
 
 
+# client ids that share prefixes, one of them empty, some not ASCII
+FLEET = ["dev", "dev-1", "dev-10", "dev-100", "de", "", "dév-1", "dev-1 ", "x" * 300]
+
+
+@pytest.fixture
+def fleet() -> Iterator[Callable[[Lane], list[socket.socket]]]:
+    """``fleet(lane)``: a 3.1.1 client per FLEET id connected through it (no id is assigned to
+    the empty one), closed after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda fast: [stack.enter_context(_open_client(fast, cid)) for cid in FLEET]
+
+
+def test_find_by_many_ids_returns_exactly_their_connections(brokers, lane, fleet) -> None:
+    """One query for many exact client ids (two threads answer it): the connections of the ids
+    named, whatever their prefixes, each once however often named; none for ids not
+    connected; combined with the backend and server; a bounded query (MAX_FIND_KEYS ids,
+    MAX_FIND_KEY_BYTES bytes, no id longer than an MQTT string) refuses more."""
+    nodes = brokers(2)
+    fast = lane(_addresses(nodes), threads=2)
+    fleet(fast)
+    everyone = _found(fast)
+    by_id = {v["client_id"]: v["conn_id"] for v in everyone}
+    assert sorted(by_id) == sorted(FLEET)
+
+    def ids_of(*keys: str) -> list[int]:
+        return sorted(v["conn_id"] for v in _found(fast, [k.encode() for k in keys]))
+
+    assert ids_of("dev-1", "dev-1", "dev-10", "nobody", "dev-1000", "de") == sorted(
+        by_id[k] for k in ("dev-1", "dev-10", "de")
+    )
+    assert ids_of("dév-1", "dev-1 ", "x" * 300, "x" * 299) == sorted(
+        by_id[k] for k in ("dév-1", "dev-1 ", "x" * 300)
+    )
+    assert ids_of("") == [by_id[""]]
+    assert ids_of() == []  # an empty set names nobody (None: anybody)
+    assert ids_of(*FLEET) == sorted(by_id.values())
+    on_1 = [v for v in everyone if v["server"] == 1]
+    assert 0 < len(on_1) < len(FLEET)
+    wanted = [k.encode() for k in FLEET]
+    assert {v["conn_id"] for v in _found(fast, wanted, False, 1, 1)} == {v["conn_id"] for v in on_1}
+    assert _found(fast, wanted, False, 2) == []
+    assert len(_found(fast, wanted, False, 0, 0, 3)) == 3  # the limit
+    most = [b"%05d" % i for i in range(MAX_FIND_KEYS - 1)] + [b"dev-10"]
+    assert [v["client_id"] for v in _found(fast, most)] == ["dev-10"]
+    for too_many in (
+        [*most, b"dev"],
+        [b"y" * 60000] * (MAX_FIND_KEY_BYTES // 60000 + 1),
+        [b"z" * 65536],
+    ):
+        with pytest.raises(ValueError):
+            fast.fast.find(too_many)
+    with pytest.raises(TypeError):
+        fast.fast.find(["dev"])
+    with pytest.raises(ValueError):
+        fast.fast.find([b"dev", b"de"], True)  # a prefix find names one prefix
+
+
+def test_find_by_ids_matches_as_python_does(brokers, lane, fleet) -> None:
+    """The engine's matching (hashes looked up, then the bytes compared) against a set in
+    Python, for id sets drawn from the connected ids, their prefixes and extensions."""
+    nodes = brokers(1)
+    fast = lane(_addresses(nodes), threads=2)
+    fleet(fast)
+    everyone = _found(fast)
+    near = FLEET + [c[:-1] for c in FLEET if c] + [c + "0" for c in FLEET] + ["DEV", "dev-"]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.sampled_from(near) | st.text(max_size=12), max_size=30))
+    def same(keys: list[str]) -> None:
+        wanted = {k.encode() for k in keys}
+        expected = sorted(v["conn_id"] for v in everyone if v["client_id"].encode() in wanted)
+        assert sorted(v["conn_id"] for v in _found(fast, [k.encode() for k in keys])) == expected
+
+    same()
+
+
 def test_leave_ends_connections_between_two_packets(brokers, lane) -> None:
     """leave(): the v5 client gets the packet, the 3.1.1 one a close (its half-sent PUBLISH
     completes first), an unknown id is not found, an untracked connection is closed at once."""
@@ -510,7 +592,7 @@ def test_leave_ends_connections_between_two_packets(brokers, lane) -> None:
     v5 = _open_client(fast, "five", version=5)
     v4 = _open_client(fast, "four")
     ids = {v["client_id"]: v["conn_id"] for v in _found(fast)}
-    assert not any(v["tracked"] for v in _found(fast, b"four"))
+    assert not any(v["tracked"] for v in _found(fast, [b"four"]))
     bye = packets.disconnect_v5(packets.ADMINISTRATIVE_ACTION)
     _ask(fast, lambda: fast.fast.leave([ids["five"], ids["four"], 12345], bye))
     assert sorted(fast.fast.left()[1]) == sorted([ids["five"], ids["four"]])
@@ -522,7 +604,7 @@ def test_leave_ends_connections_between_two_packets(brokers, lane) -> None:
     v4.close()
     tracked = lane(_addresses(nodes), settings={"track": 2})
     v4 = _open_client(tracked, "four")
-    [view] = _found(tracked, b"four")
+    [view] = _found(tracked, [b"four"])
     body = packets.utf8("t") + b"\x00\x01" + b"x" * 2000  # QoS 1, packet id 1
     publish = b"\x32" + packets.varint(len(body)) + body
     v4.sendall(publish[:700])
