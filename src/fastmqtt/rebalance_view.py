@@ -94,9 +94,8 @@ class LocalView:
         return found
 
     async def locate(self, backend: str, client_ids: Sequence[str]) -> dict[str, str]:
-        wanted = set(client_ids)
         found = await self.runtime.hub.find(
-            client_ids=wanted, backend=backend, limit=LOCATE_PER_ID * len(wanted)
+            client_ids=client_ids, backend=backend, limit=LOCATE_PER_ID * len(set(client_ids))
         )
         return {i.client_id: i.server for i in found if i.client_id and i.server is not None}
 

@@ -286,9 +286,9 @@ class RelayHub:
             raise ValueError("find: a server is named within its backend")
         if (client_id is not None) + (client_ids is not None) + (prefix is not None) > 1:
             raise ValueError("find: by a client id, by client ids or by a prefix, not two")
-        wanted = (
-            {client_id} if client_id is not None
-            else set(client_ids) if client_ids is not None
+        wanted = (  # as a dict: a set that keeps the caller's order (the engine's batches)
+            {client_id: None} if client_id is not None
+            else dict.fromkeys(client_ids) if client_ids is not None
             else None
         )  # fmt: skip
         found = []
@@ -436,7 +436,7 @@ class RelayHub:
 
 def _matches(
     session: Session,
-    client_ids: set[str] | None,
+    client_ids: Collection[str] | None,
     prefix: str | None,
     backend: str | None,
     server: str | None,
