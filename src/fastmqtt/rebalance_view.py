@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastmqtt.backend import Backend, Server, ServerState
@@ -22,6 +23,26 @@ if TYPE_CHECKING:
 
 CALLS = ("loads", "candidates", "locate", "move")
 LOCATE_PER_ID = 4  # connections locate() takes per client id (the old one and its successor)
+LOCATE_REQUEST = 48 * 1024  # bytes of client ids (JSON) per locate request to a worker
+
+
+def _json_batches(client_ids: Iterable[str], budget: int) -> Iterator[list[str]]:
+    """The ids, each once, in lists whose JSON takes ``budget`` bytes at most (as
+    workers.Channel sends it); an id longer than that alone is left out: no request carries
+    it (a 65,535-byte client id)."""
+    batch: list[str] = []
+    size = 2  # []
+    for client_id in dict.fromkeys(client_ids):
+        cost = len(json.dumps(client_id)) + 2  # ", "
+        if cost + 2 > budget:
+            continue
+        if size + cost > budget:
+            yield batch
+            batch, size = [], 2
+        batch.append(client_id)
+        size += cost
+    if batch:
+        yield batch
 
 
 def _usable(server: Server) -> bool:
@@ -181,10 +202,13 @@ class WorkerView:
         return [c for turn in turns for c in turn if c is not None]
 
     async def locate(self, backend: str, client_ids: Sequence[str]) -> dict[str, str]:
-        request = {"call": "locate", "backend": backend, "client_ids": list(client_ids)}
+        """One request per worker, or one per LOCATE_REQUEST bytes of ids: a worker reads
+        lines of workers.MAX_REQUEST at most (a longer one would end its channel)."""
         where: dict[str, str] = {}
-        for _, result in await self._ask(request):
-            where.update(result or {})
+        for ids in _json_batches(client_ids, LOCATE_REQUEST):
+            request = {"call": "locate", "backend": backend, "client_ids": ids}
+            for _, result in await self._ask(request):
+                where.update(result or {})
         return where
 
     async def move(self, backend: str, moves: Sequence[Move], reason: int) -> int:
