@@ -36,6 +36,9 @@ class Known(Protocol):
     def client_addr(self) -> tuple[str, int]: ...
 
 
+Listener = Callable[["Backend", Sequence["Server"], Sequence["Server"]], None]
+
+
 class ServerState(enum.Enum):
     UP = "UP"
     DOWN = "DOWN"
@@ -157,7 +160,7 @@ class Backend:
         self.sticks = sticks or StickStore(None, 1, 0, owner=True)  # where its table lives
         self.stick: StickTable | None = None
         self.counters = BackendCounters()
-        self._listeners: dict[Callable[[Backend, Sequence[Server]], None], None] = {}
+        self._listeners: dict[Listener, None] = {}
         self._watchers: dict[Callable[[Backend], None], None] = {}
         self.reconfigure(config)
 
@@ -193,15 +196,17 @@ class Backend:
 
     # -- servers found by name (discovery.py) -------------------------------------------
 
-    def subscribe(self, listener: Callable[[Backend, Sequence[Server]], None]) -> None:
-        """Call ``listener(backend, servers)`` whenever servers got a new address or lost it
-        while running (health checks, the C engine's copy of the servers)."""
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(backend, servers, joined)`` whenever servers got a new address or
+        lost it while running (health checks, the C engine's copy of the servers, automatic
+        rebalance); ``joined`` are those of ``servers`` that had no address before."""
         self._listeners[listener] = None
 
-    def servers_changed(self, servers: Sequence[Server]) -> None:
-        """``servers`` were placed elsewhere (Server.place): tell every subscriber."""
+    def servers_changed(self, servers: Sequence[Server], joined: Sequence[Server] = ()) -> None:
+        """``servers`` were placed elsewhere (Server.place), ``joined`` of them after having
+        no address: tell every subscriber."""
         for listener in self._listeners:
-            listener(self, servers)
+            listener(self, servers, joined)
 
     def watch(self, watcher: Callable[[Backend], None]) -> None:
         """Call ``watcher(backend)`` whenever server states, weights or limits changed

@@ -408,8 +408,9 @@ class Watch:
         return {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(self.prefer or "")
 
     def _apply(self, endpoints: Sequence[Endpoint | None], records: int = 0) -> None:
-        """Place each server; log and tell the backend what moved."""
-        moved = []
+        """Place each server; log and tell the backend what moved, and which of those had
+        no address before (a free template slot a new record took, a name resolving again)."""
+        moved, joined = [], []
         for server, target in zip(self.servers, endpoints, strict=True):
             was = server.endpoint
             if target is not None or self.failure is None:
@@ -417,9 +418,11 @@ class Watch:
             if not server.place(target):
                 continue
             moved.append(server)
+            if was is None:
+                joined.append(server)
             self._log_move(server, was)
         if moved:
-            self.backend.servers_changed(moved)
+            self.backend.servers_changed(moved, joined)
 
     def _why_empty(self, records: int) -> str:
         return f"no address: {self.host} gave {records} for {len(self.servers)} servers"

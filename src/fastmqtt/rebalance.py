@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from fastmqtt.backend import first_endpoint
 from fastmqtt.config import BackendConfig, Config, RebalanceConfig
 from fastmqtt.config.model import MOVE_REASONS
 
 log = logging.getLogger("fastmqtt.rebalance")
 
 MAX_TICKS = 50  # slots per second at most: beyond, each slot asks several clients
-AUTO_WAIT = 60.0  # seconds a server added by a reload has to come up for an automatic run
+AUTO_WAIT = 60.0  # seconds an added server has to come up for an automatic run
 ARRIVAL_TIMEOUT = 15.0  # seconds a moved client has to come back before it is written off
 SCAN_PER_RATE = 20  # candidates read per server and second, per client of the rate
 MIN_SCAN = 1000
@@ -69,6 +70,10 @@ class View(Protocol):
 
     async def loads(self, backend: str) -> list[ServerLoad]:
         """KeyError for an unknown backend."""
+
+    async def ready(self, backend: str) -> set[str]:
+        """The servers that take new clients in every process that takes clients (a moved
+        client may reconnect to any of them). KeyError for an unknown backend."""
 
     async def candidates(self, backend: str, server: str, limit: int) -> list[Candidate]: ...
 
@@ -280,6 +285,7 @@ class Run:
     _pending: dict[str, _Pending] = field(default_factory=dict)
     _last_ask: float = 0.0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _joins: int = 0  # servers that came up while it ran (automatic rebalance)
 
     @property
     def kind(self) -> str:
@@ -287,6 +293,11 @@ class Run:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def servers_joined(self) -> None:
+        """Servers came up while this rebalance runs: it takes them into its shares when it
+        next reads the loads (every second), and must not end on loads read before that."""
+        self._joins += 1
 
     def progress(self) -> dict[str, Any]:
         now = self.ended if self.ended is not None else self.clock.time()
@@ -339,6 +350,7 @@ class Run:
         second = math.floor(self.clock.time())
         window = Window(self.rate)
         while self.state == "running" and not self._stop.is_set():
+            joins = self._joins
             # where the moved clients are, before the live counts: one that arrives between
             # the two is then counted twice (a move fewer), never missed (a move too many)
             await self._settle()
@@ -348,7 +360,7 @@ class Run:
                 shifts = ((p.where, p.target) for p in self._pending.values())
                 plan.update(loads, shifts)
                 self.shares = plan.shares
-            if self._finished(plan):
+            if joins == self._joins and self._finished(plan):
                 return
             await self._second(second, plan, window)
             second = max(second + 1, math.floor(self.clock.time()))
@@ -465,12 +477,19 @@ class Run:
 
 
 def added_servers(old: Config, new: Config) -> dict[str, set[str]]:
-    """Per backend with ``automatic`` rebalance in ``new``: the servers ``old`` did not have."""
+    """Per backend with ``automatic`` rebalance in ``new``: the servers ``old`` did not have
+    that have an address from the config (an IP, or ``init_addr``). Servers found by name
+    join when discovery gives them their first address (Rebalancer.servers_joined)."""
     added = {}
     for name, backend in new.backends.items():
         before = old.backends.get(name)
         if backend.rebalance.automatic and before is not None:
-            names = {s.name for s in backend.servers} - {s.name for s in before.servers}
+            known = {s.name for s in before.servers}
+            names = {
+                s.name
+                for s in backend.servers
+                if s.name not in known and first_endpoint(s) is not None
+            }
             if names:
                 added[name] = names
     return added
@@ -490,6 +509,7 @@ class Rebalancer:
         self.runs: dict[str, Run] = {}
         self.totals: dict[tuple[str, str], int] = {}  # (backend, kind) -> clients asked, ever
         self._tasks: dict[str, asyncio.Task] = {}
+        self._waiting: dict[str, set[str]] = {}  # backend -> added servers not up yet
 
     def start(
         self,
@@ -553,28 +573,72 @@ class Rebalancer:
             self.totals[key] = self.totals.get(key, 0) + run.asked
             self._tasks.pop(run.backend, None)
 
-    def servers_added(self, added: dict[str, set[str]]) -> None:
-        """A reload added servers to backends with ``automatic`` rebalance: once the new
-        servers take clients (health checks up), rebalance each such backend."""
-        for backend, names in added.items():
-            task = asyncio.get_running_loop().create_task(self._automatic(backend, names))
-            self._tasks.setdefault(f"auto {backend}", task)
-
-    async def _automatic(self, backend: str, names: set[str]) -> None:
+    def servers_joined(self, backend: str, names: set[str]) -> None:
+        """Discovery gave servers of ``backend`` their first address while serving (a pod
+        joined): with ``automatic`` rebalance, as if a reload had added them. Under workers
+        every worker tells it, each when its own lookup finds them."""
         try:
-            clock = self.clock_factory()
-            deadline = clock.time() + AUTO_WAIT
-            while clock.time() < deadline:
-                loads = await self.view.loads(backend)
-                if names <= {s.name for s in loads if s.usable}:
-                    self.start(backend, None, f"automatic: {', '.join(sorted(names))} added")
-                    return
-                await clock.sleep_until(clock.time() + 0.5)
-            log.warning("automatic rebalance of %s: %s did not come up", backend, sorted(names))
+            automatic = self.view.config(backend).rebalance.automatic
+        except KeyError:  # a reload removed it
+            return
+        if automatic:
+            self.servers_added({backend: names})
+
+    def servers_added(self, added: dict[str, set[str]]) -> None:
+        """Servers were added to backends with ``automatic`` rebalance: once the new servers
+        take clients (health checks up), rebalance each such backend. Servers added while
+        the backend waits for earlier ones join that wait: one run for all of them."""
+        for backend, names in added.items():
+            waiting = self._waiting.get(backend)
+            if waiting is not None:
+                waiting |= names
+                continue
+            self._waiting[backend] = set(names)
+            task = asyncio.get_running_loop().create_task(self._automatic(backend))
+            self._tasks[f"auto {backend}"] = task
+
+    async def _automatic(self, backend: str) -> None:
+        clock = self.clock_factory()
+        try:
+            try:
+                names = await self._up(backend, clock)
+            finally:  # from here, servers added later wait on their own
+                del self._waiting[backend]
+            if names:
+                await self._begin(backend, names, clock)
         except (RefusedError, KeyError) as exc:
             log.warning("automatic rebalance of %s: %s", backend, exc)
         finally:
             self._tasks.pop(f"auto {backend}", None)
+
+    async def _up(self, backend: str, clock: Clock) -> set[str]:
+        """Wait until the servers added to ``backend`` take clients everywhere (more may be
+        added meanwhile); after AUTO_WAIT, those of them that do."""
+        names = self._waiting[backend]
+        deadline = clock.time() + AUTO_WAIT
+        while not names <= (up := await self.view.ready(backend)):
+            if clock.time() >= deadline:
+                late = sorted(names - up)
+                log.warning("automatic rebalance of %s: %s did not come up", backend, late)
+                return names & up
+            await clock.sleep_until(clock.time() + 0.5)
+        return set(names)
+
+    async def _begin(self, backend: str, names: set[str], clock: Clock) -> None:
+        """Start the automatic run. A rebalance under way takes the new servers into its
+        shares instead; only if it ends incomplete (a client it moved does not move again in
+        the same run) does a new run follow."""
+        added = ", ".join(sorted(names))
+        while (running := self.runs.get(backend)) is not None and running.state == "running":
+            if running.server is not None:
+                break  # an evacuation: start() says so
+            running.servers_joined()
+            log.info("rebalance of %s under way takes %s in", backend, added)
+            while running.state == "running":
+                await clock.sleep_until(clock.time() + 0.5)
+            if running.state != "incomplete":
+                return
+        self.start(backend, None, f"automatic: {added} added")
 
     def stop(self, backend: str) -> Run | None:
         run = self.runs.get(backend)

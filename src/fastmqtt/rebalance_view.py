@@ -91,6 +91,9 @@ class LocalView:
             for s in self._backend(backend).servers
         ]
 
+    async def ready(self, backend: str) -> set[str]:
+        return {s.name for s in self.runtime.backends[backend].servers if _usable(s)}
+
     async def candidates(self, backend: str, server: str, limit: int) -> list[Candidate]:
         b = self._backend(backend)
         consistent = mode(b.config) == "consistent"
@@ -189,6 +192,14 @@ class WorkerView:
                     )
                 )
         return [merged[s.name] for s in config.servers if s.name in merged]
+
+    async def ready(self, backend: str) -> set[str]:
+        """Usable in every worker that answered: each looks names up and checks health on
+        its own, and a moved client may reconnect to any of them."""
+        self.config(backend)  # KeyError when a reload removed it
+        answered = [r for _, r in await self._ask({"call": "loads", "backend": backend}) if r]
+        each = [{row[0] for row in rows if ServerLoad(*row).usable} for rows in answered]
+        return set.intersection(*each) if each else set()
 
     async def candidates(self, backend: str, server: str, limit: int) -> list[Candidate]:
         """Every worker's, taken in turn (one of each, then the next of each): a second's

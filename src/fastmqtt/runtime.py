@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
 from fastmqtt import IMPLEMENTATION, __version__, notify, packets
@@ -76,6 +76,10 @@ class Runtime:
         self.health = {name: self._checker(b) for name, b in self.backends.items()}
         self.stats: StatsServer | None = None
         self.rebalancer = Rebalancer(LocalView(self))
+        # who hears of servers discovery gave a first address (a pod joined) once serving:
+        # this process's rebalancer, or a worker's supervisor (workers.attach)
+        self.servers_joined: Callable[[str, set[str]], None] = self.rebalancer.servers_joined
+        self.serving = False
         # listening sockets given by the process this one takes over from (takeover.py)
         self.inherited: dict[str, socket.socket] = {}
 
@@ -107,14 +111,20 @@ class Runtime:
         fast = self.fast.close_server(server, reason) if self.fast is not None else 0
         return len(doomed) + fast
 
-    def _servers_changed(self, backend: Backend, servers: Sequence[Server]) -> None:
+    def _servers_changed(
+        self, backend: Backend, servers: Sequence[Server], joined: Sequence[Server]
+    ) -> None:
         """Discovery moved servers (Backend.servers_changed): their health starts over, the
-        engine's fast path sends new clients to the new addresses."""
+        engine's fast path sends new clients to the new addresses, and servers that got
+        their first address may start an automatic rebalance (not those found by the
+        lookups before listening: no client is there to move)."""
         checker = self.health.get(backend.name)
         if checker is not None and checker.backend is backend:
             checker.readdressed(servers)
         if self.fast is not None:
             self.fast.servers_moved(backend, servers)
+        if joined and self.serving:
+            self.servers_joined(backend.name, {s.name for s in joined})
 
     def start(self) -> None:
         """Bind every listener (all or nothing), then start accepting."""
@@ -152,6 +162,7 @@ class Runtime:
             checker.start()
         if self.stats is not None:
             self.stats.start()
+        self.serving = True
         log.info(
             "fastmqtt %s (%s) listening: %s",
             __version__,

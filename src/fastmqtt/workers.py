@@ -17,7 +17,9 @@ page asks every live worker and shows the sum (stats.rows.merge_snapshots); an a
 goes to every worker, and is replayed to a worker started later until a reload resets admin
 states, as it does in a single process. A find goes to every worker (each connection says its
 worker), a leave to the workers holding the connections, and a stick lookup to one worker (the
-tables are shared).
+tables are shared). Each worker also looks server names up itself (discovery.py); the one
+thing it tells the supervisor unasked, as a line without an id, is that servers got their
+first address (``servers_joined``), for the supervisor's automatic rebalance.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastmqtt import notify, takeover
@@ -88,11 +91,39 @@ def attach(runtime: Runtime) -> asyncio.Task | None:
     if fd is None:
         return None
     source.start()
-    return runtime.loop.create_task(_answer(source, socket.socket(fileno=int(fd))))
+    events = _Events()
+    runtime.servers_joined = events.servers_joined  # the supervisor rebalances
+    return runtime.loop.create_task(_answer(source, socket.socket(fileno=int(fd)), events))
 
 
-async def _answer(source: LocalSource, sock: socket.socket) -> None:
+class _Events:
+    """What a worker tells its supervisor unasked, as lines without an ``id`` on the channel
+    its answers use: servers that discovery gave their first address (a pod joined)."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.early: list[bytes] = []  # before the channel's writer exists
+
+    def servers_joined(self, backend: str, names: set[str]) -> None:
+        self._send({"event": "servers_joined", "backend": backend, "servers": sorted(names)})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message).encode() + b"\n"
+        if self.writer is None:
+            self.early.append(line)
+        else:
+            self.writer.write(line)
+
+    def connected(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        for line in self.early:
+            writer.write(line)
+        self.early.clear()
+
+
+async def _answer(source: LocalSource, sock: socket.socket, events: _Events) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_REQUEST)
+    events.connected(writer)
     try:
         while line := await reader.readline():
             writer.write(json.dumps(await _handle_line(source, line)).encode() + b"\n")
@@ -151,10 +182,14 @@ def _apply(source: LocalSource, command: dict[str, Any]) -> bool:
 
 
 class Channel:
-    """The supervisor's end of a worker's socketpair: JSON-line requests, answers by id."""
+    """The supervisor's end of a worker's socketpair: JSON-line requests, answers by id;
+    lines without one are the worker's events, for ``on_event``."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.sock = sock
+        self.on_event = on_event
         self.loop = asyncio.get_running_loop()
         self.pending: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self.ids = itertools.count()
@@ -195,6 +230,10 @@ class Channel:
         self.buffer = bytearray(rest)
         for line in lines:
             answer = json.loads(line)
+            if "id" not in answer:
+                if self.on_event is not None:
+                    self.on_event(answer)
+                continue
             future = self.pending.get(answer["id"])
             if future is not None and not future.done():
                 future.set_result(answer)
@@ -218,6 +257,7 @@ class Worker:
         admin: list[dict[str, Any]],
         stick_dir: str | None,
         takeover_from: str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.index = index
         read_fd, write_fd = os.pipe()
@@ -241,7 +281,7 @@ class Worker:
         os.close(write_fd)
         theirs.close()
         self.ready_fd = read_fd
-        self.channel = Channel(ours)
+        self.channel = Channel(ours, on_event)
 
     def ready(self) -> bool:
         """Non-blocking: has the worker reported? (EOF without a byte means it died first)."""
@@ -387,7 +427,14 @@ class Supervisor:
 
     def _spawn(self, index: int, takeover_from: str | None = None) -> Worker:
         stick_dir = self.sticks.directory if self.sticks is not None else None
-        return Worker(index, self.path, list(self.admin.values()), stick_dir, takeover_from)
+        admin = list(self.admin.values())
+        return Worker(index, self.path, admin, stick_dir, takeover_from, self._event)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """A worker's event: discovery gave servers their first address (each worker tells
+        it; the supervisor's rebalancer makes one run of them)."""
+        if event.get("event") == "servers_joined":
+            self.rebalancer.servers_joined(event["backend"], set(event["servers"]))
 
     def run(self) -> int:
         import uvloop

@@ -189,7 +189,7 @@ def _watch(config: Config) -> tuple[Backend, Watch, list[list[str]]]:
     servers_changed call carried."""
     backend = Backend(config.backends["b"])
     moved: list[list[str]] = []
-    backend.subscribe(lambda _, servers: moved.append([s.name for s in servers]))
+    backend.subscribe(lambda _, servers, joined: moved.append([s.name for s in servers]))
     name = names(config)[0]
     settings = config.resolvers_for(name.resolvers)
     return backend, Watch(backend, name, settings, make_resolver(settings)), moved
@@ -293,6 +293,38 @@ def test_a_template_grows_and_shrinks_keeping_each_address_in_its_server(dns):
         await watch.refresh()
         assert _where(backend.servers) == ["10.0.0.4", "10.0.0.2", None]
         assert moved[-1] == ["emqx1", "emqx3"]  # emqx2 did not move
+
+    _run(main())
+
+
+def test_servers_that_get_an_address_after_having_none_are_told_as_joined(dns):
+    """What automatic rebalance counts as a server added: a free slot taking a record, not a
+    slot whose record was replaced by another in one answer (an address change)."""
+    template = (
+        '[[backend.b.server_template]]\nprefix = "emqx"\ncount = 3\n'
+        'address = "emqx.test:1883"\nresolvers = "dns"\n'
+    )
+
+    async def main() -> None:
+        dns.a("emqx.test", ["10.0.0.1", "10.0.0.2"])
+        backend, watch, _ = _watch(_config(dns, template))
+        joined: list[list[str]] = []
+        backend.subscribe(lambda _, servers, new: joined.append([s.name for s in new]))
+        await watch.refresh()
+        assert joined == [["emqx1", "emqx2"]]
+        dns.a("emqx.test", ["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+        await watch.refresh()
+        assert joined[-1] == ["emqx3"]
+        dns.a("emqx.test", ["10.0.0.4", "10.0.0.2", "10.0.0.3"])  # 10.0.0.1 replaced
+        await watch.refresh()
+        assert _where(backend.servers) == ["10.0.0.4", "10.0.0.2", "10.0.0.3"]
+        assert joined[-1] == []
+        dns.a("emqx.test", ["10.0.0.4", "10.0.0.2"])
+        await watch.refresh()
+        assert joined[-1] == []  # emqx3 lost its address
+        dns.a("emqx.test", ["10.0.0.4", "10.0.0.2", "10.0.0.5"])
+        await watch.refresh()
+        assert joined[-1] == ["emqx3"] and len(joined) == 5
 
     _run(main())
 

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import pytest
 
 from fastmqtt.balance import make_balancer
-from fastmqtt.config import BackendConfig, RebalanceConfig, ServerConfig, StickConfig
+from fastmqtt.config import (
+    BackendConfig,
+    RebalanceConfig,
+    ServerConfig,
+    StickConfig,
+    load_config_text,
+)
 from fastmqtt.rebalance import (
     Candidate,
     Move,
@@ -22,6 +28,7 @@ from fastmqtt.rebalance import (
     Run,
     ServerLoad,
     Window,
+    added_servers,
     balanced,
     fair_shares,
     persistent,
@@ -246,6 +253,9 @@ class Cluster:
             for s in self.config(backend).servers
         ]
 
+    async def ready(self, backend: str) -> set[str]:
+        return {s.name for s in await self.loads(backend) if s.usable}
+
     async def candidates(self, backend: str, server: str, limit: int) -> list[Candidate]:
         found = [
             Candidate(0, self.conn_ids[c], c, s, c in self.persistent, self.home(c), c)
@@ -408,3 +418,132 @@ def test_refusals_say_why() -> None:
         await rebalancer.close()
 
     asyncio.run(scenario())
+
+
+# -- automatic runs ----------------------------------------------------------------------
+
+
+def _starts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " started by " in r.getMessage()]
+
+
+async def _until(condition, steps: int = 100_000) -> None:
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met")
+
+
+def test_servers_that_join_while_the_first_waits_make_one_run(caplog) -> None:
+    """Pods that appear in resolutions apart (or every worker telling the same one) while the
+    automatic run waits for them to come up: one run, started once all of them are up."""
+    caplog.set_level("INFO", "fastmqtt.rebalance")
+
+    async def scenario() -> Run:
+        cluster = Cluster(_backend(automatic=True), {"b0": 150, "b1": 150, "b2": 0, "b3": 0})
+        cluster.drained |= {"b2", "b3"}  # not up yet (health checks)
+        rebalancer = Rebalancer(cluster, clock_factory=lambda: cluster.clock)
+        rebalancer.servers_joined("brokers", {"b2"})
+        await asyncio.sleep(0)
+        rebalancer.servers_joined("brokers", {"b3"})
+        rebalancer.servers_joined("brokers", {"b2"})  # another worker's lookup, later
+        cluster.drained.discard("b2")
+        for _ in range(20):  # b2 is up, b3 not yet: still waiting
+            await asyncio.sleep(0)
+        assert "brokers" not in rebalancer.runs
+        cluster.drained.discard("b3")
+        await _until(lambda: "brokers" in rebalancer.runs)
+        run = rebalancer.runs["brokers"]
+        await _until(lambda: run.state != "running")
+        await rebalancer.close()
+        return run
+
+    run = asyncio.run(scenario())
+    assert run.state == "done", run.progress()
+    assert len(_starts(caplog)) == 1, _starts(caplog)
+    assert _starts(caplog)[0].startswith("rebalance of brokers started by automatic: b2, b3 added")
+
+
+def test_a_server_joining_a_rebalance_under_way_is_taken_in(caplog) -> None:
+    caplog.set_level("INFO", "fastmqtt.rebalance")
+
+    async def scenario() -> tuple[Run, Cluster]:
+        cluster = Cluster(_backend(automatic=True), {"b0": 100, "b1": 100, "b2": 0, "b3": 0})
+        cluster.drained.add("b3")
+        rebalancer = Rebalancer(cluster, clock_factory=lambda: cluster.clock)
+        rebalancer.servers_joined("brokers", {"b2"})
+        await _until(lambda: "brokers" in rebalancer.runs)
+        run = rebalancer.runs["brokers"]
+        await _until(lambda: run.asked >= 10)
+        cluster.drained.discard("b3")
+        rebalancer.servers_joined("brokers", {"b3"})
+        await _until(lambda: run.state != "running")
+        await _until(lambda: rebalancer.runs["brokers"] is not run)
+        await _until(lambda: rebalancer.runs["brokers"].state != "running")
+        assert rebalancer.runs["brokers"].state == "done"
+        await rebalancer.close()
+        return run, cluster
+
+    run, cluster = asyncio.run(scenario())
+    assert "rebalance of brokers under way takes b3 in" in caplog.text
+    assert all(45 <= n <= 55 for n in cluster.counts().values()), cluster.counts()
+    # the run that was under way had filled b2, whose clients it may not move again: b2's
+    # surplus went to b3 in the one run that followed
+    assert run.state == "incomplete", run.progress()
+    starts = _starts(caplog)
+    assert len(starts) == 2 and "automatic: b3 added" in starts[1], starts
+
+
+def test_no_automatic_run_unless_the_backend_asks_for_it(caplog) -> None:
+    caplog.set_level("INFO", "fastmqtt.rebalance")
+
+    async def scenario() -> Rebalancer:
+        cluster = Cluster(_backend(), {"b0": 100, "b1": 100, "b2": 100, "b3": 0})
+        rebalancer = Rebalancer(cluster, clock_factory=lambda: cluster.clock)
+        rebalancer.servers_joined("brokers", {"b3"})
+        rebalancer.servers_joined("gone", {"x1"})  # a backend a reload removed
+        for _ in range(100):
+            await asyncio.sleep(0)
+        await rebalancer.close()
+        return rebalancer
+
+    assert asyncio.run(scenario()).runs == {}
+    assert _starts(caplog) == []
+
+
+def test_a_server_that_never_comes_up_does_not_hold_back_the_others(caplog) -> None:
+    caplog.set_level("INFO", "fastmqtt.rebalance")
+
+    async def scenario() -> Rebalancer:
+        cluster = Cluster(_backend(automatic=True), {"b0": 150, "b1": 150, "b2": 0, "b3": 0})
+        cluster.drained.add("b3")
+        rebalancer = Rebalancer(cluster, clock_factory=lambda: cluster.clock)
+        rebalancer.servers_joined("brokers", {"b2", "b3"})
+        await _until(lambda: "brokers" in rebalancer.runs)  # after AUTO_WAIT, virtual
+        await _until(lambda: rebalancer.runs["brokers"].state != "running")
+        await rebalancer.close()
+        return rebalancer
+
+    rebalancer = asyncio.run(scenario())
+    assert "automatic rebalance of brokers: ['b3'] did not come up" in caplog.text
+    assert _starts(caplog)[0].startswith("rebalance of brokers started by automatic: b2 added")
+    assert rebalancer.runs["brokers"].state == "done"
+
+
+def test_a_reload_adds_servers_with_an_address_and_discovery_the_others() -> None:
+    def config(servers: str) -> object:
+        return load_config_text(
+            '[frontend.f]\nbind = "127.0.0.1:1883"\nbackend = "b"\n[backend.b]\n'
+            "stick = true\nrebalance = { automatic = true }\n"
+            '[[backend.b.server]]\nname = "n1"\naddress = "127.0.0.1:1"\n' + servers
+        )
+
+    old = config("")
+    new = config(
+        '[[backend.b.server]]\nname = "n2"\naddress = "127.0.0.2:1"\n'
+        '[[backend.b.server]]\nname = "n3"\naddress = "n3.test:1"\n'
+        '[[backend.b.server]]\nname = "n4"\naddress = "n4.test:1"\ninit_addr = "127.0.0.4"\n'
+        '[[backend.b.server_template]]\nprefix = "t"\ncount = 2\naddress = "t.test:1"\n'
+    )
+    assert added_servers(old, new) == {"b": {"n2", "n4"}}  # n3, t1, t2: once they resolve
