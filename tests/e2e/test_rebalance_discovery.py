@@ -83,7 +83,8 @@ def _start(dns, nodes, fastmqtt, automatic: bool = True, workers: int = 1):
     swarm = Swarm(port, devices).start()
     counts = lambda: [s[2] for s in _servers(stats).values()]  # noqa: E731
     assert wait_until(lambda: sum(counts()) == CLIENTS, 20), _servers(stats)
-    assert counts() == [CLIENTS // 2, CLIENTS // 2, 0], _servers(stats)
+    # round robin; under workers each worker's own, so about half and half
+    assert counts()[2] == 0 and min(counts()[:2]) >= CLIENTS // 3, _servers(stats)
     return lb, stats, stats_port, swarm, devices
 
 
@@ -116,6 +117,7 @@ def test_no_run_for_an_address_change_or_without_automatic(dns, nodes, fastmqtt,
     """A record replaced by another in one answer moves a server that holds clients: not a
     new node. Without ``automatic``, a new one starts nothing either."""
     lb, stats, _, swarm, _ = _start(dns, nodes, fastmqtt, automatic=case != "not automatic")
+    before = [s[2] for s in _servers(stats).values()]
     try:
         if case == "address change":  # 127.0.0.3 gives way to 127.0.0.4 in emqx2
             dns.a("emqx.test", [HOSTS[0], HOSTS[2]])
@@ -127,6 +129,6 @@ def test_no_run_for_an_address_change_or_without_automatic(dns, nodes, fastmqtt,
         time.sleep(1.5)  # an automatic run would start within a few health checks
         assert _run_state(stats) is None and STARTED not in lb.logs(), lb.logs()
         # established connections kept their brokers
-        assert [s[2] for s in _servers(stats).values()] == [CLIENTS // 2, CLIENTS // 2, 0]
+        assert [s[2] for s in _servers(stats).values()] == before, _servers(stats)
     finally:
         swarm.stop()
