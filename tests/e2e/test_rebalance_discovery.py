@@ -50,7 +50,7 @@ def _config(
         'retry = "200ms"\ntimeout = "500ms"\n'
         f'[frontend.mqtt]\nbind = "127.0.0.1:{port}"\nbackend = "cluster"\n'
         "[backend.cluster]\nstick = true\n"
-        'check = { type = "tcp", interval = "200ms", timeout = "150ms" }\n'
+        'check = { type = "tcp", interval = "200ms", timeout = "2s" }\n'  # not the subject
         f"rebalance = {{ automatic = {str(automatic).lower()}, rate = 100 }}\n"
         '[[backend.cluster.server_template]]\nprefix = "emqx"\ncount = 3\n'
         f'address = "emqx.test:{broker_port}"\nresolvers = "dns"\n'
