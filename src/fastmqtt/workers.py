@@ -121,9 +121,10 @@ class _Events:
         self.early.clear()
 
 
-async def _answer(source: LocalSource, sock: socket.socket, events: _Events) -> None:
+async def _answer(source: LocalSource, sock: socket.socket, events: _Events | None = None) -> None:
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_REQUEST)
-    events.connected(writer)
+    if events is not None:
+        events.connected(writer)
     try:
         while line := await reader.readline():
             writer.write(json.dumps(await _handle_line(source, line)).encode() + b"\n")
