@@ -613,16 +613,23 @@ class Rebalancer:
 
     async def _up(self, backend: str, clock: Clock) -> set[str]:
         """Wait until the servers added to ``backend`` take clients everywhere (more may be
-        added meanwhile); after AUTO_WAIT, those of them that do."""
+        added meanwhile) and every server holding clients takes clients too: a run among the
+        usable servers alone, while others flap down, would end at once with nothing moved.
+        After AUTO_WAIT, the added servers that are up."""
         names = self._waiting[backend]
         deadline = clock.time() + AUTO_WAIT
-        while not names <= (up := await self.view.ready(backend)):
+        while True:
+            up = await self.view.ready(backend)
+            if names <= up and await self._steady(backend):
+                return set(names)
             if clock.time() >= deadline:
-                late = sorted(names - up)
-                log.warning("automatic rebalance of %s: %s did not come up", backend, late)
+                if late := sorted(names - up):
+                    log.warning("automatic rebalance of %s: %s did not come up", backend, late)
                 return names & up
             await clock.sleep_until(clock.time() + 0.5)
-        return set(names)
+
+    async def _steady(self, backend: str) -> bool:
+        return all(s.usable for s in await self.view.loads(backend) if s.current)
 
     async def _begin(self, backend: str, names: set[str], clock: Clock) -> None:
         """Start the automatic run. A rebalance under way takes the new servers into its

@@ -531,6 +531,31 @@ def test_a_server_that_never_comes_up_does_not_hold_back_the_others(caplog) -> N
     assert rebalancer.runs["brokers"].state == "done"
 
 
+def test_an_automatic_run_waits_while_servers_holding_clients_are_down(caplog) -> None:
+    """Seen under load: the brokers' health checks timed out just as the new one came up;
+    a run then found only the new server usable, nothing to balance, and ended at once."""
+    caplog.set_level("INFO", "fastmqtt.rebalance")
+
+    async def scenario() -> Rebalancer:
+        cluster = Cluster(_backend(automatic=True), {"b0": 100, "b1": 100, "b2": 100, "b3": 0})
+        cluster.drained |= {"b0", "b1", "b2"}  # a health flap: down, their clients still there
+        rebalancer = Rebalancer(cluster, clock_factory=lambda: cluster.clock)
+        rebalancer.servers_joined("brokers", {"b3"})
+        for _ in range(40):  # about 20 s of the virtual clock, within AUTO_WAIT
+            await asyncio.sleep(0)
+        assert "brokers" not in rebalancer.runs
+        cluster.drained.clear()
+        await _until(lambda: "brokers" in rebalancer.runs)
+        await _until(lambda: rebalancer.runs["brokers"].state != "running")
+        await rebalancer.close()
+        return rebalancer
+
+    rebalancer = asyncio.run(scenario())
+    run = rebalancer.runs["brokers"]
+    assert run.state == "done" and run.asked >= 67, run.progress()
+    assert "did not come up" not in caplog.text
+
+
 def test_a_reload_adds_servers_with_an_address_and_discovery_the_others() -> None:
     def config(servers: str) -> object:
         return load_config_text(
