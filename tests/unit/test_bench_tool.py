@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from fastmqtt.packets import publish_header
-from fastmqtt.tools.bench import Client, Histogram, Stats
+from fastmqtt.tools.bench import Client, Histogram, Stats, sample_usage
 from fastmqtt.tools.brokers import Mosquitto, free_port
 
 
@@ -134,3 +134,35 @@ def test_help_is_the_only_help_flag() -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert bad.returncode == 2 and "expected 3.1, 3.1.1 or 5, got '3.2'" in bad.stderr
+
+
+_BURNER = """
+import sys, time
+for line in sys.stdin:
+    start = time.process_time()
+    while time.process_time() - start < float(line):
+        pass
+    print(time.process_time() - start, flush=True)
+"""
+
+
+def test_cpu_usage_is_read_finer_than_clock_ticks() -> None:
+    """The balancer's CPU per connection comes from these samples: 4 ms of another process's
+    CPU must read as about 4 ms, not as 0 or 10 ms (stat's ticks: 1,500 one-shot connects are
+    7 or 8 of them)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as burner:
+        assert burner.stdin is not None and burner.stdout is not None
+
+        def burn(seconds: float) -> float:
+            burner.stdin.write(f"{seconds}\n")
+            burner.stdin.flush()
+            return float(burner.stdout.readline())
+
+        burn(0.001)  # started and warm
+        before = sample_usage(burner.pid).cpu_s
+        spent = burn(0.004)
+        read = sample_usage(burner.pid).cpu_s - before
+        burner.stdin.close()
+    assert abs(read - spent) < 0.0015, (read, spent)
