@@ -1,6 +1,7 @@
-"""The connection-setup path as a test parameter: tests that take the ``path`` fixture run
-once on the engine's fast path and once on the event-loop path (``[global] fast_path =
-false``), with the same config otherwise, and check which path the frontend took.
+"""Fixtures of the e2e tests: a DNS server and brokers it can name, and the connection-setup
+path as a test parameter: tests that take the ``path`` fixture run once on the engine's fast
+path and once on the event-loop path (``[global] fast_path = false``), with the same config
+otherwise, and check which path the frontend took.
 
 Without compiled extensions there is only the event-loop path, and only that variant runs.
 """
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fastmqtt._accel import NO_EXTENSIONS
+from fastmqtt.tools.brokers import Mosquitto
+from tests.support.dns import HOSTS, DnsServer, brokers_on_one_port
 from tests.support.lb import FastMQTT, wait_until
 
 PATHS = ["loop"] if NO_EXTENSIONS else ["fast", "loop"]
@@ -59,3 +62,19 @@ def fastmqtt(request: pytest.FixtureRequest) -> Iterator[Callable[..., FastMQTT]
     yield start
     for lb in started:
         lb.stop()
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsServer]:
+    """An authoritative DNS server on loopback whose records a test sets."""
+    with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Mosquitto]]:
+    """Brokers on HOSTS, one port: an A record alone decides which one a name reaches."""
+    started = brokers_on_one_port(HOSTS)
+    yield started
+    for broker in started:
+        broker.stop()

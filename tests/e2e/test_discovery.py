@@ -12,36 +12,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fastmqtt import packets
 from fastmqtt.tools.brokers import Mosquitto, free_port
 from fastmqtt.tools.convert import convert
-from tests.support.dns import DnsServer, brokers_on_one_port
+from tests.support.dns import DnsServer
 from tests.support.haproxy import HAProxy
 from tests.support.lb import closed_by_peer, landed, lb_port, raw_connect, wait_until
 from tests.support.stats import Stats
 
 pytestmark = pytest.mark.e2e
 
-HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 PASSWORD = "dns-admin"
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsServer]:
-    with DnsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[Mosquitto]]:
-    started = brokers_on_one_port(HOSTS)
-    yield started
-    for broker in started:
-        broker.stop()
 
 
 def lb_config(dns: DnsServer, port: int, stats_port: int, backend: str) -> str:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from fastmqtt.tools.brokers import Mosquitto, free_port, wait_for_port
+from fastmqtt.tools.brokers import free_port, wait_for_port
 from tests.e2e.test_admin import PASSWORD, ctl
-from tests.e2e.test_discovery import HOSTS
-from tests.support.dns import DnsServer, brokers_on_one_port
+from tests.support.dns import HOSTS, DnsServer
 from tests.support.lb import lb_port, wait_until
 from tests.support.paho_swarm import Device, Swarm
 from tests.support.stats import Stats, stats_toml
@@ -24,20 +22,6 @@ pytestmark = pytest.mark.e2e
 
 CLIENTS = 90
 STARTED = "rebalance of cluster started by automatic"
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsServer]:
-    with DnsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[Mosquitto]]:
-    started = brokers_on_one_port(HOSTS)
-    yield started
-    for broker in started:
-        broker.stop()
 
 
 def _config(

@@ -134,6 +134,9 @@ class DnsServer:
             return sum(1 for n, _ in self.zone.queries if n == name.lower())
 
 
+HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]  # loopback addresses an A record can name
+
+
 def brokers_on_one_port(hosts: Iterable[str], prefix: str = "node") -> list[Mosquitto]:
     """Brokers on several loopback addresses (127.0.0.2, 127.0.0.3, ...) and one port, so that
     an A record alone decides which one a name reaches."""

@@ -273,15 +273,17 @@ def test_follow_ttl_within_its_bounds(dns):
     _run(main())
 
 
+TEMPLATE3 = (
+    '[[backend.b.server_template]]\nprefix = "emqx"\ncount = 3\n'
+    'address = "emqx.test:1883"\nresolvers = "dns"\n'
+)
+
+
 def test_a_template_grows_and_shrinks_keeping_each_address_in_its_server(dns):
-    template = (
-        '[[backend.b.server_template]]\nprefix = "emqx"\ncount = 3\n'
-        'address = "emqx.test:1883"\nresolvers = "dns"\n'
-    )
 
     async def main() -> None:
         dns.a("emqx.test", ["10.0.0.1", "10.0.0.2"])
-        backend, watch, moved = _watch(_config(dns, template))
+        backend, watch, moved = _watch(_config(dns, TEMPLATE3))
         assert [s.name for s in backend.servers] == ["emqx1", "emqx2", "emqx3"]
         await watch.refresh()
         assert _where(backend.servers) == ["10.0.0.1", "10.0.0.2", None]
@@ -300,14 +302,10 @@ def test_a_template_grows_and_shrinks_keeping_each_address_in_its_server(dns):
 def test_servers_that_get_an_address_after_having_none_are_told_as_joined(dns):
     """What automatic rebalance counts as a server added: a free slot taking a record, not a
     slot whose record was replaced by another in one answer (an address change)."""
-    template = (
-        '[[backend.b.server_template]]\nprefix = "emqx"\ncount = 3\n'
-        'address = "emqx.test:1883"\nresolvers = "dns"\n'
-    )
 
     async def main() -> None:
         dns.a("emqx.test", ["10.0.0.1", "10.0.0.2"])
-        backend, watch, _ = _watch(_config(dns, template))
+        backend, watch, _ = _watch(_config(dns, TEMPLATE3))
         joined: list[list[str]] = []
         backend.subscribe(lambda _, servers, new: joined.append([s.name for s in new]))
         await watch.refresh()
