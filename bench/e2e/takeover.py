@@ -16,19 +16,11 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from tests.support.lb import FastMQTT, lb_port, recipe, wait_until
-from tests.support.swarm import (
-    Peer,
-    Publisher,
-    Subscriber,
-    connect_all,
-    longest_gap,
-    ping_loop,
-)
+from tests.support.swarm import load_around, longest_gap
 
 from fastmqtt.serve import raise_fd_limit
 from fastmqtt.tools.brokers import start_brokers
@@ -44,37 +36,21 @@ async def main(clients: int, workers: int) -> None:
         "[global]\n", f'[global]\ntakeover_socket = "{path}"\nworkers = {workers}\n', 1
     )
     old = FastMQTT(config, port=port).start()
-    new: FastMQTT | None = None
+    new: list[FastMQTT] = []
+
+    def take_over() -> None:
+        new.append(FastMQTT(config, port=port, args=["--takeover", path]).start())
+        wait_until(lambda: old.proc.poll() is not None, 60)
+
     try:
-        stop = asyncio.Event()
-        pingers = [Peer(f"ping-{i}") for i in range(clients)]
-        pubs = [Publisher(f"pub-{i}") for i in range(20)]
-        sub = Subscriber("sub")
-        await connect_all([sub, *pubs, *pingers], port)
-        await sub.subscribe("load/#")
-        reading = asyncio.ensure_future(sub.run())
-        tasks = [asyncio.ensure_future(ping_loop(p, PING_EVERY, stop)) for p in pingers]
-        tasks += [asyncio.ensure_future(p.run("load/t", 0.05, stop)) for p in pubs]
-        await asyncio.sleep(2 * PING_EVERY)
-        started = time.monotonic()
-        new = await asyncio.to_thread(
-            lambda: FastMQTT(config, port=port, args=["--takeover", path]).start()
+        pingers, pubs, sub, started, ended = await load_around(
+            port, clients, 20, take_over, PING_EVERY, 0.05, 2 * PING_EVERY, 3 * PING_EVERY
         )
-        await asyncio.to_thread(lambda: wait_until(lambda: old.proc.poll() is not None, 60))
-        ended = time.monotonic()
-        await asyncio.sleep(3 * PING_EVERY)
-        stop.set()
-        await asyncio.gather(*tasks)
-        for _ in range(50):  # the last messages reach the subscriber (bounded: 10 s)
-            if sum(sub.received.values()) >= sum(len(p.acked) for p in pubs):
-                break
-            await asyncio.sleep(0.2)
-        reading.cancel()
         # one line per worker: the slowest one is the takeover's time
         handed = max(re.findall(r"handed over to pid \d+ \(\d+ adopted\) in (\d+) ms", old.logs()),
                      key=int, default=None)  # fmt: skip
         adopted = re.findall(
-            r"adopted (\d+) connections in (\d+) ms .*?receiving took (\d+) ms", new.logs()
+            r"adopted (\d+) connections in (\d+) ms .*?receiving took (\d+) ms", new[0].logs()
         )
         lost = sum(1 for p in [*pingers, *pubs] if p.lost)
         acked = [m for p in pubs for m in p.acked]
@@ -88,12 +64,9 @@ async def main(clients: int, workers: int) -> None:
             f"clients that lost their connection: {lost}; QoS 1 exactly once: {exact} "
             f"({len(acked)} acknowledged, {sum(sub.received.values())} received)"
         )
-        for peer in [*pingers, *pubs, sub]:
-            peer.close()
     finally:
-        for lb in (old, new):
-            if lb is not None:
-                lb.stop()
+        for lb in [old, *new]:
+            lb.stop()
         for broker in brokers:
             broker.stop()
 

@@ -34,7 +34,7 @@ from tests.support.lb import (
     wait_until,
 )
 from tests.support.stats import Stats, stats_toml
-from tests.support.swarm import Peer, Publisher, Subscriber, connect_all, ping_loop
+from tests.support.swarm import Peer, Publisher, Subscriber, load_around
 
 PING_EVERY = 3.0
 
@@ -70,34 +70,14 @@ def one_line(lb: FastMQTT, pattern: str, timeout: float = 20.0) -> re.Match:
     return found[0]
 
 
-async def run_swarm(
+def run_swarm(
     port: int, clients: int, publishers: int, during: Callable[[], None]
 ) -> tuple[list[Peer], list[Publisher], Subscriber, float, float]:
-    """Pingers, QoS 1 publishers and a subscriber through ``port``; ``during()`` (blocking,
-    run in a thread) is the takeover. Returns them and when ``during`` started and ended."""
-    stop = asyncio.Event()
-    pingers = [Peer(f"ping-{i}") for i in range(clients)]
-    pubs = [Publisher(f"pub-{i}") for i in range(publishers)]
-    sub = Subscriber("sub-0")
-    await connect_all([sub, *pubs, *pingers], port)
-    await sub.subscribe("load/#")
-    reading = asyncio.ensure_future(sub.run())
-    tasks = [asyncio.ensure_future(ping_loop(p, PING_EVERY, stop)) for p in pingers]
-    tasks += [asyncio.ensure_future(p.run("load/t", 0.1, stop)) for p in pubs]
-    await asyncio.sleep(PING_EVERY + 1)  # every pinger has pinged once
-    started = time.monotonic()
-    await asyncio.to_thread(during)
-    ended = time.monotonic()
-    await asyncio.sleep(2 * PING_EVERY + 1)  # every pinger pings through the new process
-    stop.set()
-    await asyncio.gather(*tasks)
-    await asyncio.sleep(1)  # the last messages reach the subscriber
-    for peer in [*pingers, *pubs]:
-        peer.close()
-    reading.cancel()
-    sub.close()
-    await asyncio.gather(reading, return_exceptions=True)
-    return pingers, pubs, sub, started, ended
+    """Every pinger pings once before ``during`` (the takeover) and twice after it."""
+    load = load_around(
+        port, clients, publishers, during, PING_EVERY, 0.1, PING_EVERY + 1, 2 * PING_EVERY + 1
+    )
+    return asyncio.run(load)
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="the connections are the C engine's")
@@ -126,7 +106,7 @@ def test_a_new_process_takes_every_connection_over_without_a_reconnect(
         time.sleep(0.5)  # the new process's counters are synced every 0.25 s
         frontends.extend(Stats(stats_port).json()["frontends"])
 
-    pingers, pubs, sub, _, ended = asyncio.run(run_swarm(port, clients, 20, take_over))
+    pingers, pubs, sub, _, ended = run_swarm(port, clients, 20, take_over)
     [lb] = new
     try:
         assert old.proc.returncode == 0
@@ -383,7 +363,7 @@ def test_workers_are_taken_over_by_the_new_workers_of_the_same_index(brokers, fa
         new.append(new_process(config, port, sock))
         assert wait_until(lambda: old.proc.poll() is not None, 30), old.logs()[-3000:]
 
-    pingers, pubs, sub, _, ended = asyncio.run(run_swarm(port, clients, publishers, take_over))
+    pingers, pubs, sub, _, ended = run_swarm(port, clients, publishers, take_over)
     [lb] = new
     try:
         total = clients + publishers + 1

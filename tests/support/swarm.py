@@ -10,6 +10,7 @@ import random
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastmqtt import packets
@@ -130,3 +131,45 @@ def longest_gap(peers: list[Peer], since: float, until: float) -> float:
     return max(
         (rtt for p in peers for sent, rtt in p.answered if since <= sent <= until), default=0.0
     )
+
+
+async def load_around(
+    port: int,
+    clients: int,
+    publishers: int,
+    during: Callable[[], None],
+    ping_every: float,
+    publish_every: float,
+    before: float,
+    after: float,
+) -> tuple[list[Peer], list[Publisher], Subscriber, float, float]:
+    """Pingers, QoS 1 publishers and a subscriber through ``port``, running ``before``
+    seconds, then ``during()`` (blocking, run in a thread: a takeover, say), then ``after``
+    seconds; the subscriber then gets up to 10 s for the last acknowledged messages. Returns
+    the peers (closed) and when ``during`` started and ended."""
+    stop = asyncio.Event()
+    pingers = [Peer(f"ping-{i}") for i in range(clients)]
+    pubs = [Publisher(f"pub-{i}") for i in range(publishers)]
+    sub = Subscriber("sub-0")
+    await connect_all([sub, *pubs, *pingers], port)
+    await sub.subscribe("load/#")
+    reading = asyncio.ensure_future(sub.run())
+    tasks = [asyncio.ensure_future(ping_loop(p, ping_every, stop)) for p in pingers]
+    tasks += [asyncio.ensure_future(p.run("load/t", publish_every, stop)) for p in pubs]
+    await asyncio.sleep(before)
+    started = time.monotonic()
+    await asyncio.to_thread(during)
+    ended = time.monotonic()
+    await asyncio.sleep(after)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for _ in range(50):  # bounded: 10 s
+        if sum(sub.received.values()) >= sum(len(p.acked) for p in pubs):
+            break
+        await asyncio.sleep(0.2)
+    for peer in [*pingers, *pubs]:
+        peer.close()
+    reading.cancel()
+    sub.close()
+    await asyncio.gather(reading, return_exceptions=True)
+    return pingers, pubs, sub, started, ended
