@@ -312,6 +312,19 @@ class _OfferSocket:
         raise NotImplementedError
 
 
+def _stats_listeners(stats: StatsServer | None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The stats port and admin socket as OFFER lists them, and their fds."""
+    listeners: list[dict[str, Any]] = []
+    fds: list[int] = []
+    if stats is not None and stats.sock is not None:
+        listeners.append({"kind": "stats", "name": "stats", "bind": None})
+        fds.append(stats.sock.fileno())
+    if stats is not None and stats.unix is not None:
+        listeners.append({"kind": "stats_unix", "name": stats.unix.path, "bind": None})
+        fds.append(stats.unix.sock.fileno())
+    return listeners, fds
+
+
 class Offer(_OfferSocket):
     """The running process's side: listens on ``takeover_socket`` and hands everything over
     to the first process that asks, then calls ``done`` (which drains the rest and exits)."""
@@ -427,14 +440,8 @@ class Offer(_OfferSocket):
                 bind = [fe.config.bind_host, fe.config.bind_port]
                 listeners.append({"kind": "frontend", "name": fe.name, "bind": bind})
                 fds.append(fe.sock.fileno())
-        stats = runtime.stats
-        if stats is not None and stats.sock is not None:
-            listeners.append({"kind": "stats", "name": "stats", "bind": None})
-            fds.append(stats.sock.fileno())
-        if stats is not None and stats.unix is not None:
-            listeners.append({"kind": "stats_unix", "name": stats.unix.path, "bind": None})
-            fds.append(stats.unix.sock.fileno())
-        return listeners, fds
+        stats_listeners, stats_fds = _stats_listeners(runtime.stats)
+        return listeners + stats_listeners, fds + stats_fds
 
     async def _send_connections(self, conn: socket.socket) -> tuple[int, int]:
         """Freeze the engine, send what it relays, release what was sent: (moved, closed)."""
@@ -685,14 +692,8 @@ class SupervisorOffer(_OfferSocket):
         workers = hello.get("workers")
         if hello.get("magic") != MAGIC or not isinstance(workers, int) or workers < 1:
             raise TakeoverError("not a fastmqtt takeover request from a supervisor")
-        listeners, fds = [], []
         stats = self.stats
-        if stats is not None and stats.sock is not None:
-            listeners.append({"kind": "stats", "name": "stats", "bind": None})
-            fds.append(stats.sock.fileno())
-        if stats is not None and stats.unix is not None:
-            listeners.append({"kind": "stats_unix", "name": stats.unix.path, "bind": None})
-            fds.append(stats.unix.sock.fileno())
+        listeners, fds = _stats_listeners(stats)
         log.info("takeover by supervisor pid %s: its workers take over ours", hello.get("pid"))
         self.done(True)  # from now on, a worker of ours that exits has handed over
         await call(None, send_json, conn, OFFER, {"format": None, "listeners": listeners}, fds)
