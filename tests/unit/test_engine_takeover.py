@@ -18,7 +18,7 @@ from fastmqtt._accel import NO_EXTENSIONS
 if NO_EXTENSIONS:
     pytest.skip("the C engine is not built (FASTMQTT_NO_EXTENSIONS=1)", allow_module_level=True)
 
-from tests.support.sockets import keep, tcp_pair
+from tests.support.sockets import keep, records, recv_exactly, tcp_pair
 
 from fastmqtt._splice import Engine
 
@@ -61,27 +61,6 @@ def move(old: Engine, new: Engine) -> list[tuple]:
         new.adopt(conn_id, os.dup(cfd), os.dup(sfd), *state)
         old.release(handle)
     return rows
-
-
-def records(eng: Engine, count: int, timeout: float = 5.0) -> list[tuple]:
-    got: list[tuple] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(got)} of {count} records: {got}"
-        select.select([eng.completions_fd()], [], [], left)
-        got += eng.drain()
-    return got
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, MiB))
-        assert chunk, "unexpected EOF"
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

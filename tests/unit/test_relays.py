@@ -21,7 +21,7 @@ import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.support.sockets import close_kept, keep, tcp_pair
+from tests.support.sockets import close_kept, keep, recv_all, recv_exactly, tcp_pair
 
 from fastmqtt import ws_spec as spec
 from fastmqtt._splice import Engine
@@ -176,23 +176,6 @@ def pair(
         sock.settimeout(5)
         keep(sock)
     return client, server
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    """Everything up to EOF; a reset fails the test (that is what lingering prevents)."""
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def fill(sock: socket.socket, limit: int = 64 << 20) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.support.sockets import keep, tcp_pair
+from tests.support.sockets import keep, records, recv_all, recv_exactly, tcp_pair
 
 from fastmqtt._splice import CONN_SIZE, PIPE_SIZE, Engine
 from fastmqtt.framing import PacketBoundary
@@ -78,36 +78,6 @@ def relay(
         sock.settimeout(5)
         keep(sock)
     return client, server
-
-
-def records(eng: Engine, count: int, timeout: float = 5.0) -> list[Record]:
-    """Wait (bounded) until ``count`` completion records have arrived."""
-    got: list[Record] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(got)} of {count} records: {got}"
-        select.select([eng.completions_fd()], [], [], left)
-        got += eng.drain()
-    return got
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    """Everything up to EOF (bounded by the socket's timeout)."""
-    chunks = []
-    while chunk := sock.recv(MiB):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, MiB))
-        assert chunk, "unexpected EOF"
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 def assert_eof(sock: socket.socket) -> None:
