@@ -29,6 +29,21 @@ def _qos1_publish(topic: str, payload: bytes, packet_id: int = 1) -> bytes:
     return b"\x32" + packets.varint(len(body)) + body
 
 
+HALF_SENT = _qos1_publish("kick/t", b"m" * 5000)  # a "half-sender" sends 2,000 bytes first
+
+
+def kick_the_half_sender(stats_port: int, device: socket.socket, subscriber: Client) -> None:
+    """``device`` ("half-sender", 3.1.1) has sent the first 2,000 bytes of HALF_SENT: a kick
+    closes it only after the rest went through, and the subscriber gets the whole message."""
+    kicked = _ctl_json(stats_port, "kick", "half-sender")
+    assert kicked["asked"] == 1 and kicked["at_boundary"]
+    assert not closed_by_peer(device, timeout=0.5)  # still open: the PUBLISH is half sent
+    device.sendall(HALF_SENT[2000:])
+    assert closed_by_peer(device, timeout=5)
+    assert subscriber.wait_message(5)
+    assert subscriber.messages == [("kick/t", b"m" * 5000)]
+
+
 def _start(brokers, fastmqtt, count: int = 2, extra_global: str = ""):
     nodes = brokers(count)
     port, stats_port = lb_port(), free_port()
@@ -109,15 +124,8 @@ def test_kick_lets_an_mqtt311_clients_publish_finish(path, brokers, fastmqtt) ->
     subscriber = Client("watcher", nodes[0].port)
     subscriber.subscribe("kick/t", qos=1)
     device = raw_connect(port, "half-sender")
-    message = _qos1_publish("kick/t", b"m" * 5000)
-    device.sendall(message[:2000])
-    kicked = _ctl_json(stats_port, "kick", "half-sender")
-    assert kicked["asked"] == 1 and kicked["at_boundary"]
-    assert not closed_by_peer(device, timeout=0.5)  # still open: the PUBLISH is half sent
-    device.sendall(message[2000:])
-    assert closed_by_peer(device, timeout=5)
-    assert subscriber.wait_message(5)
-    assert subscriber.messages == [("kick/t", b"m" * 5000)]
+    device.sendall(HALF_SENT[:2000])
+    kick_the_half_sender(stats_port, device, subscriber)
     assert wait_until(lambda: "half-sender" in lb.logs() and " kicked" in lb.logs())
     subscriber.close()
     device.close()

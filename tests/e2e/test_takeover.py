@@ -20,14 +20,12 @@ from fastmqtt import takeover
 from fastmqtt._accel import NO_EXTENSIONS
 from fastmqtt.tools.brokers import Mosquitto
 from tests.e2e.test_admin import PASSWORD
-from tests.e2e.test_clients import _ctl_json as ctl_json
-from tests.e2e.test_clients import _qos1_publish as qos1_publish
+from tests.e2e.test_clients import HALF_SENT, kick_the_half_sender
 from tests.support.certs import make_certs, tls_line
 from tests.support.lb import (
     Client,
     FastMQTT,
     close_all,
-    closed_by_peer,
     lb_port,
     raw_connect,
     recipe,
@@ -151,20 +149,13 @@ def test_a_kick_right_after_the_takeover_lets_an_mqtt311_clients_publish_finish(
     subscriber = Client("watcher", broker.port)
     subscriber.subscribe("kick/t", qos=1)
     device = raw_connect(port, "half-sender")
-    message = qos1_publish("kick/t", b"m" * 5000)
-    device.sendall(message[:2000])
+    device.sendall(HALF_SENT[:2000])
     time.sleep(0.3)  # relayed by the old engine: it is inside the packet at the handover
     lb = new_process(config, port, sock, STATS_PW=PASSWORD)
     try:
         one_line(old, r"takeover: 1 connections handed over")
         one_line(lb, r"takeover: adopted 1 connections")
-        kicked = ctl_json(stats_port, "kick", "half-sender")
-        assert kicked["asked"] == 1 and kicked["at_boundary"]
-        assert not closed_by_peer(device, timeout=0.5)  # still open: the PUBLISH is half sent
-        device.sendall(message[2000:])
-        assert closed_by_peer(device, timeout=5)
-        assert subscriber.wait_message(5)
-        assert subscriber.messages == [("kick/t", b"m" * 5000)]
+        kick_the_half_sender(stats_port, device, subscriber)
         assert wait_until(lambda: any(
             'cid="half-sender"' in x and x.endswith(" kicked") for x in lb.connection_log()
         ))  # fmt: skip
